@@ -1,0 +1,25 @@
+"""User-facing errors. The CLI prints their message and exits non-zero, without a traceback.
+
+Raise them for anything a user can fix: bad configuration, missing or unusable data, a corrupt
+checkpoint. Messages name the field, the value that was given and what is allowed.
+"""
+
+
+class EBTError(Exception):
+    """Base class of every error the CLI reports as a one-line message."""
+
+
+class ConfigError(EBTError):
+    """An unknown preset, an unknown override key, or a value of the wrong type or range."""
+
+
+class DataError(EBTError):
+    """Data that cannot be used: a missing path, an empty corpus, one shorter than the context."""
+
+
+class CheckpointError(EBTError):
+    """A run directory that is missing files, is corrupt, or does not match its config."""
+
+
+class ThinkingDiverged(EBTError):
+    """∇_y E became NaN or Inf during thinking (usually α is too large for this model)."""
