@@ -1,0 +1,44 @@
+"""The Transformer++ baseline (SPEC §2): a causal LM on the same blocks as the EBT.
+
+Legend: B batch, S positions, D width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig
+from ebt.nn import Block, RMSNorm, Rotary, init_weights
+from ebt.tasks import make_task
+
+
+class TransformerPP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.task = make_task(config.task, config.vocab_size)
+        d = config.dim
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_heads, config.ffn_width, config.norm_eps) for _ in range(config.n_layers)
+        )
+        self.norm = RMSNorm(d, config.norm_eps)
+        self.output = nn.Linear(d, self.task.candidate_dim, bias=False)
+        self.rotary = Rotary(d // config.n_heads, config.context_len, config.rope_theta)
+        init_weights(self)
+
+    def forward(self, ids: Tensor, past: list | None = None) -> Tensor:
+        """Logits (B, S, V) for token ids (B, S); with `past` (a list of per-block keys/values that
+        this call extends in place) ids continue a cached sequence."""
+        start = past[0][0].shape[-2] if past else 0
+        rope = self.rotary(torch.arange(start, start + ids.shape[1], device=ids.device))
+        h = self.token_embedding(ids)  # (B, S, D)
+        for i, block in enumerate(self.blocks):
+            h, kv = block(h, rope, past[i] if past else None)
+            if past is not None:
+                if len(past) > i:
+                    past[i] = kv
+                else:
+                    past.append(kv)
+        return self.output(self.norm(h))  # (B, S, V)

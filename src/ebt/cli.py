@@ -1,0 +1,147 @@
+"""The `ebt` command: train, eval, generate.
+
+    ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--resume]
+    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
+    ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
+
+Errors a user can fix (bad keys, missing data, corrupt runs) print one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ebt.errors import ConfigError, EBTError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers: train, evaluate, think, generate.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a preset",
+                            description="Train a model. Any config field can be set with --section.key=value "
+                                        "(e.g. --train.steps=500 --model.dim=256).")
+    p.add_argument("--preset", required=True, help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs")
+    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--data", help="corpus name or path to a UTF-8 .txt file or directory (sets data.corpus)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
+
+    p = commands.add_parser("eval", help="loss and perplexity of a trained run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", help="corpus name or path (default: the run's validation split)")
+    _thinking_args(p)
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("generate", help="continue a prompt")
+    p.add_argument("run", type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    _thinking_args(p)
+    p.add_argument("--seed", type=int, default=0)
+
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if extra and args.command != "train":
+            raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+        return {"train": _train, "eval": _eval, "generate": _generate}[args.command](args, extra)
+    except EBTError as e:
+        print(f"ebt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ebt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _thinking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained)")
+    p.add_argument("--samples", type=int, default=1, help="EBT self-verification: best of M candidates")
+
+
+def _check_thinking(args) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps = {args.steps} is not allowed; it must be ≥ 1")
+    if args.samples < 1:
+        raise ConfigError(f"--samples = {args.samples} is not allowed; it must be ≥ 1")
+
+
+def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """`--section.key=value` or `--section.key value` pairs from the arguments argparse left over."""
+    pairs, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise ConfigError(f"unrecognized argument {arg!r}; config overrides look like --train.steps=500")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(extra):
+                raise ConfigError(f"override {arg!r} has no value; write --{key}=VALUE")
+            value, i = extra[i + 1], i + 1
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
+def _train(args, extra) -> int:
+    from ebt.checkpoint import load_config
+    from ebt.presets import preset
+    from ebt.train import train
+
+    config = load_config(args.out) if args.resume else preset(args.preset)
+    if args.data is not None:
+        config = config.override("data.corpus", args.data)
+    for key, value in parse_overrides(extra):
+        config = config.override(key, value)
+    result = train(config, args.out, resume=args.resume, quiet=args.quiet)
+    print(f"validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}; run saved in {args.out}")
+    return 0
+
+
+def _eval(args, extra) -> int:
+    from ebt.checkpoint import load_run
+    from ebt.data.batches import encode_documents
+    from ebt.data.corpus import load_corpus
+    from ebt.evaluate import evaluate
+
+    _check_thinking(args)
+    run = load_run(args.run)
+    cfg = run.config
+    if args.data is None or args.data == cfg.data.corpus:
+        source, corpus = cfg.data.corpus, load_corpus(cfg.data.corpus, cfg.data.validation_fraction)
+        documents, split = corpus.validation, "validation"  # never score the text a run trained on
+    else:
+        source, corpus = args.data, load_corpus(args.data, cfg.data.validation_fraction)
+        documents, split = corpus.train + corpus.validation, "all"
+    tokens = encode_documents(documents, run.tokenizer)
+    result = evaluate(run.model, tokens, batch_size=args.batch_size, max_windows=args.max_windows,
+                      steps=args.steps, samples=args.samples, seed=args.seed)
+    result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
+              f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']} forward passes per token")
+    return 0
+
+
+def _generate(args, extra) -> int:
+    from ebt.checkpoint import load_run
+    from ebt.generate import generate
+
+    _check_thinking(args)
+    run = load_run(args.run)
+    ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
+                   steps=args.steps, samples=args.samples, seed=args.seed)
+    print(args.prompt + run.tokenizer.decode(ids))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Batches of token windows for training and evaluation.
+
+A corpus split is encoded once into one 1-D stream of token ids (``encode_documents``). A
+window is ``window = context_len + 1`` consecutive tokens: the model reads the first
+``context_len`` and predicts the last ``context_len`` (each token from the ones before it).
+
+* Training (``RandomWindows``) draws windows at random positions, endlessly, reproducibly from a
+  seed, and can save and restore its random state so a resumed run sees the same batches.
+* Evaluation (``sequential_windows``) walks the stream in order so that every token after the
+  first is predicted exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ebt.errors import CheckpointError, ConfigError, DataError
+
+DOCUMENT_SEPARATOR = "\n\n"
+
+
+def encode_documents(documents: Sequence[str], tokenizer: Any) -> torch.Tensor:
+    """Encode documents into one 1-D int64 stream, separated by the encoding of "\\n\\n"."""
+    separator = tokenizer.encode(DOCUMENT_SEPARATOR)
+    # Our tokenizers can encode many documents at once (in parallel for the BPE kinds); any
+    # other object with just `encode` works too.
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    if encode_batch is not None:
+        encoded = encode_batch(list(documents))
+    else:
+        encoded = [tokenizer.encode(document) for document in documents]
+    ids: list[int] = []
+    for i, document_ids in enumerate(encoded):
+        if i > 0:
+            ids.extend(separator)
+        ids.extend(document_ids)
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def _check_window(window: int) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ConfigError(
+            f"window={window!r} is not allowed; it must be an integer >= 2 "
+            "(context_len + 1, with context_len >= 1)"
+        )
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is not allowed; it must be an integer >= 1")
+
+
+def _check_stream(tokens: torch.Tensor, window: int, name: str) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
+        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise DataError(f"the {name} must be a 1-D tensor of token ids, got {shape}")
+    if tokens.numel() < window:
+        raise DataError(
+            f"the {name} has {tokens.numel()} tokens, fewer than the context window "
+            f"({window - 1}) + 1 = {window} tokens; use a shorter --model.context_len "
+            "or a corpus with more text"
+        )
+
+
+def count_windows(tokens: torch.Tensor, window: int, name: str = "token stream") -> int:
+    """How many windows ``sequential_windows`` yields for this stream (before ``max_windows``)."""
+    _check_window(window)
+    _check_stream(tokens, window, name)
+    # Consecutive windows share one token, so they advance by window - 1.
+    return (tokens.numel() - 1) // (window - 1)
+
+
+def _generator_seed(seed: int, rank: int) -> int:
+    # SeedSequence mixes (seed, rank) into well-separated streams, so that neighbouring seeds
+    # or ranks do not give correlated windows.
+    state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class RandomWindows:
+    """Endless training batches: random windows of `window` tokens (= context + 1) from one
+    token stream.
+
+    Each batch is ``(batch_size, window)`` int64. Windows start anywhere in the stream (with
+    replacement). The draws are determined by ``(seed, rank)``, so each rank of a distributed
+    run sees different windows, and ``state_dict``/``load_state_dict`` resume them exactly.
+    """
+
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        window: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        name: str = "training split",
+    ) -> None:
+        _check_window(window)
+        _check_batch_size(batch_size)
+        _check_stream(tokens, window, name)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
+        valid_world_size = isinstance(world_size, int) and world_size >= 1
+        if not (valid_world_size and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ConfigError(
+                f"rank={rank!r}, world_size={world_size!r} are not allowed; "
+                "world_size must be >= 1 and 0 <= rank < world_size"
+            )
+        # Batches are built on the CPU; the training loop moves them to its device.
+        self.tokens = tokens.to("cpu", torch.int64)
+        self.window = window
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_starts = self.tokens.numel() - window + 1
+        self._offsets = torch.arange(window)
+        self.generator = torch.Generator().manual_seed(_generator_seed(seed, rank))
+
+    def __iter__(self) -> RandomWindows:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        starts = torch.randint(0, self.num_starts, (self.batch_size,), generator=self.generator)
+        return self.tokens[starts[:, None] + self._offsets]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "seed": self.seed, "rank": self.rank}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the saved sampler stopped (same seed and rank expected)."""
+        generator_state = state.get("generator") if isinstance(state, dict) else None
+        if not isinstance(generator_state, torch.Tensor) or generator_state.dtype != torch.uint8:
+            raise CheckpointError(
+                "the saved training-batch state has no 'generator' state (a uint8 tensor); "
+                "the checkpoint is corrupt or from another program"
+            )
+        if (state.get("seed"), state.get("rank")) != (self.seed, self.rank):
+            raise CheckpointError(
+                f"the saved training-batch state is for seed={state.get('seed')!r}, "
+                f"rank={state.get('rank')!r}, but this run has seed={self.seed}, rank={self.rank}; "
+                "resume with the same seed and number of processes"
+            )
+        self.generator.set_state(generator_state)
+
+
+def sequential_windows(
+    tokens: torch.Tensor,
+    window: int,
+    batch_size: int,
+    max_windows: int | None = None,
+    name: str = "evaluation split",
+) -> Iterator[torch.Tensor]:
+    """Evaluation batches: windows in stream order, each starting on the last token of the previous.
+
+    Window i covers ``tokens[i*(window-1) : i*(window-1) + window]``, so every token after the
+    first is a prediction target exactly once. Batches are ``(batch_size, window)`` int64, the
+    last one possibly smaller; a tail shorter than a window is dropped. ``max_windows`` keeps
+    only the first that many windows.
+    """
+    total = count_windows(tokens, window, name)
+    _check_batch_size(batch_size)
+    if max_windows is not None:
+        if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+            raise ConfigError(
+                f"max_windows={max_windows!r} is not allowed; it must be None or an integer >= 1"
+            )
+        total = min(total, max_windows)
+    windows = tokens.to("cpu", torch.int64).unfold(0, window, window - 1)[:total]
+
+    # Validation above runs when this function is called; only the batching is lazy.
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, total, batch_size):
+            yield windows[start : start + batch_size].contiguous()
+
+    return batches()

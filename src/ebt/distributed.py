@@ -1,0 +1,58 @@
+"""Process groups for multi-process training under `torchrun` (DDP).
+
+`torchrun --nproc_per_node N -m ebt.cli train ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without
+them training runs as one process. CPU runs use the gloo backend, CUDA runs NCCL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device_request: str) -> Distributed:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        use_nccl = device_request != "cpu" and torch.cuda.is_available()
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def teardown(d: Distributed) -> None:
+    if d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def pick_device(request: str, d: Distributed) -> tuple[torch.device, str]:
+    """The one place a device is chosen; returns it and the reason, which the trainer prints."""
+    if request == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", d.local_rank), "auto: CUDA is available"
+        return torch.device("cpu"), "auto: no CUDA device found"
+    if request.startswith("cuda") and not torch.cuda.is_available():
+        from ebt.errors import ConfigError
+
+        raise ConfigError(f"train.device = {request!r} but CUDA is not available; use 'auto' or 'cpu'")
+    device = torch.device(request)
+    if device.type == "cuda" and d.enabled:
+        device = torch.device("cuda", d.local_rank)
+    return device, "requested"

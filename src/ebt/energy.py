@@ -1,0 +1,159 @@
+"""The autoregressive Energy-Based Transformer (SPEC §2): E_θ(x, y) for every position at once.
+
+Layout for a window of S context tokens, thinking step k:
+
+    context stream    [landscape_k, ctx_1 … ctx_S]   positions 0, 1 … S    causal attention
+    candidate stream  [cand_1 … cand_S]              positions 2 … S+1
+
+cand_t predicts the token after ctx_t. It attends to landscape_k, ctx_1 … ctx_t and itself; never
+to ctx_{t+1} (its target) nor to other candidates, so each position's energy depends on its own
+candidate only and `E.sum()` gives every position its own gradient in one backward pass. The
+context never sees candidates, so its keys/values (`Context`) are computed once per landscape and
+shared by all thinking steps and samples; generation extends them token by token (a KV cache).
+
+The landscape token is a learned embedding of the step index: System 1 models learn one energy
+landscape per training step; thinking past them reuses the last. System 2 models have one.
+
+Legend: B batch, M samples per position, S candidates, L context keys (landscape token
+included), D width, C candidate width (text: V).
+
+Read next: `think.py` (the descent), `objectives.py` (the training recipes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ebt.config import ModelConfig, ThinkConfig
+from ebt.nn import Block, RMSNorm, Rotary, init_weights
+from ebt.tasks import make_task
+from ebt.think import Thought, lowest_energy_sample, think
+
+MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
+
+
+@dataclass
+class Context:
+    """Keys and values of the context stream, one (k, v) per block, each (B, H, L, K)."""
+
+    kv: list[tuple[Tensor, Tensor]]
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[-2]
+
+
+class AutoregressiveEBT(nn.Module):
+    def __init__(self, config: ModelConfig, think_config: ThinkConfig):
+        super().__init__()
+        self.config, self.think_config = config, think_config
+        self.task = make_task(config.task, config.vocab_size)
+        d = config.dim
+        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
+        self.candidate_embedding = nn.Linear(self.task.candidate_dim, d, bias=False)
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_heads, config.ffn_width, config.norm_eps) for _ in range(config.n_layers)
+        )
+        self.norm = RMSNorm(d, config.norm_eps)
+        # No bias: it would get no gradient through ∇_y E (and trips DDP), SPEC §2.
+        self.energy_head = nn.Linear(d, 1, bias=False)
+        self.rotary = Rotary(d // config.n_heads, config.context_len + 2, config.rope_theta)
+        init_weights(self)
+        # α: learned by System 1 (its own optimizer group), fixed otherwise.
+        self.step_size = nn.Parameter(torch.tensor(float(think_config.step_size)),
+                                      requires_grad=think_config.learn_step_size)
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.step_size.clamp(min=MIN_STEP_SIZE)
+
+    def encode_context(self, x: Tensor, step: int = 0, past: Context | None = None) -> Context:
+        """Run the context stream over tokens x (B, N) for landscape `step`.
+
+        Without `past` the stream starts with the landscape token; with it, x continues the cached
+        stream (generation). Returns the keys/values of every block.
+        """
+        h = self.token_embedding(x)  # (B, N, D)
+        start = past.length if past is not None else 0
+        if past is None:
+            landscape = min(step, self.landscape_embedding.num_embeddings - 1)
+            token = self.landscape_embedding.weight[landscape].expand(x.shape[0], 1, -1)  # (B, 1, D)
+            h = torch.cat((token, h), dim=1)  # (B, N+1, D)
+        rope = self.rotary(torch.arange(start, start + h.shape[1], device=x.device))
+        kv = []
+        for i, block in enumerate(self.blocks):
+            h, block_kv = block(h, rope, past.kv[i] if past is not None else None)
+            kv.append(block_kv)
+        # The last block's output feeds nothing: the context stream is read only through its keys/values.
+        return Context(kv)
+
+    def candidate_energy(self, context: Context, p: Tensor) -> Tensor:
+        """Energies (B, M, S) of prepared candidates p (B, M, S, C) for the last S context tokens."""
+        s, length = p.shape[-2], context.length
+        # Candidates follow the last S context keys (key 0 is the landscape token): candidate j
+        # follows key L−S+j, sits one rotary position after it, and sees keys 0 … L−S+j.
+        positions = torch.arange(length - s + 1, length + 1, device=p.device)
+        rope = self.rotary(positions)
+        keys = torch.arange(length, device=p.device)
+        visible = keys[None, :] <= (positions - 1)[:, None]  # (S, L)
+        h = self.candidate_embedding(p)  # (B, M, S, D)
+        for block, kv in zip(self.blocks, context.kv):
+            h = block.forward_candidates(h, rope, kv, visible)
+        return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
+
+    def landscapes(self, x: Tensor):
+        """The energy function `energy(p, step)` that `think` descends, for context tokens x (B, S).
+
+        Each landscape's context pass runs once and is shared by every step and sample using it.
+        """
+        contexts: dict[int, Context] = {}
+        last = self.landscape_embedding.num_embeddings - 1
+
+        def energy(p: Tensor, step: int) -> Tensor:
+            landscape = min(step, last)
+            if landscape not in contexts:
+                contexts[landscape] = self.encode_context(x, landscape)
+            return self.candidate_energy(contexts[landscape], p)
+
+        return energy
+
+    def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
+        """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
+        return self.candidate_energy(self.encode_context(ids, step), y.unsqueeze(1)).squeeze(1)
+
+    def think(
+        self,
+        ids: Tensor,
+        steps: int | None = None,
+        samples: int = 1,
+        step_size: float | None = None,
+        generator: torch.Generator | None = None,
+        score_final: bool = False,
+        last_only: bool = False,
+    ) -> Thought:
+        """Predict the next token at every position of ids (B, S) by thinking.
+
+        steps: thinking steps (default: as trained). samples: best-of-M self-verification, M
+        candidates from independent starts, the lowest final energy kept per position.
+        last_only: predict only the last position (generation). Returns a Thought whose `logits`
+        are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1).
+        """
+        steps = self.think_config.steps if steps is None else steps
+        b, s = ids.shape
+        s = 1 if last_only else s
+        y = self.task.initial_candidate((b, samples, s), ids, generator)  # (B, M, S, C)
+        thought = think(
+            self.landscapes(ids),
+            y,
+            steps=steps,
+            step_size=self.alpha.detach() if step_size is None else step_size,
+            prepare=self.task.prepare,
+            score_final=score_final or samples > 1,
+        )
+        thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
+        # With one sample this picks it; with M the one of lowest final energy, per position.
+        return thought.take_sample(lowest_energy_sample(thought.energies[-1]))

@@ -1,0 +1,153 @@
+"""Shared Llama-style blocks (SPEC §2): RMSNorm, rotary positions, SwiGLU, attention, no biases.
+
+Both the energy transformer (`energy.py`) and the Transformer++ baseline
+(`baselines/transformer.py`) are stacks of `Block`. A block runs in one of two ways:
+
+- `Block.forward`: ordinary causal self-attention over a stream, optionally continuing a cache of
+  earlier keys/values. Used by the Transformer++ and by the EBT's context stream.
+- `Block.forward_candidates`: the EBT's candidate stream. Candidate s attends to its context prefix
+  (the keys/values the context stream produced) and to itself, never to other candidates.
+
+Legend: B batch, H heads, L context keys, S candidates, M samples per position, D width,
+K = D / H head width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (θ = 10000), tables precomputed for positions 0..max_positions-1."""
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
+        super().__init__()
+        inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)  # (P, K/2)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        if int(positions.max()) >= self.cos.shape[0]:
+            raise ValueError(f"position {int(positions.max())} is past the rotary table ({self.cos.shape[0]})")
+        return self.cos[positions], self.sin[positions]  # (N, K/2) each
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the two halves of the head dimension of x (..., N, K) by the angles of N positions."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.query = nn.Linear(dim, dim, bias=False)
+        self.key = nn.Linear(dim, dim, bias=False)
+        self.value = nn.Linear(dim, dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.n_heads, self.head_dim)).transpose(-3, -2)  # (..., H, N, K)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """Causal self-attention of x (B, N, D), continuing `past` keys/values if given.
+
+        Returns the output (B, N, D) and all keys/values so far, each (B, H, L, K).
+        Only first-order gradients ever flow through this path (the context stream does not
+        depend on the candidates), so the fused SDPA kernels are safe here.
+        """
+        q = apply_rotary(self._heads(self.query(x)), *rope)  # (B, H, N, K)
+        k = apply_rotary(self._heads(self.key(x)), *rope)
+        v = self._heads(self.value(x))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=-2), torch.cat((past[1], v), dim=-2)  # (B, H, L, K)
+        n, length = q.shape[-2], k.shape[-2]
+        if n == length:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # queries are the last n of `length` positions
+            mask = torch.ones(n, length, dtype=torch.bool, device=x.device).tril(length - n)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(-3, -2).flatten(-2)), (k, v)
+
+    def forward_candidates(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], visible: Tensor
+    ) -> Tensor:
+        """Candidate stream: x (B, M, S, D) attends to the context keys `visible` to it and to itself.
+
+        `visible` (S, L) says which context keys each candidate position sees. Written with
+        explicit matmuls and softmax because training differentiates this path twice (∂E/∂y, then
+        θ through it) and the fused SDPA kernels have no double backward (SPEC §9). No dense
+        2S×2S mask is built: the context part is an (S, L) block, the self part one score each.
+        """
+        k_ctx, v_ctx = context  # (B, H, L, K) each
+        q = apply_rotary(self._heads(self.query(x)), *rope)  # (B, M, H, S, K)
+        k = apply_rotary(self._heads(self.key(x)), *rope)
+        v = self._heads(self.value(x))
+        scale = 1.0 / math.sqrt(self.head_dim)
+        scores_ctx = q @ k_ctx.unsqueeze(1).transpose(-2, -1) * scale  # (B, M, H, S, L)
+        scores_ctx = scores_ctx.masked_fill(~visible, float("-inf"))
+        score_self = (q * k).sum(-1, keepdim=True) * scale  # (B, M, H, S, 1)
+        weights = torch.softmax(torch.cat((scores_ctx, score_self), dim=-1), dim=-1)
+        y = weights[..., :-1] @ v_ctx.unsqueeze(1) + weights[..., -1:] * v  # (B, M, H, S, K)
+        return self.out(y.transpose(-3, -2).flatten(-2))  # (B, M, S, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + swiglu(norm(x))."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, norm_eps: float = 1e-5):
+        super().__init__()
+        self.attention_norm = RMSNorm(dim, norm_eps)
+        self.attention = Attention(dim, n_heads)
+        self.ffn_norm = RMSNorm(dim, norm_eps)
+        self.ffn = SwiGLU(dim, ffn_dim)
+
+    def forward(self, x: Tensor, rope, past=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        a, kv = self.attention(self.attention_norm(x), rope, past)
+        x = x + a
+        return x + self.ffn(self.ffn_norm(x)), kv
+
+    def forward_candidates(self, x: Tensor, rope, context, visible: Tensor) -> Tensor:
+        x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, visible)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+def init_weights(module: nn.Module) -> None:
+    """SPEC §2: Xavier-normal linears, N(0, 1) embedding tables."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_normal_(m.weight)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=1.0)

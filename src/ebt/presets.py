@@ -1,0 +1,53 @@
+"""Named run configurations: the tiny presets for CPUs and the paper's model sizes (SPEC §3).
+
+`text-{ebt,transformer}-{size}`; each EBT preset is the System 1 recipe. The paper's presets keep
+its context (256) and peak learning rates; batch sizes are ours (the paper's are GPU-sized).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ebt.config import DataConfig, ModelConfig, RunConfig, ThinkConfig, TrainConfig
+from ebt.errors import ConfigError
+
+# name: (layers, width, heads, peak lr), SPEC §3
+PAPER_SIZES = {
+    "4xs": (2, 128, 2, 2.4e-3),
+    "3xs": (4, 256, 4, 1.8e-3),
+    "xxs": (6, 384, 6, 1.2e-3),
+    "xs": (12, 384, 6, 9e-4),
+    "small": (12, 768, 12, 6e-4),
+    "medium": (24, 1024, 16, 3e-4),
+    "large": (24, 1536, 16, 2.5e-4),
+    "xl": (24, 2048, 32, 2e-4),
+}
+
+# α₀ for the 256-symbol byte vocabulary. The paper's α₀ = 500 was tuned for V ≈ 50k: ∂E/∂p scales
+# with the candidate embedding's Xavier std √(2/(V+D)), ~10× larger at V = 256, and α₀ = 500 then
+# overshoots by orders of magnitude (SPEC §9). Found by the sweep in docs/results.md.
+BYTE_STEP_SIZE = 20.0
+
+
+def _text(kind: str, layers: int, dim: int, heads: int, lr: float, context: int, batch: int) -> RunConfig:
+    return RunConfig(
+        model=ModelConfig(kind=kind, task="text", n_layers=layers, dim=dim, n_heads=heads, context_len=context),
+        # System 1 (SPEC §3); the multiplier follows the rule of thumb ≈ 3 × α₀.
+        think=ThinkConfig(steps=2, step_size=BYTE_STEP_SIZE, step_size_lr_mult=3 * BYTE_STEP_SIZE),
+        train=TrainConfig(lr=lr, batch_size=batch),
+        data=DataConfig(corpus="shakespeare", tokenizer="byte"),
+    )
+
+
+PRESETS: dict[str, Callable[[], RunConfig]] = {}
+for _kind in ("ebt", "transformer"):
+    # Same backbone for both kinds: a few hundred steps take a couple of minutes on 2 CPU cores.
+    PRESETS[f"text-{_kind}-tiny"] = lambda k=_kind: _text(k, 2, 128, 4, 2.4e-3, context=128, batch=16)
+    for _size, (_l, _d, _h, _lr) in PAPER_SIZES.items():
+        PRESETS[f"text-{_kind}-{_size}"] = lambda k=_kind, l=_l, d=_d, h=_h, lr=_lr: _text(k, l, d, h, lr, 256, 32)
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,109 @@
+"""Thinking: energy descent on a candidate, and best-of-M selection (SPEC §1, §4). Read this first.
+
+    y_{i+1} = p_i − α ∇_p E(x, p_i),   p_i = prepare(y_i)
+
+One loop serves training (System 1 and System 2 recipes), evaluation and generation, in every
+modality: the energy model arrives as a function `energy(p, step) -> (…, S)` energies and the
+task supplies `prepare`. Training asks for `create_graph=True` so the loss reaches θ through
+∇_p E (Hessian-vector products, never a full Hessian); inference needs first-order gradients only.
+
+Gradients are always switched on inside (`enable_grad`): callers may wrap inference in
+`torch.no_grad()`, never in `torch.inference_mode()` (gradients cannot be re-enabled there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ebt.errors import ThinkingDiverged
+
+Energy = Callable[[Tensor, int], Tensor]
+
+
+@dataclass
+class Thought:
+    """The trace of one thinking run.
+
+    candidates[i] is the prediction after step i (for text: logits), energies[i] the energy of the
+    candidate that step i started from, detached; a final scoring pass, when asked for, appends
+    the energy of the last prediction. `forward_passes` counts energy evaluations per position.
+    """
+
+    candidates: list[Tensor] = field(default_factory=list)
+    energies: list[Tensor] = field(default_factory=list)
+    forward_passes: int = 0
+
+    @property
+    def y(self) -> Tensor:
+        return self.candidates[-1]
+
+    @property
+    def logits(self) -> Tensor:
+        """The final prediction; for text candidates these are logits (…, V)."""
+        return self.candidates[-1]
+
+    def take_sample(self, index: Tensor) -> Thought:
+        """The trace of one sample per position, from a trace over (B, M, S, …) and an index (B, 1, S)."""
+        return Thought(
+            [take_sample(c, index) for c in self.candidates],
+            [take_sample(e, index) for e in self.energies],
+            self.forward_passes,
+        )
+
+
+def think(
+    energy: Energy,
+    y: Tensor,
+    *,
+    steps: int,
+    step_size: Tensor | float,
+    prepare: Callable[[Tensor], Tensor] = lambda y: y,
+    create_graph: bool = False,
+    detach_steps: bool = True,
+    score_final: bool = False,
+) -> Thought:
+    """Descend the energy from candidate y for `steps` steps; see the module docstring.
+
+    create_graph: keep the second-order graph of ∇E so a loss on the result trains θ.
+    detach_steps: start every step from a detached candidate (System 1; always the case when no
+        graph is built, so inference never accumulates a graph across steps).
+    score_final: one more energy evaluation of the last prediction (needed to pick among samples).
+    """
+    thought = Thought()
+    with torch.enable_grad():
+        for step in range(steps):
+            if detach_steps or not create_graph or not y.requires_grad:
+                y = y.detach().requires_grad_()
+            p = prepare(y)
+            e = energy(p, step)  # (…, S)
+            (g,) = torch.autograd.grad(e.sum(), p, create_graph=create_graph)
+            if not bool(torch.isfinite(g).all()):
+                raise ThinkingDiverged(
+                    f"∇E is not finite at thinking step {step} (α = {float(step_size):.4g}); "
+                    "lower think.step_size or the learning rate"
+                )
+            y = p - step_size * g
+            thought.candidates.append(y if create_graph else y.detach())
+            thought.energies.append(e.detach())
+            thought.forward_passes += 1
+    if score_final:
+        with torch.no_grad():
+            thought.energies.append(energy(prepare(thought.y), steps).detach())
+        thought.forward_passes += 1
+    return thought
+
+
+def lowest_energy_sample(energies: Tensor) -> Tensor:
+    """Self-verification: per position, the index (B, 1, S) of the sample with the lowest energy among (B, M, S)."""
+    return energies.argmin(dim=1, keepdim=True)
+
+
+def take_sample(t: Tensor, index: Tensor) -> Tensor:
+    """t (B, M, S, …) at a per-position sample index (B, 1, S) → (B, S, …)."""
+    trailing = t.shape[3:]
+    index = index.view(*index.shape, *(1 for _ in trailing)).expand(*index.shape, *trailing)
+    return t.gather(1, index).squeeze(1)

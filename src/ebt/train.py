@@ -1,0 +1,198 @@
+"""The training loop: one loop for every model kind and task, single-process or under torchrun.
+
+It knows objectives, batches and a validation function, not text: `train()` assembles those
+from a RunConfig (via the task's data loader) and `fit()` runs them. SPEC §3: AdamW
+β = (0.9, 0.999), linear warm-up then cosine to peak/10 over the run's own length, grad-norm
+clipping, α in its own parameter group (no weight decay, lr × multiplier).
+
+Outputs in the run directory: config.json, tokenizer.json, model.safetensors and
+train_state.pt (for --resume) at every validation and at the end, all written atomically, and
+metrics.jsonl (one JSON object per logged step and per validation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ebt import distributed
+from ebt.checkpoint import TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
+from ebt.config import RunConfig, TrainConfig
+from ebt.data.batches import RandomWindows
+from ebt.errors import CheckpointError
+from ebt.evaluate import evaluate
+from ebt.models import build_model, count_parameters
+from ebt.objectives import make_objective
+from ebt.tasks.text import load_text_data
+
+MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
+BETAS = (0.9, 0.999)
+
+
+def parameter_groups(model: nn.Module, cfg: TrainConfig, step_size_lr_mult: float) -> list[dict]:
+    """Weight decay on matrices only; no decay on norms, embedding tables and α; α at lr × mult."""
+    no_decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    alpha = getattr(model, "step_size", None)
+    decay, plain = [], []
+    for p in model.parameters():
+        if not p.requires_grad or p is alpha:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in no_decay else plain).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+        {"params": plain, "weight_decay": 0.0, "lr": cfg.lr},
+    ]
+    if alpha is not None and alpha.requires_grad:
+        groups.append({"params": [alpha], "weight_decay": 0.0, "lr": cfg.lr * step_size_lr_mult})
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Multiplier of each group's peak lr at optimizer step `step` (0-based) of `total`."""
+    warmup = int(total * warmup_fraction)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+    """Train the model a RunConfig describes into run directory `out`; returns the final validation."""
+    out = Path(out)
+    dist = distributed.setup(config.train.device)
+    try:
+        return _train(config, out, resume, quiet, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distributed.Distributed) -> dict:
+    say = (lambda *a: None) if (quiet or not dist.is_main) else print
+    tokenizer = None
+    if resume:
+        saved = load_config(out)
+        if saved.model != config.model:
+            raise CheckpointError(f"--resume: the model config differs from the one saved in {out}")
+        if not (out / TRAIN_STATE).is_file() or not (out / WEIGHTS).is_file():
+            raise CheckpointError(f"--resume: {out} has no {TRAIN_STATE} and {WEIGHTS} to resume from")
+        from ebt.checkpoint import TOKENIZER
+        from ebt.data.tokenizers import tokenizer_from_json
+
+        tokenizer = tokenizer_from_json((out / TOKENIZER).read_text())
+    device, why = distributed.pick_device(config.train.device, dist)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(config.train.seed)
+
+    data = load_text_data(config.data, config.model.context_len, tokenizer)
+    config.model.vocab_size = data.tokenizer.vocab_size
+    config = config.validated()
+    model = build_model(config).to(device)
+    say(f"device: {device} ({why}); processes: {dist.world_size}")
+    say(f"config:\n{config.to_json()}")
+    say(
+        f"model: {config.model.kind}, {count_parameters(model) / 1e6:.2f}M non-embedding parameters "
+        f"({count_parameters(model, embeddings=True) / 1e6:.2f}M in all); "
+        f"data: {len(data.train):,} training / {len(data.validation):,} validation tokens ({config.data.tokenizer})"
+    )
+
+    objective = make_objective(model)
+    tc = config.train
+    optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_fraction))
+    batches = RandomWindows(
+        data.train, config.model.context_len + 1, tc.batch_size, tc.seed, dist.rank, dist.world_size
+    )
+    step = 0
+    if resume:
+        step = _load_train_state(out, model, optimizer, scheduler, batches, device)
+        say(f"resumed from step {step}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            save_run(out, config, data.tokenizer)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    trained = DistributedDataParallel(objective) if dist.enabled else objective
+
+    def validate() -> dict:
+        return evaluate(model, data.validation, batch_size=tc.batch_size, max_windows=tc.eval_windows, device=device)
+
+    def checkpoint() -> None:
+        if dist.is_main:
+            save_weights(out, model, step, {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "batches": batches.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            })
+
+    log = _MetricsLog(out / "metrics.jsonl", dist.is_main)
+    tokens_per_step = tc.batch_size * config.model.context_len * dist.world_size
+    bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
+    result: dict = {}
+    tick = time.perf_counter()
+    model.train()
+    while step < tc.steps:
+        batch = next(batches).to(device)
+        loss, stats = trained(batch[:, :-1], batch[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if step % tc.log_every == 0 or step == tc.steps:
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            row = {k: float(v) for k, v in stats.items()}
+            row.update(step=step, split="train", ppl=math.exp(min(row["loss"], 50.0)), grad_norm=float(grad_norm),
+                       lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_step * tc.log_every / elapsed)
+            log.write(row)
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", "tokens_per_s") if k in row})
+        bar.update(1)
+        if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+            if dist.is_main:
+                result = validate()
+                log.write({"step": step, "split": "validation", **result})
+                if not quiet:
+                    bar.write(f"step {step}: validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}")
+            checkpoint()
+            tick = time.perf_counter()
+    bar.close()
+    return result
+
+
+def _load_train_state(out: Path, model, optimizer, scheduler, batches, device) -> int:
+    from safetensors.torch import load_file
+
+    try:
+        state = torch.load(out / TRAIN_STATE, map_location="cpu", weights_only=False)
+        weights = load_file(str(out / WEIGHTS), device=str(device))
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["batches"])
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot resume from {out}: {e}") from None
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
+
+
+class _MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
