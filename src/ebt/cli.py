@@ -1,8 +1,9 @@
-"""The `ebt` command: train, eval, generate.
+"""The `ebt` command: train, eval, generate, bench.
 
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--resume]
     ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
+    ebt bench [--size tiny] [--json]
 
 Errors a user can fix (bad keys, missing data, corrupt runs) print one line and exit with 2.
 """
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     _thinking_args(p)
     p.add_argument("--seed", type=int, default=0)
 
+    p = commands.add_parser("bench", help="training step time, EBT vs Transformer++, side by side", add_help=False)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own small parser, in ebt.bench
+        from ebt.bench import main as bench
+
+        return bench(argv[1:])
     args, extra = parser.parse_known_args(argv)
     try:
         if extra and args.command != "train":

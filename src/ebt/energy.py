@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig, ThinkConfig
+from ebt.errors import ConfigError
 from ebt.nn import Block, RMSNorm, Rotary, init_weights
 from ebt.tasks import make_task
 from ebt.think import Thought, lowest_energy_sample, think
@@ -85,10 +86,13 @@ class AutoregressiveEBT(nn.Module):
             h = torch.cat((token, h), dim=1)  # (B, N+1, D)
         rope = self.rotary(torch.arange(start, start + h.shape[1], device=x.device))
         kv = []
-        for i, block in enumerate(self.blocks):
+        *blocks, last = self.blocks
+        for i, block in enumerate(blocks):
             h, block_kv = block(h, rope, past.kv[i] if past is not None else None)
             kv.append(block_kv)
-        # The last block's output feeds nothing: the context stream is read only through its keys/values.
+        # Candidates read the context only through keys/values: the last block's attention and
+        # feed-forward outputs would feed nothing, so only its keys/values are computed.
+        kv.append(last.keys_values(h, rope, past.kv[-1] if past is not None else None))
         return Context(kv)
 
     def candidate_energy(self, context: Context, p: Tensor) -> Tensor:
@@ -143,9 +147,11 @@ class AutoregressiveEBT(nn.Module):
         are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1).
         """
         steps = self.think_config.steps if steps is None else steps
+        if steps < 1 or samples < 1:
+            raise ConfigError(f"thinking needs steps ≥ 1 and samples ≥ 1, got steps = {steps}, samples = {samples}")
         b, s = ids.shape
         s = 1 if last_only else s
-        y = self.task.initial_candidate((b, samples, s), ids, generator)  # (B, M, S, C)
+        y = self.task.initial_candidate((b, samples, s), self.candidate_embedding.weight, generator)  # (B, M, S, C)
         thought = think(
             self.landscapes(ids),
             y,

@@ -38,8 +38,9 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)  # (P, K/2)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # Kept in float64 and cast at use, so a float64 model computes exact float64 angles.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         if int(positions.max()) >= self.cos.shape[0]:
@@ -89,10 +90,7 @@ class Attention(nn.Module):
         depend on the candidates), so the fused SDPA kernels are safe here.
         """
         q = apply_rotary(self._heads(self.query(x)), *rope)  # (B, H, N, K)
-        k = apply_rotary(self._heads(self.key(x)), *rope)
-        v = self._heads(self.value(x))
-        if past is not None:
-            k, v = torch.cat((past[0], k), dim=-2), torch.cat((past[1], v), dim=-2)  # (B, H, L, K)
+        k, v = self.keys_values(x, rope, past)  # (B, H, L, K)
         n, length = q.shape[-2], k.shape[-2]
         if n == length:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -100,6 +98,16 @@ class Attention(nn.Module):
             mask = torch.ones(n, length, dtype=torch.bool, device=x.device).tril(length - n)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(-3, -2).flatten(-2)), (k, v)
+
+    def keys_values(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, L, K) of x (B, N, D), appended to `past` if given."""
+        k = apply_rotary(self._heads(self.key(x)), *rope)  # (B, H, N, K)
+        v = self._heads(self.value(x))
+        if past is not None:
+            k, v = torch.cat((past[0], k), dim=-2), torch.cat((past[1], v), dim=-2)
+        return k, v
 
     def forward_candidates(
         self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], visible: Tensor
@@ -138,6 +146,10 @@ class Block(nn.Module):
         a, kv = self.attention(self.attention_norm(x), rope, past)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), kv
+
+    def keys_values(self, x: Tensor, rope, past=None) -> tuple[Tensor, Tensor]:
+        """Only this block's keys/values of stream x: all a stream's last block must give the candidates."""
+        return self.attention.keys_values(self.attention_norm(x), rope, past)
 
     def forward_candidates(self, x: Tensor, rope, context, visible: Tensor) -> Tensor:
         x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, visible)

@@ -25,7 +25,7 @@ class UnrolledThinking(nn.Module):
 
     def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.model.think_config
-        y = model.task.initial_candidate(x.shape, x)  # (B, S, C)
+        y = model.task.initial_candidate(x.shape, model.candidate_embedding.weight)  # (B, S, C)
         thought = think(
             model.landscapes(x),
             y.unsqueeze(1),  # (B, 1, S, C): one sample per position

@@ -75,17 +75,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool 
 
 def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distributed.Distributed) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
-    tokenizer = None
-    if resume:
-        saved = load_config(out)
-        if saved.model != config.model:
-            raise CheckpointError(f"--resume: the model config differs from the one saved in {out}")
-        if not (out / TRAIN_STATE).is_file() or not (out / WEIGHTS).is_file():
-            raise CheckpointError(f"--resume: {out} has no {TRAIN_STATE} and {WEIGHTS} to resume from")
-        from ebt.checkpoint import TOKENIZER
-        from ebt.data.tokenizers import tokenizer_from_json
-
-        tokenizer = tokenizer_from_json((out / TOKENIZER).read_text())
+    tokenizer = _saved_tokenizer(out) if resume else None  # a resumed run keeps its vocabulary
     device, why = distributed.pick_device(config.train.device, dist)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
@@ -93,8 +83,11 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     torch.manual_seed(config.train.seed)
 
     data = load_text_data(config.data, config.model.context_len, tokenizer)
-    config.model.vocab_size = data.tokenizer.vocab_size
-    config = config.validated()
+    config = config.override("model.vocab_size", str(data.tokenizer.vocab_size))
+    if resume:
+        saved = load_config(out)
+        if (saved.model, saved.think) != (config.model, config.think):
+            raise CheckpointError(f"--resume: the model or think config differs from the one saved in {out}/config.json")
     model = build_model(config).to(device)
     say(f"device: {device} ({why}); processes: {dist.world_size}")
     say(f"config:\n{config.to_json()}")
@@ -168,6 +161,16 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
             tick = time.perf_counter()
     bar.close()
     return result
+
+
+def _saved_tokenizer(out: Path):
+    from ebt.checkpoint import TOKENIZER
+    from ebt.data.tokenizers import tokenizer_from_json
+
+    for name in (TOKENIZER, WEIGHTS, TRAIN_STATE):
+        if not (out / name).is_file():
+            raise CheckpointError(f"--resume: {out} has no {name} to resume from")
+    return tokenizer_from_json((out / TOKENIZER).read_text())
 
 
 def _load_train_state(out: Path, model, optimizer, scheduler, batches, device) -> int:

@@ -25,9 +25,10 @@ class NextToken:
         self.candidate_dim = vocab_size
 
     def initial_candidate(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """N(0, I) logits of shape (*shape, V), on the device of `like`."""
+        """N(0, I) logits of shape (*shape, V), with the device and dtype of `like` (a model weight)."""
         device = generator.device if generator is not None else like.device
-        return torch.randn(*shape, self.candidate_dim, device=device, generator=generator).to(like.device)
+        y = torch.randn(*shape, self.candidate_dim, device=device, dtype=like.dtype, generator=generator)
+        return y.to(like.device)
 
     def prepare(self, y: Tensor) -> Tensor:
         return torch.softmax(y, dim=-1)
