@@ -108,7 +108,8 @@ def _train(args, extra) -> int:
     for key, value in parse_overrides(extra):
         config = config.override(key, value)
     result = train(config, args.out, resume=args.resume, quiet=args.quiet)
-    print(f"validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}; run saved in {args.out}")
+    if result:  # the main process of a distributed run reports for all
+        print(f"validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}; run saved in {args.out}")
     return 0
 
 

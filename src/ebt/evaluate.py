@@ -41,4 +41,9 @@ def evaluate(
             total_tokens += targets.numel()
     model.train(was_training)
     loss = total_loss / max(total_tokens, 1)
-    return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": total_tokens, "forward_passes": passes}
+    return {"loss": loss, "ppl": perplexity(loss), "tokens": total_tokens, "forward_passes": passes}
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean nats per token); inf where that overflows a float."""
+    return math.exp(loss) if loss < 709.0 else math.inf

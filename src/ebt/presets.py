@@ -26,7 +26,7 @@ PAPER_SIZES = {
 # α₀ for the 256-symbol byte vocabulary. The paper's α₀ = 500 was tuned for V ≈ 50k: ∂E/∂p scales
 # with the candidate embedding's Xavier std √(2/(V+D)), ~10× larger at V = 256, and α₀ = 500 then
 # overshoots by orders of magnitude (SPEC §9). Found by the sweep in docs/results.md.
-BYTE_STEP_SIZE = 20.0
+BYTE_STEP_SIZE = 80.0
 
 
 def _text(kind: str, layers: int, dim: int, heads: int, lr: float, context: int, batch: int) -> RunConfig:

@@ -27,7 +27,7 @@ from ebt.checkpoint import TRAIN_STATE, WEIGHTS, load_config, save_run, save_wei
 from ebt.config import RunConfig, TrainConfig
 from ebt.data.batches import RandomWindows
 from ebt.errors import CheckpointError
-from ebt.evaluate import evaluate
+from ebt.evaluate import evaluate, perplexity
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
 from ebt.tasks.text import load_text_data
@@ -55,16 +55,21 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig, step_size_lr_mult: floa
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Multiplier of each group's peak lr at optimizer step `step` (0-based) of `total`."""
+    """Multiplier of each group's peak lr for optimizer step `step` (0-based) of `total`:
+    linear warm-up to 1 at step warmup−1, then cosine down to MIN_LR_RATIO at the last step."""
     warmup = int(total * warmup_fraction)
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
-    """Train the model a RunConfig describes into run directory `out`; returns the final validation."""
+    """Train the model a RunConfig describes into run directory `out`.
+
+    Returns the final validation ({"loss", "ppl", "tokens", "forward_passes"}) on the main
+    process, {} on the other ranks of a distributed run.
+    """
     out = Path(out)
     dist = distributed.setup(config.train.device)
     try:
@@ -146,7 +151,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed, tick = time.perf_counter() - tick, time.perf_counter()
             row = {k: float(v) for k, v in stats.items()}
-            row.update(step=step, split="train", ppl=math.exp(min(row["loss"], 50.0)), grad_norm=float(grad_norm),
+            row.update(step=step, split="train", ppl=perplexity(row["loss"]), grad_norm=float(grad_norm),
                        lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_step * tc.log_every / elapsed)
             log.write(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", "tokens_per_s") if k in row})
@@ -160,6 +165,8 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
             checkpoint()
             tick = time.perf_counter()
     bar.close()
+    if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
+        result = validate()
     return result
 
 

@@ -35,7 +35,8 @@ class NextToken:
 
     def loss(self, y: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of logits y (..., V) against token ids (...)."""
-        return F.cross_entropy(y.reshape(-1, y.shape[-1]).float(), targets.reshape(-1))
+        logits = y.reshape(-1, y.shape[-1])
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
 
 @dataclass

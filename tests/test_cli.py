@@ -1,0 +1,217 @@
+"""The `ebt` command: train → eval → generate smoke runs, and bad input ending in one clear line.
+
+Most runs call `ebt.cli.main(argv)` in-process (an uncaught exception there fails the test); a
+few go through the installed console script to check the real exit code and stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebt.checkpoint import load_run
+from ebt.cli import main
+from ebt.generate import generate
+
+KINDS = ("ebt", "transformer")
+CONTEXT = 16
+TINY = [
+    "--quiet", "--model.n_layers=1", "--model.dim=32", "--model.n_heads=2", f"--model.context_len={CONTEXT}",
+    "--train.steps=10", "--train.batch_size=4", "--train.eval_every=0", "--train.eval_windows=2",
+    "--train.device=cpu",
+]
+CONSOLE_SCRIPT = Path(sys.executable).with_name("ebt")
+
+
+@pytest.fixture(scope="module")
+def cli_runs(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One run per model kind, trained by `ebt train`."""
+    root = tmp_path_factory.mktemp("cli-runs")
+    runs = {}
+    for kind in KINDS:
+        runs[kind] = root / kind
+        code = main(["train", "--preset", f"text-{kind}-tiny", "--out", str(runs[kind]), "--data", str(corpus_file),
+                     *TINY])
+        assert code == 0
+    return runs
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop earlier output
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- Smoke runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_writes_a_complete_run(kind: str, cli_runs, corpus_file: Path) -> None:
+    run = cli_runs[kind]
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl"):
+        assert (run / name).is_file(), name
+    loaded = load_run(run)
+    assert loaded.step == 10
+    assert loaded.config.model.kind == kind and loaded.config.model.dim == 32
+    assert loaded.config.data.corpus == str(corpus_file)
+
+
+@pytest.mark.parametrize(
+    "kind, extra, passes",
+    [
+        ("ebt", [], 2),  # System 1 thinks for its 2 training steps
+        ("ebt", ["--steps", "3"], 3),  # think longer
+        ("ebt", ["--steps", "3", "--samples", "2"], 8),  # best of 2: (3 steps + scoring) × 2
+        ("transformer", [], 1),
+    ],
+)
+def test_eval_json(kind: str, extra: list[str], passes: int, cli_runs, capsys) -> None:
+    code, out, err = run_cli(["eval", cli_runs[kind], "--json", "--max-windows", "4", *extra], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert {"loss", "ppl", "tokens", "forward_passes"} <= set(result)
+    assert result["forward_passes"] == passes
+    assert result["tokens"] == 4 * CONTEXT
+    assert math.isfinite(result["loss"]) and result["ppl"] == pytest.approx(math.exp(result["loss"]))
+
+
+def test_eval_text_output(cli_runs, capsys) -> None:
+    code, out, err = run_cli(["eval", cli_runs["ebt"], "--max-windows", "2"], capsys)
+    assert code == 0, err
+    assert "loss" in out and "ppl" in out and "forward passes" in out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_generation_is_deterministic_and_continues_the_prompt(kind: str, cli_runs, capsys) -> None:
+    prompt = "the cat"
+    argv = ["generate", cli_runs[kind], "--prompt", prompt, "--max-new-tokens", "20", "--temperature", "0"]
+    outputs = []
+    for _ in range(2):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0, err
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
+    assert outputs[0].startswith(prompt) and len(outputs[0].rstrip("\n")) > len(prompt)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generation_runs_past_the_context_window(kind: str, cli_runs, capsys) -> None:
+    new = 3 * CONTEXT
+    code, out, err = run_cli(["generate", cli_runs[kind], "--prompt", "a dog", "--max-new-tokens", new], capsys)
+    assert code == 0, err
+    assert out.startswith("a dog")
+    run = load_run(cli_runs[kind])
+    ids = generate(run.model, run.tokenizer.encode("a dog ran to"), new, temperature=0)
+    assert len(ids) == new and all(0 <= i < run.config.model.vocab_size for i in ids)
+
+
+def test_resume_continues_a_run_to_more_steps(cli_runs, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(cli_runs["ebt"], run)
+    code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", run, "--resume", "--quiet",
+                            "--train.steps=12"], capsys)
+    assert code == 0, err
+    assert load_run(run).step == 12
+
+
+def test_resume_of_a_finished_run_does_not_crash(cli_runs, tmp_path: Path, capsys) -> None:
+    """Nothing left to train: either say so and succeed, or fail with one line — never a traceback."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_runs["ebt"], run)
+    code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", run, "--resume", "--quiet"], capsys)
+    if code != 0:
+        assert len(err.strip().splitlines()) == 1, err
+    assert load_run(run).step == 10
+
+
+# --- Bad input ----------------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp: Path, corpus: Path, runs: dict[str, Path]) -> dict[str, tuple[list, list[str]]]:
+    """name: (argv, fragments the one-line message must contain)."""
+    (tmp / "empty.txt").write_text(" \n\n")
+    (tmp / "short.txt").write_text("to be\nor not\n")
+    (tmp / "not-a-run").mkdir()
+    train = ["train", "--preset", "text-ebt-tiny", "--out", tmp / "out", "--data", corpus, *TINY]
+    return {
+        "unknown preset": (["train", "--preset", "text-ebt-huge", "--out", tmp / "out"],
+                           ["text-ebt-huge", "text-ebt-tiny"]),
+        "unknown override section": ([*train, "--modle.dim=32"], ["modle.dim", "model.dim", "train.steps"]),
+        "unknown override key": ([*train, "--model.width=32"], ["model.width", "model.dim", "model.n_layers"]),
+        "bad value type": ([*train, "--train.steps=many"], ["train.steps", "many"]),
+        "bad value range": ([*train, "--train.steps=0"], ["train.steps", "0"]),
+        "heads not dividing width": ([*train, "--model.n_heads=3"], ["model.n_heads", "3"]),
+        "missing data path": ([*train, "--data", tmp / "missing.txt"], ["missing.txt"]),
+        "empty corpus": ([*train, "--data", tmp / "empty.txt"], ["empty"]),
+        "corpus shorter than the context": ([*train, "--data", tmp / "short.txt"], ["context"]),
+        "eval on a non-run directory": (["eval", tmp / "not-a-run"], ["not-a-run", "config.json"]),
+        "eval on a missing directory": (["eval", tmp / "nowhere"], ["nowhere"]),
+        "eval --steps 0": (["eval", runs["ebt"], "--steps", "0"], ["--steps", "0"]),
+        "eval --samples 0": (["eval", runs["ebt"], "--samples", "0"], ["--samples", "0"]),
+        "generate --steps 0": (["generate", runs["ebt"], "--prompt", "a", "--steps", "0"], ["--steps", "0"]),
+        "eval --steps on Transformer++": (["eval", runs["transformer"], "--steps", "3"], ["Transformer++"]),
+        "generate --steps on Transformer++": (["generate", runs["transformer"], "--prompt", "a", "--steps", "2"],
+                                              ["Transformer++"]),
+        "generate --samples on Transformer++": (["generate", runs["transformer"], "--prompt", "a", "--samples", "2"],
+                                                ["Transformer++"]),
+        "generate empty prompt": (["generate", runs["ebt"], "--prompt", ""], ["prompt"]),
+        "generate negative temperature": (["generate", runs["ebt"], "--prompt", "a", "--temperature", "-1"],
+                                          ["temperature"]),
+        "eval extra argument": (["eval", runs["ebt"], "--model.dim=3"], ["--model.dim=3"]),
+    }
+
+
+BAD_INPUTS = [
+    "unknown preset", "unknown override section", "unknown override key", "bad value type", "bad value range",
+    "heads not dividing width", "missing data path", "empty corpus", "corpus shorter than the context",
+    "eval on a non-run directory", "eval on a missing directory", "eval --steps 0", "eval --samples 0",
+    "generate --steps 0", "eval --steps on Transformer++", "generate --steps on Transformer++",
+    "generate --samples on Transformer++", "generate empty prompt", "generate negative temperature",
+    "eval extra argument",
+]
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_exits_nonzero_with_one_clear_line(name: str, tmp_path: Path, corpus_file: Path, cli_runs,
+                                                     capsys) -> None:
+    cases = _bad_inputs(tmp_path, corpus_file, cli_runs)
+    assert sorted(cases) == sorted(BAD_INPUTS)
+    argv, fragments = cases[name]
+    code, out, err = run_cli(argv, capsys)
+    assert code != 0
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"ebt {argv[0]}: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} missing from: {lines[0]}"
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--preset", "no-such-preset", "--out", "{tmp}/out"], "no-such-preset"),
+        (["eval", "{tmp}"], "config.json"),
+    ],
+    ids=["unknown preset", "eval on a non-run directory"],
+)
+def test_console_script_reports_bad_input_without_a_traceback(argv: list[str], fragment: str, tmp_path: Path) -> None:
+    assert CONSOLE_SCRIPT.is_file(), f"console script not installed at {CONSOLE_SCRIPT}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    done = subprocess.run([str(CONSOLE_SCRIPT), *argv], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], done.stderr
+    assert done.stdout == ""
+
