@@ -105,7 +105,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
             f"wrong shape {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}"
         )
     model.load_state_dict(state)
-    model.eval()
+    model.to(map_location).eval()  # buffers (rotary tables) follow the weights
     step = int(metadata.get("step", 0))
     return Run(config, model, tokenizer, step, path)
 

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _thinking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained)")
     p.add_argument("--samples", type=int, default=1, help="EBT self-verification: best of M candidates")
 
@@ -78,6 +79,12 @@ def _check_thinking(args) -> None:
         raise ConfigError(f"--steps = {args.steps} is not allowed; it must be ≥ 1")
     if args.samples < 1:
         raise ConfigError(f"--samples = {args.samples} is not allowed; it must be ≥ 1")
+
+
+def _device(request: str):
+    from ebt.distributed import Distributed, pick_device
+
+    return pick_device(request, Distributed())[0]
 
 
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -120,7 +127,8 @@ def _eval(args, extra) -> int:
     from ebt.evaluate import evaluate
 
     _check_thinking(args)
-    run = load_run(args.run)
+    device = _device(args.device)
+    run = load_run(args.run, device)
     cfg = run.config
     if args.data is None or args.data == cfg.data.corpus:
         source, corpus = cfg.data.corpus, load_corpus(cfg.data.corpus, cfg.data.validation_fraction)
@@ -130,7 +138,7 @@ def _eval(args, extra) -> int:
         documents, split = corpus.train + corpus.validation, "all"
     tokens = encode_documents(documents, run.tokenizer)
     result = evaluate(run.model, tokens, batch_size=args.batch_size, max_windows=args.max_windows,
-                      steps=args.steps, samples=args.samples, seed=args.seed)
+                      steps=args.steps, samples=args.samples, seed=args.seed, device=device)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     if args.json:
         print(json.dumps(result))
@@ -145,9 +153,10 @@ def _generate(args, extra) -> int:
     from ebt.generate import generate
 
     _check_thinking(args)
-    run = load_run(args.run)
+    device = _device(args.device)
+    run = load_run(args.run, device)
     ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
-                   steps=args.steps, samples=args.samples, seed=args.seed)
+                   steps=args.steps, samples=args.samples, seed=args.seed, device=device)
     print(args.prompt + run.tokenizer.decode(ids))
     return 0
 

@@ -51,7 +51,7 @@ def pick_device(request: str, d: Distributed) -> tuple[torch.device, str]:
     if request.startswith("cuda") and not torch.cuda.is_available():
         from ebt.errors import ConfigError
 
-        raise ConfigError(f"train.device = {request!r} but CUDA is not available; use 'auto' or 'cpu'")
+        raise ConfigError(f"device {request!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
     device = torch.device(request)
     if device.type == "cuda" and d.enabled:
         device = torch.device("cuda", d.local_rank)
