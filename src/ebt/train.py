@@ -18,14 +18,16 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
-from ebt.checkpoint import TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
+from ebt.checkpoint import TOKENIZER, TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
 from ebt.config import RunConfig, TrainConfig
 from ebt.data.batches import RandomWindows
+from ebt.data.tokenizers import tokenizer_from_json
 from ebt.errors import CheckpointError
 from ebt.evaluate import evaluate, perplexity
 from ebt.models import build_model, count_parameters
@@ -137,7 +139,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     tokens_per_step = tc.batch_size * config.model.context_len * dist.world_size
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
-    tick = time.perf_counter()
+    tick, steps_since_tick = time.perf_counter(), 0
     model.train()
     while step < tc.steps:
         batch = next(batches).to(device)
@@ -146,13 +148,15 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()
-        step += 1
+        step, steps_since_tick = step + 1, steps_since_tick + 1
         if step % tc.log_every == 0 or step == tc.steps:
-            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            elapsed = time.perf_counter() - tick
             row = {k: float(v) for k, v in stats.items()}
             row.update(step=step, split="train", ppl=perplexity(row["loss"]), grad_norm=float(grad_norm),
-                       lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_per_step * tc.log_every / elapsed)
+                       lr=lr, tokens_per_s=tokens_per_step * steps_since_tick / elapsed)
+            tick, steps_since_tick = time.perf_counter(), 0
             log.write(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", "tokens_per_s") if k in row})
         bar.update(1)
@@ -163,7 +167,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
                 if not quiet:
                     bar.write(f"step {step}: validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}")
             checkpoint()
-            tick = time.perf_counter()
+            tick, steps_since_tick = time.perf_counter(), 0  # validation time is not training speed
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
         result = validate()
@@ -171,9 +175,6 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
 
 
 def _saved_tokenizer(out: Path):
-    from ebt.checkpoint import TOKENIZER
-    from ebt.data.tokenizers import tokenizer_from_json
-
     for name in (TOKENIZER, WEIGHTS, TRAIN_STATE):
         if not (out / name).is_file():
             raise CheckpointError(f"--resume: {out} has no {name} to resume from")
@@ -181,8 +182,6 @@ def _saved_tokenizer(out: Path):
 
 
 def _load_train_state(out: Path, model, optimizer, scheduler, batches, device) -> int:
-    from safetensors.torch import load_file
-
     try:
         state = torch.load(out / TRAIN_STATE, map_location="cpu", weights_only=False)
         weights = load_file(str(out / WEIGHTS), device=str(device))
