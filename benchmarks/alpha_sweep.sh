@@ -9,7 +9,7 @@ OUT=${OUT:-runs/alpha-sweep}
 for alpha in ${ALPHAS:-5 20 80 200 500}; do
   run=$OUT/alpha-$alpha
   $EBT train --preset text-ebt-tiny --out "$run" --quiet --train.steps=300 --train.eval_every=0 --train.log_every=25 \
-    --think.step_size="$alpha" --think.step_size_lr_mult="$(python3 -c "print(3 * $alpha)")"
+    --think.step_size="$alpha" --think.step_size_lr_mult="$(python3 -c "print(3 * $alpha)")" > /dev/null
   first=$(head -n 1 "$run/metrics.jsonl" | python3 -c "import json,sys; print(round(json.load(sys.stdin)['loss'], 2))")
   row="alpha0=$alpha loss@step25=$first"
   for steps in 1 2 3 4 6; do
