@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--suite", choices=["paper"], help="the paper's thinking / OOD / uncertainty evaluation")
+    p.add_argument("--baseline", type=Path, help="with --suite: a Transformer++ run scored alongside")
+    p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite)")
 
     p = commands.add_parser("generate", help="continue a prompt")
     p.add_argument("run", type=Path)
@@ -72,13 +75,24 @@ def _thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained)")
     p.add_argument("--samples", type=int, default=1, help="EBT self-verification: best of M candidates")
+    p.add_argument("--step-size", type=float, default=None, help="EBT: override the trained step size α")
+    p.add_argument("--langevin-std", type=float, default=0.0, help="EBT: noise σ added before each step")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="EBT adaptive thinking: a position stops when its energy changes by less than this")
 
 
-def _check_thinking(args) -> None:
-    if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps = {args.steps} is not allowed; it must be ≥ 1")
-    if args.samples < 1:
-        raise ConfigError(f"--samples = {args.samples} is not allowed; it must be ≥ 1")
+def _thinking(args) -> dict:
+    """The thinking options of an eval/generate command line, checked."""
+    checks = [("--steps", args.steps, args.steps is None or args.steps >= 1, "≥ 1"),
+              ("--samples", args.samples, args.samples >= 1, "≥ 1"),
+              ("--step-size", args.step_size, args.step_size is None or args.step_size > 0, "> 0"),
+              ("--langevin-std", args.langevin_std, args.langevin_std >= 0, "≥ 0"),
+              ("--tolerance", args.tolerance, args.tolerance is None or args.tolerance >= 0, "≥ 0")]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{flag} = {value} is not allowed; it must be {allowed}")
+    return {"steps": args.steps, "samples": args.samples, "step_size": args.step_size,
+            "langevin_std": args.langevin_std, "tolerance": args.tolerance}
 
 
 def _device(request: str):
@@ -126,9 +140,11 @@ def _eval(args, extra) -> int:
     from ebt.data.corpus import load_corpus
     from ebt.evaluate import evaluate
 
-    _check_thinking(args)
+    thinking = _thinking(args)
     device = _device(args.device)
     run = load_run(args.run, device)
+    if args.suite:
+        return _suite(args, run, thinking, device)
     cfg = run.config
     if args.data is None or args.data == cfg.data.corpus:
         source, corpus = cfg.data.corpus, load_corpus(cfg.data.corpus, cfg.data.validation_fraction)
@@ -138,13 +154,42 @@ def _eval(args, extra) -> int:
         documents, split = corpus.train + corpus.validation, "all"
     tokens = encode_documents(documents, run.tokenizer)
     result = evaluate(run.model, tokens, batch_size=args.batch_size, max_windows=args.max_windows,
-                      steps=args.steps, samples=args.samples, seed=args.seed, device=device)
+                      seed=args.seed, device=device, **thinking)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
-              f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']} forward passes per token")
+              f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+    return 0
+
+
+def _suite(args, run, thinking, device) -> int:
+    from ebt.checkpoint import load_run
+    from ebt.models import NOT_THINKING
+    from ebt.suite import BUDGETS, paper_suite
+
+    fixed = {k: v for k, v in thinking.items() if k in ("steps", "samples", "tolerance") and v != NOT_THINKING[k]}
+    if fixed or args.data:
+        raise ConfigError("--suite paper sets its own data and budgets; drop --data, --steps, --samples and --tolerance")
+    baseline = load_run(args.baseline, device) if args.baseline else None
+    plots = args.plots or args.run / "suite"
+    result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_windows or 64,
+                         batch_size=args.batch_size, seed=args.seed, device=device,
+                         step_size=thinking["step_size"], langevin_std=thinking["langevin_std"])
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>10}" for s, m in BUDGETS)
+    print(f"{'dataset':<14}{'shift':>7}{head}{'longer':>9}{'verify':>9}{'T++':>9}")
+    for name, e in result["datasets"].items():
+        ppl = "".join(f"{b['ppl']:>10.3f}" for b in e["budgets"])
+        tpp = f"{e['transformer_ppl']:>9.3f}" if "transformer_ppl" in e else f"{'':>9}"
+        print(f"{name:<14}{e['ood_shift']:>7.2f}{ppl}{e['gain_think_longer_pct']:>8.1f}%{e['gain_self_verify_pct']:>8.1f}%{tpp}")
+    u = result["uncertainty"]
+    print(f"uncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
+          f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters {u['mean_energy_random_characters']:.4f}")
+    print(f"plots in {plots}")
     return 0
 
 
@@ -152,11 +197,11 @@ def _generate(args, extra) -> int:
     from ebt.checkpoint import load_run
     from ebt.generate import generate
 
-    _check_thinking(args)
+    thinking = _thinking(args)
     device = _device(args.device)
     run = load_run(args.run, device)
     ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
-                   steps=args.steps, samples=args.samples, seed=args.seed, device=device)
+                   seed=args.seed, device=device, **thinking)
     print(args.prompt + run.tokenizer.decode(ids))
     return 0
 

@@ -42,8 +42,17 @@ class ThinkConfig:
     step_size_lr_mult: float = 1500.0  # α's learning rate = this × the peak learning rate
     learn_step_size: bool = True  # System 1 learns α (clamped ≥ 1e-4)
     landscape_per_step: bool = True  # System 1: a learned step embedding, one landscape per step
-    detach_steps: bool = True  # System 1: each step starts from a detached candidate
+    detach_steps: bool = True  # each step starts from a detached candidate (S1; S2 too, see below)
     loss_every_step: bool = True  # System 1: average the loss over all steps
+    # System 2 (SPEC §3), each switchable alone for the paper's ablation. The reference's "no
+    # detach" needs no field: under truncate_graph only the last step's ∇E has a graph, so
+    # nothing flows to θ through earlier steps either way.
+    min_steps: int = 0  # draw the step count per batch uniformly in [min_steps, steps]; 0 = always `steps`
+    truncate_graph: bool = False  # only the last step builds the second-order graph (and has the loss)
+    randomize_step_size: bool = False  # α × U[1/2, 2] per (sequence, position), once per forward pass
+    langevin_std: float = 0.0  # σ of Gaussian noise added to the candidate before each training step
+    replay_buffer_size: int = 0  # sequences whose final candidates are replayed (FIFO); memory =
+    # size × context_len × (candidate_dim × 4 + 16) bytes, e.g. 256 × 128 × 256 logits ≈ 34 MB; 0 = off
 
     @property
     def num_landscapes(self) -> int:
@@ -132,6 +141,11 @@ class RunConfig:
             ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
             ("think.step_size", t.step_size, t.step_size > 0, "> 0"),
             ("think.step_size_lr_mult", t.step_size_lr_mult, t.step_size_lr_mult >= 0, "≥ 0"),
+            ("think.min_steps", t.min_steps, 0 <= t.min_steps <= t.steps, f"in [0, think.steps = {t.steps}]"),
+            ("think.langevin_std", t.langevin_std, t.langevin_std >= 0, "≥ 0"),
+            ("think.replay_buffer_size", t.replay_buffer_size, t.replay_buffer_size >= 0, "≥ 0"),
+            ("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
+             "false when think.truncate_graph is true (earlier steps have no graph to learn through)"),
             ("train.steps", tr.steps, tr.steps >= 1, "≥ 1"),
             ("train.batch_size", tr.batch_size, tr.batch_size >= 1, "≥ 1"),
             ("train.lr", tr.lr, tr.lr > 0, "> 0"),

@@ -135,20 +135,30 @@ class AutoregressiveEBT(nn.Module):
         steps: int | None = None,
         samples: int = 1,
         step_size: float | None = None,
+        langevin_std: float = 0.0,
+        tolerance: float | None = None,
         generator: torch.Generator | None = None,
         score_final: bool = False,
         last_only: bool = False,
     ) -> Thought:
-        """Predict the next token at every position of ids (B, S) by thinking.
+        """Predict the next token at every position of ids (B, S) by thinking (System 2 inference).
 
-        steps: thinking steps (default: as trained). samples: best-of-M self-verification, M
-        candidates from independent starts, the lowest final energy kept per position.
+        steps: thinking steps (default: as trained; more = thinking longer). samples: best-of-M
+        self-verification, M candidates from independent starts optimized together, the lowest
+        final energy kept per position. step_size: override of the trained α. langevin_std: noise
+        added before each step. tolerance: adaptive thinking (see `ebt.think.think`).
         last_only: predict only the last position (generation). Returns a Thought whose `logits`
-        are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1).
+        are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1);
+        `forward_passes` counts every energy evaluation run, all samples included.
         """
         steps = self.think_config.steps if steps is None else steps
         if steps < 1 or samples < 1:
             raise ConfigError(f"thinking needs steps ≥ 1 and samples ≥ 1, got steps = {steps}, samples = {samples}")
+        if (step_size is not None and step_size <= 0) or langevin_std < 0 or (tolerance is not None and tolerance < 0):
+            raise ConfigError(
+                f"step_size must be > 0, langevin_std ≥ 0 and tolerance ≥ 0; got step_size = {step_size}, "
+                f"langevin_std = {langevin_std}, tolerance = {tolerance}"
+            )
         b, s = ids.shape
         s = 1 if last_only else s
         y = self.task.initial_candidate((b, samples, s), self.candidate_embedding.weight, generator)  # (B, M, S, C)
@@ -158,6 +168,9 @@ class AutoregressiveEBT(nn.Module):
             steps=steps,
             step_size=self.alpha.detach() if step_size is None else step_size,
             prepare=self.task.prepare,
+            langevin_std=langevin_std,
+            tolerance=tolerance,
+            generator=generator,
             score_final=score_final or samples > 1,
         )
         thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples

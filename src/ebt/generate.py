@@ -19,12 +19,13 @@ def generate(
     max_new_tokens: int,
     *,
     temperature: float = 1.0,
-    steps: int | None = None,
-    samples: int = 1,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    **thinking,
 ) -> list[int]:
-    """The prompt's token ids continued by `max_new_tokens` generated ids (returned without the prompt)."""
+    """The prompt's token ids continued by `max_new_tokens` generated ids (returned without the prompt).
+
+    `thinking` options (steps, samples, step_size, langevin_std, tolerance) go to the EBT's `think`."""
     if not prompt:
         raise ConfigError("the prompt is empty: give at least one token of context (--prompt TEXT)")
     if temperature < 0:
@@ -38,8 +39,7 @@ def generate(
     with torch.no_grad():
         for _ in range(max_new_tokens):
             x = torch.tensor([ids[-window:]], device=device)  # (1, S)
-            logits, _ = predict(model, x, steps=steps, samples=samples, generator=generator, last_only=True)
-            logits = logits[0, -1].float()  # (V,)
+            logits = predict(model, x, generator=generator, last_only=True, **thinking).logits[0, -1].float()  # (V,)
             if temperature == 0:
                 token = int(logits.argmax())
             else:

@@ -9,6 +9,7 @@ from ebt.baselines.transformer import TransformerPP
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT
 from ebt.errors import ConfigError
+from ebt.think import Thought
 
 
 def build_model(config: RunConfig) -> nn.Module:
@@ -29,25 +30,27 @@ def is_energy_based(model: nn.Module) -> bool:
     return isinstance(model, AutoregressiveEBT)
 
 
+# Thinking options at their "no thinking requested" values.
+NOT_THINKING = {"steps": None, "samples": 1, "step_size": None, "langevin_std": 0.0, "tolerance": None}
+
+
 def predict(
     model: nn.Module,
     ids: Tensor,
     *,
-    steps: int | None = None,
-    samples: int = 1,
-    generator: torch.Generator | None = None,
     last_only: bool = False,
-) -> tuple[Tensor, int]:
-    """Next-token predictions (B, S or 1, C) for ids (B, S) from either kind of model, and the
-    forward passes per position that they cost. Only an EBT can think: Transformer++ rejects
-    `steps` and `samples`."""
+    generator: torch.Generator | None = None,
+    **thinking,
+) -> Thought:
+    """Next-token predictions for ids (B, S) from either kind of model, as a Thought whose
+    `logits` are (B, S or 1, C) and whose `forward_passes` is what they cost. Only an EBT can
+    think: Transformer++ rejects thinking options (steps, samples, step_size, langevin_std,
+    tolerance) that are set."""
     if is_energy_based(model):
-        thought = model.think(ids, steps=steps, samples=samples, generator=generator, last_only=last_only)
-        return thought.logits, thought.forward_passes
-    if steps is not None or samples != 1:
-        raise ConfigError(
-            f"a Transformer++ cannot think: steps = {steps!r} and samples = {samples!r} apply to EBT runs only"
-        )
+        return model.think(ids, generator=generator, last_only=last_only, **thinking)
+    given = {k: v for k, v in thinking.items() if v != NOT_THINKING.get(k)}
+    if given:
+        raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
     with torch.no_grad():
-        logits = model(ids)
-    return (logits[:, -1:] if last_only else logits), 1
+        logits = model(ids)  # (B, S, V)
+    return Thought([logits[:, -1:] if last_only else logits], forward_passes=1)

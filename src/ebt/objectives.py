@@ -6,7 +6,9 @@ An objective is a module wrapping the model, so DDP can wrap the pair and see on
 - `UnrolledThinking`: the EBT. Thinking is unrolled from random candidates and the task loss is
   put on the optimized candidates, so θ learns through ∇_y E. No loss is put on the energy.
   System 1 (the default ThinkConfig): N steps, a landscape per step, detach at every step, loss
-  after every step averaged.
+  after every step averaged. System 2 (the s2 presets): one landscape, a random step count and
+  per-position step size, Langevin noise, only the last step's graph and loss, and a replay
+  buffer of recent final candidates; every trick is its own ThinkConfig field.
 - `DirectPrediction`: the Transformer++: one forward pass, the task loss on its output.
 """
 
@@ -22,27 +24,78 @@ class UnrolledThinking(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        size = model.think_config.replay_buffer_size
+        self.replay = ReplayBuffer(size) if size else None
 
     def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.model.think_config
+        fresh = x.shape[0]
         y = model.task.initial_candidate(x.shape, model.candidate_embedding.weight)  # (B, S, C)
+        if self.replay is not None and len(self.replay):
+            # Half a batch of recent sequences, resumed from their final candidates (SPEC §3).
+            x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2))
+            x, targets, y = torch.cat((x, x_r)), torch.cat((targets, targets_r)), torch.cat((y, y_r))
+        steps = cfg.steps
+        if cfg.min_steps:
+            steps = int(torch.randint(cfg.min_steps, cfg.steps + 1, ()))
+        alpha = model.alpha
+        if cfg.randomize_step_size:  # one factor per (sequence, position), broadcast over samples and V
+            alpha = alpha * torch.empty(x.shape[0], 1, x.shape[1], 1, device=x.device).uniform_(0.5, 2.0)
         thought = think(
             model.landscapes(x),
             y.unsqueeze(1),  # (B, 1, S, C): one sample per position
-            steps=cfg.steps,
-            step_size=model.alpha,
+            steps=steps,
+            step_size=alpha,
             prepare=model.task.prepare,
             create_graph=True,
+            truncate_graph=cfg.truncate_graph,
             detach_steps=cfg.detach_steps,
+            langevin_std=cfg.langevin_std,
         )
-        losses = [model.task.loss(c.squeeze(1), targets) for c in thought.candidates]
-        loss = torch.stack(losses).mean() if cfg.loss_every_step else losses[-1]
+        final = thought.y.squeeze(1)  # (B, S, C)
+        if self.replay is not None:
+            self.replay.add(x[:fresh], targets[:fresh], final[:fresh].detach())
+        if cfg.loss_every_step:
+            loss = torch.stack([model.task.loss(c.squeeze(1), targets) for c in thought.candidates]).mean()
+        else:
+            loss = model.task.loss(final, targets)
         stats = {
-            "loss": losses[-1].detach(),  # the prediction's loss, comparable with Transformer++
+            # the fresh sequences' prediction loss, comparable with Transformer++
+            "loss": model.task.loss(final[:fresh], targets[:fresh]).detach(),
             "energy_gap": (thought.energies[0].mean() - thought.energies[-1].mean()).detach(),
             "alpha": model.alpha.detach(),
         }
         return loss, stats
+
+
+class ReplayBuffer:
+    """FIFO of (context, targets, final candidate) for recent sequences, at most `size` of them.
+
+    Storage is allocated on first use, on the device of the data, and never grows: size × S ×
+    (C × 4 + 16) bytes. It is not saved with checkpoints; a resumed run starts it empty.
+    """
+
+    def __init__(self, size: int):
+        self.size, self.count, self.next = size, 0, 0
+        self.x = self.targets = self.y = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, x: Tensor, targets: Tensor, y: Tensor) -> None:
+        if self.x is None:
+            self.x = x.new_empty(self.size, *x.shape[1:])  # (N, S)
+            self.targets = targets.new_empty(self.size, *targets.shape[1:])
+            self.y = y.new_empty(self.size, *y.shape[1:])  # (N, S, C)
+        n = min(x.shape[0], self.size)
+        slots = (self.next + torch.arange(n, device=x.device)) % self.size
+        self.x[slots], self.targets[slots], self.y[slots] = x[-n:], targets[-n:], y[-n:]
+        self.next = (self.next + n) % self.size
+        self.count = min(self.count + n, self.size)
+
+    def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        index = torch.randint(0, self.count, (n,), device=self.x.device)
+        return self.x[index], self.targets[index], self.y[index]
 
 
 class DirectPrediction(nn.Module):

@@ -1,6 +1,7 @@
 """Named run configurations: the tiny presets for CPUs and the paper's model sizes (SPEC §3).
 
-`text-{ebt,transformer}-{size}`; each EBT preset is the System 1 recipe. The paper's presets keep
+`text-{ebt,transformer}-{size}` (EBTs with the System 1 recipe) and `text-ebt-s2-{size}`
+(System 2, SPEC §3). The paper's presets keep
 its context (256) and peak learning rates; batch sizes are ours (the paper's are GPU-sized).
 """
 
@@ -39,12 +40,30 @@ def _text(kind: str, layers: int, dim: int, heads: int, lr: float, context: int,
     )
 
 
+# System 2 for the byte vocabulary: α fixed (paper: 5 at V ≈ 50k, ÷6 like α₀ above ≈ 1; chosen by
+# the sweep in docs/results.md), σ = 3 on the logits as in the paper.
+BYTE_S2_STEP_SIZE = 1.0
+BYTE_S2_LANGEVIN_STD = 3.0
+
+
+def _system2(config: RunConfig) -> RunConfig:
+    config.think = ThinkConfig(
+        steps=3, min_steps=2,  # steps drawn from {2, 3} per batch; evaluation at 3
+        step_size=BYTE_S2_STEP_SIZE, learn_step_size=False, randomize_step_size=True,
+        landscape_per_step=False, loss_every_step=False, truncate_graph=True,
+        langevin_std=BYTE_S2_LANGEVIN_STD, replay_buffer_size=256,
+    )
+    return config
+
+
 PRESETS: dict[str, Callable[[], RunConfig]] = {}
 for _kind in ("ebt", "transformer"):
     # Same backbone for both kinds: a few hundred steps take a couple of minutes on 2 CPU cores.
     PRESETS[f"text-{_kind}-tiny"] = lambda k=_kind: _text(k, 2, 128, 4, 2.4e-3, context=128, batch=16)
     for _size, (_l, _d, _h, _lr) in PAPER_SIZES.items():
         PRESETS[f"text-{_kind}-{_size}"] = lambda k=_kind, l=_l, d=_d, h=_h, lr=_lr: _text(k, l, d, h, lr, 256, 32)
+for _size in ("tiny", *PAPER_SIZES):
+    PRESETS[f"text-ebt-s2-{_size}"] = lambda size=_size: _system2(PRESETS[f"text-ebt-{size}"]())
 
 
 def preset(name: str) -> RunConfig:

@@ -30,12 +30,13 @@ class Thought:
 
     candidates[i] is the prediction after step i (for text: logits), energies[i] the energy of the
     candidate that step i started from, detached; a final scoring pass, when asked for, appends
-    the energy of the last prediction. `forward_passes` counts energy evaluations per position.
+    the energy of the last prediction. `forward_passes` counts the energy evaluations run.
     """
 
     candidates: list[Tensor] = field(default_factory=list)
     energies: list[Tensor] = field(default_factory=list)
     forward_passes: int = 0
+    steps_taken: Tensor | None = None  # (…, S) per-position steps, when thinking adaptively
 
     @property
     def y(self) -> Tensor:
@@ -52,6 +53,7 @@ class Thought:
             [take_sample(c, index) for c in self.candidates],
             [take_sample(e, index) for e in self.energies],
             self.forward_passes,
+            None if self.steps_taken is None else take_sample(self.steps_taken, index),
         )
 
 
@@ -63,31 +65,57 @@ def think(
     step_size: Tensor | float,
     prepare: Callable[[Tensor], Tensor] = lambda y: y,
     create_graph: bool = False,
+    truncate_graph: bool = False,
     detach_steps: bool = True,
+    langevin_std: float = 0.0,
+    tolerance: float | None = None,
+    generator: torch.Generator | None = None,
     score_final: bool = False,
 ) -> Thought:
-    """Descend the energy from candidate y for `steps` steps; see the module docstring.
+    """Descend the energy from candidate y (…, S, C) for `steps` steps; see the module docstring.
 
+    step_size: α, a scalar or a tensor broadcasting against y (System 2 draws one per position).
     create_graph: keep the second-order graph of ∇E so a loss on the result trains θ.
+    truncate_graph: with create_graph, only the last step builds it (System 2's truncated backprop).
     detach_steps: start every step from a detached candidate (System 1; always the case when no
         graph is built, so inference never accumulates a graph across steps).
+    langevin_std: σ of the Gaussian noise added to the candidate before each step (Langevin).
+    tolerance: adaptive thinking; a position stops once its energy changes by less than this
+        between steps, the loop once every position has stopped. `steps_taken` records the
+        steps each position used; `forward_passes` what was actually run.
     score_final: one more energy evaluation of the last prediction (needed to pick among samples).
     """
     thought = Thought()
+    active = None  # (…, S) positions still thinking, when adaptive
     with torch.enable_grad():
         for step in range(steps):
-            if detach_steps or not create_graph or not y.requires_grad:
+            graph = create_graph and (not truncate_graph or step == steps - 1)
+            if detach_steps or not graph or not y.requires_grad:
                 y = y.detach().requires_grad_()
+            if langevin_std:
+                y = y + langevin_std * _normal(y, generator)
             p = prepare(y)
             e = energy(p, step)  # (…, S)
-            (g,) = torch.autograd.grad(e.sum(), p, create_graph=create_graph)
+            (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
             if not bool(torch.isfinite(g).all()):
+                alpha = float(torch.as_tensor(step_size).detach().max())
                 raise ThinkingDiverged(
-                    f"∇E is not finite at thinking step {step} (α = {float(step_size):.4g}); "
+                    f"∇E is not finite at thinking step {step} (α = {alpha:.4g}); "
                     "lower think.step_size or the learning rate"
                 )
-            y = p - step_size * g
-            thought.candidates.append(y if create_graph else y.detach())
+            update = p - step_size * g
+            if tolerance is not None:
+                if active is None:
+                    active = torch.ones_like(e, dtype=torch.bool)
+                    thought.steps_taken = torch.zeros_like(e, dtype=torch.long)
+                else:  # converged: the candidate this step started from is final
+                    active = active & ((e - thought.energies[-1]).abs() >= tolerance)
+                if not bool(active.any()):
+                    break
+                thought.steps_taken += active
+                update = torch.where(active.unsqueeze(-1), update, thought.candidates[-1] if thought.candidates else y)
+            y = update
+            thought.candidates.append(y if graph else y.detach())
             thought.energies.append(e.detach())
             thought.forward_passes += 1
     if score_final:
@@ -95,6 +123,11 @@ def think(
             thought.energies.append(energy(prepare(thought.y), steps).detach())
         thought.forward_passes += 1
     return thought
+
+
+def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
 def lowest_energy_sample(energies: Tensor) -> Tensor:

@@ -1,0 +1,45 @@
+"""Markdown tables of the thinking experiment from its JSON files (benchmarks/thinking_experiment.sh).
+
+    python benchmarks/thinking_tables.py runs/thinking
+"""
+
+import json
+import sys
+from pathlib import Path
+
+ABLATION = [("s2-full", "full S2"), ("s2-no-random-alpha", "without random α"),
+            ("s2-no-random-steps", "without random step count"), ("s2-no-langevin", "without Langevin noise"),
+            ("s2-no-replay", "without replay buffer")]
+
+
+def samples(budget: dict) -> str:
+    return f" × {budget['samples']}" if budget["samples"] > 1 else ""
+
+
+def main(out: Path) -> None:
+    full = json.loads((out / "s2-full.json").read_text())
+    budgets = next(iter(full["datasets"].values()))["budgets"]
+    head = " | ".join(f"{b['budget']} ({b['steps']} steps{samples(b)})" for b in budgets)
+    print(f"| dataset | tokens | OOD shift | Transformer++ | {head} | think longer | + self-verify |")
+    print("|---|---|---|---|" + "---|" * len(budgets) + "---|---|")
+    for name, e in full["datasets"].items():
+        ppl = " | ".join(f"{b['ppl']:.3f}" for b in e["budgets"])
+        print(f"| {name} | {e['tokens']:,} | {e['ood_shift']:.2f} | {e.get('transformer_ppl', float('nan')):.3f} | {ppl} "
+              f"| {e['gain_think_longer_pct']:+.1f}% | {e['gain_self_verify_pct']:+.1f}% |")
+    u = full["uncertainty"]
+    print(f"\nUncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
+          f"mean energy {u['mean_energy_real_text']:.4f} (real text) vs {u['mean_energy_random_characters']:.4f} (random characters).\n")
+    datasets = list(full["datasets"])
+    print("| variant | " + " | ".join(f"{d}: longer / verify" for d in datasets) + " | validation ppl @2 |")
+    print("|---|" + "---|" * (len(datasets) + 1))
+    for name, label in ABLATION:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())["datasets"]
+        cells = " | ".join(f"{r[d]['gain_think_longer_pct']:+.1f}% / {r[d]['gain_self_verify_pct']:+.1f}%" for d in datasets)
+        print(f"| {label} | {cells} | {r['validation']['budgets'][0]['ppl']:.3f} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/thinking"))

@@ -1,0 +1,303 @@
+"""Figures for System 2 thinking results (SPEC §4), drawn from plain numbers.
+
+Every function takes dicts, lists or numpy arrays, writes one PNG atomically (a temporary file in
+the same directory, then a rename) and returns its path. Nothing here reads files or touches a
+model or torch: evaluation code computes the numbers, these functions only draw them. Figures are
+built on `matplotlib.figure.Figure` directly, so no pyplot state or interactive backend is used.
+
+- `plot_thinking_curves`: perplexity against forward passes per token (2 = no extra thinking,
+  3 = think longer, 6/15/30 = best-of-2/5/10 at 3 steps), one line per dataset, with the
+  Transformer++ perplexity as a flat dashed line since it cannot spend more compute per token.
+  Mirrors the paper's "thinking longer and self-verification" perplexity curves.
+- `plot_gain_vs_shift`: % perplexity improvement from thinking against distribution shift
+  (dataset ppl / in-distribution ppl), with a least-squares line. Mirrors the paper's figure
+  whose gain grows linearly with shift (about +12% at shift 1.0 to +23% at shift 4.4).
+- `plot_energy_heatmap`: per-token energy at every thinking step for one sample text. Mirrors the
+  paper's uncertainty heatmaps: hard or unfamiliar tokens keep a higher energy.
+- `plot_energy_vs_loss`: per-token energy against per-token loss. The paper has no such figure;
+  it quantifies the heatmaps' claim that energy tracks difficulty (see `spearman`).
+
+Read next: `ebt/evaluate.py`, which produces the numbers these figures draw.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, NullLocator, ScalarFormatter
+
+# SPEC §4: the paper's gain from thinking at two distribution shifts, (shift, % improvement).
+PAPER_GAIN_VS_SHIFT = ((1.0, 12.0), (4.4, 23.0))
+
+# One panel for all datasets only while their perplexities stay within this factor of each other;
+# beyond it a shared log axis flattens every curve and the thinking gain becomes invisible.
+_SHARED_AXES_MAX_RATIO = 4.0
+
+_DPI = 120
+
+
+def plot_thinking_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    path: str | os.PathLike,
+    baselines: Mapping[str, float] | None = None,
+    title: str = "Thinking: perplexity vs forward passes per token",
+) -> Path:
+    """Perplexity against forward passes per token (log x, ticked at the measured counts).
+
+    `curves` maps a dataset name to its (forward_passes, perplexity) points; `baselines` maps a
+    dataset name to the Transformer++ perplexity, drawn as a dashed line in the dataset's colour.
+    Datasets share one panel (log y) while their perplexities stay within 4x of each other;
+    otherwise each gets its own panel (linear y, values labelled).
+    """
+    if not curves:
+        raise ValueError("plot_thinking_curves: `curves` is empty; give at least one dataset")
+    baselines = dict(baselines or {})
+    unknown = sorted(set(baselines) - set(curves))
+    if unknown:
+        raise ValueError(f"plot_thinking_curves: baselines {unknown} have no curve; datasets are {sorted(curves)}")
+    points = {}
+    for name, curve in curves.items():
+        array = np.asarray(curve, dtype=float)
+        well_formed = array.ndim == 2 and array.shape[1] == 2 and len(array) > 0
+        if not well_formed or np.any(array <= 0) or not np.all(np.isfinite(array)):
+            raise ValueError(
+                f"plot_thinking_curves: dataset {name!r} needs (forward_passes, ppl) pairs of finite positive "
+                f"numbers, got {list(curve)!r}"
+            )
+        points[name] = array[np.argsort(array[:, 0])]
+
+    every_ppl = np.concatenate([p[:, 1] for p in points.values()] + [np.asarray(list(baselines.values()), float)])
+    shared = every_ppl.max() / every_ppl.min() <= _SHARED_AXES_MAX_RATIO
+    names = list(points)
+    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    passes = sorted({float(x) for p in points.values() for x in p[:, 0]})
+
+    n_panels = 1 if shared else len(names)
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(5.0 * cols + (1.5 if shared else 0.0), 3.8 * rows), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+
+    for i, name in enumerate(names):
+        ax = axes[0 if shared else i]
+        xs, ys = points[name][:, 0], points[name][:, 1]
+        ax.plot(xs, ys, marker="o", color=colours[name], label=f"{name} EBT")
+        if not shared:
+            for x, y in zip(xs, ys):
+                ax.annotate(_short_number(y), (x, y), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=7, color=colours[name])
+            ax.margins(y=0.12)  # room for the value labels
+        if name in baselines:
+            ax.axhline(baselines[name], color=colours[name], linestyle="--", linewidth=1.2,
+                       label=f"{name} Transformer++")
+        if not shared:
+            ax.set_title(name, fontsize=10)
+
+    for ax in axes[:n_panels]:
+        ax.set_xscale("log")
+        # Ticks at the budgets actually measured (2, 3, 6, 15, 30), not at powers of ten.
+        ax.xaxis.set_major_locator(FixedLocator(passes))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        if shared:
+            # Log y so that equal relative gains look alike across datasets; the span is under a
+            # decade, so the minor ticks (1.5..9 x 10^k) are the informative ones to label.
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        else:
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        if len(passes) > 1:
+            ax.set_xlim(passes[0] / 1.15, passes[-1] * 1.15)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("forward passes per token")
+        ax.set_ylabel("perplexity")
+        if shared:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_gain_vs_shift(
+    points: Mapping[str, tuple[float, float]],
+    path: str | os.PathLike,
+    paper_reference: bool = True,
+) -> Path:
+    """% perplexity improvement from thinking (y) against distribution shift (x), one point per dataset.
+
+    `points` maps a dataset name to (shift, gain %): shift = the dataset's perplexity without
+    thinking / the in-distribution perplexity without thinking. With two or more points a
+    least-squares line is drawn with its slope in the legend; `paper_reference` adds SPEC §4's
+    two reference points in grey.
+    """
+    if not points:
+        raise ValueError("plot_gain_vs_shift: `points` is empty; give at least one dataset")
+    data = np.asarray([points[name] for name in points], dtype=float).reshape(-1, 2)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"plot_gain_vs_shift: (shift, gain %) pairs must be finite, got {dict(points)!r}")
+    xs, ys = data[:, 0], data[:, 1]
+
+    fig = Figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.axhline(0.0, color="0.6", linewidth=0.8, label="Transformer++ (no thinking gain)")
+    ax.scatter(xs, ys, s=40, color="C0", zorder=3, label="EBT (this run)")
+    for name, x, y in zip(points, xs, ys):
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+
+    x_span = list(xs)
+    if paper_reference:
+        ref = np.asarray(PAPER_GAIN_VS_SHIFT)
+        ax.plot(ref[:, 0], ref[:, 1], linestyle="--", color="0.5", marker="o", markerfacecolor="none",
+                markeredgecolor="0.5", markersize=8, label="paper (SPEC §4)")
+        x_span += list(ref[:, 0])
+    if len(xs) >= 2 and np.ptp(xs) > 0:
+        slope, intercept = np.polyfit(xs, ys, deg=1)
+        line_x = np.linspace(min(x_span), max(x_span), 50)
+        ax.plot(line_x, slope * line_x + intercept, color="C0", linewidth=1.2,
+                label=f"least-squares fit: {slope:+.2f} % per unit shift")
+
+    ax.set_xlabel("distribution shift (ppl / in-distribution ppl, no thinking)")
+    ax.set_ylabel("perplexity improvement from thinking (%)")
+    ax.set_title("Thinking gain vs distribution shift")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_energy_heatmap(
+    energies: np.ndarray,
+    tokens: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "Per-token energy across thinking steps",
+) -> Path:
+    """Energy of each token (columns, labelled with the token text) at each thinking step (rows).
+
+    `energies` has shape (steps, tokens); row i is the energy after i steps (row 0 = the initial
+    candidate). Newlines show as "⏎" and spaces as "␣". The width grows with the token count, so
+    ~120 tokens stay legible.
+    """
+    energies = np.asarray(energies, dtype=float)
+    if energies.ndim != 2 or energies.size == 0:
+        raise ValueError(
+            f"plot_energy_heatmap: energies must be a non-empty (steps, tokens) array, got shape {energies.shape}"
+        )
+    if energies.shape[1] != len(tokens):
+        raise ValueError(
+            f"plot_energy_heatmap: energies has {energies.shape[1]} token columns but {len(tokens)} tokens were given"
+        )
+    steps, n_tokens = energies.shape
+    labels = [printable_token(t) for t in tokens]
+    longest = max(len(label) for label in labels)
+
+    width = min(max(6.0, 2.2 + 0.17 * n_tokens), 40.0)
+    rotation = 0 if longest <= 1 else 90  # single characters read best upright
+    height = 1.6 + 0.32 * steps + (0.08 * min(longest, 16) if rotation else 0.0)
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(energies, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(n_tokens), labels, rotation=rotation, fontsize=8, family="DejaVu Sans Mono")
+    ax.set_yticks(range(steps), [str(i) for i in range(steps)], fontsize=8)
+    ax.set_xlabel("token")
+    ax.set_ylabel("thinking step")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="energy", fraction=0.05 if n_tokens < 40 else 0.015, pad=0.01)
+    return _save(fig, path)
+
+
+def plot_energy_vs_loss(
+    energy: np.ndarray,
+    loss: np.ndarray,
+    path: str | os.PathLike,
+    spearman: float | None = None,
+) -> Path:
+    """Scatter of per-token energy (x) against per-token loss (y), Spearman's ρ in the title if given."""
+    energy = np.asarray(energy, dtype=float).ravel()
+    loss = np.asarray(loss, dtype=float).ravel()
+    if energy.shape != loss.shape or energy.size == 0:
+        raise ValueError(
+            "plot_energy_vs_loss: energy and loss must be non-empty and equally long, "
+            f"got {energy.size} and {loss.size}"
+        )
+    fig = Figure(figsize=(5.6, 4.4), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    alpha = float(np.clip(30.0 / math.sqrt(energy.size), 0.05, 0.6))
+    # Rasterized: tens of thousands of points cost nothing in a PNG but keep any vector export small.
+    ax.scatter(energy, loss, s=5, alpha=alpha, color="C0", linewidths=0, rasterized=True)
+    ax.set_xlabel("energy")
+    ax.set_ylabel("loss")
+    title = f"Per-token energy vs loss (n = {energy.size})"
+    if spearman is not None:
+        title += f"\nSpearman ρ = {spearman:.3f}"
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman's rank correlation: Pearson's r of the ranks, tied values sharing their mean rank.
+
+    Returns NaN when either input is constant (the correlation is undefined), like scipy.
+    """
+    a = np.asarray(a, dtype=float).ravel()
+    b = np.asarray(b, dtype=float).ravel()
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError(f"spearman: needs two equally long inputs of at least 2 values, got {a.size} and {b.size}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("spearman: inputs contain NaN or Inf; drop those positions first")
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    if denominator == 0.0:
+        return float("nan")
+    return float(np.clip(ra @ rb / denominator, -1.0, 1.0))
+
+
+def printable_token(token: str) -> str:
+    """A token's text with whitespace made visible: "\\n" → "⏎", " " → "␣", "\\t" → "⇥"."""
+    text = token.replace("\n", "⏎").replace(" ", "␣").replace("\t", "⇥").replace("\r", "␍")
+    # Other control characters (bytes of a byte-level tokenizer) print as escapes.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`; each group of ties gets the mean of the ranks it spans."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)  # rank of each distinct value's last occurrence
+    mean_rank = last - (counts - 1) / 2.0
+    return mean_rank[inverse.ravel()].astype(float)
+
+
+def _short_number(value: float) -> str:
+    """3 significant digits without scientific notation for the usual perplexity range."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write `fig` as a PNG to `path` via a temporary file in the same directory, then rename.
+
+    Kept here rather than importing `ebt.checkpoint.atomic_write` so plotting never loads torch.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600); a figure is for sharing
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,143 @@
+"""The paper's thinking evaluation (SPEC §4): `ebt eval RUN --suite paper`.
+
+For the run's validation split (in distribution) and each out-of-distribution set (KJV Bible,
+Dyck languages, arithmetic; Austen when its Debian package is installed), perplexity
+at every thinking budget on the paper's axis — 2 steps (as trained, no extra thinking), 3
+steps (thinking longer), then best-of-2/5/10 at 3 steps (self-verification): 2, 3, 6, 15, 30
+forward passes (`forward_passes` also counts the scoring pass that best-of-M needs). From
+those: the OOD shift (dataset ppl / in-distribution ppl, both without thinking) and the %
+improvement from thinking, beside a Transformer++ run's perplexity when one is given.
+
+Uncertainty (SPEC §4): the Spearman correlation of per-token energy with per-token loss, a
+heatmap of per-token energies across thinking steps for a sample text, and the mean energy of
+random characters against real text.
+
+Plots written to `out`: thinking_curve.png, gain_vs_shift.png, energy_heatmap.png,
+energy_vs_loss.png.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ebt import plots
+from ebt.checkpoint import Run
+from ebt.data.batches import encode_documents, sequential_windows
+from ebt.data.corpus import load_corpus
+from ebt.data.probes import OOD_SETS, PROBE_SETS
+from ebt.errors import ConfigError, DataError
+from ebt.evaluate import evaluate
+from ebt.models import is_energy_based
+
+# (steps, samples): the paper's budgets of 2, 3, 6, 15 and 30 forward passes per token.
+BUDGETS = ((2, 1), (3, 1), (3, 2), (3, 5), (3, 10))
+IN_DISTRIBUTION = "validation"
+
+
+def suite_datasets(run: Run) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer;
+    and the optional sets (Austen) that are not installed here, with the reason."""
+    cfg = run.config.data
+    streams = {IN_DISTRIBUTION: encode_documents(load_corpus(cfg.corpus, cfg.validation_fraction).validation, run.tokenizer)}
+    unavailable = {}
+    for name in PROBE_SETS:
+        try:
+            corpus = load_corpus(name)
+        except DataError as e:
+            if name in OOD_SETS:
+                raise
+            unavailable[name] = str(e)
+            continue
+        streams[name] = encode_documents(corpus.train + corpus.validation, run.tokenizer)
+    return streams, unavailable
+
+
+def paper_suite(
+    run: Run,
+    *,
+    baseline: Run | None = None,
+    out: Path | None = None,
+    max_windows: int = 64,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    **thinking,
+) -> dict:
+    """Run the suite on an EBT run; `thinking` options (step_size, langevin_std) apply to every budget."""
+    if not is_energy_based(run.model):
+        raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
+    if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
+        raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
+    streams, unavailable = suite_datasets(run)
+    common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
+    datasets: dict[str, dict] = {}
+    for name, tokens in streams.items():
+        budgets = []
+        for steps, samples in BUDGETS:
+            r = evaluate(run.model, tokens, steps=steps, samples=samples, **common, **thinking)
+            budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **r})
+        entry = {"tokens": budgets[0]["tokens"], "budgets": budgets}
+        if baseline is not None:
+            entry["transformer_ppl"] = evaluate(baseline.model, tokens, **common)["ppl"]
+        datasets[name] = entry
+    in_ppl = datasets[IN_DISTRIBUTION]["budgets"][0]["ppl"]
+    for entry in datasets.values():
+        ppl = [b["ppl"] for b in entry["budgets"]]
+        entry["ood_shift"] = ppl[0] / in_ppl
+        entry["gain_think_longer_pct"] = 100 * (ppl[0] - ppl[1]) / ppl[0]
+        entry["gain_self_verify_pct"] = 100 * (ppl[0] - ppl[-1]) / ppl[0]
+        entry["gain_best_pct"] = 100 * (ppl[0] - min(ppl)) / ppl[0]
+    result = {"run": str(run.path), "baseline": str(baseline.path) if baseline else None,
+              "max_windows": max_windows, "datasets": datasets, "unavailable": unavailable,
+              "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out)}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plots.plot_thinking_curves(
+            {n: [(b["budget"], b["ppl"]) for b in e["budgets"]] for n, e in datasets.items()},
+            out / "thinking_curve.png",
+            baselines={n: e["transformer_ppl"] for n, e in datasets.items()} if baseline else None,
+        )
+        plots.plot_gain_vs_shift({n: (e["ood_shift"], e["gain_self_verify_pct"]) for n, e in datasets.items()},
+                                 out / "gain_vs_shift.png")
+        result["plots"] = sorted(str(p) for p in out.glob("*.png"))
+    return result
+
+
+def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: Path | None = None,
+                windows: int = 8, heatmap_tokens: int = 96) -> dict:
+    """Per-token energy against per-token loss, and random characters against real text."""
+    model, s = run.model, run.config.model.context_len
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batch = next(sequential_windows(tokens, s + 1, windows)).to(device)  # (W, S+1)
+    x, targets = batch[:, :-1], batch[:, 1:]
+    thought = model.think(x, score_final=True, generator=generator)
+    energy = thought.energies[-1]  # (W, S): energy of the final prediction
+    loss = torch.nn.functional.cross_entropy(thought.logits.transpose(1, 2).float(), targets, reduction="none")
+    rho = plots.spearman(energy.flatten().cpu().numpy(), loss.flatten().cpu().numpy())
+
+    rng = random.Random(seed)
+    noise_text = "".join(rng.choice(string.ascii_letters + string.punctuation + " ") for _ in range(4 * s))
+    noise = torch.tensor(run.tokenizer.encode(noise_text)[: s], device=device)[None]  # (1, S)
+    noise_energy = float(model.think(noise, score_final=True, generator=generator).energies[-1].mean())
+    real_energy = float(energy.mean())
+
+    result = {"spearman_energy_loss": rho, "tokens": energy.numel(),
+              "mean_energy_real_text": real_energy, "mean_energy_random_characters": noise_energy}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        plots.plot_energy_vs_loss(energy.flatten().cpu().numpy(), loss.flatten().cpu().numpy(),
+                                  out / "energy_vs_loss.png", spearman=rho)
+        n = min(heatmap_tokens, s)
+        sample = x[:1, -n:]  # (1, n): a sample text
+        trace = model.think(sample, steps=model.think_config.steps + 2, score_final=True, generator=generator)
+        heat = np.stack([e[0].cpu().numpy() for e in trace.energies])  # (steps + 1, n)
+        labels = [run.tokenizer.decode([int(t)]) for t in targets[0, -n:]]
+        plots.plot_energy_heatmap(heat, labels, out / "energy_heatmap.png",
+                                  title="Energy of each next-token prediction across thinking steps")
+    return result
