@@ -97,6 +97,7 @@ def think(
             p = prepare(y)
             e = energy(p, step)  # (…, S)
             (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
+            thought.forward_passes += 1
             if not bool(torch.isfinite(g).all()):
                 alpha = float(torch.as_tensor(step_size).detach().max())
                 raise ThinkingDiverged(
@@ -117,7 +118,6 @@ def think(
             y = update
             thought.candidates.append(y if graph else y.detach())
             thought.energies.append(e.detach())
-            thought.forward_passes += 1
     if score_final:
         with torch.no_grad():
             thought.energies.append(energy(prepare(thought.y), steps).detach())
