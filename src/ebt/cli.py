@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
     _thinking_args(p)
     p.add_argument("--seed", type=int, default=0)
 
@@ -201,7 +202,7 @@ def _generate(args, extra) -> int:
     device = _device(args.device)
     run = load_run(args.run, device)
     ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
-                   seed=args.seed, device=device, **thinking)
+                   seed=args.seed, device=device, cache=not args.no_cache, **thinking)
     print(args.prompt + run.tokenizer.decode(ids))
     return 0
 

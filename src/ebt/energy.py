@@ -47,6 +47,37 @@ class Context:
         return self.kv[0][0].shape[-2]
 
 
+class Landscapes:
+    """The energy E(x, p) at each thinking step for one token sequence x, context passes cached.
+
+    Each landscape's context pass runs once and is shared by every step and sample that uses it;
+    `append` extends the sequence, and each cached context then runs only the new tokens (the
+    KV cache of generation). Calling it as `energy(p, step)` gives energies (B, M, S) of prepared
+    candidates p (B, M, S, C) for the last S tokens.
+    """
+
+    def __init__(self, model: AutoregressiveEBT, ids: Tensor, differentiable: bool = True):
+        self.model, self.ids = model, ids  # (B, N)
+        # Inference needs no gradient through the context, and a graph kept on cached keys/values
+        # would grow with every generated token (and be walked by every ∇E).
+        self.differentiable = differentiable
+        self.contexts: dict[int, Context] = {}
+
+    def append(self, ids: Tensor) -> None:
+        self.ids = torch.cat((self.ids, ids), dim=1)
+
+    def __call__(self, p: Tensor, step: int) -> Tensor:
+        landscape = min(step, self.model.landscape_embedding.num_embeddings - 1)
+        context = self.contexts.get(landscape)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            if context is None:
+                context = self.model.encode_context(self.ids, landscape)
+            elif context.length <= self.ids.shape[1]:  # keys: landscape token + tokens seen so far
+                context = self.model.encode_context(self.ids[:, context.length - 1:], landscape, past=context)
+        self.contexts[landscape] = context
+        return self.model.candidate_energy(context, p)
+
+
 class AutoregressiveEBT(nn.Module):
     def __init__(self, config: ModelConfig, think_config: ThinkConfig):
         super().__init__()
@@ -109,21 +140,11 @@ class AutoregressiveEBT(nn.Module):
             h = block.forward_candidates(h, rope, kv, visible)
         return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
 
-    def landscapes(self, x: Tensor):
+    def landscapes(self, x: Tensor, differentiable: bool = True) -> Landscapes:
         """The energy function `energy(p, step)` that `think` descends, for context tokens x (B, S).
 
-        Each landscape's context pass runs once and is shared by every step and sample using it.
-        """
-        contexts: dict[int, Context] = {}
-        last = self.landscape_embedding.num_embeddings - 1
-
-        def energy(p: Tensor, step: int) -> Tensor:
-            landscape = min(step, last)
-            if landscape not in contexts:
-                contexts[landscape] = self.encode_context(x, landscape)
-            return self.candidate_energy(contexts[landscape], p)
-
-        return energy
+        differentiable=False computes the context stream without a graph (inference)."""
+        return Landscapes(self, x, differentiable)
 
     def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
         """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
@@ -140,6 +161,7 @@ class AutoregressiveEBT(nn.Module):
         generator: torch.Generator | None = None,
         score_final: bool = False,
         last_only: bool = False,
+        landscapes: Landscapes | None = None,
     ) -> Thought:
         """Predict the next token at every position of ids (B, S) by thinking (System 2 inference).
 
@@ -147,7 +169,8 @@ class AutoregressiveEBT(nn.Module):
         self-verification, M candidates from independent starts optimized together, the lowest
         final energy kept per position. step_size: override of the trained α. langevin_std: noise
         added before each step. tolerance: adaptive thinking (see `ebt.think.think`).
-        last_only: predict only the last position (generation). Returns a Thought whose `logits`
+        last_only: predict only the last position (generation). landscapes: reuse these cached
+        context passes (generation keeps one across tokens; their ids must be `ids`). Returns a Thought whose `logits`
         are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1);
         `forward_passes` counts every energy evaluation run, all samples included.
         """
@@ -163,7 +186,7 @@ class AutoregressiveEBT(nn.Module):
         s = 1 if last_only else s
         y = self.task.initial_candidate((b, samples, s), self.candidate_embedding.weight, generator)  # (B, M, S, C)
         thought = think(
-            self.landscapes(ids),
+            landscapes if landscapes is not None else self.landscapes(ids, differentiable=False),
             y,
             steps=steps,
             step_size=self.alpha.detach() if step_size is None else step_size,

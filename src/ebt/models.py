@@ -34,6 +34,13 @@ def is_energy_based(model: nn.Module) -> bool:
 NOT_THINKING = {"steps": None, "samples": 1, "step_size": None, "langevin_std": 0.0, "tolerance": None}
 
 
+def reject_thinking(thinking: dict) -> None:
+    """A Transformer++ cannot think: an error if any thinking option is set."""
+    given = {k: v for k, v in thinking.items() if v != NOT_THINKING.get(k)}
+    if given:
+        raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
+
+
 def predict(
     model: nn.Module,
     ids: Tensor,
@@ -48,9 +55,7 @@ def predict(
     tolerance) that are set."""
     if is_energy_based(model):
         return model.think(ids, generator=generator, last_only=last_only, **thinking)
-    given = {k: v for k, v in thinking.items() if v != NOT_THINKING.get(k)}
-    if given:
-        raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
+    reject_thinking(thinking)
     with torch.no_grad():
         logits = model(ids)  # (B, S, V)
     return Thought([logits[:, -1:] if last_only else logits], forward_passes=1)

@@ -31,14 +31,14 @@ class TransformerPP(nn.Module):
     def forward(self, ids: Tensor, past: list | None = None) -> Tensor:
         """Logits (B, S, V) for token ids (B, S); with `past` (a list of per-block keys/values that
         this call extends in place) ids continue a cached sequence."""
-        start = past[0][0].shape[-2] if past else 0
+        cached = bool(past)  # an empty list starts a cache
+        start = past[0][0].shape[-2] if cached else 0
         rope = self.rotary(torch.arange(start, start + ids.shape[1], device=ids.device))
         h = self.token_embedding(ids)  # (B, S, D)
         for i, block in enumerate(self.blocks):
-            h, kv = block(h, rope, past[i] if past else None)
-            if past is not None:
-                if len(past) > i:
-                    past[i] = kv
-                else:
-                    past.append(kv)
+            h, kv = block(h, rope, past[i] if cached else None)
+            if cached:
+                past[i] = kv
+            elif past is not None:
+                past.append(kv)
         return self.output(self.norm(h))  # (B, S, V)
