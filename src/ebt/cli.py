@@ -181,12 +181,14 @@ def _suite(args, run, thinking, device) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>10}" for s, m in BUDGETS)
-    print(f"{'dataset':<14}{'shift':>7}{head}{'longer':>9}{'verify':>9}{'T++':>9}")
+    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS)
+    print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
+    print(f"{'dataset':<12}{'shift':>10}{head}{'longer':>10}{'verify':>10}{'T++':>11}")
     for name, e in result["datasets"].items():
-        ppl = "".join(f"{b['ppl']:>10.3f}" for b in e["budgets"])
-        tpp = f"{e['transformer_ppl']:>9.3f}" if "transformer_ppl" in e else f"{'':>9}"
-        print(f"{name:<14}{e['ood_shift']:>7.2f}{ppl}{e['gain_think_longer_pct']:>8.1f}%{e['gain_self_verify_pct']:>8.1f}%{tpp}")
+        ppl = "".join(f"{b['ppl']:>11.5g}" for b in e["budgets"])
+        tpp = f"{e['transformer_ppl']:>11.5g}" if "transformer_ppl" in e else f"{'':>11}"
+        print(f"{name:<12}{e['ood_shift']:>10.4g}{ppl}{e['gain_think_longer_pct']:>9.3g}%"
+              f"{e['gain_self_verify_pct']:>9.3g}%{tpp}")
     u = result["uncertainty"]
     print(f"uncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
           f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters {u['mean_energy_random_characters']:.4f}")

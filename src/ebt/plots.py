@@ -114,6 +114,8 @@ def plot_thinking_curves(
             ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
             ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        elif _spans_decades(ax):  # far-OOD perplexities can span many decades: log y
+            ax.set_yscale("log")
         else:
             ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
         if len(passes) > 1:
@@ -279,8 +281,16 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return mean_rank[inverse.ravel()].astype(float)
 
 
+def _spans_decades(ax) -> bool:
+    """Whether the lines drawn on `ax` (curve and baseline) range over more than a factor of 20."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()])
+    return bool(values.min() > 0 and values.max() / values.min() > 20)
+
+
 def _short_number(value: float) -> str:
     """3 significant digits without scientific notation for the usual perplexity range."""
+    if abs(value) >= 1e6:
+        return f"{value:.2g}"
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
