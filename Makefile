@@ -3,10 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Data that ships as Debian packages (SPEC §8): Austen's novels (R data, decoded with PyPI
+# rdata) for the thinking evaluation, Fashion-MNIST for image denoising.
+DEBIAN_PACKAGES := r-cran-janeaustenr dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv system demo test bench clean
 
-venv: $(STAMP)
+venv: system $(STAMP)
+
+# Checked on every run (dpkg is quick); installs only what is missing.
+system:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
+	fi
 
 $(STAMP): pyproject.toml requirements.txt requirements-data.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

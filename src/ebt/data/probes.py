@@ -10,8 +10,8 @@ distribution. With Shakespeare as pretraining text, these sets go from near to f
 * ``"dyck"``: synthetic Dyck-language lines, balanced and well nested brackets.
 * ``"arithmetic"``: synthetic lines of correct integer arithmetic, e.g. ``"37+48=85"``.
 
-``PROBE_SETS`` lists them in that order; each is a corpus name that ``load_corpus`` accepts (so
-``ebt eval RUN --data kjv`` works); ``OOD_SETS``, those the suite scores (all but Austen). ``probe_documents`` gives a set's documents and
+``OOD_SETS`` lists them in that order; each is a corpus name that ``load_corpus`` accepts (so
+``ebt eval RUN --data kjv`` works). ``probe_documents`` gives a set's documents and
 ``probe_texts`` the lines of a synthetic set. The synthetic sets are generated from a seed with
 their own ``random.Random``, so a seed always gives the same text. Read next: ``suite.py``.
 """
@@ -32,10 +32,9 @@ from pathlib import Path
 
 from ebt.errors import DataError
 
-PROBE_SETS = ("kjv", "austen", "dyck", "arithmetic")  # every corpus name this module serves
-# The suite's sets: those `make venv` installs. Austen needs Debian's r-cran-janeaustenr (it
-# pulls in R) and PyPI rdata, too heavy for the default set-up; it is scored by name when present.
-OOD_SETS = ("kjv", "dyck", "arithmetic")
+# Every corpus name this module serves, and the suite's out-of-distribution sets: near (KJV, Austen:
+# English prose of other centuries) to far (synthetic). `make venv` installs the data of all four.
+OOD_SETS = ("kjv", "austen", "dyck", "arithmetic")
 SYNTHETIC_SETS = ("dyck", "arithmetic")
 
 # Sizes of the synthetic sets (about 70k and 35k characters): enough windows for a stable
