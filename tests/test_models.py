@@ -300,8 +300,7 @@ def test_best_of_m_keeps_the_lowest_final_energy_per_position(samples: int) -> N
     assert thought.forward_passes == (steps if samples == 1 else (steps + 1) * samples)
 
     # Recompute every sample alone from the same draws, and score its final prediction.
-    y0 = model.task.initial_candidate((b, samples, s), model.candidate_embedding.weight,
-                                     torch.Generator().manual_seed(3))  # (B, M, S, V)
+    y0 = model.task.initial_candidate(ids, samples, model.step_size, torch.Generator().manual_seed(3))  # (B, M, S, V)
     finals, final_energies = [], []
     for m in range(samples):
         alone = think(model.landscapes(ids), y0[:, m:m + 1], steps=steps, step_size=model.alpha.detach(),
@@ -342,8 +341,7 @@ def test_thinking_lowers_the_energy_of_a_trained_model(trained_runs) -> None:
     batch = next(sequential_windows(tokens, cfg.model.context_len + 1, batch_size=8))
     x = batch[:, :-1]
     energy = model.landscapes(x)
-    y = model.task.initial_candidate((x.shape[0], 1, x.shape[1]), model.candidate_embedding.weight,
-                                     torch.Generator().manual_seed(0))
+    y = model.task.initial_candidate(x, 1, model.step_size, torch.Generator().manual_seed(0))
     for step in range(cfg.think.steps):  # each trained step descends its own landscape
         one_step = lambda p, _, k=step: energy(p, k)  # noqa: E731
         after = think(one_step, y, steps=1, step_size=model.alpha.detach(), prepare=softmax).y

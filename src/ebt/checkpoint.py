@@ -1,4 +1,5 @@
-"""Run directories: `config.json` + `tokenizer.json` + `model.safetensors` (+ `train_state.pt`).
+"""Run directories: `config.json` + `model.safetensors` (+ `train_state.pt`) + the task's own
+files (text: `tokenizer.json`).
 
 Every file is written to a temporary name in the same directory and renamed into place, so a
 crash mid-write never destroys the previous checkpoint. The training state (optimizer,
@@ -39,11 +40,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def save_run(out: Path, config: RunConfig, tokenizer) -> None:
-    """The parts of a run that do not change while it trains."""
+def save_run(out: Path, config: RunConfig, data) -> None:
+    """The parts of a run that do not change while it trains: its config and the task data's files."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
-    atomic_write(out / TOKENIZER, lambda p: p.write_text(tokenizer.to_json()))
+    data.save(out)
 
 
 def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, Any] | None = None) -> None:
@@ -57,7 +58,7 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
 class Run:
     config: RunConfig
     model: nn.Module
-    tokenizer: Any
+    tokenizer: Any  # what the task saved with the run (text: the tokenizer)
     step: int
     path: Path
 
@@ -77,18 +78,13 @@ def load_config(path: Path) -> RunConfig:
 
 
 def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
-    from ebt.data.tokenizers import tokenizer_from_json
+    from ebt.tasks import load_artifacts
 
     path = Path(path)
     config = load_config(path)
-    for name in (TOKENIZER, WEIGHTS):
-        if not (path / name).is_file():
-            raise CheckpointError(f"run directory {str(path)!r} has no {name} (was training stopped before the first checkpoint?)")
-    tokenizer = tokenizer_from_json((path / TOKENIZER).read_text())
-    if tokenizer.vocab_size != config.model.vocab_size:
-        raise CheckpointError(
-            f"{path / TOKENIZER} has {tokenizer.vocab_size} tokens but the config says model.vocab_size = {config.model.vocab_size}"
-        )
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
+    tokenizer = load_artifacts(config, path)
     model = build_model(config)
     try:
         state = load_file(str(path / WEIGHTS), device=str(map_location))

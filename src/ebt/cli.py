@@ -131,7 +131,8 @@ def _train(args, extra) -> int:
         config = config.override(key, value)
     result = train(config, args.out, resume=args.resume, quiet=args.quiet)
     if result:  # the main process of a distributed run reports for all
-        print(f"validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}; run saved in {args.out}")
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        print(f"validation {shown}; run saved in {args.out}")
     return 0
 
 

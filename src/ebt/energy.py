@@ -82,7 +82,7 @@ class AutoregressiveEBT(nn.Module):
     def __init__(self, config: ModelConfig, think_config: ThinkConfig):
         super().__init__()
         self.config, self.think_config = config, think_config
-        self.task = make_task(config.task, config.vocab_size)
+        self.task = make_task(config)
         d = config.dim
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
@@ -182,9 +182,7 @@ class AutoregressiveEBT(nn.Module):
                 f"step_size must be > 0, langevin_std ≥ 0 and tolerance ≥ 0; got step_size = {step_size}, "
                 f"langevin_std = {langevin_std}, tolerance = {tolerance}"
             )
-        b, s = ids.shape
-        s = 1 if last_only else s
-        y = self.task.initial_candidate((b, samples, s), self.candidate_embedding.weight, generator)  # (B, M, S, C)
+        y = self.task.initial_candidate(ids[:, -1:] if last_only else ids, samples, self.step_size, generator)  # (B, M, S, C)
         thought = think(
             landscapes if landscapes is not None else self.landscapes(ids, differentiable=False),
             y,

@@ -13,8 +13,6 @@ from ebt.think import Thought
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    if config.model.vocab_size < 1:
-        raise ValueError("model.vocab_size is unset: it comes from the tokenizer")
     if config.model.kind == "ebt":
         return AutoregressiveEBT(config.model, config.think)
     return TransformerPP(config.model)

@@ -30,7 +30,7 @@ class UnrolledThinking(nn.Module):
     def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.model.think_config
         fresh = x.shape[0]
-        y = model.task.initial_candidate(x.shape, model.candidate_embedding.weight)  # (B, S, C)
+        y = model.task.initial_candidate(x, 1, model.step_size).squeeze(1)  # (B, S, C)
         if self.replay is not None and len(self.replay):
             # Half a batch of recent sequences, resumed from their final candidates (SPEC §3).
             x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2))

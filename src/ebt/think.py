@@ -114,7 +114,8 @@ def think(
                 if not bool(active.any()):
                     break
                 thought.steps_taken += active
-                update = torch.where(active.unsqueeze(-1), update, thought.candidates[-1] if thought.candidates else y)
+                keep = active.view(*active.shape, *(1,) * (update.dim() - active.dim()))  # over the candidate's dims
+                update = torch.where(keep, update, thought.candidates[-1] if thought.candidates else y)
             y = update
             thought.candidates.append(y if graph else y.detach())
             thought.energies.append(e.detach())

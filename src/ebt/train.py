@@ -1,13 +1,14 @@
 """The training loop: one loop for every model kind and task, single-process or under torchrun.
 
-It knows objectives, batches and a validation function, not text: `train()` assembles those
-from a RunConfig (via the task's data loader) and `fit()` runs them. SPEC §3: AdamW
+It knows objectives, batches and a validation function, not text, images or frames: the task's
+data (`ebt.tasks.load_data`) supplies batches, splits them into (x, targets), scores the model
+and saves its own files with the run. SPEC §3: AdamW
 β = (0.9, 0.999), linear warm-up then cosine to peak/10 over the run's own length, grad-norm
 clipping, α in its own parameter group (no weight decay, lr × multiplier).
 
-Outputs in the run directory: config.json, tokenizer.json, model.safetensors and
-train_state.pt (for --resume) at every validation and at the end, all written atomically, and
-metrics.jsonl (one JSON object per logged step and per validation).
+Outputs in the run directory: config.json, the task's files (text: tokenizer.json),
+model.safetensors and train_state.pt (for --resume) at every validation and at the end, all
+written atomically, and metrics.jsonl (one JSON object per logged step and per validation).
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
-from ebt.checkpoint import TOKENIZER, TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
+from ebt.checkpoint import TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
 from ebt.config import RunConfig, TrainConfig
-from ebt.data.batches import RandomWindows
-from ebt.data.tokenizers import tokenizer_from_json
 from ebt.errors import CheckpointError
-from ebt.evaluate import evaluate, perplexity
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
-from ebt.tasks.text import load_text_data
+from ebt.tasks import load_data
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
@@ -69,8 +67,8 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
     """Train the model a RunConfig describes into run directory `out`.
 
-    Returns the final validation ({"loss", "ppl", "tokens", "forward_passes"}) on the main
-    process, {} on the other ranks of a distributed run.
+    Returns the final validation (the task's metrics; text: {"loss", "ppl", "tokens",
+    "forward_passes"}) on the main process, {} on the other ranks of a distributed run.
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
@@ -82,15 +80,19 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool 
 
 def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distributed.Distributed) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
-    tokenizer = _saved_tokenizer(out) if resume else None  # a resumed run keeps its vocabulary
+    if resume:
+        for name in (WEIGHTS, TRAIN_STATE):
+            if not (out / name).is_file():
+                raise CheckpointError(f"--resume: {out} has no {name} to resume from")
     device, why = distributed.pick_device(config.train.device, dist)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(config.train.seed)
 
-    data = load_text_data(config.data, config.model.context_len, tokenizer)
-    config = config.override("model.vocab_size", str(data.tokenizer.vocab_size))
+    data = load_data(config, out if resume else None)  # a resumed run keeps its tokenizer
+    for key, value in data.overrides.items():
+        config = config.override(key, value)
     if resume:
         saved = load_config(out)
         if (saved.model, saved.think) != (config.model, config.think):
@@ -101,16 +103,14 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     say(
         f"model: {config.model.kind}, {count_parameters(model) / 1e6:.2f}M non-embedding parameters "
         f"({count_parameters(model, embeddings=True) / 1e6:.2f}M in all); "
-        f"data: {len(data.train):,} training / {len(data.validation):,} validation tokens ({config.data.tokenizer})"
+        f"data: {data.summary}"
     )
 
     objective = make_objective(model)
     tc = config.train
     optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_fraction))
-    batches = RandomWindows(
-        data.train, config.model.context_len + 1, tc.batch_size, tc.seed, dist.rank, dist.world_size
-    )
+    batches = data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size)
     step = 0
     if resume:
         step = _load_train_state(out, model, optimizer, scheduler, batches, device)
@@ -118,12 +118,12 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     else:
         out.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
-            save_run(out, config, data.tokenizer)
+            save_run(out, config, data)
             (out / "metrics.jsonl").unlink(missing_ok=True)
     trained = DistributedDataParallel(objective) if dist.enabled else objective
 
     def validate() -> dict:
-        return evaluate(model, data.validation, batch_size=tc.batch_size, max_windows=tc.eval_windows, device=device)
+        return data.validate(model, batch_size=tc.batch_size, max_batches=tc.eval_windows, device=device)
 
     def checkpoint() -> None:
         if dist.is_main:
@@ -142,8 +142,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     tick, steps_since_tick = time.perf_counter(), 0
     model.train()
     while step < tc.steps:
-        batch = next(batches).to(device)
-        loss, stats = trained(batch[:, :-1], batch[:, 1:])
+        loss, stats = trained(*data.split(next(batches).to(device)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -154,7 +153,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - tick
             row = {k: float(v) for k, v in stats.items()}
-            row.update(step=step, split="train", ppl=perplexity(row["loss"]), grad_norm=float(grad_norm),
+            row.update(step=step, split="train", **model.task.loss_metrics(row["loss"]), grad_norm=float(grad_norm),
                        lr=lr, tokens_per_s=tokens_per_step * steps_since_tick / elapsed)
             tick, steps_since_tick = time.perf_counter(), 0
             log.write(row)
@@ -165,20 +164,14 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
                 result = validate()
                 log.write({"step": step, "split": "validation", **result})
                 if not quiet:
-                    bar.write(f"step {step}: validation loss {result['loss']:.4f}, ppl {result['ppl']:.3f}")
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+                    bar.write(f"step {step}: validation {shown}")
             checkpoint()
             tick, steps_since_tick = time.perf_counter(), 0  # validation time is not training speed
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
         result = validate()
     return result
-
-
-def _saved_tokenizer(out: Path):
-    for name in (TOKENIZER, WEIGHTS, TRAIN_STATE):
-        if not (out / name).is_file():
-            raise CheckpointError(f"--resume: {out} has no {name} to resume from")
-    return tokenizer_from_json((out / TOKENIZER).read_text())
 
 
 def _load_train_state(out: Path, model, optimizer, scheduler, batches, device) -> int:

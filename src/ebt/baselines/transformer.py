@@ -17,7 +17,7 @@ class TransformerPP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.task = make_task(config.task, config.vocab_size)
+        self.task = make_task(config)
         d = config.dim
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         self.blocks = nn.ModuleList(

@@ -1,18 +1,55 @@
-"""Tasks: what a candidate is and how a prediction is scored, one file per modality.
+"""Tasks: what a candidate is, how a prediction is scored, and where the data comes from.
 
-A task is a small object, no parameters, with:
-  candidate_dim            size of one candidate vector (text: the vocabulary)
-  initial_candidate(shape) where thinking starts (text: N(0, I) logits)
-  prepare(y)               the form the energy model reads and ∇E is taken against (text: softmax)
-  loss(y, targets)         mean loss of a prediction (text: cross-entropy in nats)
-Core code (models, `think`, the trainer) only talks to this interface.
+One file per modality. A task object (no parameters) is what the models and `think` talk to:
+  candidate_dim                 size of one candidate vector (text: the vocabulary)
+  initial_candidate(x, samples, like, generator)
+                                where thinking starts for input x, M samples (text: N(0, I) logits
+                                (B, M, S, V); images: the noisy image itself)
+  prepare(y)                    the form the energy model reads and ∇E is taken against (text: softmax)
+  loss(y, targets)              mean loss of a prediction (text: cross-entropy in nats)
+  loss_metrics(loss)            what a mean loss means to a reader (text: {"ppl": e^loss})
+
+A task's data (`load_data`) is what the trainer talks to; it never sees text, images or frames:
+  summary                       one line for the log
+  overrides                     config fields the data fixes, e.g. {"model.vocab_size": "256"}
+  training_batches(batch_size, seed, rank, world_size)
+                                endless, seeded batches with state_dict()/load_state_dict()
+  split(batch)                  (model input x, targets) of a batch, on the batch's device
+  validate(model, batch_size=, max_batches=, device=)
+                                a dict of metrics with at least "loss"
+  save(out)                     what the run directory needs besides weights (text: tokenizer.json)
+
+Each task module defines `make_task(model_config)`, `load_data(run_config, run_dir)` and
+`load_artifacts(run_config, run_dir)`; the functions here dispatch on `model.task`.
 """
 
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from ebt.config import ModelConfig, RunConfig
 from ebt.errors import ConfigError
-from ebt.tasks.text import NextToken
+
+TASKS = {"text": "ebt.tasks.text"}  # model.task → its module
 
 
-def make_task(name: str, vocab_size: int):
-    if name == "text":
-        return NextToken(vocab_size)
-    raise ConfigError(f"model.task = {name!r} is not a known task; known: 'text'")
+def task_module(name: str) -> ModuleType:
+    if name not in TASKS:
+        raise ConfigError(f"model.task = {name!r} is not a known task; known: {', '.join(map(repr, TASKS))}")
+    return importlib.import_module(TASKS[name])
+
+
+def make_task(config: ModelConfig):
+    return task_module(config.task).make_task(config)
+
+
+def load_data(config: RunConfig, run_dir: Path | None = None):
+    """The task's data for a run; `run_dir` (on --resume) reuses the artifacts saved there."""
+    return task_module(config.model.task).load_data(config, run_dir)
+
+
+def load_artifacts(config: RunConfig, run_dir: Path):
+    """What a saved run needs besides its weights (text: the tokenizer), checked against its config."""
+    return task_module(config.model.task).load_artifacts(config, run_dir)

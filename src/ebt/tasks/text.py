@@ -9,29 +9,42 @@ for stability).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ebt.config import DataConfig
-from ebt.data.batches import count_windows, encode_documents
+from ebt.checkpoint import TOKENIZER, atomic_write
+from ebt.config import DataConfig, ModelConfig, RunConfig
+from ebt.data.batches import RandomWindows, count_windows, encode_documents
 from ebt.data.corpus import load_corpus
-from ebt.data.tokenizers import build_tokenizer
+from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
+from ebt.errors import CheckpointError, ConfigError
+from ebt.evaluate import evaluate, perplexity
 
 
 class NextToken:
     def __init__(self, vocab_size: int):
         self.candidate_dim = vocab_size
 
-    def initial_candidate(self, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """N(0, I) logits of shape (*shape, V), with the device and dtype of `like` (a model weight)."""
+    def initial_candidate(
+        self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """N(0, I) logits (B, M, S, V) for contexts x (B, S): M samples per position, with the
+        device and dtype of `like` (a model weight)."""
         device = generator.device if generator is not None else like.device
-        y = torch.randn(*shape, self.candidate_dim, device=device, dtype=like.dtype, generator=generator)
-        return y.to(like.device)
+        shape = (x.shape[0], samples, x.shape[1], self.candidate_dim)
+        return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
 
     def prepare(self, y: Tensor) -> Tensor:
         return torch.softmax(y, dim=-1)
+
+    @staticmethod
+    def loss_metrics(loss: float) -> dict[str, float]:
+        """What a mean loss means to a reader: perplexity."""
+        return {"ppl": perplexity(loss)}
 
     def loss(self, y: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of logits y (..., V) against token ids (...)."""
@@ -39,11 +52,48 @@ class NextToken:
         return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
 
+def make_task(config: ModelConfig) -> NextToken:
+    if config.vocab_size < 1:
+        raise ConfigError("model.vocab_size is unset: it comes from the tokenizer")
+    return NextToken(config.vocab_size)
+
+
 @dataclass
 class TextData:
-    tokenizer: object
+    """A corpus split in two token streams, and how the trainer batches and scores them."""
+
+    tokenizer: Any
     train: Tensor  # (N,) token ids of the training split
     validation: Tensor  # (N',) token ids of the validation split
+    context_len: int
+    tokenizer_kind: str = "byte"
+
+    @property
+    def summary(self) -> str:
+        return f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer_kind})"
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        return {"model.vocab_size": str(self.tokenizer.vocab_size)}
+
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> RandomWindows:
+        return RandomWindows(self.train, self.context_len + 1, batch_size, seed, rank, world_size)
+
+    @staticmethod
+    def split(batch: Tensor) -> tuple[Tensor, Tensor]:
+        """A window (B, S+1) → context x (B, S) and next tokens (B, S)."""
+        return batch[:, :-1], batch[:, 1:]
+
+    def validate(self, model, *, batch_size: int, max_batches: int, device) -> dict:
+        return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_batches, device=device)
+
+    def save(self, out: Path) -> None:
+        atomic_write(out / TOKENIZER, lambda p: p.write_text(self.tokenizer.to_json()))
+
+
+def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
+    tokenizer = load_tokenizer(run_dir) if run_dir is not None else None  # a resumed run keeps its vocabulary
+    return load_text_data(config.data, config.model.context_len, tokenizer)
 
 
 def load_text_data(config: DataConfig, context_len: int, tokenizer=None) -> TextData:
@@ -51,7 +101,22 @@ def load_text_data(config: DataConfig, context_len: int, tokenizer=None) -> Text
     corpus = load_corpus(config.corpus, config.validation_fraction)
     if tokenizer is None:
         tokenizer = build_tokenizer(config.tokenizer, corpus.train, config.bpe_vocab_size)
-    data = TextData(tokenizer, encode_documents(corpus.train, tokenizer), encode_documents(corpus.validation, tokenizer))
+    data = TextData(tokenizer, encode_documents(corpus.train, tokenizer), encode_documents(corpus.validation, tokenizer),
+                    context_len, config.tokenizer)
     for name, tokens in (("training split", data.train), ("validation split", data.validation)):
         count_windows(tokens, context_len + 1, name=f"{name} of {config.corpus!r}")  # raises if too short
     return data
+
+
+def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
+    path = Path(run_dir) / TOKENIZER
+    if not path.is_file():
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no {TOKENIZER}")
+    tokenizer = tokenizer_from_json(path.read_text())
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"{path} has {tokenizer.vocab_size} tokens but the config says model.vocab_size = {vocab_size}")
+    return tokenizer
+
+
+def load_artifacts(config: RunConfig, run_dir: Path):
+    return load_tokenizer(run_dir, config.model.vocab_size)
