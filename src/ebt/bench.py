@@ -1,8 +1,17 @@
-"""Speed, measured side by side in one run (never asserted in tests).
+"""Speed, measured side by side in one run (never asserted in tests); SPEC §7 is the cost model.
 
-`ebt bench [--size tiny] [--json]` times training steps of the EBT (System 1) and the
-Transformer++ of the same size on the same random batches, alternating the two so that a noisy
-shared machine slows both alike, and reports their ratio. Machine details go with the numbers.
+`ebt bench [--preset SIZE] [--json]` measures, on this machine and in one process:
+
+- training: median optimizer-step time of the EBT (System 1, 2 steps), the EBT (System 2) and
+  the Transformer++ of the same size on the same random batches, alternating them so a noisy
+  shared machine slows all alike; `train_ratio` = EBT S1 step / Transformer++ step;
+- FLOPs per training token from the analytical model below, and the achieved fraction of this
+  machine's measured fp32 matmul throughput (`mfu_ebt`, `mfu_transformer`);
+- generation after a 256-token prompt, with and without the KV cache (`cache_speedup`, EBT),
+  seconds per thinking step per generated token against a Transformer++ cached decode step;
+- memory: the tensors a training step of each kind saves for its backward pass.
+
+Everything runs on the CPU in fp32: the figures this project records are CPU figures.
 """
 
 from __future__ import annotations
@@ -16,16 +25,21 @@ import time
 
 import torch
 
+from ebt.config import RunConfig
+from ebt.generate import generate
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
 from ebt.presets import preset
 from ebt.train import BETAS, parameter_groups
 
+KINDS = {"ebt": "text-ebt-{}", "ebt_s2": "text-ebt-s2-{}", "transformer": "text-transformer-{}"}
+VOCAB = 256  # the byte vocabulary of the presets
+
 
 def machine() -> dict:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_name(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -33,62 +47,205 @@ def machine() -> dict:
     }
 
 
-def train_step_times(size: str = "tiny", repeats: int = 20, warmup: int = 3, vocab_size: int = 256, seed: int = 0) -> dict:
-    """Median seconds per optimizer step of each model kind at one size, and the EBT/Transformer++ ratio."""
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
+    """This machine's fp32 matmul throughput (the MFU denominator), best of `repeats`."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _config(kind: str, size: str) -> RunConfig:
+    config = preset(KINDS[kind].format(size))
+    config.model.vocab_size = VOCAB
+    return config
+
+
+def train_flops_per_token(config: RunConfig) -> float:
+    """Analytical training FLOPs per token (SPEC §7), matmuls only.
+
+    N = non-embedding matmul parameters per token position, A = 2·L·S·D the forward attention
+    score/value FLOPs of a causal pass (S/2 keys on average), H = 2·D·V the V-sized map.
+    Transformer++: forward 2N + A + H, backward twice that → 6N + 3A + 3H.
+    EBT, per thinking step, per token: a context pass with its backward (6N + 3A) when the step
+    starts a landscape of its own (System 1; System 2 shares one context for all steps), then
+    the candidate stream: forward, backward to the candidate, and the second-order backward for
+    the parameters — about 5× a forward (SPEC §7's 2N + 4N + 4N) over N + A + H.
+    """
+    m = config.model
+    n = 2 * count_parameters(build_model(config))  # 2 FLOPs per multiply-add
+    attention = 2 * m.n_layers * m.context_len * m.dim
+    head = 2 * m.dim * m.vocab_size
+    if m.kind == "transformer":
+        return 3 * (n + attention + head)
+    t = config.think
+    contexts = t.num_landscapes if t.landscape_per_step else 1
+    return contexts * 3 * (n + attention) + t.steps * 5 * (n + attention + head)
+
+
+def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, seed: int = 0) -> dict:
+    """Median seconds per optimizer step of each model kind at one size, on the same batches."""
     torch.manual_seed(seed)
     setups = {}
-    for kind in ("ebt", "transformer"):
-        config = preset(f"text-{kind}-{size}")
-        config.model.vocab_size = vocab_size
+    for kind in KINDS:
+        config = _config(kind, size)
         model = build_model(config)
-        objective = make_objective(model)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.train, config.think.step_size_lr_mult), betas=BETAS)
-        setups[kind] = (config, model, objective, optimizer)
-    config = setups["ebt"][0]
-    b, s = config.train.batch_size, config.model.context_len
+        setups[kind] = (config, model, make_objective(model), optimizer)
+    b, s = setups["ebt"][0].train.batch_size, setups["ebt"][0].model.context_len
     times: dict[str, list[float]] = {k: [] for k in setups}
     for i in range(warmup + repeats):
-        batch = torch.randint(0, vocab_size, (b, s + 1))
+        batch = torch.randint(0, VOCAB, (b, s + 1))
         for kind, (_, model, objective, optimizer) in setups.items():
-            start = time.perf_counter()
-            loss, _ = objective(batch[:, :-1], batch[:, 1:])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            elapsed = _timed(lambda: _train_step(model, objective, optimizer, batch))
             if i >= warmup:
-                times[kind].append(time.perf_counter() - start)
-    median = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "size": size,
-        "batch_size": b,
-        "context_len": s,
-        "vocab_size": vocab_size,
-        "ebt_think_steps": config.think.steps,
-        "non_embedding_params": count_parameters(setups["ebt"][1]),
-        "ebt_step_s": median["ebt"],
-        "transformer_step_s": median["transformer"],
-        "ebt_tokens_per_s": b * s / median["ebt"],
-        "transformer_tokens_per_s": b * s / median["transformer"],
-        "train_ratio": median["ebt"] / median["transformer"],
-        "repeats": repeats,
+                times[kind].append(elapsed)
+    return {"batch_size": b, "context_len": s, "step_s": {k: statistics.median(v) for k, v in times.items()},
+            "flops_per_token": {k: train_flops_per_token(setups[k][0]) for k in setups},
+            "non_embedding_params": count_parameters(setups["ebt"][1])}
+
+
+def _train_step(model, objective, optimizer, batch: torch.Tensor) -> None:
+    loss, _ = objective(batch[:, :-1], batch[:, 1:])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, seed: int = 0) -> dict:
+    """Seconds per generated token after a `prompt_len`-token prompt, cached and uncached.
+
+    The window is widened to hold prompt and continuation, so the cache is never reset by a
+    sliding window. Untrained models: speed does not depend on the weights.
+    """
+    torch.manual_seed(seed)
+    prompt = torch.randint(0, VOCAB, (prompt_len,)).tolist()
+    result = {}
+    for kind in ("ebt", "transformer"):
+        config = _config(kind, size)
+        config.model.context_len = prompt_len + new_tokens
+        model = build_model(config).eval()
+        for cache in (True, False):
+            generate(model, prompt, 2, temperature=0, cache=cache)  # warm-up
+            seconds = _timed(lambda: generate(model, prompt, new_tokens, temperature=0, cache=cache))
+            result[f"{kind}_{'cached' if cache else 'uncached'}_s_per_token"] = seconds / new_tokens
+        if kind == "ebt":
+            result["ebt_think_steps"] = config.think.steps
+    return result
+
+
+def activation_memory(size: str = "tiny") -> dict:
+    """MiB of tensors saved for the backward pass by one training loss of each kind: the
+    activation memory that dominates training (weights and optimizer state are the same for
+    both kinds). Counted exactly, by storage, with autograd's saved-tensor hooks."""
+    result = {}
+    torch.manual_seed(0)
+    for kind in KINDS:
+        config = _config(kind, size)
+        model = build_model(config)
+        batch = torch.randint(0, VOCAB, (config.train.batch_size, config.model.context_len + 1))
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            make_objective(model)(batch[:, :-1], batch[:, 1:])
+        result[f"{kind}_activation_mib"] = sum(storages.values()) / 2**20
+    return result
+
+
+def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens: int = 16, memory: bool = True) -> dict:
+    peak = matmul_flops_per_s()
+    train = train_step_times(size, repeats)
+    step, flops = train["step_s"], train["flops_per_token"]
+    tokens = train["batch_size"] * train["context_len"]
+    gen = generation_times(size, prompt_len, new_tokens)
+    result = {
+        "size": size, "batch_size": train["batch_size"], "context_len": train["context_len"], "vocab_size": VOCAB,
+        "non_embedding_params": train["non_embedding_params"], "repeats": repeats,
+        **{f"{k}_step_s": v for k, v in step.items()},
+        **{f"{k}_tokens_per_s": tokens / v for k, v in step.items()},
+        **{f"{k}_flops_per_token": v for k, v in flops.items()},
+        "train_ratio": step["ebt"] / step["transformer"],
+        "train_ratio_s2": step["ebt_s2"] / step["transformer"],
+        "flops_ratio": flops["ebt"] / flops["transformer"],
+        "matmul_flops_per_s": peak,
+        "mfu_ebt": flops["ebt"] * tokens / step["ebt"] / peak,
+        "mfu_ebt_s2": flops["ebt_s2"] * tokens / step["ebt_s2"] / peak,
+        "mfu_transformer": flops["transformer"] * tokens / step["transformer"] / peak,
+        "prompt_len": prompt_len, "new_tokens": new_tokens, **gen,
+        "cache_speedup": gen["ebt_uncached_s_per_token"] / gen["ebt_cached_s_per_token"],
+        "transformer_cache_speedup": gen["transformer_uncached_s_per_token"] / gen["transformer_cached_s_per_token"],
+        "ebt_s_per_thinking_step_per_token": gen["ebt_cached_s_per_token"] / gen["ebt_think_steps"],
+        "thinking_step_vs_decode_step": gen["ebt_cached_s_per_token"] / gen["ebt_think_steps"]
+        / gen["transformer_cached_s_per_token"],
         "machine": machine(),
     }
+    if memory:
+        result.update(activation_memory(size))
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ebt bench", description=__doc__)
-    parser.add_argument("--size", default="tiny", help="preset size: tiny, 4xs, 3xs, xxs, ...")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser = argparse.ArgumentParser(prog="ebt bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", "--size", dest="size", default="tiny",
+                        help="model size of the text presets: tiny, 4xs, 3xs, xxs, ... (default tiny)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed training steps per model")
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    r = train_step_times(args.size, args.repeats)
+    from ebt.presets import PRESETS
+
+    if f"text-ebt-{args.size}" not in PRESETS:
+        sizes = sorted({name.rsplit("-", 1)[1] for name in PRESETS if name.startswith("text-ebt-")})
+        parser.error(f"--preset {args.size!r} is not a size; known: {', '.join(sizes)}")
+    if args.repeats < 1 or args.prompt_len < 1 or args.new_tokens < 1:
+        parser.error("--repeats, --prompt-len and --new-tokens must be ≥ 1")
+    r = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=not args.no_memory)
     if args.json:
         print(json.dumps(r))
-    else:
-        print(f"training step, size {r['size']} (batch {r['batch_size']} × {r['context_len']} tokens, V = {r['vocab_size']}), "
-              f"median of {r['repeats']}, on {r['machine']['processor']} with {r['machine']['torch_threads']} threads:")
-        print(f"  EBT (S1, {r['ebt_think_steps']} steps)  {r['ebt_step_s'] * 1e3:8.1f} ms  {r['ebt_tokens_per_s']:9.0f} tokens/s")
-        print(f"  Transformer++        {r['transformer_step_s'] * 1e3:8.1f} ms  {r['transformer_tokens_per_s']:9.0f} tokens/s")
-        print(f"  train_ratio (EBT / Transformer++): {r['train_ratio']:.2f}")
+        return 0
+    m = r["machine"]
+    print(f"size {r['size']}: batch {r['batch_size']} × {r['context_len']} tokens, V = {r['vocab_size']}, "
+          f"{r['non_embedding_params'] / 1e6:.2f}M non-embedding parameters; {m['processor']}, "
+          f"{m['torch_threads']} threads, torch {m['torch']}; fp32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"{'training (median of ' + str(r['repeats']) + ')':<28}{'step':>10}{'tokens/s':>11}{'GFLOP/token':>13}{'MFU':>7}")
+    for kind, label in (("ebt", "EBT S1 (2 steps)"), ("ebt_s2", "EBT S2 (3 steps)"), ("transformer", "Transformer++")):
+        mfu = r["mfu_transformer"] if kind == "transformer" else r[f"mfu_{kind}"]
+        print(f"  {label:<26}{r[f'{kind}_step_s'] * 1e3:>8.0f}ms{r[f'{kind}_tokens_per_s']:>11.0f}"
+              f"{r[f'{kind}_flops_per_token'] / 1e9:>13.4f}{mfu:>7.1%}")
+    print(f"  train_ratio EBT S1 / Transformer++ {r['train_ratio']:.2f} (S2 {r['train_ratio_s2']:.2f}; "
+          f"FLOP model {r['flops_ratio']:.2f})")
+    print(f"generation after a {r['prompt_len']}-token prompt, {r['new_tokens']} tokens, greedy:")
+    for kind in ("ebt", "transformer"):
+        print(f"  {kind:<12} cached {r[f'{kind}_cached_s_per_token'] * 1e3:8.1f} ms/token   "
+              f"uncached {r[f'{kind}_uncached_s_per_token'] * 1e3:8.1f} ms/token")
+    print(f"  cache_speedup (EBT) {r['cache_speedup']:.1f}×, Transformer++ {r['transformer_cache_speedup']:.1f}×; "
+          f"one thinking step = {r['thinking_step_vs_decode_step']:.2f} Transformer++ decode steps")
+    if "ebt_activation_mib" in r:
+        print("activation memory of a training step (saved for backward): "
+              + ", ".join(f"{k} {r[f'{k}_activation_mib']:.0f} MiB" for k in KINDS))
     return 0
