@@ -292,7 +292,9 @@ def test_detaching_between_steps_cuts_the_graph_to_earlier_steps(detach_steps: b
 
 @pytest.mark.parametrize("samples", [1, 4])
 def test_best_of_m_keeps_the_lowest_final_energy_per_position(samples: int) -> None:
-    model = tiny_model("ebt", dtype=torch.float32)
+    # float64: batched and lone samples then agree to far below the tolerances used here, whatever
+    # kernels the two batch shapes pick (in float32 logits of size ~500 differ in the 4th decimal).
+    model = tiny_model("ebt", dtype=torch.float64)
     b, s, steps = 2, 6, 3
     ids = random_ids(b, s)
     thought = model.think(ids, steps=steps, samples=samples, generator=torch.Generator().manual_seed(3))

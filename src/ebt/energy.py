@@ -135,9 +135,10 @@ class AutoregressiveEBT(nn.Module):
         rope = self.rotary(positions)
         keys = torch.arange(length, device=p.device)
         visible = keys[None, :] <= (positions - 1)[:, None]  # (S, L)
+        hidden = torch.zeros(visible.shape, dtype=p.dtype, device=p.device).masked_fill(~visible, float("-inf"))
         h = self.candidate_embedding(p)  # (B, M, S, D)
         for block, kv in zip(self.blocks, context.kv):
-            h = block.forward_candidates(h, rope, kv, visible)
+            h = block.forward_candidates(h, rope, kv, hidden)
         return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
 
     def landscapes(self, x: Tensor, differentiable: bool = True) -> Landscapes:

@@ -110,23 +110,23 @@ class Attention(nn.Module):
         return k, v
 
     def forward_candidates(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], visible: Tensor
+        self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], hidden: Tensor
     ) -> Tensor:
-        """Candidate stream: x (B, M, S, D) attends to the context keys `visible` to it and to itself.
+        """Candidate stream: x (B, M, S, D) attends to the context keys it may see and to itself.
 
-        `visible` (S, L) says which context keys each candidate position sees. Written with
+        `hidden` (S, L) is an additive score mask: 0 where a candidate position sees a context
+        key, −inf where it does not. (Adding it costs nothing in the backward passes, where a
+        masked_fill would be replayed; the scale goes on q, S·K numbers instead of S·L.) Written with
         explicit matmuls and softmax because training differentiates this path twice (∂E/∂y, then
         θ through it) and the fused SDPA kernels have no double backward (SPEC §9). No dense
         2S×2S mask is built: the context part is an (S, L) block, the self part one score each.
         """
         k_ctx, v_ctx = context  # (B, H, L, K) each
-        q = apply_rotary(self._heads(self.query(x)), *rope)  # (B, M, H, S, K)
+        q = apply_rotary(self._heads(self.query(x)), *rope) / math.sqrt(self.head_dim)  # (B, M, H, S, K)
         k = apply_rotary(self._heads(self.key(x)), *rope)
         v = self._heads(self.value(x))
-        scale = 1.0 / math.sqrt(self.head_dim)
-        scores_ctx = q @ k_ctx.unsqueeze(1).transpose(-2, -1) * scale  # (B, M, H, S, L)
-        scores_ctx = scores_ctx.masked_fill(~visible, float("-inf"))
-        score_self = (q * k).sum(-1, keepdim=True) * scale  # (B, M, H, S, 1)
+        scores_ctx = q @ k_ctx.unsqueeze(1).transpose(-2, -1) + hidden  # (B, M, H, S, L)
+        score_self = (q * k).sum(-1, keepdim=True)  # (B, M, H, S, 1)
         weights = torch.softmax(torch.cat((scores_ctx, score_self), dim=-1), dim=-1)
         y = weights[..., :-1] @ v_ctx.unsqueeze(1) + weights[..., -1:] * v  # (B, M, H, S, K)
         return self.out(y.transpose(-3, -2).flatten(-2))  # (B, M, S, D)
@@ -151,8 +151,8 @@ class Block(nn.Module):
         """Only this block's keys/values of stream x: all a stream's last block must give the candidates."""
         return self.attention.keys_values(self.attention_norm(x), rope, past)
 
-    def forward_candidates(self, x: Tensor, rope, context, visible: Tensor) -> Tensor:
-        x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, visible)
+    def forward_candidates(self, x: Tensor, rope, context, hidden: Tensor) -> Tensor:
+        x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, hidden)
         return x + self.ffn(self.ffn_norm(x))
 
 
