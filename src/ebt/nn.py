@@ -66,6 +66,10 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+# Candidates per block of the EBT's candidate attention (see `Attention.forward_candidates`).
+CANDIDATE_BLOCK = 64
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, n_heads: int):
         super().__init__()
@@ -120,15 +124,26 @@ class Attention(nn.Module):
         explicit matmuls and softmax because training differentiates this path twice (∂E/∂y, then
         θ through it) and the fused SDPA kernels have no double backward (SPEC §9). No dense
         2S×2S mask is built: the context part is an (S, L) block, the self part one score each.
+
+        The candidates are those of the last S context positions (candidate j sees at most keys
+        0 … L−S+j), so candidates run in blocks of CANDIDATE_BLOCK, each scoring only the keys its
+        last candidate can see: at S = L = 256 that skips 37% of the masked score work, which with
+        its two backward passes is the largest elementwise cost of a training step.
         """
-        k_ctx, v_ctx = context  # (B, H, L, K) each
+        k_ctx, v_ctx = context[0].unsqueeze(1), context[1].unsqueeze(1)  # (B, 1, H, L, K) each
         q = apply_rotary(self._heads(self.query(x)), *rope) / math.sqrt(self.head_dim)  # (B, M, H, S, K)
         k = apply_rotary(self._heads(self.key(x)), *rope)
         v = self._heads(self.value(x))
-        scores_ctx = q @ k_ctx.unsqueeze(1).transpose(-2, -1) + hidden  # (B, M, H, S, L)
         score_self = (q * k).sum(-1, keepdim=True)  # (B, M, H, S, 1)
-        weights = torch.softmax(torch.cat((scores_ctx, score_self), dim=-1), dim=-1)
-        y = weights[..., :-1] @ v_ctx.unsqueeze(1) + weights[..., -1:] * v  # (B, M, H, S, K)
+        s, length = q.shape[-2], k_ctx.shape[-2]
+        blocks = []
+        for start in range(0, s, CANDIDATE_BLOCK):
+            stop = min(start + CANDIDATE_BLOCK, s)
+            seen = length - s + stop  # keys visible to the block's last candidate
+            scores = q[..., start:stop, :] @ k_ctx[..., :seen, :].transpose(-2, -1) + hidden[start:stop, :seen]
+            weights = torch.softmax(torch.cat((scores, score_self[..., start:stop, :]), dim=-1), dim=-1)
+            blocks.append(weights[..., :-1] @ v_ctx[..., :seen, :] + weights[..., -1:] * v[..., start:stop, :])
+        y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)  # (B, M, H, S, K)
         return self.out(y.transpose(-3, -2).flatten(-2))  # (B, M, S, D)
 
 
