@@ -30,10 +30,11 @@ def main(out: Path) -> None:
     print(f"\nUncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
           f"mean energy {u['mean_energy_real_text']:.4f} (real text) vs {u['mean_energy_random_characters']:.4f} (random characters).\n")
     datasets = list(full["datasets"])
+    print("Ablation (each variant trained for the ablation's own step count, scored on fewer windows):\n")
     print("| variant | " + " | ".join(f"{d}: longer / verify" for d in datasets) + " | validation ppl @2 |")
     print("|---|" + "---|" * (len(datasets) + 1))
     for name, label in ABLATION:
-        path = out / f"{name}.json"
+        path = out / "ablation" / f"{name}.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())["datasets"]
