@@ -3,6 +3,8 @@
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--resume]
     ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
+    ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
+    ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
     ebt bench [--size tiny] [--json]
 
 Errors a user can fix (bad keys, missing data, corrupt runs) print one line and exit with 2.
@@ -41,16 +43,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--suite", choices=["paper"], help="the paper's thinking / OOD / uncertainty evaluation")
     p.add_argument("--baseline", type=Path, help="with --suite: a Transformer++ run scored alongside")
-    p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite)")
+    p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite); "
+                                              "video EBT runs: write the energy along clips there")
 
-    p = commands.add_parser("generate", help="continue a prompt")
+    p = commands.add_parser("generate", help="continue a prompt (text) or a clip (video)")
     p.add_argument("run", type=Path)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", help="text runs: the text to continue")
+    p.add_argument("--frames", type=int, default=4, help="video runs: conditioning frames of a validation clip")
+    p.add_argument("--length", type=int, default=None, help="video runs: frames to predict (default: to the clip's end)")
+    p.add_argument("--clip", type=int, default=0, help="video runs: which validation clip")
+    p.add_argument("--out", type=Path, help="video runs: PNG strip path (a GIF is written beside it; default RUN/generated.png)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
     _thinking_args(p)
     p.add_argument("--seed", type=int, default=0)
+
+    p = commands.add_parser("denoise", help="image runs: PSNR of denoising at several noise levels (SPEC §5)")
+    p.add_argument("run", type=Path)
+    p.add_argument("--noise", default="0.1,0.2", help="comma-separated noise levels λ in (0, 1] (timestep λ·1000 − 1)")
+    p.add_argument("--vs", type=Path, help="a second image run (e.g. the DiT) scored side by side, with plots")
+    p.add_argument("--plots", type=Path, help="with --vs: where to write the plots (default: RUN/denoise)")
+    p.add_argument("--images", type=int, default=256, help="validation images scored (default 256)")
+    p.add_argument("--repeats", type=int, default=1, help="DiT: run DDIM this many times, each on the last output")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per noise level")
+    _thinking_args(p)
 
     p = commands.add_parser("bench", help="training step time, EBT vs Transformer++, side by side", add_help=False)
 
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if extra and args.command != "train":
             raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-        return {"train": _train, "eval": _eval, "generate": _generate}[args.command](args, extra)
+        return {"train": _train, "eval": _eval, "generate": _generate, "denoise": _denoise}[args.command](args, extra)
     except EBTError as e:
         print(f"ebt {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -138,31 +157,15 @@ def _train(args, extra) -> int:
 
 def _eval(args, extra) -> int:
     from ebt.checkpoint import load_run
-    from ebt.data.batches import encode_documents
-    from ebt.data.corpus import load_corpus
-    from ebt.evaluate import evaluate
+    from ebt.tasks import task_module
 
     thinking = _thinking(args)
     device = _device(args.device)
     run = load_run(args.run, device)
     if args.suite:
         return _suite(args, run, thinking, device)
-    cfg = run.config
-    if args.data is None or args.data == cfg.data.corpus:
-        source, corpus = cfg.data.corpus, load_corpus(cfg.data.corpus, cfg.data.validation_fraction)
-        documents, split = corpus.validation, "validation"  # never score the text a run trained on
-    else:
-        source, corpus = args.data, load_corpus(args.data, cfg.data.validation_fraction)
-        documents, split = corpus.train + corpus.validation, "all"
-    tokens = encode_documents(documents, run.tokenizer)
-    result = evaluate(run.model, tokens, batch_size=args.batch_size, max_windows=args.max_windows,
-                      seed=args.seed, device=device, **thinking)
-    result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
-              f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+    result, line = task_module(run.config.model.task).evaluate_run(run, args, thinking, device)
+    print(json.dumps(result) if args.json else line)
     return 0
 
 
@@ -199,14 +202,53 @@ def _suite(args, run, thinking, device) -> int:
 
 def _generate(args, extra) -> int:
     from ebt.checkpoint import load_run
-    from ebt.generate import generate
+    from ebt.tasks import task_module
 
     thinking = _thinking(args)
     device = _device(args.device)
     run = load_run(args.run, device)
-    ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
-                   seed=args.seed, device=device, cache=not args.no_cache, **thinking)
-    print(args.prompt + run.tokenizer.decode(ids))
+    print(task_module(run.config.model.task).generate_run(run, args, thinking, device))
+    return 0
+
+
+def _denoise(args, extra) -> int:
+    from ebt.checkpoint import load_run
+    from ebt.denoise import noise_report, parse_levels, validation_images, write_plots
+
+    levels = parse_levels(args.noise)
+    if args.images < 1 or args.batch_size < 1 or args.repeats < 1:
+        raise ConfigError(f"--images, --batch-size and --repeats must be ≥ 1; got {args.images}, {args.batch_size}, "
+                          f"{args.repeats}")
+    options = {k: v for k, v in _thinking(args).items() if v is not None}
+    if args.repeats != 1:
+        options["repeats"] = args.repeats
+    device = _device(args.device)
+    runs = [load_run(args.run, device)] + ([load_run(args.vs, device)] if args.vs else [])
+    for run in runs:
+        if getattr(run.model, "denoise", None) is None:
+            raise ConfigError(f"{run.path} is a {run.config.model.task} run; ebt denoise scores image runs")
+    images = validation_images(runs[0], args.images)
+    reports = []
+    for run in runs:
+        # Thinking options are for the first run; the --vs run is scored as trained.
+        own = options if run is runs[0] else {}
+        reports.append(noise_report(run, images, levels, batch_size=args.batch_size, seed=args.seed, device=device,
+                                    **own))
+    if args.json:
+        print(json.dumps(reports[0] if len(runs) == 1 else
+                         [{"run": str(r.path), "kind": r.config.model.kind, "levels": rep} for r, rep in zip(runs, reports)]))
+    else:
+        print(f"{len(images)} validation images; PSNR and MSE on 0–255 pixels after clamping")
+        head = "".join(f"{f'{r.config.model.kind} PSNR':>12}{'passes':>8}" for r in runs)
+        print(f"{'noise':>6}{'noisy PSNR':>12}{head}")
+        for i, level in enumerate(levels):
+            cells = "".join(f"{rep[i]['psnr']:>12.2f}{rep[i]['forward_passes']:>8g}" for rep in reports)
+            print(f"{level:>6g}{reports[0][i]['noisy_psnr']:>12.2f}{cells}")
+    if args.vs:
+        plots = args.plots or args.run / "denoise"
+        write_plots(runs, images, plots, seed=args.seed, device=device, batch_size=args.batch_size)
+        if not args.json:
+            print(f"plots in {plots}")
     return 0
 
 

@@ -17,16 +17,23 @@ from ebt.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    kind: str = "ebt"  # "ebt" (energy-based) or "transformer" (the Transformer++ baseline)
+    kind: str = "ebt"  # "ebt" (energy-based), "transformer" (Transformer++) or "dit" (image diffusion baseline)
     task: str = "text"  # what a candidate is and how it is scored: see ebt/tasks
     n_layers: int = 2
     dim: int = 128
     n_heads: int = 2
     ffn_dim: int = 0  # SwiGLU hidden width; 0 means equal to dim, the paper's language setting
     vocab_size: int = 0  # set from the tokenizer when the run is built
+    latent_dim: int = 0  # video: width of a frame embedding (the candidate), set from the frame encoder
     context_len: int = 256
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # Images (SPEC §5; task "image"): square images of `channels` (set from the data), cut into
+    # patch_size² patches; noise_level is the λ the model trains at (0.1 in the paper).
+    image_size: int = 28
+    channels: int = 1
+    patch_size: int = 4
+    noise_level: float = 0.1
 
     @property
     def ffn_width(self) -> int:
@@ -80,6 +87,11 @@ class DataConfig:
     tokenizer: str = "byte"  # "byte", "bpe" (trained on the training split) or "gpt2"
     bpe_vocab_size: int = 2048
     validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
+    # Video (SPEC §6; corpus "moving-mnist"): generated clips of context_len + 1 frames, and the
+    # frozen frame encoder: "pca" (encoder_dim components) or "pixels" (the raw 32×32 frame).
+    frame_encoder: str = "pca"
+    encoder_dim: int = 64
+    clips: int = 4000  # training clips; validation gets clips × validation_fraction more
 
 
 @dataclass
@@ -131,13 +143,20 @@ class RunConfig:
     def validated(self) -> RunConfig:
         m, t, tr, d = self.model, self.think, self.train, self.data
         checks = [
-            ("model.kind", m.kind, m.kind in ("ebt", "transformer"), "'ebt' or 'transformer'"),
+            ("model.kind", m.kind, m.kind in ("ebt", "transformer", "dit"), "'ebt', 'transformer' or 'dit'"),
+            ("model.kind", m.kind, m.kind != "dit" or m.task == "image", f"'ebt' or 'transformer' for task {m.task!r} "
+             "('dit' is the image baseline)"),
             ("model.n_layers", m.n_layers, m.n_layers >= 1, "≥ 1"),
             ("model.dim", m.dim, m.dim >= 1, "≥ 1"),
             ("model.n_heads", m.n_heads, m.n_heads >= 1 and m.dim % m.n_heads == 0 and (m.dim // m.n_heads) % 2 == 0,
              f"a divisor of model.dim ({m.dim}) leaving an even head width"),
             ("model.ffn_dim", m.ffn_dim, m.ffn_dim >= 0, "≥ 0 (0 = model.dim)"),
             ("model.context_len", m.context_len, m.context_len >= 1, "≥ 1"),
+            ("model.patch_size", m.patch_size, m.patch_size >= 1 and m.image_size % m.patch_size == 0,
+             f"≥ 1 and a divisor of model.image_size ({m.image_size})"),
+            ("model.image_size", m.image_size, m.image_size >= 1, "≥ 1"),
+            ("model.channels", m.channels, m.channels >= 1, "≥ 1"),
+            ("model.noise_level", m.noise_level, 0 < m.noise_level <= 1, "in (0, 1] (timestep λ·1000 − 1)"),
             ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
             ("think.step_size", t.step_size, t.step_size > 0, "> 0"),
             ("think.step_size_lr_mult", t.step_size_lr_mult, t.step_size_lr_mult >= 0, "≥ 0"),
@@ -158,6 +177,9 @@ class RunConfig:
             ("data.tokenizer", d.tokenizer, d.tokenizer in ("byte", "bpe", "gpt2"), "'byte', 'bpe' or 'gpt2'"),
             ("data.bpe_vocab_size", d.bpe_vocab_size, d.bpe_vocab_size >= 260, "≥ 260"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
+            ("data.frame_encoder", d.frame_encoder, d.frame_encoder in ("pca", "pixels"), "'pca' or 'pixels'"),
+            ("data.encoder_dim", d.encoder_dim, d.encoder_dim >= 1, "≥ 1"),
+            ("data.clips", d.clips, d.clips >= 10, "≥ 10"),
         ]
         for name, value, ok, allowed in checks:
             if not ok:

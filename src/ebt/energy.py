@@ -5,9 +5,10 @@ Layout for a window of S context tokens, thinking step k:
     context stream    [landscape_k, ctx_1 … ctx_S]   positions 0, 1 … S    causal attention
     candidate stream  [cand_1 … cand_S]              positions 2 … S+1
 
-cand_t predicts the token after ctx_t. It attends to landscape_k, ctx_1 … ctx_t and itself; never
-to ctx_{t+1} (its target) nor to other candidates, so each position's energy depends on its own
-candidate only and `E.sum()` gives every position its own gradient in one backward pass. The
+cand_t predicts the element (token or frame) after ctx_t. It attends to landscape_k, ctx_1 … ctx_t
+and itself; never to ctx_{t+1} (its target) nor to other candidates, so each position's energy
+depends on its own candidate only and `E.sum()` gives every position its own gradient in one
+backward pass. The
 context never sees candidates, so its keys/values (`Context`) are computed once per landscape and
 shared by all thinking steps and samples; generation extends them token by token (a KV cache).
 
@@ -15,7 +16,8 @@ The landscape token is a learned embedding of the step index: System 1 models le
 landscape per training step; thinking past them reuses the last. System 2 models have one.
 
 Legend: B batch, M samples per position, S candidates, L context keys (landscape token
-included), D width, C candidate width (text: V).
+included), D width, C candidate width (text: V; video: the frame latent). Context x is token ids
+(B, S) or frame latents (B, S, C); the task's `input_embedding` takes either to width D.
 
 Read next: `think.py` (the descent), `objectives.py` (the training recipes).
 """
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
-from ebt.nn import Block, RMSNorm, Rotary, init_weights
+from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, init_weights
 from ebt.tasks import make_task
 from ebt.think import Thought, lowest_energy_sample, think
 
@@ -84,7 +86,7 @@ class AutoregressiveEBT(nn.Module):
         self.config, self.think_config = config, think_config
         self.task = make_task(config)
         d = config.dim
-        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.token_embedding = self.task.input_embedding(d)  # text: a token table; video: a linear map of latents
         self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
         self.candidate_embedding = nn.Linear(self.task.candidate_dim, d, bias=False)
         self.blocks = nn.ModuleList(
@@ -104,7 +106,7 @@ class AutoregressiveEBT(nn.Module):
         return self.step_size.clamp(min=MIN_STEP_SIZE)
 
     def encode_context(self, x: Tensor, step: int = 0, past: Context | None = None) -> Context:
-        """Run the context stream over tokens x (B, N) for landscape `step`.
+        """Run the context stream over tokens x (B, N) (or frame latents (B, N, C)) for landscape `step`.
 
         Without `past` the stream starts with the landscape token; with it, x continues the cached
         stream (generation). Returns the keys/values of every block.
@@ -198,3 +200,95 @@ class AutoregressiveEBT(nn.Module):
         thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
         # With one sample this picks it; with M the one of lowest final energy, per position.
         return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+
+
+class BidirectionalEBT(nn.Module):
+    """The bidirectional EBT for image denoising (SPEC §5): E_θ(y) of whole images y.
+
+    A DiT-style backbone (`PatchTransformer`: patches, fixed 2-D sin-cos positions, adaLN-Zero
+    blocks) conditioned on one learned vector per energy landscape (System 1 with one training
+    step has one; no timestep input), then a per-patch energy head `Linear(D, 1, bias=False)`,
+    zero-initialized so that at initialization E ≡ 0 and thinking returns its input; the image's
+    energy is the mean over its patches. There is no separate context: thinking starts from the
+    noisy image (`Denoising.initial_candidate`) and descends E on its pixels.
+
+    Legend: B batch, M samples, C channels, H × W image, P patches, D width.
+    """
+
+    def __init__(self, config: ModelConfig, think_config: ThinkConfig):
+        super().__init__()
+        self.config, self.think_config = config, think_config
+        self.task = make_task(config)
+        d = config.dim
+        self.backbone = PatchTransformer(config.image_size, config.channels, config.patch_size, d, config.n_heads,
+                                         config.ffn_width, config.n_layers)
+        self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
+        nn.init.normal_(self.landscape_embedding.weight, std=1.0)
+        self.energy_head = nn.Linear(d, 1, bias=False)  # no bias: no gradient through ∇_y E (SPEC §2)
+        nn.init.zeros_(self.energy_head.weight)  # E ≡ 0 at init: the prediction equals the input (SPEC §5)
+        self.step_size = nn.Parameter(torch.tensor(float(think_config.step_size)),
+                                      requires_grad=think_config.learn_step_size)
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.step_size.clamp(min=MIN_STEP_SIZE)
+
+    def energy(self, y: Tensor, step: int = 0) -> Tensor:
+        """Energies (…,) of images y (…, C, H, W): the mean of the per-patch energies."""
+        lead = y.shape[:-3]
+        images = y.reshape(-1, *y.shape[-3:])  # (N, C, H, W)
+        landscape = min(step, self.landscape_embedding.num_embeddings - 1)
+        c = self.landscape_embedding.weight[landscape].expand(images.shape[0], -1)  # (N, D)
+        patches = self.energy_head(self.backbone(images, c)).squeeze(-1)  # (N, P)
+        return patches.mean(-1).reshape(lead)
+
+    def landscapes(self, x: Tensor, differentiable: bool = True):
+        """The energy `energy(p, step)` that `think` descends: candidates (B, M, 1, C, H, W) →
+        (B, M, 1). The noisy images x are where thinking starts, not an input of E."""
+        return self.energy
+
+    def think(
+        self,
+        noisy: Tensor,
+        steps: int | None = None,
+        samples: int = 1,
+        step_size: float | None = None,
+        langevin_std: float = 0.0,
+        tolerance: float | None = None,
+        generator: torch.Generator | None = None,
+        score_final: bool = False,
+    ) -> Thought:
+        """Denoise images (B, C, H, W) by thinking from them; options as `AutoregressiveEBT.think`
+        (samples > 1 needs Langevin noise to differ). `thought.y` is (B, 1, C, H, W), energies (B, 1)."""
+        steps = self.think_config.steps if steps is None else steps
+        check_thinking(steps, samples, step_size, langevin_std, tolerance)
+        y = self.task.initial_candidate(noisy, samples, self.step_size, generator)  # (B, M, 1, C, H, W)
+        thought = think(
+            self.energy, y, steps=steps,
+            step_size=self.alpha.detach() if step_size is None else step_size,
+            langevin_std=langevin_std, tolerance=tolerance, generator=generator,
+            score_final=score_final or samples > 1,
+        )
+        thought.forward_passes *= samples
+        return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+
+    def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
+        """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
+        return [{"steps": s} for s in range(1, max_steps + 1)]
+
+    def denoise(self, noisy: Tensor, noise_level: float, *, repeats: int = 1, **thinking) -> Thought:
+        """The image models' common call (ebt.tasks.image). The EBT is not told the noise level."""
+        if repeats != 1:
+            raise ConfigError(f"--repeats applies to DiT runs only (recursive DDIM); got {repeats} for an EBT")
+        return self.think(noisy, **thinking)
+
+
+def check_thinking(steps: int, samples: int, step_size: float | None, langevin_std: float,
+                   tolerance: float | None) -> None:
+    if steps < 1 or samples < 1:
+        raise ConfigError(f"thinking needs steps ≥ 1 and samples ≥ 1, got steps = {steps}, samples = {samples}")
+    if (step_size is not None and step_size <= 0) or langevin_std < 0 or (tolerance is not None and tolerance < 0):
+        raise ConfigError(
+            f"step_size must be > 0, langevin_std ≥ 0 and tolerance ≥ 0; got step_size = {step_size}, "
+            f"langevin_std = {langevin_std}, tolerance = {tolerance}"
+        )

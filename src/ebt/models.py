@@ -9,10 +9,14 @@ from ebt.baselines.transformer import TransformerPP
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT
 from ebt.errors import ConfigError
+from ebt.tasks import task_module
 from ebt.think import Thought
 
 
 def build_model(config: RunConfig) -> nn.Module:
+    build = getattr(task_module(config.model.task), "build_model", None)  # a task with its own architectures
+    if build is not None:
+        return build(config)
     if config.model.kind == "ebt":
         return AutoregressiveEBT(config.model, config.think)
     return TransformerPP(config.model)

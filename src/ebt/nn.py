@@ -1,5 +1,8 @@
 """Shared Llama-style blocks (SPEC §2): RMSNorm, rotary positions, SwiGLU, attention, no biases.
 
+The DiT-style image backbone of SPEC §5 (adaLN-Zero blocks, 2-D sin-cos positions,
+`PatchTransformer`) is at the end.
+
 Both the energy transformer (`energy.py`) and the Transformer++ baseline
 (`baselines/transformer.py`) are stacks of `Block`. A block runs in one of two ways:
 
@@ -146,6 +149,13 @@ class Attention(nn.Module):
         y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)  # (B, M, H, S, K)
         return self.out(y.transpose(-3, -2).flatten(-2))  # (B, M, S, D)
 
+    def bidirectional(self, x: Tensor) -> Tensor:
+        """Full (unmasked) self-attention of x (B, P, D) for images (SPEC §5), no rotary positions
+        (the caller adds absolute ones); explicit softmax so it has a double backward."""
+        q, k, v = (self._heads(f(x)) for f in (self.query, self.key, self.value))  # (B, H, P, K)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)  # (B, H, P, P)
+        return self.out((weights @ v).transpose(-3, -2).flatten(-2))  # (B, P, D)
+
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + swiglu(norm(x))."""
@@ -178,3 +188,109 @@ def init_weights(module: nn.Module) -> None:
             nn.init.xavier_normal_(m.weight)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=1.0)
+
+
+# --- Bidirectional blocks for images (SPEC §5): the DiT backbone ----------------------------------
+# Legend: B batch, P patches, D width, C channels, H × W image, p patch side.
+
+
+def sincos_positions_2d(grid: int, dim: int) -> Tensor:
+    """Fixed 2-D sin-cos position embeddings (P = grid², D) of a square patch grid, as in DiT.
+
+    Half the width encodes the row, half the column, each with 1-D sin-cos at frequencies
+    1/10000^(2i/(D/2)) (the transformer's table)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    freq = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (D/4,)
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")  # (grid, grid) each
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * freq  # (P, D/4)
+        return torch.cat((angles.sin(), angles.cos()), dim=1)  # (P, D/2)
+
+    return torch.cat((encode(rows), encode(cols)), dim=1)  # (P, D)
+
+
+def patchify(images: Tensor, patch: int) -> Tensor:
+    """(..., C, H, W) → (..., P, C·p·p), patches in row-major order."""
+    *lead, c, h, w = images.shape
+    n = len(lead)
+    x = images.reshape(*lead, c, h // patch, patch, w // patch, patch)
+    x = x.permute(*range(n), n + 1, n + 3, n, n + 2, n + 4)  # (..., H/p, W/p, C, p, p)
+    return x.reshape(*lead, (h // patch) * (w // patch), c * patch * patch)
+
+
+def unpatchify(patches: Tensor, channels: int, size: int, patch: int) -> Tensor:
+    """(..., P, C·p·p) → (..., C, H, W), the inverse of `patchify` for a square image."""
+    *lead, _, _ = patches.shape
+    n, g = len(lead), size // patch
+    x = patches.reshape(*lead, g, g, channels, patch, patch)
+    x = x.permute(*range(n), n + 2, n, n + 3, n + 1, n + 4)  # (..., C, H/p, p, W/p, p)
+    return x.reshape(*lead, channels, size, size)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: x (B, P, D) normalized, then scaled and shifted per image by (B, D) vectors."""
+    return x * (1 + scale.unsqueeze(-2)) + shift.unsqueeze(-2)
+
+
+class AdaLNBlock(nn.Module):
+    """DiT block with adaLN-Zero (SPEC §5): LayerNorm without affine weights, modulated (shift,
+    scale, gate for attention and for the feed-forward) by a conditioning vector c (B, D).
+
+    The modulation map is zero-initialized, so every gate starts at 0 and the block starts as the
+    identity. Attention is bidirectional and written with explicit matmuls: the EBT's training
+    differentiates it twice (SPEC §9). The feed-forward is the library's SwiGLU, no biases.
+    """
+
+    def __init__(self, dim: int, n_heads: int, ffn_dim: int, norm_eps: float = 1e-6):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
+        self.attention = Attention(dim, n_heads)
+        self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
+        self.ffn = SwiGLU(dim, ffn_dim)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, bias=False))
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.modulation[1].weight)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """x (B, P, D), c (B, D) → (B, P, D)."""
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(c).chunk(6, dim=-1)  # (B, D) each
+        x = x + gate_a.unsqueeze(-2) * self.attention.bidirectional(modulate(self.attention_norm(x), shift_a, scale_a))
+        return x + gate_f.unsqueeze(-2) * self.ffn(modulate(self.ffn_norm(x), shift_f, scale_f))
+
+
+class PatchTransformer(nn.Module):
+    """The image backbone shared by the bidirectional EBT and the DiT baseline (SPEC §5).
+
+    images (B, C, H, W) and a conditioning input (B, D) → features (B, P, D): patchify, a linear
+    patch embedding, fixed 2-D sin-cos positions, adaLN-Zero blocks, a final LayerNorm modulated
+    (shift, scale) by c. The conditioning input passes through a small MLP first — DiT's
+    timestep embedder shape; the EBT feeds it its learned landscape vector — so both models
+    carry the same backbone and the same parameter count up to their heads.
+    """
+
+    def __init__(self, image_size: int, channels: int, patch: int, dim: int, n_heads: int, ffn_dim: int,
+                 n_layers: int):
+        super().__init__()
+        self.patch, self.channels, self.image_size = patch, channels, image_size
+        self.patch_embedding = nn.Linear(channels * patch * patch, dim, bias=False)
+        self.register_buffer("positions", sincos_positions_2d(image_size // patch, dim), persistent=False)
+        self.condition = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.SiLU(), nn.Linear(dim, dim, bias=False))
+        self.blocks = nn.ModuleList(AdaLNBlock(dim, n_heads, ffn_dim) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim, bias=False))
+        init_weights(self)
+        for block in self.blocks:
+            block.zero_init()
+        nn.init.zeros_(self.final_modulation[1].weight)
+
+    def forward(self, images: Tensor, c: Tensor) -> Tensor:
+        h = self.patch_embedding(patchify(images, self.patch)) + self.positions.to(images.dtype)  # (B, P, D)
+        c = self.condition(c)  # (B, D)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return modulate(self.norm(h), shift, scale)  # (B, P, D)

@@ -10,6 +10,7 @@ An objective is a module wrapping the model, so DDP can wrap the pair and see on
   per-position step size, Langevin noise, only the last step's graph and loss, and a replay
   buffer of recent final candidates; every trick is its own ThinkConfig field.
 - `DirectPrediction`: the Transformer++: one forward pass, the task loss on its output.
+- `NoisePrediction`: the DiT image baseline: ε-prediction on the low-noise timesteps (SPEC §5).
 """
 
 from __future__ import annotations
@@ -108,5 +109,28 @@ class DirectPrediction(nn.Module):
         return loss, {"loss": loss.detach()}
 
 
+class NoisePrediction(nn.Module):
+    """The DiT baseline (SPEC §5): ε-prediction on the low-noise range of the schedule.
+
+    x are the noisy training images, ignored: the clean targets x₀ are noised afresh at a
+    timestep drawn uniformly from 0 … `model.max_timestep` (the training level's), and the loss is
+    the MSE between the predicted and the true noise (DDPM's simple loss).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        from ebt.tasks.image import add_noise
+
+        t = torch.randint(0, self.model.max_timestep + 1, (targets.shape[0],), device=targets.device)  # (B,)
+        noise = torch.randn_like(targets)  # (B, C, H, W)
+        loss = torch.nn.functional.mse_loss(self.model(add_noise(targets, t, noise), t), noise)
+        return loss, {"loss": loss.detach()}
+
+
 def make_objective(model: nn.Module) -> nn.Module:
-    return UnrolledThinking(model) if hasattr(model, "think_config") else DirectPrediction(model)
+    if hasattr(model, "think_config"):
+        return UnrolledThinking(model)
+    return NoisePrediction(model) if hasattr(model, "max_timestep") else DirectPrediction(model)

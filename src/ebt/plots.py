@@ -16,6 +16,8 @@ built on `matplotlib.figure.Figure` directly, so no pyplot state or interactive 
   paper's uncertainty heatmaps: hard or unfamiliar tokens keep a higher energy.
 - `plot_energy_vs_loss`: per-token energy against per-token loss. The paper has no such figure;
   it quantifies the heatmaps' claim that energy tracks difficulty (see `spearman`).
+- `plot_energy_by_frame`: video; the mean energy of each predicted frame along a clip and around
+  the frame where a new digit appears (the paper: energy is high where frames are uncertain).
 
 Read next: `ebt/evaluate.py`, which produces the numbers these figures draw.
 """
@@ -243,6 +245,31 @@ def plot_energy_vs_loss(
         title += f"\nSpearman ρ = {spearman:.3f}"
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_energy_by_frame(profile: Mapping[str, Sequence[float]], path: str | os.PathLike) -> Path:
+    """Video uncertainty (SPEC §6): the EBT's mean final energy of each predicted frame, with its
+    Smooth-L1 error on a second axis, and the energy around the frame where a new digit appears.
+
+    `profile` is what `ebt.tasks.video.energy_by_frame` returns. The paper's claim: energy is
+    high where the next frame is hard to foresee and falls once the content is known.
+    """
+    fig = Figure(figsize=(10, 3.8), dpi=_DPI)
+    left, right = fig.subplots(1, 2)
+    left.plot(profile["frame"], profile["energy"], "o-", color="C0", label="energy")
+    left.set_xlabel("predicted frame")
+    left.set_ylabel("mean final energy", color="C0")
+    twin = left.twinx()
+    twin.plot(profile["frame"], profile["smooth_l1"], "s--", color="C1", label="Smooth-L1")
+    twin.set_ylabel("Smooth-L1 of the prediction", color="C1")
+    left.set_title("Energy along a clip")
+    right.plot(profile["offset"], profile["energy_by_offset"], "o-", color="C2")
+    right.axvline(0, color="0.6", linestyle=":")
+    right.set_xlabel("predicted frame − frame where the second digit appears")
+    right.set_ylabel("mean final energy")
+    right.set_title("Energy around a new digit")
+    fig.tight_layout()
     return _save(fig, path)
 
 

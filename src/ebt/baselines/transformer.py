@@ -1,6 +1,7 @@
 """The Transformer++ baseline (SPEC §2): a causal LM on the same blocks as the EBT.
 
-Legend: B batch, S positions, D width, V vocabulary.
+Legend: B batch, S positions, D width, V vocabulary (or C, the latent width, for video: the
+output then regresses the next frame's latent, SPEC §2).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ class TransformerPP(nn.Module):
         self.config = config
         self.task = make_task(config)
         d = config.dim
-        self.token_embedding = nn.Embedding(config.vocab_size, d)
+        self.token_embedding = self.task.input_embedding(d)  # text: a token table; video: a linear map of latents
         self.blocks = nn.ModuleList(
             Block(d, config.n_heads, config.ffn_width, config.norm_eps) for _ in range(config.n_layers)
         )

@@ -1,12 +1,15 @@
 """Tasks: what a candidate is, how a prediction is scored, and where the data comes from.
 
 One file per modality. A task object (no parameters) is what the models and `think` talk to:
-  candidate_dim                 size of one candidate vector (text: the vocabulary)
+  candidate_dim                 size of one candidate vector (text: the vocabulary; video: the latent)
+  input_embedding(dim)          the module taking one context element to width D (text: a token
+                                table nn.Embedding(V, D); video: nn.Linear(latent, D, bias=False))
   initial_candidate(x, samples, like, generator)
                                 where thinking starts for input x, M samples (text: N(0, I) logits
                                 (B, M, S, V); images: the noisy image itself)
-  prepare(y)                    the form the energy model reads and ∇E is taken against (text: softmax)
-  loss(y, targets)              mean loss of a prediction (text: cross-entropy in nats)
+  prepare(y)                    the form the energy model reads and ∇E is taken against (text:
+                                softmax; video: the identity)
+  loss(y, targets)              mean loss of a prediction (text: cross-entropy in nats; video: Smooth-L1)
   loss_metrics(loss)            what a mean loss means to a reader (text: {"ppl": e^loss})
 
 A task's data (`load_data`) is what the trainer talks to; it never sees text, images or frames:
@@ -20,7 +23,11 @@ A task's data (`load_data`) is what the trainer talks to; it never sees text, im
   save(out)                     what the run directory needs besides weights (text: tokenizer.json)
 
 Each task module defines `make_task(model_config)`, `load_data(run_config, run_dir)` and
-`load_artifacts(run_config, run_dir)`; the functions here dispatch on `model.task`.
+`load_artifacts(run_config, run_dir)`; the functions here dispatch on `model.task`. For the
+command line it also defines `evaluate_run(run, args, thinking, device)` → (metrics, summary line)
+and `generate_run(run, args, thinking, device)` → what to print (`ebt eval`, `ebt generate`).
+A task whose models are not the autoregressive EBT / Transformer++ pair defines
+`build_model(run_config)` (images: the bidirectional EBT and the DiT baseline).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from types import ModuleType
 from ebt.config import ModelConfig, RunConfig
 from ebt.errors import ConfigError
 
-TASKS = {"text": "ebt.tasks.text"}  # model.task → its module
+TASKS = {"text": "ebt.tasks.text", "video": "ebt.tasks.video", "image": "ebt.tasks.image"}  # model.task → its module
 
 
 def task_module(name: str) -> ModuleType:

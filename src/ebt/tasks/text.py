@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ebt.checkpoint import TOKENIZER, atomic_write
 from ebt.config import DataConfig, ModelConfig, RunConfig
@@ -37,6 +37,10 @@ class NextToken:
         device = generator.device if generator is not None else like.device
         shape = (x.shape[0], samples, x.shape[1], self.candidate_dim)
         return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+
+    def input_embedding(self, dim: int) -> nn.Module:
+        """How a context token enters either model: a table of V vectors of width D, N(0, 1) (SPEC §2)."""
+        return nn.Embedding(self.candidate_dim, dim)
 
     def prepare(self, y: Tensor) -> Tensor:
         return torch.softmax(y, dim=-1)
@@ -120,3 +124,38 @@ def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
 
 def load_artifacts(config: RunConfig, run_dir: Path):
     return load_tokenizer(run_dir, config.model.vocab_size)
+
+
+# --- Commands -----------------------------------------------------------------------------------
+
+
+def evaluate_run(run, args, thinking: dict, device) -> tuple[dict, str]:
+    """`ebt eval RUN [--data NAME_OR_PATH]`: loss and perplexity on the run's validation split, or
+    on another corpus whole."""
+    from ebt.data.batches import encode_documents
+
+    cfg = run.config
+    if args.data is None or args.data == cfg.data.corpus:
+        source, corpus = cfg.data.corpus, load_corpus(cfg.data.corpus, cfg.data.validation_fraction)
+        documents, split = corpus.validation, "validation"  # never score the text a run trained on
+    else:
+        source, corpus = args.data, load_corpus(args.data, cfg.data.validation_fraction)
+        documents, split = corpus.train + corpus.validation, "all"
+    tokens = encode_documents(documents, run.tokenizer)
+    result = evaluate(run.model, tokens, batch_size=args.batch_size, max_windows=args.max_windows,
+                      seed=args.seed, device=device, **thinking)
+    result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
+    line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
+            f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+    return result, line
+
+
+def generate_run(run, args, thinking: dict, device) -> str:
+    """`ebt generate RUN --prompt TEXT`: the prompt and its continuation."""
+    from ebt.generate import generate
+
+    if args.prompt is None:
+        raise ConfigError("text runs continue a prompt: give --prompt TEXT")
+    ids = generate(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
+                   seed=args.seed, device=device, cache=not args.no_cache, **thinking)
+    return args.prompt + run.tokenizer.decode(ids)

@@ -1,0 +1,120 @@
+"""`ebt denoise`: score image runs at several noise levels, and compare an EBT with a DiT (SPEC §5).
+
+- `noise_report`: per noise level, PSNR/MSE of the model's output and of the noisy input, and
+  the forward passes it spent (EBT: thinking steps × samples; DiT: DDIM passes × repeats).
+- `compute_curve`: PSNR against forward passes over the budgets a model offers (`budgets`; EBT:
+  1 … 4 thinking steps; DiT: DDIM on sub-grids of the timesteps, the full grid, recursive re-runs).
+- `write_plots`: the curves at λ = 0.1 (in distribution) and 0.2 (out of distribution) and an
+  image grid clean | noisy | first run | second run.
+
+Every model sees the same noisy images (the noise generator is seeded).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ebt.data.images import load_images, to_pixels, to_unit_range
+from ebt.errors import ConfigError
+from ebt.tasks.image import add_noise, denoise_metrics, timestep
+
+PLOT_LEVELS = (0.1, 0.2)  # in distribution (the training level) and out of distribution (SPEC §5)
+
+
+def parse_levels(text: str) -> list[float]:
+    """'0.1,0.2' → [0.1, 0.2], each a noise level on the schedule (SPEC §5), else a ConfigError."""
+    levels = []
+    for part in text.split(","):
+        try:
+            level = float(part)
+        except ValueError:
+            raise ConfigError(f"--noise {text!r}: {part.strip()!r} is not a number; give levels like 0.1,0.2") from None
+        if not 0 < level <= 1:
+            raise ConfigError(f"--noise {text!r}: {level} is not allowed; a noise level must be in (0, 1]")
+        timestep(level)  # raises below the schedule's first step (λ < 0.001)
+        levels.append(level)
+    return levels
+
+
+def validation_images(run, count: int) -> torch.Tensor:
+    """The first `count` validation images (uint8 (N, C, H, W)) of a run's data."""
+    cfg = run.config
+    return load_images(cfg.data.corpus, cfg.model.image_size, cfg.data.validation_fraction).validation[:count]
+
+
+def noise_report(run, images: torch.Tensor, levels: list[float], *, batch_size: int = 64, seed: int = 0,
+                 device="cpu", **options) -> list[dict]:
+    """One dict per level: noise, psnr, mse, noisy_psnr, noisy_mse, forward_passes, loss, images."""
+    return [{"noise": level, **denoise_metrics(run.model, images, level, batch_size=batch_size, seed=seed,
+                                               device=device, **options)} for level in levels]
+
+
+def compute_curve(run, images: torch.Tensor, level: float, *, seed: int = 0, batch_size: int = 64,
+                  device="cpu") -> tuple[list[tuple[float, float]], float]:
+    """(forward passes, PSNR) points for one model at one level, over the budgets the model offers,
+    and the PSNR of the noisy input."""
+    points, noisy = [], 0.0
+    for options in run.model.budgets(level):
+        m = denoise_metrics(run.model, images, level, batch_size=batch_size, seed=seed, device=device, **options)
+        points.append((m["forward_passes"], m["psnr"]))
+        noisy = m["noisy_psnr"]
+    return points, noisy
+
+
+def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, device="cpu",
+                batch_size: int = 64) -> dict:
+    """PSNR-vs-passes plots at λ = 0.1 and 0.2 and an image grid; returns the curves drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    curves = {}
+    fig, axes = plt.subplots(1, len(PLOT_LEVELS), figsize=(5 * len(PLOT_LEVELS), 4))
+    for ax, level in zip(axes, PLOT_LEVELS):
+        for run in runs:
+            points, noisy = compute_curve(run, images, level, seed=seed, device=device, batch_size=batch_size)
+            curves[f"{run.path.name} ({run.config.model.kind}) λ={level}"] = points
+            ax.plot(*zip(*points), marker="o", label=f"{run.config.model.kind}: {run.path.name}")
+        ax.axhline(noisy, color="gray", linestyle="--", label="noisy input")
+        ax.set_xscale("log")
+        ax.set(xlabel="forward passes per image", ylabel="PSNR (dB)",
+               title=f"λ = {level} ({'in' if level == runs[0].config.model.noise_level else 'out of'} distribution)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "psnr_vs_passes.png", dpi=120)
+    plt.close(fig)
+    _image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device)
+    return curves
+
+
+def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for level in PLOT_LEVELS:
+        generator = torch.Generator().manual_seed(seed)
+        clean = to_unit_range(images)
+        noisy = add_noise(clean, timestep(level), torch.randn(clean.shape, generator=generator))
+        row = [clean, noisy]
+        for run in runs:
+            with torch.no_grad():
+                row.append(run.model.denoise(noisy.to(device), level).y.reshape(clean.shape).cpu())
+        rows.append((level, row))
+    titles = ["clean", "noisy"] + [f"{r.config.model.kind}" for r in runs]
+    n = len(images)
+    fig, axes = plt.subplots(len(rows) * len(titles), 1, figsize=(n * 1.0, len(rows) * len(titles) * 1.1))
+    for i, (level, row) in enumerate(rows):
+        for j, (title, batch) in enumerate(zip(titles, row)):
+            ax = axes[i * len(titles) + j]
+            strip = to_pixels(batch).to(torch.uint8).permute(0, 2, 3, 1)  # (N, H, W, C)
+            strip = torch.cat(list(strip), dim=1).numpy()  # (H, N·W, C)
+            ax.imshow(strip.squeeze(-1) if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
+            ax.set_axis_off()
+            ax.set_title(f"{title} (λ = {level})", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
