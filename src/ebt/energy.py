@@ -178,13 +178,7 @@ class AutoregressiveEBT(nn.Module):
         `forward_passes` counts every energy evaluation run, all samples included.
         """
         steps = self.think_config.steps if steps is None else steps
-        if steps < 1 or samples < 1:
-            raise ConfigError(f"thinking needs steps ≥ 1 and samples ≥ 1, got steps = {steps}, samples = {samples}")
-        if (step_size is not None and step_size <= 0) or langevin_std < 0 or (tolerance is not None and tolerance < 0):
-            raise ConfigError(
-                f"step_size must be > 0, langevin_std ≥ 0 and tolerance ≥ 0; got step_size = {step_size}, "
-                f"langevin_std = {langevin_std}, tolerance = {tolerance}"
-            )
+        check_thinking(steps, samples, step_size, langevin_std, tolerance)
         y = self.task.initial_candidate(ids[:, -1:] if last_only else ids, samples, self.step_size, generator)  # (B, M, S, C)
         thought = think(
             landscapes if landscapes is not None else self.landscapes(ids, differentiable=False),

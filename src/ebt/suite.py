@@ -62,6 +62,8 @@ def paper_suite(
     **thinking,
 ) -> dict:
     """Run the suite on an EBT run; `thinking` options (step_size, langevin_std) apply to every budget."""
+    if run.config.model.task != "text":
+        raise ConfigError(f"--suite paper scores language models; {run.path} is a {run.config.model.task!r} run")
     if not is_energy_based(run.model):
         raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
