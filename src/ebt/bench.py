@@ -78,15 +78,17 @@ def _config(kind: str, size: str) -> RunConfig:
 
 
 def train_flops_per_token(config: RunConfig) -> float:
-    """Analytical training FLOPs per token (SPEC §7), matmuls only.
+    """Analytical training FLOPs per (fresh) token (SPEC §7), matmuls only.
 
     N = non-embedding matmul parameters per token position, A = 2·L·S·D the forward attention
     score/value FLOPs of a causal pass (S/2 keys on average), H = 2·D·V the V-sized map.
-    Transformer++: forward 2N + A + H, backward twice that → 6N + 3A + 3H.
-    EBT, per thinking step, per token: a context pass with its backward (6N + 3A) when the step
-    starts a landscape of its own (System 1; System 2 shares one context for all steps), then
-    the candidate stream: forward, backward to the candidate, and the second-order backward for
-    the parameters — about 5× a forward (SPEC §7's 2N + 4N + 4N) over N + A + H.
+    Transformer++: forward 2N + A + H, backward twice that → 3 × (2N + A + H).
+    EBT: a context pass with its backward, 3 × (2N + A), per landscape in use (System 1: one per
+    step; System 2: one, shared by all steps). Per thinking step, the candidate stream: a step
+    that builds the second-order graph costs about 5 forwards (forward, backward to the
+    candidate, then the parameter backward through both: SPEC §7's 2N + 4N + 4N); a step without
+    it (System 2's truncated steps) 2 forwards. System 2 runs (min_steps + steps) / 2 steps on
+    average, and its replay buffer adds half a batch of replayed sequences to every batch.
     """
     m = config.model
     n = 2 * count_parameters(build_model(config))  # 2 FLOPs per multiply-add
@@ -95,8 +97,12 @@ def train_flops_per_token(config: RunConfig) -> float:
     if m.kind == "transformer":
         return 3 * (n + attention + head)
     t = config.think
-    contexts = t.num_landscapes if t.landscape_per_step else 1
-    return contexts * 3 * (n + attention) + t.steps * 5 * (n + attention + head)
+    steps = (t.min_steps + t.steps) / 2 if t.min_steps else t.steps
+    graph_steps = 1 if t.truncate_graph else steps
+    candidate = (5 * graph_steps + 2 * (steps - graph_steps)) * (n + attention + head)
+    contexts = t.num_landscapes
+    replay = 1.5 if t.replay_buffer_size else 1.0
+    return replay * (contexts * 3 * (n + attention) + candidate)
 
 
 def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, seed: int = 0) -> dict:
@@ -129,25 +135,31 @@ def _train_step(model, objective, optimizer, batch: torch.Tensor) -> None:
     optimizer.step()
 
 
-def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, seed: int = 0) -> dict:
-    """Seconds per generated token after a `prompt_len`-token prompt, cached and uncached.
+def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, repeats: int = 3,
+                     seed: int = 0) -> dict:
+    """Seconds per generated token after a `prompt_len`-token prompt, cached and uncached, the
+    median of `repeats` runs with the four (model, cache) settings interleaved.
 
     The window is widened to hold prompt and continuation, so the cache is never reset by a
     sliding window. Untrained models: speed does not depend on the weights.
     """
     torch.manual_seed(seed)
     prompt = torch.randint(0, VOCAB, (prompt_len,)).tolist()
-    result = {}
+    models = {}
     for kind in ("ebt", "transformer"):
         config = _config(kind, size)
         config.model.context_len = prompt_len + new_tokens
-        model = build_model(config).eval()
-        for cache in (True, False):
-            generate(model, prompt, 2, temperature=0, cache=cache)  # warm-up
-            seconds = _timed(lambda: generate(model, prompt, new_tokens, temperature=0, cache=cache))
-            result[f"{kind}_{'cached' if cache else 'uncached'}_s_per_token"] = seconds / new_tokens
-        if kind == "ebt":
-            result["ebt_think_steps"] = config.think.steps
+        models[kind] = build_model(config).eval()
+    settings = [(kind, cache) for kind in models for cache in (True, False)]
+    times: dict[tuple[str, bool], list[float]] = {s: [] for s in settings}
+    for kind, cache in settings:
+        generate(models[kind], prompt, 2, temperature=0, cache=cache)  # warm-up
+    for _ in range(repeats):
+        for kind, cache in settings:
+            times[kind, cache].append(_timed(lambda: generate(models[kind], prompt, new_tokens, temperature=0, cache=cache)))
+    result = {f"{kind}_{'cached' if cache else 'uncached'}_s_per_token": statistics.median(t) / new_tokens
+              for (kind, cache), t in times.items()}
+    result["ebt_think_steps"] = models["ebt"].think_config.steps
     return result
 
 
