@@ -177,23 +177,10 @@ class AutoregressiveEBT(nn.Module):
         are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1);
         `forward_passes` counts every energy evaluation run, all samples included.
         """
-        steps = self.think_config.steps if steps is None else steps
-        check_thinking(steps, samples, step_size, langevin_std, tolerance)
-        y = self.task.initial_candidate(ids[:, -1:] if last_only else ids, samples, self.step_size, generator)  # (B, M, S, C)
-        thought = think(
-            landscapes if landscapes is not None else self.landscapes(ids, differentiable=False),
-            y,
-            steps=steps,
-            step_size=self.alpha.detach() if step_size is None else step_size,
-            prepare=self.task.prepare,
-            langevin_std=langevin_std,
-            tolerance=tolerance,
-            generator=generator,
-            score_final=score_final or samples > 1,
-        )
-        thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
-        # With one sample this picks it; with M the one of lowest final energy, per position.
-        return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+        energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
+        return think_samples(self, energy, ids[:, -1:] if last_only else ids, steps=steps, samples=samples,
+                             step_size=step_size, langevin_std=langevin_std, tolerance=tolerance,
+                             generator=generator, score_final=score_final)
 
 
 class BidirectionalEBT(nn.Module):
@@ -254,17 +241,9 @@ class BidirectionalEBT(nn.Module):
     ) -> Thought:
         """Denoise images (B, C, H, W) by thinking from them; options as `AutoregressiveEBT.think`
         (samples > 1 needs Langevin noise to differ). `thought.y` is (B, 1, C, H, W), energies (B, 1)."""
-        steps = self.think_config.steps if steps is None else steps
-        check_thinking(steps, samples, step_size, langevin_std, tolerance)
-        y = self.task.initial_candidate(noisy, samples, self.step_size, generator)  # (B, M, 1, C, H, W)
-        thought = think(
-            self.energy, y, steps=steps,
-            step_size=self.alpha.detach() if step_size is None else step_size,
-            langevin_std=langevin_std, tolerance=tolerance, generator=generator,
-            score_final=score_final or samples > 1,
-        )
-        thought.forward_passes *= samples
-        return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+        return think_samples(self, self.energy, noisy, steps=steps, samples=samples, step_size=step_size,
+                             langevin_std=langevin_std, tolerance=tolerance, generator=generator,
+                             score_final=score_final)
 
     def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
         """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
@@ -275,6 +254,41 @@ class BidirectionalEBT(nn.Module):
         if repeats != 1:
             raise ConfigError(f"--repeats applies to DiT runs only (recursive DDIM); got {repeats} for an EBT")
         return self.think(noisy, **thinking)
+
+
+def think_samples(
+    model: nn.Module,
+    energy,
+    x: Tensor,
+    *,
+    steps: int | None,
+    samples: int,
+    step_size: float | None,
+    langevin_std: float,
+    tolerance: float | None,
+    generator: torch.Generator | None,
+    score_final: bool,
+) -> Thought:
+    """Inference thinking shared by both EBTs: M candidates per position from the task's start
+    for input x, descended together on `energy`, the lowest final energy kept per position.
+    `forward_passes` counts every energy evaluation, all samples included."""
+    steps = model.think_config.steps if steps is None else steps
+    check_thinking(steps, samples, step_size, langevin_std, tolerance)
+    y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
+    thought = think(
+        energy,
+        y,
+        steps=steps,
+        step_size=model.alpha.detach() if step_size is None else step_size,
+        prepare=model.task.prepare,
+        langevin_std=langevin_std,
+        tolerance=tolerance,
+        generator=generator,
+        score_final=score_final or samples > 1,
+    )
+    thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
+    # With one sample this picks it; with M the one of lowest final energy, per position.
+    return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
 
 
 def check_thinking(steps: int, samples: int, step_size: float | None, langevin_std: float,
