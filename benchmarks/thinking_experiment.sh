@@ -30,11 +30,12 @@ printf '%s\n' \
   "ablation/s2-no-random-alpha text-ebt-s2-tiny $ABLATION_STEPS --think.randomize_step_size=false" \
   "ablation/s2-no-random-steps text-ebt-s2-tiny $ABLATION_STEPS --think.min_steps=0" \
   "ablation/s2-no-langevin text-ebt-s2-tiny $ABLATION_STEPS --think.langevin_std=0" \
+  "ablation/s2-langevin-1 text-ebt-s2-tiny $ABLATION_STEPS --think.langevin_std=1" \
   "ablation/s2-no-replay text-ebt-s2-tiny $ABLATION_STEPS --think.replay_buffer_size=0" |
   xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 
 $EBT eval "$OUT/s2-full" --suite paper --baseline "$OUT/transformer" --max-windows "$WINDOWS" --json > "$OUT/s2-full.json"
-for name in s2-full s2-no-random-alpha s2-no-random-steps s2-no-langevin s2-no-replay; do
+for name in s2-full s2-no-random-alpha s2-no-random-steps s2-no-langevin s2-langevin-1 s2-no-replay; do
   [ -f "$OUT/ablation/$name.json" ] ||
     $EBT eval "$OUT/ablation/$name" --suite paper --max-windows "$ABLATION_WINDOWS" --json > "$OUT/ablation/$name.json"
 done

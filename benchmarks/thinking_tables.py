@@ -9,6 +9,7 @@ from pathlib import Path
 
 ABLATION = [("s2-full", "full S2"), ("s2-no-random-alpha", "without random α"),
             ("s2-no-random-steps", "without random step count"), ("s2-no-langevin", "without Langevin noise"),
+            ("s2-langevin-1", "Langevin σ = 1 instead of 3"),
             ("s2-no-replay", "without replay buffer")]
 
 
