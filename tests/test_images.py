@@ -208,6 +208,8 @@ def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_cli_train_then_denoise_json(image_runs, capsys: pytest.CaptureFixture) -> None:
     config = json.loads((image_runs["ebt"] / "config.json").read_text())
     assert config["model"]["channels"] == 3  # from the RGB pictures
+    rows = [json.loads(line) for line in (image_runs["ebt"] / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["images_per_s"] > 0 and "tokens_per_s" not in r for r in rows if r["split"] == "train")
     capsys.readouterr()
     assert main(["denoise", str(image_runs["ebt"]), "--noise", "0.1,0.2", "--steps", "2", "--images", "2",
                  "--json"]) == 0

@@ -336,3 +336,10 @@ def test_ddp_two_cpu_processes_keep_identical_parameters(ddp_run) -> None:
 def test_ebt_train_under_torchrun_exits_zero_on_every_rank(ddp_run) -> None:
     done, _, _ = ddp_run
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_log_counts_speed_in_the_tasks_unit(kind: str, trained_runs) -> None:
+    rows = [json.loads(line) for line in (trained_runs[kind]["dir"] / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [row for row in rows if row["split"] == "train"]
+    assert train_rows and all(row["tokens_per_s"] > 0 for row in train_rows)

@@ -167,6 +167,7 @@ def test_tiny_ebt_learns_next_frames(video_runs, capsys) -> None:
     here it must at least learn: its validation loss falls well below where training began."""
     rows = [json.loads(line) for line in (video_runs["ebt"] / "metrics.jsonl").read_text().splitlines()]
     first = next(r["loss"] for r in rows if r["split"] == "train")
+    assert all(r["frames_per_s"] > 0 for r in rows if r["split"] == "train")  # speed counted in frames
     result = _eval(video_runs["ebt"], capsys)
     assert result["smooth_l1"] < 0.5 * first
 

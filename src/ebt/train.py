@@ -136,28 +136,29 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
             })
 
     log = _MetricsLog(out / "metrics.jsonl", dist.is_main)
-    tokens_per_step = tc.batch_size * config.model.context_len * dist.world_size
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
-    tick, steps_since_tick = time.perf_counter(), 0
+    tick, seen_since_tick = time.perf_counter(), 0
+    speed = f"{data.unit}_per_s"  # text: tokens_per_s
     model.train()
     while step < tc.steps:
-        loss, stats = trained(*data.split(next(batches).to(device)))
+        x, targets = data.split(next(batches).to(device))
+        loss, stats = trained(x, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()
-        step, steps_since_tick = step + 1, steps_since_tick + 1
+        step, seen_since_tick = step + 1, seen_since_tick + data.count(targets) * dist.world_size
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - tick
             row = {k: float(v) for k, v in stats.items()}
             row.update(step=step, split="train", **model.task.loss_metrics(row["loss"]), grad_norm=float(grad_norm),
-                       lr=lr, tokens_per_s=tokens_per_step * steps_since_tick / elapsed)
-            tick, steps_since_tick = time.perf_counter(), 0
+                       lr=lr, **{speed: seen_since_tick / elapsed})
+            tick, seen_since_tick = time.perf_counter(), 0
             log.write(row)
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", "tokens_per_s") if k in row})
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", speed) if k in row})
         bar.update(1)
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
             if dist.is_main:
@@ -167,7 +168,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
                     bar.write(f"step {step}: validation {shown}")
             checkpoint()
-            tick, steps_since_tick = time.perf_counter(), 0  # validation time is not training speed
+            tick, seen_since_tick = time.perf_counter(), 0  # validation time is not training speed
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
         result = validate()

@@ -18,6 +18,8 @@ A task's data (`load_data`) is what the trainer talks to; it never sees text, im
   training_batches(batch_size, seed, rank, world_size)
                                 endless, seeded batches with state_dict()/load_state_dict()
   split(batch)                  (model input x, targets) of a batch, on the batch's device
+  unit, count(targets)          what training speed is counted in ("tokens", "frames", "images")
+                                and how many of them a batch's targets hold
   validate(model, batch_size=, max_batches=, device=)
                                 a dict of metrics with at least "loss"
   save(out)                     what the run directory needs besides weights (text: tokenizer.json)

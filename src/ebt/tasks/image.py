@@ -149,6 +149,12 @@ class ImageData:
     def overrides(self) -> dict[str, str]:
         return {"model.channels": str(self.splits.channels)}
 
+    unit = "images"  # what the training speed counts
+
+    @staticmethod
+    def count(targets: Tensor) -> int:
+        return targets.shape[0]
+
     def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> NoisyImageBatches:
         return NoisyImageBatches(self.splits.train, batch_size, self.noise_level, seed, rank)
 

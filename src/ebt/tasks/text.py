@@ -88,6 +88,12 @@ class TextData:
         """A window (B, S+1) → context x (B, S) and next tokens (B, S)."""
         return batch[:, :-1], batch[:, 1:]
 
+    unit = "tokens"  # what the training speed counts
+
+    @staticmethod
+    def count(targets: Tensor) -> int:
+        return targets.numel()
+
     def validate(self, model, *, batch_size: int, max_batches: int, device) -> dict:
         return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_batches, device=device)
 

@@ -100,6 +100,12 @@ class VideoData:
         """Clips (B, T, C) → context frames x (B, S, C) and next frames (B, S, C)."""
         return batch[:, :-1], batch[:, 1:]
 
+    unit = "frames"  # what the training speed counts
+
+    @staticmethod
+    def count(targets: Tensor) -> int:
+        return targets.shape[0] * targets.shape[1]
+
     def validate(self, model, *, batch_size: int, max_batches: int, device) -> dict:
         return evaluate_clips(model, self.validation, self.encoder, batch_size=batch_size, max_clips=max_batches,
                               device=device)
