@@ -57,6 +57,13 @@ def test_gain_vs_shift(tmp_path, paper_reference):
     assert_png(path, plot_gain_vs_shift(points, path, paper_reference=paper_reference))
 
 
+def test_gain_vs_shift_with_far_out_of_distribution_probes(tmp_path):
+    """Shifts of 10⁴ and gains of −2000% (docs/results.md) next to ±1% at shift 1: log axes."""
+    points = {"validation": (1.0, 1.2), "kjv": (0.89, -0.1), "dyck": (18549.0, -2190.0), "arithmetic": (71638.0, -1229.0)}
+    path = tmp_path / "gain.png"
+    assert_png(path, plot_gain_vs_shift(points, path))
+
+
 def test_gain_vs_shift_single_point(tmp_path):
     path = tmp_path / "gain.png"
     assert_png(path, plot_gain_vs_shift({"only": (1.2, 4.0)}, path))

@@ -143,7 +143,9 @@ def plot_gain_vs_shift(
     `points` maps a dataset name to (shift, gain %): shift = the dataset's perplexity without
     thinking / the in-distribution perplexity without thinking. With two or more points a
     least-squares line is drawn with its slope in the legend; `paper_reference` adds SPEC §4's
-    two reference points in grey.
+    two reference points in grey. Shifts spanning more than a decade (far-OOD probes reach 10⁴)
+    go on a log axis, the line then fitted against log₁₀ shift; gains beyond ±100% go on a
+    symmetric-log axis, linear within ±10%, so that a few % and a few thousand % both show.
     """
     if not points:
         raise ValueError("plot_gain_vs_shift: `points` is empty; give at least one dataset")
@@ -165,11 +167,17 @@ def plot_gain_vs_shift(
         ax.plot(ref[:, 0], ref[:, 1], linestyle="--", color="0.5", marker="o", markerfacecolor="none",
                 markeredgecolor="0.5", markersize=8, label="paper (SPEC §4)")
         x_span += list(ref[:, 0])
+    log_x = min(x_span) > 0 and max(x_span) / min(x_span) > 10
+    if log_x:
+        ax.set_xscale("log")
+    if np.abs(ys).max() > 100:
+        ax.set_yscale("symlog", linthresh=10.0)
     if len(xs) >= 2 and np.ptp(xs) > 0:
-        slope, intercept = np.polyfit(xs, ys, deg=1)
-        line_x = np.linspace(min(x_span), max(x_span), 50)
-        ax.plot(line_x, slope * line_x + intercept, color="C0", linewidth=1.2,
-                label=f"least-squares fit: {slope:+.2f} % per unit shift")
+        fit_x = np.log10(xs) if log_x else xs
+        slope, intercept = np.polyfit(fit_x, ys, deg=1)
+        line_x = np.geomspace(min(x_span), max(x_span), 50) if log_x else np.linspace(min(x_span), max(x_span), 50)
+        ax.plot(line_x, slope * (np.log10(line_x) if log_x else line_x) + intercept, color="C0", linewidth=1.2,
+                label=f"least-squares fit: {slope:+.2f} % per {'10× shift' if log_x else 'unit shift'}")
 
     ax.set_xlabel("distribution shift (ppl / in-distribution ppl, no thinking)")
     ax.set_ylabel("perplexity improvement from thinking (%)")
