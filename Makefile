@@ -16,6 +16,7 @@ venv: system $(STAMP)
 system:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "make: the Debian data packages $$missing are needed (Austen's novels, Fashion-MNIST) and there is no apt-get here"; exit 1; }; \
 	  echo "installing Debian packages:" $$missing; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null || \
