@@ -38,10 +38,22 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
+import torch
+from torch import Tensor
+
 from ebt.config import ModelConfig, RunConfig
 from ebt.errors import ConfigError
 
 TASKS = {"text": "ebt.tasks.text", "video": "ebt.tasks.video", "image": "ebt.tasks.image"}  # model.task → its module
+
+
+def normal_candidates(x: Tensor, samples: int, dim: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """N(0, I) candidates (B, M, S, C) for inputs x (B, S, …): M per position, C = `dim`, in the
+    dtype and on the device of `like` (a model weight), drawn from `generator` when given. The
+    autoregressive tasks start thinking here (SPEC §2)."""
+    device = generator.device if generator is not None else like.device
+    shape = (x.shape[0], samples, x.shape[1], dim)
+    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
 
 
 def task_module(name: str) -> ModuleType:

@@ -23,6 +23,7 @@ from ebt.data.corpus import load_corpus
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.errors import CheckpointError, ConfigError
 from ebt.evaluate import evaluate, perplexity
+from ebt.tasks import normal_candidates
 
 
 class NextToken:
@@ -34,9 +35,7 @@ class NextToken:
     ) -> Tensor:
         """N(0, I) logits (B, M, S, V) for contexts x (B, S): M samples per position, with the
         device and dtype of `like` (a model weight)."""
-        device = generator.device if generator is not None else like.device
-        shape = (x.shape[0], samples, x.shape[1], self.candidate_dim)
-        return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+        return normal_candidates(x, samples, self.candidate_dim, like, generator)
 
     def input_embedding(self, dim: int) -> nn.Module:
         """How a context token enters either model: a table of V vectors of width D, N(0, 1) (SPEC §2)."""

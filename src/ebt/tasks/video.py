@@ -32,6 +32,7 @@ from ebt.data.video import (FRAME_SIZE, FrameEncoder, RandomClips, digit_split, 
                             moving_digits, write_gif, write_strip)
 from ebt.errors import CheckpointError, ConfigError
 from ebt.models import is_energy_based, predict
+from ebt.tasks import normal_candidates
 
 ENCODER = "encoder.safetensors"
 CORPUS = "moving-mnist"
@@ -48,9 +49,7 @@ class NextFrame:
         self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """N(0, I) latents (B, M, S, C) for context latents x (B, S, C), dtype and device of `like`."""
-        device = generator.device if generator is not None else like.device
-        shape = (x.shape[0], samples, x.shape[1], self.candidate_dim)
-        return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+        return normal_candidates(x, samples, self.candidate_dim, like, generator)
 
     def input_embedding(self, dim: int) -> nn.Module:
         """A context frame's latent (C) → width D: a linear map, no bias (SPEC §2)."""
