@@ -49,7 +49,7 @@ def tiny_config(
     config = preset(f"text-{kind}-tiny")
     settings: dict[str, Any] = {
         "model.n_layers": 2, "model.dim": 32, "model.n_heads": 2, "model.context_len": 16,
-        "train.steps": 20, "train.batch_size": 8, "train.eval_every": 0, "train.eval_windows": 4,
+        "train.steps": 20, "train.batch_size": 8, "train.eval_every": 0, "train.eval_examples": 4,
         "train.log_every": 1, "train.device": "cpu", "train.seed": 0,
     }
     if corpus is not None:
@@ -67,7 +67,7 @@ def tiny_model(kind: str = "ebt", vocab_size: int = 11, dtype: torch.dtype = tor
                overrides: dict[str, Any] | None = None) -> nn.Module:
     """A freshly initialized model too small to need a corpus (width 16, 2 heads, context 8)."""
     config = tiny_config(kind, overrides={"model.dim": 16, "model.context_len": 8, **(overrides or {})})
-    config.model.vocab_size = vocab_size
+    config.text.vocab_size = vocab_size
     torch.manual_seed(seed)
     return build_model(config).to(dtype)
 
@@ -106,7 +106,7 @@ def trained_runs(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) ->
     runs = {}
     for kind, steps in TRAINED_STEPS.items():
         out = tmp_path_factory.mktemp(f"run-{kind}")
-        config = tiny_config(kind, corpus_file, {"train.steps": steps, "train.eval_windows": 8})
+        config = tiny_config(kind, corpus_file, {"train.steps": steps, "train.eval_examples": 8})
         with capture_built_models() as built:
             result = ebt.train.train(config, out, quiet=True)
         runs[kind] = {"dir": out, "config": load_config(out), "model": built[-1], "result": result}

@@ -12,7 +12,7 @@ import pytest
 
 import ebt.bench
 from ebt.bench import _config as preset_config
-from ebt.bench import main, train_flops_per_token
+from ebt.bench import train_flops_per_token
 from ebt.cli import main as cli
 
 REQUIRED = {"train_ratio", "cache_speedup", "mfu_ebt", "mfu_transformer", "train_ratio_s2", "flops_ratio",
@@ -42,7 +42,7 @@ def test_bench_json_reports_the_ratios_and_their_parts(micro_presets, capsys: py
 
 
 def test_bench_table_output(micro_presets, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--repeats", "1", "--prompt-len", "6", "--new-tokens", "2", "--no-memory"]) == 0
+    assert cli(["bench", "--repeats", "1", "--prompt-len", "6", "--new-tokens", "2", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "train_ratio" in out and "cache_speedup" in out and "activation memory" not in out
 
@@ -58,6 +58,5 @@ def test_flop_model_follows_the_recipes() -> None:
 
 
 def test_bench_rejects_an_unknown_size(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--preset", "huge"])
-    assert exit_info.value.code == 2 and "'huge' is not a size" in capsys.readouterr().err
+    assert cli(["bench", "--preset", "huge"]) == 2
+    assert "'huge' is not a size" in capsys.readouterr().err

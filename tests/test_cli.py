@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ebt.checkpoint import load_run
+from ebt.runs import load_run
 from ebt.cli import main
 from ebt.generate import generate
 
@@ -24,7 +24,7 @@ KINDS = ("ebt", "transformer")
 CONTEXT = 16
 TINY = [
     "--quiet", "--model.n_layers=1", "--model.dim=32", "--model.n_heads=2", f"--model.context_len={CONTEXT}",
-    "--train.steps=10", "--train.batch_size=4", "--train.eval_every=0", "--train.eval_windows=2",
+    "--train.steps=10", "--train.batch_size=4", "--train.eval_every=0", "--train.eval_examples=2",
     "--train.device=cpu",
 ]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("ebt")
@@ -74,7 +74,7 @@ def test_train_writes_a_complete_run(kind: str, cli_runs, corpus_file: Path) -> 
     ],
 )
 def test_eval_json(kind: str, extra: list[str], passes: int, cli_runs, capsys) -> None:
-    code, out, err = run_cli(["eval", cli_runs[kind], "--json", "--max-windows", "4", *extra], capsys)
+    code, out, err = run_cli(["eval", cli_runs[kind], "--json", "--max-examples", "4", *extra], capsys)
     assert code == 0, err
     result = json.loads(out)
     assert {"loss", "ppl", "tokens", "forward_passes"} <= set(result)
@@ -84,7 +84,7 @@ def test_eval_json(kind: str, extra: list[str], passes: int, cli_runs, capsys) -
 
 
 def test_eval_text_output(cli_runs, capsys) -> None:
-    code, out, err = run_cli(["eval", cli_runs["ebt"], "--max-windows", "2"], capsys)
+    code, out, err = run_cli(["eval", cli_runs["ebt"], "--max-examples", "2"], capsys)
     assert code == 0, err
     assert "loss" in out and "ppl" in out and "forward passes" in out
 
@@ -110,7 +110,7 @@ def test_generation_runs_past_the_context_window(kind: str, cli_runs, capsys) ->
     assert out.startswith("a dog")
     run = load_run(cli_runs[kind])
     ids = generate(run.model, run.tokenizer.encode("a dog ran to"), new, temperature=0)
-    assert len(ids) == new and all(0 <= i < run.config.model.vocab_size for i in ids)
+    assert len(ids) == new and all(0 <= i < run.config.text.vocab_size for i in ids)
 
 
 def test_resume_continues_a_run_to_more_steps(cli_runs, tmp_path: Path, capsys) -> None:

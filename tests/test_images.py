@@ -19,7 +19,8 @@ from ebt.models import build_model
 from ebt.nn import patchify, unpatchify
 from ebt.objectives import NoisePrediction, UnrolledThinking, make_objective
 from ebt.presets import preset
-from ebt.tasks.image import add_noise, alphas_cumprod, denoise_metrics, timestep
+from ebt.baselines.diffusion import add_noise, alphas_cumprod, timestep
+from ebt.evaluate import denoise_metrics
 from ebt.train import parameter_groups
 
 SIZE = 12  # 12×12 images, 4×4 patches: 9 patches
@@ -29,7 +30,7 @@ def tiny_image_config(kind: str = "ebt", **model) -> RunConfig:
     config = preset(f"image-{kind}-tiny")
     settings = {"n_layers": 2, "dim": 32, "n_heads": 2, "image_size": SIZE, "channels": 1, "patch_size": 4, **model}
     for key, value in settings.items():
-        setattr(config.model, key, value)
+        setattr(config.image if hasattr(config.image, key) else config.model, key, value)
     return config.validated()
 
 
@@ -184,8 +185,8 @@ def test_image_folders_load_grayscale_and_rgb_and_bad_data_is_a_clear_error(tmp_
 
 # --- Command line --------------------------------------------------------------------------------
 
-TINY = ["--quiet", "--model.n_layers=1", "--model.dim=16", "--model.n_heads=2", f"--model.image_size={SIZE}",
-        "--train.steps=3", "--train.batch_size=4", "--train.eval_windows=1", "--train.device=cpu"]
+TINY = ["--quiet", "--model.n_layers=1", "--model.dim=16", "--model.n_heads=2", f"--image.image_size={SIZE}",
+        "--train.steps=3", "--train.batch_size=4", "--train.eval_examples=1", "--train.device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_cli_train_then_denoise_json(image_runs, capsys: pytest.CaptureFixture) -> None:
     config = json.loads((image_runs["ebt"] / "config.json").read_text())
-    assert config["model"]["channels"] == 3  # from the RGB pictures
+    assert config["image"]["channels"] == 3  # from the RGB pictures
     rows = [json.loads(line) for line in (image_runs["ebt"] / "metrics.jsonl").read_text().splitlines()]
     assert all(r["images_per_s"] > 0 and "tokens_per_s" not in r for r in rows if r["split"] == "train")
     capsys.readouterr()

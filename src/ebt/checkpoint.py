@@ -1,9 +1,14 @@
-"""Run directories: `config.json` + `model.safetensors` (+ `train_state.pt`) + the task's own
-files (text: `tokenizer.json`).
+"""The files of a run directory, written atomically and read without trusting them.
+
+    config.json         the RunConfig (`load_config` migrates older versions)
+    model.safetensors   the weights, with the step in its metadata
+    train_state.pt      optimizer, scheduler, RNG and data-sampler states (for --resume)
+    metrics.jsonl       one JSON object per logged step and per validation
+    + the task data's files (text: tokenizer.json; video: encoder.safetensors) and data.json
 
 Every file is written to a temporary name in the same directory and renamed into place, so a
-crash mid-write never destroys the previous checkpoint. The training state (optimizer,
-scheduler, RNG and data-sampler states) lets `ebt train --resume` continue exactly.
+crash mid-write never destroys the previous checkpoint. Loading a run with its model is
+`ebt.runs.load_run`; this module knows files, not models.
 """
 
 from __future__ import annotations
@@ -11,20 +16,18 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, EBTError
-from ebt.models import build_model
 
-CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE = "config.json", "tokenizer.json", "model.safetensors", "train_state.pt"
+CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
+    "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -40,11 +43,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's content; CheckpointError naming the file when it is unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not readable JSON: {e}") from None
+
+
 def save_run(out: Path, config: RunConfig, data) -> None:
     """The parts of a run that do not change while it trains: its config and the task data's files."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
+    save_config(out, config)
     data.save(out)
+
+
+def save_config(out: Path, config: RunConfig) -> None:
+    atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
 
 
 def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, Any] | None = None) -> None:
@@ -54,58 +69,19 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
 
 
-@dataclass
-class Run:
-    config: RunConfig
-    model: nn.Module
-    tokenizer: Any  # what the task saved with the run (text: the tokenizer)
-    step: int
-    path: Path
-
-
 def load_config(path: Path) -> RunConfig:
+    """The RunConfig of run directory `path` (older versions migrated); CheckpointError naming the
+    file when it is missing, unreadable or invalid."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"run directory {str(path)!r} does not exist")
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"{str(path)!r} is not a run directory: it has no {CONFIG}")
     try:
-        return RunConfig.from_dict(json.loads((path / CONFIG).read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        return RunConfig.from_dict(read_json(path / CONFIG))
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG} is not a valid run config: {e}") from None
     except EBTError as e:
         raise CheckpointError(f"{path / CONFIG}: {e}") from None
-
-
-def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
-    from ebt.tasks import load_artifacts
-
-    path = Path(path)
-    config = load_config(path)
-    if not (path / WEIGHTS).is_file():
-        raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
-    tokenizer = load_artifacts(config, path)
-    model = build_model(config)
-    try:
-        state = load_file(str(path / WEIGHTS), device=str(map_location))
-        with safe_open(str(path / WEIGHTS), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path / WEIGHTS} is corrupt or unreadable: {e}") from None
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path / WEIGHTS} does not match {path / CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}"
-        )
-    model.load_state_dict(state)
-    model.to(map_location).eval()  # buffers (rotary tables) follow the weights
-    step = int(metadata.get("step", 0))
-    return Run(config, model, tokenizer, step, path)
-
-
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The trained model of a run directory (an EBT or a Transformer++), in eval mode."""
-    return load_run(path, map_location).model

@@ -1,43 +1,45 @@
-"""The `ebt` command: train, eval, generate, bench.
+"""The `ebt` command line: argparse into the typed arguments of `ebt.commands`, and nothing else.
 
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--resume]
     ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
-    ebt bench [--size tiny] [--json]
+    ebt bench [--preset tiny] [--json]
 
-Errors a user can fix (bad keys, missing data, corrupt runs) print one line and exit with 2.
+Errors a user can fix (bad options, missing data, damaged runs) print one line and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from ebt import commands
 from ebt.errors import ConfigError, EBTError
+from ebt.think import ThinkingOptions
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ebt", description="Energy-Based Transformers: train, evaluate, think, generate.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="train a model from a preset",
-                            description="Train a model. Any config field can be set with --section.key=value "
-                                        "(e.g. --train.steps=500 --model.dim=256).")
-    p.add_argument("--preset", required=True, help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs")
+    p = sub.add_parser("train", help="train a model from a preset",
+                       description="Train a model. Any config field can be set with --section.key=value "
+                                   "(e.g. --train.steps=500 --model.dim=256).")
+    p.add_argument("--preset", help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs (optional with --resume)")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
     p.add_argument("--data", help="corpus name or path to a UTF-8 .txt file or directory (sets data.corpus)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
 
-    p = commands.add_parser("eval", help="loss and perplexity of a trained run")
+    p = sub.add_parser("eval", help="loss and perplexity (text), PSNR (images), frame errors (video)")
     p.add_argument("run", type=Path)
     p.add_argument("--data", help="corpus name or path (default: the run's validation split)")
     _thinking_args(p)
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate at most this many windows")
+    p.add_argument("--max-examples", "--max-windows", dest="max_examples", type=int, default=None,
+                   help="score at most this many windows (text), images or clips")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite); "
                                               "video EBT runs: write the energy along clips there")
 
-    p = commands.add_parser("generate", help="continue a prompt (text) or a clip (video)")
+    p = sub.add_parser("generate", help="continue a prompt (text) or a clip (video)")
     p.add_argument("run", type=Path)
     p.add_argument("--prompt", help="text runs: the text to continue")
     p.add_argument("--frames", type=int, default=4, help="video runs: conditioning frames of a validation clip")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     _thinking_args(p)
     p.add_argument("--seed", type=int, default=0)
 
-    p = commands.add_parser("denoise", help="image runs: PSNR of denoising at several noise levels (SPEC §5)")
+    p = sub.add_parser("denoise", help="image runs: PSNR of denoising at several noise levels (SPEC §5)")
     p.add_argument("run", type=Path)
     p.add_argument("--noise", default="0.1,0.2", help="comma-separated noise levels λ in (0, 1] (timestep λ·1000 − 1)")
     p.add_argument("--vs", type=Path, help="a second image run (e.g. the DiT) scored side by side, with plots")
@@ -71,29 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per noise level")
     _thinking_args(p)
 
-    p = commands.add_parser("bench", help="training step time, EBT vs Transformer++, side by side", add_help=False)
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:  # its own small parser, in ebt.bench
-        from ebt.bench import main as bench
-
-        return bench(argv[1:])
-    args, extra = parser.parse_known_args(argv)
-    try:
-        if extra and args.command != "train":
-            raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
-        return {"train": _train, "eval": _eval, "generate": _generate, "denoise": _denoise}[args.command](args, extra)
-    except EBTError as e:
-        print(f"ebt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"ebt {args.command}: interrupted", file=sys.stderr)
-        return 130
+    p = sub.add_parser("bench", help="training step time, EBT vs Transformer++, side by side",
+                       description="Speed measured side by side in one process (ebt.bench).")
+    p.add_argument("--preset", "--size", dest="size", default="tiny",
+                   help="model size of the text presets: tiny, 4xs, 3xs, xxs, ... (default tiny)")
+    p.add_argument("--repeats", type=int, default=10, help="timed training steps per model")
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
+    p.add_argument("--json", action="store_true")
+    return parser
 
 
 def _thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained)")
+    p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained); DiT: DDIM passes")
     p.add_argument("--samples", type=int, default=1, help="EBT self-verification: best of M candidates")
     p.add_argument("--step-size", type=float, default=None, help="EBT: override the trained step size α")
     p.add_argument("--langevin-std", type=float, default=0.0, help="EBT: noise σ added before each step")
@@ -101,24 +95,9 @@ def _thinking_args(p: argparse.ArgumentParser) -> None:
                    help="EBT adaptive thinking: a position stops when its energy changes by less than this")
 
 
-def _thinking(args) -> dict:
-    """The thinking options of an eval/generate command line, checked."""
-    checks = [("--steps", args.steps, args.steps is None or args.steps >= 1, "≥ 1"),
-              ("--samples", args.samples, args.samples >= 1, "≥ 1"),
-              ("--step-size", args.step_size, args.step_size is None or args.step_size > 0, "> 0"),
-              ("--langevin-std", args.langevin_std, args.langevin_std >= 0, "≥ 0"),
-              ("--tolerance", args.tolerance, args.tolerance is None or args.tolerance >= 0, "≥ 0")]
-    for flag, value, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{flag} = {value} is not allowed; it must be {allowed}")
-    return {"steps": args.steps, "samples": args.samples, "step_size": args.step_size,
-            "langevin_std": args.langevin_std, "tolerance": args.tolerance}
-
-
-def _device(request: str):
-    from ebt.distributed import Distributed, pick_device
-
-    return pick_device(request, Distributed())[0]
+def _options(a: argparse.Namespace) -> ThinkingOptions:
+    return ThinkingOptions(steps=a.steps, samples=a.samples, step_size=a.step_size, langevin_std=a.langevin_std,
+                           tolerance=a.tolerance)
 
 
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
@@ -138,118 +117,42 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _train(args, extra) -> int:
-    from ebt.checkpoint import load_config
-    from ebt.presets import preset
-    from ebt.train import train
-
-    config = load_config(args.out) if args.resume else preset(args.preset)
-    if args.data is not None:
-        config = config.override("data.corpus", args.data)
-    for key, value in parse_overrides(extra):
-        config = config.override(key, value)
-    result = train(config, args.out, resume=args.resume, quiet=args.quiet)
-    if result:  # the main process of a distributed run reports for all
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
-        print(f"validation {shown}; run saved in {args.out}")
-    return 0
-
-
-def _eval(args, extra) -> int:
-    from ebt.checkpoint import load_run
-    from ebt.tasks import task_module
-
-    thinking = _thinking(args)
-    device = _device(args.device)
-    run = load_run(args.run, device)
-    if args.suite:
-        return _suite(args, run, thinking, device)
-    result, line = task_module(run.config.model.task).evaluate_run(run, args, thinking, device)
-    print(json.dumps(result) if args.json else line)
-    return 0
+def _command(a: argparse.Namespace, extra: list[str]):
+    """The typed arguments of the command line, and the command that takes them."""
+    if extra and a.command != "train":
+        raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+    if a.command == "train":
+        return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
+                                                  overrides=parse_overrides(extra), resume=a.resume, quiet=a.quiet)
+    if a.command == "eval":
+        return commands.evaluate, commands.EvalArgs(
+            run=a.run, options=_options(a), data=a.data, max_examples=a.max_examples, batch_size=a.batch_size,
+            seed=a.seed, json=a.json, suite=a.suite, baseline=a.baseline, plots=a.plots, device=a.device)
+    if a.command == "generate":
+        return commands.generate, commands.GenerateArgs(
+            run=a.run, prompt=a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
+            cache=not a.no_cache, frames=a.frames, length=a.length, clip=a.clip, out=a.out, options=_options(a),
+            seed=a.seed, device=a.device)
+    if a.command == "denoise":
+        return commands.denoise, commands.DenoiseArgs(
+            run=a.run, noise=a.noise, vs=a.vs, plots=a.plots, images=a.images, repeats=a.repeats,
+            batch_size=a.batch_size, seed=a.seed, json=a.json, options=_options(a), device=a.device)
+    return commands.bench, commands.BenchArgs(size=a.size, repeats=a.repeats, prompt_len=a.prompt_len,
+                                              new_tokens=a.new_tokens, memory=not a.no_memory, json=a.json)
 
 
-def _suite(args, run, thinking, device) -> int:
-    from ebt.checkpoint import load_run
-    from ebt.models import NOT_THINKING
-    from ebt.suite import BUDGETS, paper_suite
-
-    fixed = {k: v for k, v in thinking.items() if k in ("steps", "samples", "tolerance") and v != NOT_THINKING[k]}
-    if fixed or args.data:
-        raise ConfigError("--suite paper sets its own data and budgets; drop --data, --steps, --samples and --tolerance")
-    baseline = load_run(args.baseline, device) if args.baseline else None
-    plots = args.plots or args.run / "suite"
-    result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_windows or 64,
-                         batch_size=args.batch_size, seed=args.seed, device=device,
-                         step_size=thinking["step_size"], langevin_std=thinking["langevin_std"])
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS)
-    print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
-    print(f"{'dataset':<12}{'shift':>10}{head}{'longer':>10}{'verify':>10}{'T++':>11}")
-    for name, e in result["datasets"].items():
-        ppl = "".join(f"{b['ppl']:>11.5g}" for b in e["budgets"])
-        tpp = f"{e['transformer_ppl']:>11.5g}" if "transformer_ppl" in e else f"{'':>11}"
-        print(f"{name:<12}{e['ood_shift']:>10.4g}{ppl}{e['gain_think_longer_pct']:>9.3g}%"
-              f"{e['gain_self_verify_pct']:>9.3g}%{tpp}")
-    u = result["uncertainty"]
-    print(f"uncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
-          f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters {u['mean_energy_random_characters']:.4f}")
-    print(f"plots in {plots}")
-    return 0
-
-
-def _generate(args, extra) -> int:
-    from ebt.checkpoint import load_run
-    from ebt.tasks import task_module
-
-    thinking = _thinking(args)
-    device = _device(args.device)
-    run = load_run(args.run, device)
-    print(task_module(run.config.model.task).generate_run(run, args, thinking, device))
-    return 0
-
-
-def _denoise(args, extra) -> int:
-    from ebt.checkpoint import load_run
-    from ebt.denoise import noise_report, parse_levels, validation_images, write_plots
-
-    levels = parse_levels(args.noise)
-    if args.images < 1 or args.batch_size < 1 or args.repeats < 1:
-        raise ConfigError(f"--images, --batch-size and --repeats must be ≥ 1; got {args.images}, {args.batch_size}, "
-                          f"{args.repeats}")
-    options = {k: v for k, v in _thinking(args).items() if v is not None}
-    if args.repeats != 1:
-        options["repeats"] = args.repeats
-    device = _device(args.device)
-    runs = [load_run(args.run, device)] + ([load_run(args.vs, device)] if args.vs else [])
-    for run in runs:
-        if getattr(run.model, "denoise", None) is None:
-            raise ConfigError(f"{run.path} is a {run.config.model.task} run; ebt denoise scores image runs")
-    images = validation_images(runs[0], args.images)
-    reports = []
-    for run in runs:
-        # Thinking options are for the first run; the --vs run is scored as trained.
-        own = options if run is runs[0] else {}
-        reports.append(noise_report(run, images, levels, batch_size=args.batch_size, seed=args.seed, device=device,
-                                    **own))
-    if args.json:
-        print(json.dumps(reports[0] if len(runs) == 1 else
-                         [{"run": str(r.path), "kind": r.config.model.kind, "levels": rep} for r, rep in zip(runs, reports)]))
-    else:
-        print(f"{len(images)} validation images; PSNR and MSE on 0–255 pixels after clamping")
-        head = "".join(f"{f'{r.config.model.kind} PSNR':>12}{'passes':>8}" for r in runs)
-        print(f"{'noise':>6}{'noisy PSNR':>12}{head}")
-        for i, level in enumerate(levels):
-            cells = "".join(f"{rep[i]['psnr']:>12.2f}{rep[i]['forward_passes']:>8g}" for rep in reports)
-            print(f"{level:>6g}{reports[0][i]['noisy_psnr']:>12.2f}{cells}")
-    if args.vs:
-        plots = args.plots or args.run / "denoise"
-        write_plots(runs, images, plots, seed=args.seed, device=device, batch_size=args.batch_size)
-        if not args.json:
-            print(f"plots in {plots}")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = build_parser().parse_known_args(argv)
+    try:
+        command, typed = _command(args, extra)
+        return command(typed)
+    except EBTError as e:
+        print(f"ebt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ebt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,39 +1,38 @@
 """Typed run configuration: one small dataclass per concern, and `--section.key=value` overrides.
 
-A run is described by a `RunConfig` (model, think, train, data). Presets (`presets.py`) build
-one; the CLI applies overrides; the resolved config is printed at start and saved as
-`config.json` with every checkpoint, so a run directory is self-describing.
+A run is described by a `RunConfig`: model, think, train, data, and the section of its task
+(text, image or video; no section mixes modalities). Presets (`presets.py`) build one; the CLI
+applies overrides; the resolved config is printed at start and saved as `config.json` with every
+checkpoint, so a run directory is self-describing. Older config files are migrated on load.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ebt.errors import ConfigError
 
 
+CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
+
+
 @dataclass
 class ModelConfig:
+    """The network, whatever the modality (SPEC §2, §3)."""
+
     kind: str = "ebt"  # "ebt" (energy-based), "transformer" (Transformer++) or "dit" (image diffusion baseline)
-    task: str = "text"  # what a candidate is and how it is scored: see ebt/tasks
+    task: str = "text"  # what a candidate is: "text", "image" or "video"; its own section holds its settings
     n_layers: int = 2
     dim: int = 128
     n_heads: int = 2
     ffn_dim: int = 0  # SwiGLU hidden width; 0 means equal to dim, the paper's language setting
-    vocab_size: int = 0  # set from the tokenizer when the run is built
-    latent_dim: int = 0  # video: width of a frame embedding (the candidate), set from the frame encoder
-    context_len: int = 256
+    context_len: int = 256  # tokens (text) or frames (video) a prediction sees
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    # Images (SPEC §5; task "image"): square images of `channels` (set from the data), cut into
-    # patch_size² patches; noise_level is the λ the model trains at (0.1 in the paper).
-    image_size: int = 28
-    channels: int = 1
-    patch_size: int = 4
-    noise_level: float = 0.1
 
     @property
     def ffn_width(self) -> int:
@@ -69,13 +68,13 @@ class ThinkConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 16
+    batch_size: int = 16  # sequences (text), images or clips per step
     lr: float = 2.4e-3  # peak learning rate (SPEC §3 by model size)
     warmup_fraction: float = 0.1  # linear warm-up over this share of the run, then cosine to lr/10
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 200  # steps between validations (and checkpoints); 0 = only at the end
-    eval_windows: int = 64  # validation windows per periodic validation (the final one too)
+    eval_examples: int = 64  # validation examples per validation: windows (text), images or clips
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -83,51 +82,124 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # a corpus name, or a path to a UTF-8 .txt file or a directory of them
+    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt file or a directory; images: a folder)
+    validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
+
+
+@dataclass
+class TextConfig:
+    """Text runs (task "text", SPEC §2): the tokenizer and its vocabulary."""
+
     tokenizer: str = "byte"  # "byte", "bpe" (trained on the training split) or "gpt2"
     bpe_vocab_size: int = 2048
-    validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
-    # Video (SPEC §6; corpus "moving-mnist"): generated clips of context_len + 1 frames, and the
-    # frozen frame encoder: "pca" (encoder_dim components) or "pixels" (the raw 32×32 frame).
+    vocab_size: int = 0  # set from the tokenizer when the run is built
+
+
+@dataclass
+class ImageConfig:
+    """Image runs (task "image", SPEC §5): square images of `channels` (set from the data), cut
+    into patch_size² patches; noise_level is the λ the models train at (0.1 in the paper)."""
+
+    image_size: int = 28
+    channels: int = 1
+    patch_size: int = 4
+    noise_level: float = 0.1
+
+
+@dataclass
+class VideoConfig:
+    """Video runs (task "video", SPEC §6): generated clips of context_len + 1 frames and the frozen
+    frame encoder, "pca" (encoder_dim components) or "pixels" (the raw 32×32 frame)."""
+
     frame_encoder: str = "pca"
     encoder_dim: int = 64
     clips: int = 4000  # training clips; validation gets clips × validation_fraction more
+    latent_dim: int = 0  # width of a frame embedding (the candidate), set from the frame encoder
+
+
+# model.task → the section holding that modality's settings; a run has only its own.
+TASK_SECTIONS = {"text": TextConfig, "image": ImageConfig, "video": VideoConfig}
+SECTIONS = ("model", "think", "train", "data", *TASK_SECTIONS)
+
+# Keys of version 1 config files and command lines, and where they live now.
+MOVED_KEYS = {
+    "model.vocab_size": "text.vocab_size", "data.tokenizer": "text.tokenizer",
+    "data.bpe_vocab_size": "text.bpe_vocab_size",
+    "model.image_size": "image.image_size", "model.channels": "image.channels",
+    "model.patch_size": "image.patch_size", "model.noise_level": "image.noise_level",
+    "model.latent_dim": "video.latent_dim", "data.frame_encoder": "video.frame_encoder",
+    "data.encoder_dim": "video.encoder_dim", "data.clips": "video.clips",
+    "train.eval_windows": "train.eval_examples",
+}
 
 
 @dataclass
 class RunConfig:
+    """Everything that defines a run: the network, thinking, training, the data, and the section
+    of its task (`text`, `image` or `video`; the others are None)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     think: ThinkConfig = field(default_factory=ThinkConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    text: TextConfig | None = None
+    image: ImageConfig | None = None
+    video: VideoConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.model.task in TASK_SECTIONS and getattr(self, self.model.task) is None:
+            setattr(self, self.model.task, TASK_SECTIONS[self.model.task]())
+
+    @property
+    def modality(self) -> TextConfig | ImageConfig | VideoConfig:
+        """The settings of the run's task: `config.text`, `config.image` or `config.video`."""
+        return getattr(self, self.model.task)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = {"version": CONFIG_VERSION}
+        d.update({s: dataclasses.asdict(getattr(self, s)) for s in SECTIONS if getattr(self, s) is not None})
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """A config from its JSON form (any version: older files are migrated), validated."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a run config must be a JSON object, got {type(d).__name__}")
+        d = migrate(d)
         sections = {}
-        for f in dataclasses.fields(cls):
-            section_cls = type(getattr(cls(), f.name))
-            values = d.get(f.name, {})
+        for name in SECTIONS:
+            section_cls = TASK_SECTIONS.get(name) or type(getattr(cls(), name))
+            values = d.get(name)
+            if values is None:
+                continue
             if not isinstance(values, dict):
-                raise ConfigError(f"config section '{f.name}' must be an object, got {values!r}")
-            known = {g.name for g in dataclasses.fields(section_cls)}
-            unknown = set(values) - known
+                raise ConfigError(f"config section '{name}' must be an object, got {values!r}")
+            known = {g.name: g for g in dataclasses.fields(section_cls)}
+            unknown = set(values) - set(known)
             if unknown:
-                raise ConfigError(f"unknown keys in config section '{f.name}': {sorted(unknown)}; valid: {sorted(known)}")
-            sections[f.name] = section_cls(**values)
+                raise ConfigError(f"unknown keys in config section '{name}': {sorted(unknown)}; valid: {sorted(known)}")
+            defaults = section_cls()
+            typed = {key: _check_type(f"{name}.{key}", value, type(getattr(defaults, key))) for key, value in values.items()}
+            sections[name] = section_cls(**typed)
+        unknown = set(d) - set(SECTIONS) - {"version"}
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
         return cls(**sections).validated()
 
     def override(self, key: str, raw: str) -> RunConfig:
         """Return a copy with `section.key` set from its command-line text `raw`."""
+        if key in MOVED_KEYS:
+            raise ConfigError(f"config key '{key}' is now '{MOVED_KEYS[key]}'; write --{MOVED_KEYS[key]}=VALUE")
         section, _, name = key.partition(".")
-        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if section not in sections or not name:
-            valid = sorted(f"{s}.{f.name}" for s, obj in sections.items() for f in dataclasses.fields(obj))
+        valid_sections = ("model", "think", "train", "data", self.model.task)
+        if section in TASK_SECTIONS and section not in valid_sections:
+            raise ConfigError(f"config key '{key}' is for {section} runs; this is a {self.model.task} run")
+        sections = {s: getattr(self, s) for s in SECTIONS}
+        if section not in valid_sections or not name:
+            valid = sorted(f"{s}.{f.name}" for s in valid_sections for f in dataclasses.fields(sections[s]))
             raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(valid)}")
         obj = sections[section]
         fields = {f.name: f for f in dataclasses.fields(obj)}
@@ -138,53 +210,120 @@ class RunConfig:
             )
         value = _parse(raw, type(getattr(obj, name)), key)
         sections[section] = dataclasses.replace(obj, **{name: value})
+        if section == "model" and name == "task" and value != self.model.task:
+            # Another task: its own section, at its defaults; the old task's section goes.
+            sections[self.model.task] = None
+            sections[value] = None
         return RunConfig(**sections).validated()
 
     def validated(self) -> RunConfig:
+        """This config, after checking every field; a ConfigError names the first bad one."""
         m, t, tr, d = self.model, self.think, self.train, self.data
         checks = [
+            ("model.task", m.task, m.task in TASK_SECTIONS, ", ".join(map(repr, TASK_SECTIONS))),
             ("model.kind", m.kind, m.kind in ("ebt", "transformer", "dit"), "'ebt', 'transformer' or 'dit'"),
             ("model.kind", m.kind, m.kind != "dit" or m.task == "image", f"'ebt' or 'transformer' for task {m.task!r} "
              "('dit' is the image baseline)"),
+            ("model.kind", m.kind, m.kind != "transformer" or m.task != "image", "'ebt' or 'dit' for image runs"),
             ("model.n_layers", m.n_layers, m.n_layers >= 1, "≥ 1"),
             ("model.dim", m.dim, m.dim >= 1, "≥ 1"),
             ("model.n_heads", m.n_heads, m.n_heads >= 1 and m.dim % m.n_heads == 0 and (m.dim // m.n_heads) % 2 == 0,
              f"a divisor of model.dim ({m.dim}) leaving an even head width"),
             ("model.ffn_dim", m.ffn_dim, m.ffn_dim >= 0, "≥ 0 (0 = model.dim)"),
             ("model.context_len", m.context_len, m.context_len >= 1, "≥ 1"),
-            ("model.patch_size", m.patch_size, m.patch_size >= 1 and m.image_size % m.patch_size == 0,
-             f"≥ 1 and a divisor of model.image_size ({m.image_size})"),
-            ("model.image_size", m.image_size, m.image_size >= 1, "≥ 1"),
-            ("model.channels", m.channels, m.channels >= 1, "≥ 1"),
-            ("model.noise_level", m.noise_level, 0 < m.noise_level <= 1, "in (0, 1] (timestep λ·1000 − 1)"),
+            ("model.rope_theta", m.rope_theta, _finite(m.rope_theta) and m.rope_theta > 0, "finite and > 0"),
+            ("model.norm_eps", m.norm_eps, _finite(m.norm_eps) and m.norm_eps > 0, "finite and > 0"),
             ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
-            ("think.step_size", t.step_size, t.step_size > 0, "> 0"),
-            ("think.step_size_lr_mult", t.step_size_lr_mult, t.step_size_lr_mult >= 0, "≥ 0"),
+            ("think.step_size", t.step_size, _finite(t.step_size) and t.step_size > 0, "finite and > 0"),
+            ("think.step_size_lr_mult", t.step_size_lr_mult, _finite(t.step_size_lr_mult) and t.step_size_lr_mult >= 0,
+             "finite and ≥ 0"),
             ("think.min_steps", t.min_steps, 0 <= t.min_steps <= t.steps, f"in [0, think.steps = {t.steps}]"),
-            ("think.langevin_std", t.langevin_std, t.langevin_std >= 0, "≥ 0"),
+            ("think.langevin_std", t.langevin_std, _finite(t.langevin_std) and t.langevin_std >= 0, "finite and ≥ 0"),
             ("think.replay_buffer_size", t.replay_buffer_size, t.replay_buffer_size >= 0, "≥ 0"),
             ("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
              "false when think.truncate_graph is true (earlier steps have no graph to learn through)"),
             ("train.steps", tr.steps, tr.steps >= 1, "≥ 1"),
             ("train.batch_size", tr.batch_size, tr.batch_size >= 1, "≥ 1"),
-            ("train.lr", tr.lr, tr.lr > 0, "> 0"),
+            ("train.lr", tr.lr, _finite(tr.lr) and tr.lr > 0, "finite and > 0"),
             ("train.warmup_fraction", tr.warmup_fraction, 0 <= tr.warmup_fraction < 1, "in [0, 1)"),
-            ("train.weight_decay", tr.weight_decay, tr.weight_decay >= 0, "≥ 0"),
-            ("train.grad_clip", tr.grad_clip, tr.grad_clip > 0, "> 0"),
+            ("train.weight_decay", tr.weight_decay, _finite(tr.weight_decay) and tr.weight_decay >= 0, "finite and ≥ 0"),
+            ("train.grad_clip", tr.grad_clip, _finite(tr.grad_clip) and tr.grad_clip > 0, "finite and > 0"),
             ("train.eval_every", tr.eval_every, tr.eval_every >= 0, "≥ 0"),
-            ("train.eval_windows", tr.eval_windows, tr.eval_windows >= 1, "≥ 1"),
+            ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
-            ("data.tokenizer", d.tokenizer, d.tokenizer in ("byte", "bpe", "gpt2"), "'byte', 'bpe' or 'gpt2'"),
-            ("data.bpe_vocab_size", d.bpe_vocab_size, d.bpe_vocab_size >= 260, "≥ 260"),
+            ("train.seed", tr.seed, tr.seed >= 0, "≥ 0"),
+            ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
-            ("data.frame_encoder", d.frame_encoder, d.frame_encoder in ("pca", "pixels"), "'pca' or 'pixels'"),
-            ("data.encoder_dim", d.encoder_dim, d.encoder_dim >= 1, "≥ 1"),
-            ("data.clips", d.clips, d.clips >= 10, "≥ 10"),
         ]
+        for name, section in TASK_SECTIONS.items():
+            present = getattr(self, name) is not None
+            checks.append((name, "set", present == (name == m.task), f"the section of {m.task} runs only"))
+        if m.task == "text":
+            x = self.text
+            checks += [
+                ("text.tokenizer", x.tokenizer, x.tokenizer in ("byte", "bpe", "gpt2"), "'byte', 'bpe' or 'gpt2'"),
+                ("text.bpe_vocab_size", x.bpe_vocab_size, x.bpe_vocab_size >= 260, "≥ 260"),
+                ("text.vocab_size", x.vocab_size, x.vocab_size >= 0, "≥ 0 (0 = from the tokenizer)"),
+            ]
+        elif m.task == "image":
+            x = self.image
+            checks += [
+                ("image.image_size", x.image_size, x.image_size >= 1, "≥ 1"),
+                ("image.patch_size", x.patch_size, x.patch_size >= 1 and x.image_size % x.patch_size == 0,
+                 f"≥ 1 and a divisor of image.image_size ({x.image_size})"),
+                ("image.channels", x.channels, x.channels >= 1, "≥ 1"),
+                ("image.noise_level", x.noise_level, 0.001 <= x.noise_level <= 1,
+                 "in [0.001, 1] (timestep λ·1000 − 1 of the 1000-step schedule)"),
+            ]
+        elif m.task == "video":
+            x = self.video
+            checks += [
+                ("video.frame_encoder", x.frame_encoder, x.frame_encoder in ("pca", "pixels"), "'pca' or 'pixels'"),
+                ("video.encoder_dim", x.encoder_dim, x.encoder_dim >= 1, "≥ 1"),
+                ("video.clips", x.clips, x.clips >= 10, "≥ 10"),
+                ("video.latent_dim", x.latent_dim, x.latent_dim >= 0, "≥ 0 (0 = from the frame encoder)"),
+            ]
         for name, value, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{name} = {value!r} is not allowed; it must be {allowed}")
         return self
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of any earlier version in the current layout (keys moved by MOVED_KEYS; the
+    validation budget counted in examples, where images counted batches before)."""
+    if d.get("version", 1) >= CONFIG_VERSION:
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    task = d.get("model", {}).get("task", "text") if isinstance(d.get("model"), dict) else "text"
+    for old, new in MOVED_KEYS.items():
+        old_section, old_name = old.split(".")
+        section, name = new.split(".")
+        values = d.get(old_section)
+        if not isinstance(values, dict) or old_name not in values:
+            continue
+        value = values.pop(old_name)
+        if section in TASK_SECTIONS and section != task:
+            continue  # version 1 kept every modality's fields in every run; only the run's own survive
+        d.setdefault(section, {})[name] = value
+    train = d.get("train")
+    if task == "image" and isinstance(train, dict) and isinstance(train.get("eval_examples"), int):
+        train["eval_examples"] *= train.get("batch_size", TrainConfig.batch_size)  # was: batches of images
+    d["version"] = CONFIG_VERSION
+    return d
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _check_type(key: str, value: Any, kind: type) -> Any:
+    """A value read from config.json, checked against its field's type (an int is a float too)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} = {value!r} has the wrong type; it must be a {kind.__name__}")
+    return value
 
 
 def _parse(raw: str, kind: type, key: str) -> Any:

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from ebt.checkpoint import load_run
 from ebt.data.batches import sequential_windows
 from ebt.evaluate import evaluate
 from ebt.generate import generate
 from ebt.presets import preset
-from ebt.tasks.text import load_text_data
+from ebt.rundata import load_data
+from ebt.runs import load_run
+from ebt.think import ThinkingOptions
 from ebt.train import train
 
 PROMPT = "HAMLET\nTo be, or not to be"
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds[kind] = time.perf_counter() - start
         runs[kind] = load_run(args.out / f"demo-{kind}")
 
-    data = load_text_data(runs["ebt"].config.data, runs["ebt"].config.model.context_len, runs["ebt"].tokenizer)
+    data = load_data(runs["ebt"].config, runs["ebt"].path)
     windows = 128
     print(f"\n=== validation: {windows} windows of held-out plays ===")
     print(f"{'model':<24}{'train time':>12}{'val loss':>11}{'val ppl':>10}{'passes/token':>14}")
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         r = evaluate(run.model, data.validation, max_windows=windows)
         results[kind] = r
         print(f"{'text-' + kind + '-tiny':<24}{seconds[kind]:>11.0f}s{r['loss']:>11.4f}{r['ppl']:>10.3f}{r['forward_passes']:>14}")
-    think_longer = evaluate(runs["ebt"].model, data.validation, max_windows=windows, steps=4)
+    think_longer = evaluate(runs["ebt"].model, data.validation, ThinkingOptions(steps=4), max_windows=windows)
     print(f"{'text-ebt-tiny, 4 steps':<24}{'':>12}{think_longer['loss']:>11.4f}{think_longer['ppl']:>10.3f}"
           f"{think_longer['forward_passes']:>14}")
 

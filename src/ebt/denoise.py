@@ -16,9 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ebt.data.images import load_images, to_pixels, to_unit_range
+from ebt.baselines.diffusion import add_noise, timestep
+from ebt.data.images import to_pixels, to_unit_range
 from ebt.errors import ConfigError
-from ebt.tasks.image import add_noise, denoise_metrics, timestep
+from ebt.evaluate import denoise_metrics
+from ebt.rundata import load_data
+from ebt.think import ThinkingOptions
 
 PLOT_LEVELS = (0.1, 0.2)  # in distribution (the training level) and out of distribution (SPEC §5)
 
@@ -31,7 +34,7 @@ def parse_levels(text: str) -> list[float]:
             level = float(part)
         except ValueError:
             raise ConfigError(f"--noise {text!r}: {part.strip()!r} is not a number; give levels like 0.1,0.2") from None
-        if not 0 < level <= 1:
+        if not 0 < level <= 1:  # NaN fails this too
             raise ConfigError(f"--noise {text!r}: {level} is not allowed; a noise level must be in (0, 1]")
         timestep(level)  # raises below the schedule's first step (λ < 0.001)
         levels.append(level)
@@ -39,16 +42,16 @@ def parse_levels(text: str) -> list[float]:
 
 
 def validation_images(run, count: int) -> torch.Tensor:
-    """The first `count` validation images (uint8 (N, C, H, W)) of a run's data."""
-    cfg = run.config
-    return load_images(cfg.data.corpus, cfg.model.image_size, cfg.data.validation_fraction).validation[:count]
+    """The first `count` validation images (uint8 (N, C, H, W)) of a run's data (checked against
+    the data the run trained on)."""
+    return load_data(run.config, run.path).splits.validation[:count]
 
 
-def noise_report(run, images: torch.Tensor, levels: list[float], *, batch_size: int = 64, seed: int = 0,
-                 device="cpu", **options) -> list[dict]:
+def noise_report(run, images: torch.Tensor, levels: list[float], options: ThinkingOptions | None = None, *,
+                 repeats: int = 1, batch_size: int = 64, seed: int = 0, device="cpu") -> list[dict]:
     """One dict per level: noise, psnr, mse, noisy_psnr, noisy_mse, forward_passes, loss, images."""
-    return [{"noise": level, **denoise_metrics(run.model, images, level, batch_size=batch_size, seed=seed,
-                                               device=device, **options)} for level in levels]
+    return [{"noise": level, **denoise_metrics(run.model, images, level, options, repeats=repeats,
+                                               batch_size=batch_size, seed=seed, device=device)} for level in levels]
 
 
 def compute_curve(run, images: torch.Tensor, level: float, *, seed: int = 0, batch_size: int = 64,
@@ -56,8 +59,9 @@ def compute_curve(run, images: torch.Tensor, level: float, *, seed: int = 0, bat
     """(forward passes, PSNR) points for one model at one level, over the budgets the model offers,
     and the PSNR of the noisy input."""
     points, noisy = [], 0.0
-    for options in run.model.budgets(level):
-        m = denoise_metrics(run.model, images, level, batch_size=batch_size, seed=seed, device=device, **options)
+    for budget in run.model.budgets(level):
+        m = denoise_metrics(run.model, images, level, budget.get("options"), repeats=budget.get("repeats", 1),
+                            batch_size=batch_size, seed=seed, device=device)
         points.append((m["forward_passes"], m["psnr"]))
         noisy = m["noisy_psnr"]
     return points, noisy
@@ -82,7 +86,7 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
         ax.axhline(noisy, color="gray", linestyle="--", label="noisy input")
         ax.set_xscale("log")
         ax.set(xlabel="forward passes per image", ylabel="PSNR (dB)",
-               title=f"λ = {level} ({'in' if level == runs[0].config.model.noise_level else 'out of'} distribution)")
+               title=f"λ = {level} ({'in' if level == runs[0].config.image.noise_level else 'out of'} distribution)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "psnr_vs_passes.png", dpi=120)

@@ -32,8 +32,10 @@ from torch import Tensor, nn
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
 from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, init_weights
-from ebt.tasks import make_task
-from ebt.think import Thought, lowest_energy_sample, think
+from ebt.tasks.image import Denoising
+from ebt.tasks.text import NextToken
+from ebt.tasks.video import NextFrame
+from ebt.think import ThinkingOptions, Thought, lowest_energy_sample, think
 
 MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
 
@@ -81,10 +83,13 @@ class Landscapes:
 
 
 class AutoregressiveEBT(nn.Module):
-    def __init__(self, config: ModelConfig, think_config: ThinkConfig):
+    """E_θ(x, y) at every position of a sequence, handed its task (text: next token; video: next
+    frame latent). `think` predicts by energy descent; `landscapes` is the energy `think` descends;
+    `predict` is the call it shares with the Transformer++."""
+
+    def __init__(self, config: ModelConfig, think_config: ThinkConfig, task: NextToken | NextFrame):
         super().__init__()
-        self.config, self.think_config = config, think_config
-        self.task = make_task(config)
+        self.config, self.think_config, self.task = config, think_config, task
         d = config.dim
         self.token_embedding = self.task.input_embedding(d)  # text: a token table; video: a linear map of latents
         self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
@@ -156,31 +161,37 @@ class AutoregressiveEBT(nn.Module):
     def think(
         self,
         ids: Tensor,
-        steps: int | None = None,
-        samples: int = 1,
-        step_size: float | None = None,
-        langevin_std: float = 0.0,
-        tolerance: float | None = None,
+        options: ThinkingOptions | None = None,
+        *,
         generator: torch.Generator | None = None,
         score_final: bool = False,
         last_only: bool = False,
         landscapes: Landscapes | None = None,
+        **given,
     ) -> Thought:
-        """Predict the next token at every position of ids (B, S) by thinking (System 2 inference).
+        """Predict the next element at every position of ids (B, S) (text: token ids; video:
+        latents (B, S, C)) by thinking (System 2 inference).
 
-        steps: thinking steps (default: as trained; more = thinking longer). samples: best-of-M
-        self-verification, M candidates from independent starts optimized together, the lowest
-        final energy kept per position. step_size: override of the trained α. langevin_std: noise
-        added before each step. tolerance: adaptive thinking (see `ebt.think.think`).
+        options: a ThinkingOptions, or its fields as keywords (`steps=4, samples=3`): steps
+        (default: as trained; more = thinking longer), samples (best-of-M self-verification, the
+        lowest final energy kept per position), step_size (override of the trained α),
+        langevin_std, tolerance (adaptive thinking, see `ebt.think.think`).
         last_only: predict only the last position (generation). landscapes: reuse these cached
-        context passes (generation keeps one across tokens; their ids must be `ids`). Returns a Thought whose `logits`
-        are (B, S, V) and whose `energies` are per step (B, S) (of the chosen sample when M > 1);
-        `forward_passes` counts every energy evaluation run, all samples included.
+        context passes (generation keeps one across tokens; their ids must be `ids`).
+        Returns a Thought whose `logits` are (B, S, C) and whose `energies` are per step (B, S)
+        (of the chosen sample when M > 1); `forward_passes` counts every energy evaluation run,
+        all samples included. Raises ConfigError for bad options, ThinkingDiverged when a step
+        produces non-finite values.
         """
+        options = ThinkingOptions.of(options, **given)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
-        return think_samples(self, energy, ids[:, -1:] if last_only else ids, steps=steps, samples=samples,
-                             step_size=step_size, langevin_std=langevin_std, tolerance=tolerance,
-                             generator=generator, score_final=score_final)
+        return think_samples(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
+                             score_final=score_final)
+
+    def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
+                generator: torch.Generator | None = None) -> Thought:
+        """The call shared with the Transformer++: `think` with `options`."""
+        return self.think(x, options, last_only=last_only, generator=generator)
 
 
 class BidirectionalEBT(nn.Module):
@@ -196,12 +207,13 @@ class BidirectionalEBT(nn.Module):
     Legend: B batch, M samples, C channels, H × W image, P patches, D width.
     """
 
-    def __init__(self, config: ModelConfig, think_config: ThinkConfig):
+    def __init__(self, config: ModelConfig, think_config: ThinkConfig, task: Denoising):
         super().__init__()
-        self.config, self.think_config = config, think_config
-        self.task = make_task(config)
+        if think_config.randomize_step_size:  # it draws one α per (sequence, position) of token contexts
+            raise ConfigError("think.randomize_step_size = true is not supported for images (System 1 only)")
+        self.config, self.think_config, self.task = config, think_config, task
         d = config.dim
-        self.backbone = PatchTransformer(config.image_size, config.channels, config.patch_size, d, config.n_heads,
+        self.backbone = PatchTransformer(task.image_size, task.channels, task.patch_size, d, config.n_heads,
                                          config.ffn_width, config.n_layers)
         self.landscape_embedding = nn.Embedding(think_config.num_landscapes, d)
         nn.init.normal_(self.landscape_embedding.weight, std=1.0)
@@ -231,72 +243,61 @@ class BidirectionalEBT(nn.Module):
     def think(
         self,
         noisy: Tensor,
-        steps: int | None = None,
-        samples: int = 1,
-        step_size: float | None = None,
-        langevin_std: float = 0.0,
-        tolerance: float | None = None,
+        options: ThinkingOptions | None = None,
+        *,
         generator: torch.Generator | None = None,
         score_final: bool = False,
+        **given,
     ) -> Thought:
-        """Denoise images (B, C, H, W) by thinking from them; options as `AutoregressiveEBT.think`
-        (samples > 1 needs Langevin noise to differ). `thought.y` is (B, 1, C, H, W), energies (B, 1)."""
-        return think_samples(self, self.energy, noisy, steps=steps, samples=samples, step_size=step_size,
-                             langevin_std=langevin_std, tolerance=tolerance, generator=generator,
-                             score_final=score_final)
+        """Denoise images (B, C, H, W) by thinking from them; options as `AutoregressiveEBT.think`.
+        Every sample starts from the same noisy image, so samples > 1 needs Langevin noise to
+        differ (ConfigError otherwise). `thought.y` is (B, 1, C, H, W), energies (B, 1)."""
+        options = ThinkingOptions.of(options, **given)
+        if options.samples > 1 and not options.langevin_std:
+            raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: image "
+                              "thinking starts every sample from the noisy image; add Langevin noise "
+                              "(--langevin-std) so that they differ, or use samples = 1")
+        return think_samples(self, self.energy, noisy, options, generator=generator, score_final=score_final)
 
     def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
         """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
-        return [{"steps": s} for s in range(1, max_steps + 1)]
+        return [{"options": ThinkingOptions(steps=s)} for s in range(1, max_steps + 1)]
 
-    def denoise(self, noisy: Tensor, noise_level: float, *, repeats: int = 1, **thinking) -> Thought:
-        """The image models' common call (ebt.tasks.image). The EBT is not told the noise level."""
+    def denoise(self, noisy: Tensor, noise_level: float, options: ThinkingOptions | None = None, *,
+                repeats: int = 1, **given) -> Thought:
+        """The image models' common call (`ebt.evaluate.denoise_metrics`): thinking `options` (or
+        their fields as keywords). The EBT is not told the noise level; `repeats` is the DiT's
+        (recursive DDIM) and must stay 1."""
         if repeats != 1:
             raise ConfigError(f"--repeats applies to DiT runs only (recursive DDIM); got {repeats} for an EBT")
-        return self.think(noisy, **thinking)
+        return self.think(noisy, ThinkingOptions.of(options, **given))
 
 
 def think_samples(
     model: nn.Module,
     energy,
     x: Tensor,
+    options: ThinkingOptions,
     *,
-    steps: int | None,
-    samples: int,
-    step_size: float | None,
-    langevin_std: float,
-    tolerance: float | None,
     generator: torch.Generator | None,
     score_final: bool,
 ) -> Thought:
     """Inference thinking shared by both EBTs: M candidates per position from the task's start
     for input x, descended together on `energy`, the lowest final energy kept per position.
     `forward_passes` counts every energy evaluation, all samples included."""
-    steps = model.think_config.steps if steps is None else steps
-    check_thinking(steps, samples, step_size, langevin_std, tolerance)
+    samples = options.samples
     y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
     thought = think(
         energy,
         y,
-        steps=steps,
-        step_size=model.alpha.detach() if step_size is None else step_size,
+        steps=model.think_config.steps if options.steps is None else options.steps,
+        step_size=model.alpha.detach() if options.step_size is None else options.step_size,
         prepare=model.task.prepare,
-        langevin_std=langevin_std,
-        tolerance=tolerance,
+        langevin_std=options.langevin_std,
+        tolerance=options.tolerance,
         generator=generator,
         score_final=score_final or samples > 1,
     )
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
     # With one sample this picks it; with M the one of lowest final energy, per position.
     return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
-
-
-def check_thinking(steps: int, samples: int, step_size: float | None, langevin_std: float,
-                   tolerance: float | None) -> None:
-    if steps < 1 or samples < 1:
-        raise ConfigError(f"thinking needs steps ≥ 1 and samples ≥ 1, got steps = {steps}, samples = {samples}")
-    if (step_size is not None and step_size <= 0) or langevin_std < 0 or (tolerance is not None and tolerance < 0):
-        raise ConfigError(
-            f"step_size must be > 0, langevin_std ≥ 0 and tolerance ≥ 0; got step_size = {step_size}, "
-            f"langevin_std = {langevin_std}, tolerance = {tolerance}"
-        )

@@ -1,4 +1,4 @@
-"""Autoregressive generation for either kind of model, with a KV cache.
+"""Autoregressive generation for either kind of model, with a KV cache (text), and video rollouts.
 
 Each new token is predicted from the last context_len tokens; an EBT thinks about the last
 position only. With the cache (the default) earlier tokens' keys/values are kept, so each new
@@ -10,11 +10,14 @@ the uncached path computes, so both give the same tokens. temperature 0 is greed
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from ebt.errors import ConfigError
-from ebt.models import is_energy_based, reject_thinking
+from ebt.errors import ConfigError, ThinkingDiverged
+from ebt.models import is_energy_based
+from ebt.think import ThinkingOptions
 
 
 def generate(
@@ -26,26 +29,37 @@ def generate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     cache: bool = True,
-    **thinking,
+    options: ThinkingOptions | None = None,
+    **given,
 ) -> list[int]:
     """The prompt's token ids continued by `max_new_tokens` generated ids (returned without the prompt).
 
-    `thinking` options (steps, samples, step_size, langevin_std, tolerance) go to the EBT's `think`."""
+    `options` (a ThinkingOptions, or its fields as keywords) go to the EBT's `think`; a
+    Transformer++ rejects any that are set. Raises ConfigError for an empty prompt, ids outside
+    the vocabulary, a temperature that is not a finite number ≥ 0 or a negative token count."""
+    options = ThinkingOptions.of(options, **given)
     if not prompt:
         raise ConfigError("the prompt is empty: give at least one token of context (--prompt TEXT)")
-    if temperature < 0:
-        raise ConfigError(f"temperature = {temperature} is not allowed; it must be ≥ 0 (0 = greedy)")
-    if max_new_tokens < 0:
-        raise ConfigError(f"max_new_tokens = {max_new_tokens} is not allowed; it must be ≥ 0")
-    if not is_energy_based(model):
-        reject_thinking(thinking)
+    vocab = model.task.candidate_dim
+    bad = [t for t in prompt if not (isinstance(t, int) and 0 <= t < vocab)]
+    if bad:
+        raise ConfigError(f"prompt ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ConfigError(f"temperature = {temperature} is not allowed; it must be a finite number ≥ 0 (0 = greedy)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens = {max_new_tokens!r} is not allowed; it must be an integer ≥ 0")
+    if not is_energy_based(model) and options.given():
+        raise ConfigError(f"a Transformer++ cannot think: {options.given()} apply to EBT runs only")
     generator = torch.Generator(device=device).manual_seed(seed)
-    decoder = _Decoder(model, cache, generator, thinking)
+    decoder = _Decoder(model, cache, generator, options)
     ids = list(prompt)
     model.eval()
     with torch.no_grad():
         for _ in range(max_new_tokens):
             logits = decoder.next_logits(ids).float()  # (V,)
+            if not bool(torch.isfinite(logits).all()):
+                raise ThinkingDiverged(f"the prediction for token {len(ids) - len(prompt)} is not finite; "
+                                       "lower the step size or the Langevin noise")
             if temperature == 0:
                 token = int(logits.argmax())
             else:
@@ -58,8 +72,8 @@ def generate(
 class _Decoder:
     """Next-token logits for a sequence that grows by one token between calls."""
 
-    def __init__(self, model: nn.Module, cache: bool, generator: torch.Generator, thinking: dict):
-        self.model, self.cache, self.generator, self.thinking = model, cache, generator, thinking
+    def __init__(self, model: nn.Module, cache: bool, generator: torch.Generator, options: ThinkingOptions):
+        self.model, self.cache, self.generator, self.options = model, cache, generator, options
         self.window = model.config.context_len
         self.state = None  # EBT: Landscapes; Transformer++: per-block keys/values
         self.seen = 0  # tokens the state holds
@@ -73,8 +87,8 @@ class _Decoder:
                 self.state.append(new)
             else:
                 self.state = self.model.landscapes(new, differentiable=False)
-            thought = self.model.think(self.state.ids, last_only=True, landscapes=self.state,
-                                       generator=self.generator, **self.thinking)
+            thought = self.model.think(self.state.ids, self.options, last_only=True, landscapes=self.state,
+                                       generator=self.generator)
             logits = thought.logits[0, -1]
         else:
             if not extend:
@@ -82,3 +96,16 @@ class _Decoder:
             logits = self.model(new, past=self.state)[0, -1]
         self.seen = len(ids)
         return logits
+
+
+def rollout(model: nn.Module, context: Tensor, length: int, options: ThinkingOptions | None = None, *,
+            generator: torch.Generator | None = None) -> Tensor:
+    """Video: latents (B, length, C) predicted one frame at a time after context latents (B, K, C),
+    each prediction fed back as context; past the model's window the window slides."""
+    window = model.config.context_len
+    frames = context
+    with torch.no_grad():
+        for _ in range(length):
+            thought = model.predict(frames[:, -window:], options, last_only=True, generator=generator)
+            frames = torch.cat((frames, thought.y[:, -1:].to(frames.dtype)), dim=1)  # (B, K+i+1, C)
+    return frames[:, context.shape[1]:]

@@ -1,25 +1,43 @@
-"""Build a model from its run configuration (an EBT or a Transformer++) and predict with either."""
+"""Build the model a run configuration describes, handed its task object (SPEC §2, §5).
+
+    (task, kind)        model
+    text/video, ebt     AutoregressiveEBT        (energy.py)
+    text/video, transformer  TransformerPP       (baselines/transformer.py)
+    image, ebt          BidirectionalEBT         (energy.py)
+    image, dit          DiT                      (baselines/dit.py, procedure in baselines/diffusion.py)
+
+Every text/video model answers `predict(x, options, last_only=, generator=) -> Thought`, every
+image model `denoise(noisy, noise_level, options) -> Thought`.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
+from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
 from ebt.config import RunConfig
-from ebt.energy import AutoregressiveEBT
+from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import ConfigError
-from ebt.tasks import task_module
-from ebt.think import Thought
+from ebt.tasks import make_task
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    build = getattr(task_module(config.model.task), "build_model", None)  # a task with its own architectures
-    if build is not None:
-        return build(config)
-    if config.model.kind == "ebt":
-        return AutoregressiveEBT(config.model, config.think)
-    return TransformerPP(config.model)
+    """A freshly initialized model for `config` (its vocabulary or latent width must be set).
+    Raises ConfigError for a kind the task has no model of."""
+    task, kind = config.model.task, config.model.kind
+    handed = make_task(config)
+    if task == "image":
+        if kind == "ebt":
+            return BidirectionalEBT(config.model, config.think, handed)
+        if kind == "dit":
+            return DiT(config.model, handed)
+    elif kind == "ebt":
+        return AutoregressiveEBT(config.model, config.think, handed)
+    elif kind == "transformer":
+        return TransformerPP(config.model, handed)
+    raise ConfigError(f"model.kind = {kind!r} has no {task} model; {task} runs are "
+                      + ("'ebt' or 'dit'" if task == "image" else "'ebt' or 'transformer'"))
 
 
 def count_parameters(model: nn.Module, embeddings: bool = False) -> int:
@@ -29,35 +47,5 @@ def count_parameters(model: nn.Module, embeddings: bool = False) -> int:
 
 
 def is_energy_based(model: nn.Module) -> bool:
-    return isinstance(model, AutoregressiveEBT)
-
-
-# Thinking options at their "no thinking requested" values.
-NOT_THINKING = {"steps": None, "samples": 1, "step_size": None, "langevin_std": 0.0, "tolerance": None}
-
-
-def reject_thinking(thinking: dict) -> None:
-    """A Transformer++ cannot think: an error if any thinking option is set."""
-    given = {k: v for k, v in thinking.items() if v != NOT_THINKING.get(k)}
-    if given:
-        raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
-
-
-def predict(
-    model: nn.Module,
-    ids: Tensor,
-    *,
-    last_only: bool = False,
-    generator: torch.Generator | None = None,
-    **thinking,
-) -> Thought:
-    """Next-token predictions for ids (B, S) from either kind of model, as a Thought whose
-    `logits` are (B, S or 1, C) and whose `forward_passes` is what they cost. Only an EBT can
-    think: Transformer++ rejects thinking options (steps, samples, step_size, langevin_std,
-    tolerance) that are set."""
-    if is_energy_based(model):
-        return model.think(ids, generator=generator, last_only=last_only, **thinking)
-    reject_thinking(thinking)
-    with torch.no_grad():
-        logits = model(ids)  # (B, S, V)
-    return Thought([logits[:, -1:] if last_only else logits], forward_passes=1)
+    """True for both EBTs (they think and have an energy), False for the Transformer++ and the DiT."""
+    return isinstance(model, (AutoregressiveEBT, BidirectionalEBT))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ebt.baselines.diffusion import add_noise
 from ebt.think import think
 
 
@@ -122,8 +123,6 @@ class NoisePrediction(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        from ebt.tasks.image import add_noise
-
         t = torch.randint(0, self.model.max_timestep + 1, (targets.shape[0],), device=targets.device)  # (B,)
         noise = torch.randn_like(targets)  # (B, C, H, W)
         loss = torch.nn.functional.mse_loss(self.model(add_noise(targets, t, noise), t), noise)

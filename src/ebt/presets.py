@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ebt.config import DataConfig, ModelConfig, RunConfig, ThinkConfig, TrainConfig
+from ebt.config import DataConfig, ImageConfig, ModelConfig, RunConfig, TextConfig, ThinkConfig, TrainConfig, VideoConfig
 from ebt.errors import ConfigError
 
 # name: (layers, width, heads, peak lr), SPEC §3
@@ -37,7 +37,8 @@ def _text(kind: str, layers: int, dim: int, heads: int, lr: float, context: int,
         # System 1 (SPEC §3); the multiplier follows the rule of thumb ≈ 3 × α₀.
         think=ThinkConfig(steps=2, step_size=BYTE_STEP_SIZE, step_size_lr_mult=3 * BYTE_STEP_SIZE),
         train=TrainConfig(lr=lr, batch_size=batch),
-        data=DataConfig(corpus="shakespeare", tokenizer="byte"),
+        data=DataConfig(corpus="shakespeare"),
+        text=TextConfig(tokenizer="byte"),
     )
 
 
@@ -79,11 +80,11 @@ def _image(kind: str) -> RunConfig:
     the DiT baseline on the same backbone (4 layers, width 96, patches 4×4), equal parameters up
     to their heads (a 1-output energy head vs a p²C-output noise head)."""
     return RunConfig(
-        model=ModelConfig(kind=kind, task="image", n_layers=4, dim=96, n_heads=4, image_size=28, channels=1,
-                          patch_size=4, noise_level=0.1),
+        model=ModelConfig(kind=kind, task="image", n_layers=4, dim=96, n_heads=4),
         think=ThinkConfig(steps=1, step_size=IMAGE_STEP_SIZE, step_size_lr_mult=3 * IMAGE_STEP_SIZE),
-        train=TrainConfig(lr=1e-3, batch_size=64, steps=1200, eval_every=0, eval_windows=4),
+        train=TrainConfig(lr=1e-3, batch_size=64, steps=1200, eval_every=0, eval_examples=256),
         data=DataConfig(corpus="fashion-mnist"),
+        image=ImageConfig(image_size=28, channels=1, patch_size=4, noise_level=0.1),
     )
 
 
@@ -104,8 +105,9 @@ def _video(kind: str) -> RunConfig:
     return RunConfig(
         model=ModelConfig(kind=kind, task="video", n_layers=2, dim=128, n_heads=4, context_len=15),
         think=ThinkConfig(steps=2, step_size=VIDEO_STEP_SIZE, step_size_lr_mult=3 * VIDEO_STEP_SIZE),
-        train=TrainConfig(lr=2.4e-3, batch_size=32, steps=1200, eval_every=0, eval_windows=256),
-        data=DataConfig(corpus="moving-mnist", frame_encoder="pca", encoder_dim=64, clips=4000),
+        train=TrainConfig(lr=2.4e-3, batch_size=32, steps=1200, eval_every=0, eval_examples=256),
+        data=DataConfig(corpus="moving-mnist"),
+        video=VideoConfig(frame_encoder="pca", encoder_dim=64, clips=4000),
     )
 
 

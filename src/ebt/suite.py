@@ -18,6 +18,7 @@ energy_vs_loss.png.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import string
 from pathlib import Path
@@ -27,13 +28,15 @@ import torch
 from torch import Tensor
 
 from ebt import plots
-from ebt.checkpoint import Run
 from ebt.data.batches import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
 from ebt.evaluate import evaluate
 from ebt.models import is_energy_based
+from ebt.rundata import load_data
+from ebt.runs import Run
+from ebt.think import ThinkingOptions
 
 # (steps, samples): the paper's budgets of 2, 3, 6, 15 and 30 forward passes per token.
 BUDGETS = ((2, 1), (3, 1), (3, 2), (3, 5), (3, 10))
@@ -42,8 +45,7 @@ IN_DISTRIBUTION = "validation"
 
 def suite_datasets(run: Run) -> dict[str, Tensor]:
     """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer."""
-    cfg = run.config.data
-    streams = {IN_DISTRIBUTION: encode_documents(load_corpus(cfg.corpus, cfg.validation_fraction).validation, run.tokenizer)}
+    streams = {IN_DISTRIBUTION: load_data(run.config, run.path).validation}
     for name in OOD_SETS:
         corpus = load_corpus(name)
         streams[name] = encode_documents(corpus.train + corpus.validation, run.tokenizer)
@@ -59,9 +61,15 @@ def paper_suite(
     batch_size: int = 16,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    **thinking,
+    options: ThinkingOptions | None = None,
 ) -> dict:
-    """Run the suite on an EBT run; `thinking` options (step_size, langevin_std) apply to every budget."""
+    """Run the suite on an EBT run. The suite sets steps and samples per budget; the other
+    `options` (step_size, langevin_std) apply to every budget, and setting steps, samples or
+    tolerance is a ConfigError."""
+    options = options or ThinkingOptions()
+    fixed = set(options.given()) & {"steps", "samples", "tolerance"}
+    if fixed:
+        raise ConfigError(f"the paper suite sets its own thinking budgets; drop {', '.join(sorted(fixed))}")
     if run.config.model.task != "text":
         raise ConfigError(f"--suite paper scores language models; {run.path} is a {run.config.model.task!r} run")
     if not is_energy_based(run.model):
@@ -74,7 +82,7 @@ def paper_suite(
     for name, tokens in streams.items():
         budgets = []
         for steps, samples in BUDGETS:
-            r = evaluate(run.model, tokens, steps=steps, samples=samples, **common, **thinking)
+            r = evaluate(run.model, tokens, dataclasses.replace(options, steps=steps, samples=samples), **common)
             budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **r})
         entry = {"tokens": budgets[0]["tokens"], "budgets": budgets}
         if baseline is not None:

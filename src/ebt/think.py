@@ -13,15 +13,91 @@ Gradients are always switched on inside (`enable_grad`): callers may wrap infere
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from ebt.errors import ThinkingDiverged
+from ebt.errors import ConfigError, ThinkingDiverged
 
 Energy = Callable[[Tensor, int], Tensor]
+
+# Far past anything useful, and small enough that no count can exhaust memory by a typo.
+MAX_THINKING_STEPS = 10_000
+MAX_SAMPLES = 1024
+
+
+@dataclass(frozen=True)
+class ThinkingOptions:
+    """How an EBT thinks at inference (SPEC §4), checked once where it is made. Every command and
+    API takes this one object (or its fields as keywords).
+
+    steps: thinking steps (None: as trained; more = thinking longer).
+    samples: self-verification, best of M candidates from independent starts, the lowest final
+        energy kept per position.
+    step_size: α (None: as trained).
+    langevin_std: σ of the Gaussian noise added to the candidate before each step.
+    tolerance: adaptive thinking, a position stops once its energy changes by less than this.
+
+    Raises ConfigError naming the option (and its command-line flag), the value and what is allowed.
+    """
+
+    steps: int | None = None
+    samples: int = 1
+    step_size: float | None = None
+    langevin_std: float = 0.0
+    tolerance: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_count("steps", self.steps, MAX_THINKING_STEPS, optional=True)
+        _check_count("samples", self.samples, MAX_SAMPLES)
+        _check_real("step_size", self.step_size, positive=True, optional=True)
+        _check_real("langevin_std", self.langevin_std)
+        _check_real("tolerance", self.tolerance, optional=True)
+
+    @classmethod
+    def of(cls, options: ThinkingOptions | None = None, **given: Any) -> ThinkingOptions:
+        """`options`, or one made from keyword fields (`steps=4, samples=3`); not both."""
+        if options is not None and given:
+            raise ConfigError(f"give thinking options as one ThinkingOptions or as keywords, not both ({sorted(given)})")
+        if options is not None:
+            if not isinstance(options, ThinkingOptions):
+                raise ConfigError(f"thinking options must be a ThinkingOptions, got {type(options).__name__}")
+            return options
+        known = {f.name for f in fields(cls)}
+        unknown = set(given) - known
+        if unknown:
+            raise ConfigError(f"unknown thinking options {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**given)
+
+    def given(self) -> dict[str, Any]:
+        """The options set away from their defaults (a Transformer++ rejects any)."""
+        default = ThinkingOptions()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+
+def _flag(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _check_count(name: str, value: Any, limit: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be an integer in "
+                          f"[1, {limit}]" + (" or None (as trained)" if optional else ""))
+
+
+def _check_real(name: str, value: Any, positive: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= 0 if positive else value < 0):
+        raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be a finite number "
+                          f"{'> 0' if positive else '≥ 0'}" + (" or None (as trained)" if optional and positive else
+                                                             " or None (off)" if optional else ""))
 
 
 @dataclass

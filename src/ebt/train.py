@@ -1,7 +1,7 @@
 """The training loop: one loop for every model kind and task, single-process or under torchrun.
 
 It knows objectives, batches and a validation function, not text, images or frames: the task's
-data (`ebt.tasks.load_data`) supplies batches, splits them into (x, targets), scores the model
+data (`ebt.rundata.load_data`) supplies batches, splits them into (x, targets), scores the model
 and saves its own files with the run. SPEC §3: AdamW
 β = (0.9, 0.999), linear warm-up then cosine to peak/10 over the run's own length, grad-norm
 clipping, α in its own parameter group (no weight decay, lr × multiplier).
@@ -30,7 +30,7 @@ from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
-from ebt.tasks import load_data
+from ebt.rundata import load_data
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
@@ -123,7 +123,7 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     trained = DistributedDataParallel(objective) if dist.enabled else objective
 
     def validate() -> dict:
-        return data.validate(model, batch_size=tc.batch_size, max_batches=tc.eval_windows, device=device)
+        return data.validate(model, batch_size=tc.batch_size, max_examples=tc.eval_examples, device=device)
 
     def checkpoint() -> None:
         if dist.is_main:

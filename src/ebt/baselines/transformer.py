@@ -10,15 +10,21 @@ import torch
 from torch import Tensor, nn
 
 from ebt.config import ModelConfig
+from ebt.errors import ConfigError
 from ebt.nn import Block, RMSNorm, Rotary, init_weights
-from ebt.tasks import make_task
+from ebt.tasks.text import NextToken
+from ebt.tasks.video import NextFrame
+from ebt.think import ThinkingOptions, Thought
 
 
 class TransformerPP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """A causal Llama-style LM handed its task (text: next token; video: next frame latent).
+
+    It cannot think: `predict` rejects thinking options that are set (ConfigError)."""
+
+    def __init__(self, config: ModelConfig, task: NextToken | NextFrame):
         super().__init__()
-        self.config = config
-        self.task = make_task(config)
+        self.config, self.task = config, task
         d = config.dim
         self.token_embedding = self.task.input_embedding(d)  # text: a token table; video: a linear map of latents
         self.blocks = nn.ModuleList(
@@ -43,3 +49,14 @@ class TransformerPP(nn.Module):
             elif past is not None:
                 past.append(kv)
         return self.output(self.norm(h))  # (B, S, V)
+
+    def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
+                generator: torch.Generator | None = None) -> Thought:
+        """Predictions for inputs x (B, S[, C]) as a Thought of one forward pass: `logits` (B, S or 1, C).
+        The same call as `AutoregressiveEBT.predict`; thinking options raise ConfigError."""
+        given = (options or ThinkingOptions()).given()
+        if given:
+            raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
+        with torch.no_grad():
+            out = self(x)  # (B, S, C)
+        return Thought([out[:, -1:] if last_only else out], forward_passes=1)

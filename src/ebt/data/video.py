@@ -144,6 +144,12 @@ class FrameEncoder:
     def dim(self) -> int:
         return self.components.shape[0] if self.components is not None else self.size * self.size
 
+    @property
+    def pixels_per_latent(self) -> float:
+        """Per-pixel mse of decoded frames for a unit per-coordinate latent mse (the map is
+        orthonormal up to `scale`)."""
+        return self.scale ** 2 * self.dim / self.size ** 2
+
     def encode(self, frames: Tensor) -> Tensor:
         x = frames.flatten(-2).to(self.mean.dtype) - self.mean  # (…, P)
         if self.components is not None:
@@ -186,7 +192,7 @@ def fit_encoder(frames: Tensor, kind: str, dim: int, max_frames: int = 20000, se
         scale = float(x.pow(2).mean().sqrt())
         return FrameEncoder(kind, size, mean.float(), scale)
     if not 1 <= dim <= min(x.shape):
-        raise DataError(f"data.encoder_dim = {dim} is not allowed for {size}×{size} frames; it must be in [1, {min(x.shape)}]")
+        raise DataError(f"video.encoder_dim = {dim} is not allowed for {size}×{size} frames; it must be in [1, {min(x.shape)}]")
     # Eigenvectors of the (P, P) covariance: the SVD of X, at a fraction of its cost for N ≫ P.
     variance, vectors = torch.linalg.eigh(x.T @ x / (x.shape[0] - 1))  # ascending
     variance, components = variance.flip(0)[:dim], vectors.flip(1)[:, :dim].T  # (C,), (C, P)

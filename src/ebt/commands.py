@@ -1,0 +1,435 @@
+"""The commands `ebt train | eval | generate | denoise | bench`, on typed arguments.
+
+`ebt.cli` turns the command line into one of the argument classes below and calls the matching
+function; Python code can do the same without argparse:
+
+    from ebt.commands import EvalArgs, evaluate
+    evaluate(EvalArgs(run=Path("runs/ebt"), options=ThinkingOptions(steps=4), json=True))
+
+Each argument class checks its values when it is made (ConfigError naming the option, the value
+and what is allowed). Each command prints its report and returns the process's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebt.errors import ConfigError
+from ebt.think import ThinkingOptions
+
+MAX_COUNT = 10**9  # far past any useful count; an int beyond it is a typo
+
+
+def _check_int(flag: str, value, low: int, high: int = MAX_COUNT, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{flag} = {value!r} is not allowed; it must be an integer in [{low}, {high}]")
+
+
+def _check_real(flag: str, value, low: float, allowed: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise ConfigError(f"{flag} = {value!r} is not allowed; it must be {allowed}")
+
+
+def json_line(result) -> str:
+    """Standard JSON (no bare NaN/Infinity, which most JSON readers refuse): non-finite floats as null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return json.dumps(clean(result), allow_nan=False)
+
+
+def _device(request: str):
+    from ebt.distributed import Distributed, pick_device
+
+    return pick_device(request, Distributed())[0]
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainArgs:
+    """`ebt train`: a preset (or, with resume, the run's saved config) and `section.key` overrides."""
+
+    out: Path
+    preset: str | None = None
+    data: str | None = None  # sets data.corpus
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    resume: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.preset is None and not self.resume:
+            raise ConfigError("--preset is required to start a run (it is optional with --resume)")
+
+
+def train(args: TrainArgs) -> int:
+    from ebt.checkpoint import load_config
+    from ebt.presets import preset
+    from ebt.train import train as run_training
+
+    config = load_config(args.out) if args.resume else preset(args.preset)
+    if args.data is not None:
+        config = config.override("data.corpus", args.data)
+    for key, value in args.overrides:
+        config = config.override(key, value)
+    result = run_training(config, args.out, resume=args.resume, quiet=args.quiet)
+    if result:  # the main process of a distributed run reports for all
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        print(f"validation {shown}; run saved in {args.out}")
+    return 0
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalArgs:
+    """`ebt eval`: score a run on its validation split (or other data), or run the paper suite."""
+
+    run: Path
+    options: ThinkingOptions = field(default_factory=ThinkingOptions)
+    data: str | None = None
+    max_examples: int | None = None  # windows (text), images or clips
+    batch_size: int = 16
+    seed: int = 0
+    json: bool = False
+    suite: str | None = None
+    baseline: Path | None = None
+    plots: Path | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_int("--max-examples", self.max_examples, 1, optional=True)
+        _check_int("--batch-size", self.batch_size, 1, 65536)
+        _check_int("--seed", self.seed, 0, 2**63 - 1)
+        if self.suite not in (None, "paper"):
+            raise ConfigError(f"--suite = {self.suite!r} is not allowed; it must be 'paper'")
+        if self.baseline is not None and self.suite is None:
+            raise ConfigError("--baseline goes with --suite paper")
+
+
+def evaluate(args: EvalArgs) -> int:
+    from ebt.runs import load_run
+
+    device = _device(args.device)
+    run = load_run(args.run, device)
+    if args.suite:
+        return _suite(args, run, device)
+    task = run.config.model.task
+    result, line = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task](args, run, device)
+    print(json_line(result) if args.json else line)
+    return 0
+
+
+def _eval_text(args: EvalArgs, run, device) -> tuple[dict, str]:
+    """Loss and perplexity on the run's validation split, or on another corpus whole."""
+    from ebt.data.batches import encode_documents
+    from ebt.data.corpus import load_corpus
+    from ebt.evaluate import evaluate as score
+    from ebt.rundata import load_data, resolve_source
+
+    cfg = run.config
+    if args.data is None or resolve_source(args.data) == cfg.data.corpus:
+        source, split = cfg.data.corpus, "validation"  # never score the text a run trained on
+        tokens = load_data(cfg, run.path).validation
+    else:
+        source, split = args.data, "all"
+        corpus = load_corpus(args.data, cfg.data.validation_fraction)
+        tokens = encode_documents(corpus.train + corpus.validation, run.tokenizer)
+    result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
+                   seed=args.seed, device=device)
+    result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
+    line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
+            f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+    return result, line
+
+
+def _eval_image(args: EvalArgs, run, device) -> tuple[dict, str]:
+    """PSNR at the training noise level on the validation split, or on every image of --data."""
+    from ebt.data.images import load_images
+    from ebt.evaluate import denoise_metrics
+    from ebt.rundata import load_data, resolve_source
+
+    cfg = run.config
+    if args.data is None or resolve_source(args.data) == cfg.data.corpus:
+        source, split = cfg.data.corpus, "validation"
+        images = load_data(cfg, run.path).splits.validation
+    else:
+        source, split = args.data, "all"
+        splits = load_images(args.data, cfg.image.image_size, cfg.data.validation_fraction)
+        images = torch.cat((splits.train, splits.validation))
+    if args.max_examples is not None:
+        images = images[: args.max_examples]
+    level = cfg.image.noise_level
+    result = denoise_metrics(run.model, images, level, args.options, batch_size=args.batch_size, seed=args.seed,
+                             device=device)
+    result = {"run": str(run.path), "kind": cfg.model.kind, "data": source, "split": split, "noise": level, **result}
+    line = (f"{run.path} ({cfg.model.kind}) on {source} [{split}], noise {level}: "
+            f"PSNR {result['psnr']:.2f} dB (noisy {result['noisy_psnr']:.2f}), MSE {result['mse']:.2f}, "
+            f"loss {result['loss']:.4f}, {result['images']} images, {result['forward_passes']:g} forward passes per image")
+    return result, line
+
+
+def _eval_video(args: EvalArgs, run, device) -> tuple[dict, str]:
+    """Errors on the run's validation clips against copying the last frame; --plots draws the
+    EBT's energy along the clips."""
+    from ebt.checkpoint import atomic_write
+    from ebt.evaluate import energy_by_frame, evaluate_clips
+    from ebt.models import is_energy_based
+    from ebt.rundata.video import CORPUS, clips, encode
+
+    if args.data is not None:
+        raise ConfigError(f"a video run is scored on its own validation clips ({CORPUS}); drop --data")
+    if args.plots is not None and not is_energy_based(run.model):
+        raise ConfigError("--plots draws the energy along clips: EBT runs only (a Transformer++ has no energy)")
+    frames, appears = clips(run.config, "validation")
+    encoder = run.frame_encoder
+    latents = encode(encoder, frames)
+    common = dict(batch_size=args.batch_size, max_clips=args.max_examples, seed=args.seed, device=device)
+    result = evaluate_clips(run.model, latents, encoder.pixels_per_latent, args.options, **common)
+    kind = run.config.model.kind
+    result = {"run": str(args.run), "kind": kind, "data": CORPUS, "split": "validation", **result}
+    line = (f"{args.run} ({kind}) on {CORPUS} [validation]: smooth_l1 {result['smooth_l1']:.4f} "
+            f"(copy-last-frame {result['copy_smooth_l1']:.4f}), mse {result['mse']:.4f} "
+            f"(copy {result['copy_mse']:.4f}), {result['frames']:,} frames, "
+            f"{result['forward_passes']:g} forward passes per frame")
+    if args.plots is not None:
+        from ebt.plots import plot_energy_by_frame
+
+        profile = energy_by_frame(run.model, latents, appears, args.options, **common)
+        args.plots.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.plots / "energy_by_frame.json", lambda p: p.write_text(json_line(profile) + "\n"))
+        path = plot_energy_by_frame(profile, args.plots / "energy_by_frame.png")
+        result["energy_by_frame"] = profile
+        line += f"; energy along clips in {path}"
+    return result, line
+
+
+def _suite(args: EvalArgs, run, device) -> int:
+    from ebt.runs import load_run
+    from ebt.suite import BUDGETS, paper_suite
+
+    if args.data:
+        raise ConfigError("--suite paper sets its own data; drop --data")
+    baseline = load_run(args.baseline, device) if args.baseline else None
+    plots = args.plots or args.run / "suite"
+    result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
+                         batch_size=args.batch_size, seed=args.seed, device=device, options=args.options)
+    if args.json:
+        print(json_line(result))
+        return 0
+    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS)
+    print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
+    print(f"{'dataset':<12}{'shift':>10}{head}{'longer':>10}{'verify':>10}{'T++':>11}")
+    for name, e in result["datasets"].items():
+        ppl = "".join(f"{b['ppl']:>11.5g}" for b in e["budgets"])
+        tpp = f"{e['transformer_ppl']:>11.5g}" if "transformer_ppl" in e else f"{'':>11}"
+        print(f"{name:<12}{e['ood_shift']:>10.4g}{ppl}{e['gain_think_longer_pct']:>9.3g}%"
+              f"{e['gain_self_verify_pct']:>9.3g}%{tpp}")
+    u = result["uncertainty"]
+    print(f"uncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
+          f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters {u['mean_energy_random_characters']:.4f}")
+    print(f"plots in {plots}")
+    return 0
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerateArgs:
+    """`ebt generate`: continue a prompt (text runs) or a validation clip (video runs)."""
+
+    run: Path
+    prompt: str | None = None  # text runs
+    max_new_tokens: int = 200
+    temperature: float = 1.0  # 0 = greedy
+    cache: bool = True
+    frames: int = 4  # video runs: conditioning frames
+    length: int | None = None  # video runs: frames to predict (default: to the clip's end)
+    clip: int = 0  # video runs: which validation clip
+    out: Path | None = None  # video runs: PNG strip path
+    options: ThinkingOptions = field(default_factory=ThinkingOptions)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_int("--max-new-tokens", self.max_new_tokens, 0, 1_000_000)
+        _check_real("--temperature", self.temperature, 0.0, "a finite number ≥ 0 (0 = greedy)")
+        _check_int("--frames", self.frames, 1)
+        _check_int("--length", self.length, 1, 100_000, optional=True)
+        _check_int("--clip", self.clip, 0)
+        _check_int("--seed", self.seed, 0, 2**63 - 1)
+
+
+def generate(args: GenerateArgs) -> int:
+    from ebt.runs import load_run
+
+    device = _device(args.device)
+    run = load_run(args.run, device)
+    task = run.config.model.task
+    if task == "image":
+        raise ConfigError(f"{run.path} is an image run: it denoises rather than generates; use `ebt denoise {run.path}`")
+    print(_generate_text(args, run, device) if task == "text" else _generate_video(args, run, device))
+    return 0
+
+
+def _generate_text(args: GenerateArgs, run, device) -> str:
+    from ebt.generate import generate as continue_ids
+
+    if args.prompt is None:
+        raise ConfigError("text runs continue a prompt: give --prompt TEXT")
+    ids = continue_ids(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
+                       seed=args.seed, device=device, cache=args.cache, options=args.options)
+    return args.prompt + run.tokenizer.decode(ids)
+
+
+def _generate_video(args: GenerateArgs, run, device) -> str:
+    """A rollout from K frames of a validation clip, written as PNG strip (truth above, prediction
+    below) and GIF (side by side)."""
+    from ebt.checkpoint import atomic_write
+    from ebt.data.video import write_gif, write_strip
+    from ebt.generate import rollout
+    from ebt.rundata.video import clips
+
+    if args.prompt is not None:
+        raise ConfigError("a video run continues clips, not prompts: drop --prompt; use --frames K --length N")
+    frames, _ = clips(run.config, "validation")
+    count, k = frames.shape[1], args.frames
+    length = count - k if args.length is None else args.length
+    if not 1 <= k <= count or length < 1:
+        raise ConfigError(f"--frames must be in [1, {count}] and --length ≥ 1; got --frames {k}, --length {length}")
+    if not 0 <= args.clip < len(frames):
+        raise ConfigError(f"--clip = {args.clip} is not allowed; the run has {len(frames)} validation clips (0 … {len(frames) - 1})")
+    encoder = run.frame_encoder
+    truth = torch.from_numpy(frames[args.clip]).float() / 255  # (T, H, W)
+    latents = encoder.encode(truth).to(device)  # (T, C)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    predicted = rollout(run.model, latents[None, :k], length, args.options, generator=generator)[0]  # (N, C)
+    decoded = encoder.decode(predicted.cpu()).clamp(0, 1).numpy()  # (N, H, W)
+    shown = np.concatenate((truth[:k].numpy(), decoded))  # (K+N, H, W): context, then prediction
+    true_row = np.zeros_like(shown)
+    true_row[:min(count, k + length)] = truth[:k + length].numpy()
+    out = Path(args.out) if args.out is not None else run.path / "generated.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out.with_suffix(".png"), lambda p: write_strip(np.stack((true_row, shown)), p))
+    atomic_write(out.with_suffix(".gif"), lambda p: write_gif(np.concatenate((true_row, shown), axis=-1), p))
+    known = min(length, count - k)
+    errors = ((predicted[:known].cpu() - latents[k:k + known].cpu()) ** 2).mean(-1).tolist()
+    per_frame = ", ".join(f"{e:.3f}" for e in errors)
+    return (f"{length} frames predicted from {k} of validation clip {args.clip}: {out.with_suffix('.png')} "
+            f"(top: truth, bottom: context then prediction), {out.with_suffix('.gif')}\n"
+            f"latent mse per predicted frame vs truth: {per_frame or '(past the clip)'}")
+
+
+# --- denoise -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DenoiseArgs:
+    """`ebt denoise`: PSNR of an image run at several noise levels, optionally beside a second run."""
+
+    run: Path
+    noise: str = "0.1,0.2"  # comma-separated noise levels λ
+    vs: Path | None = None
+    plots: Path | None = None
+    images: int = 256
+    repeats: int = 1
+    batch_size: int = 64
+    seed: int = 0
+    json: bool = False
+    options: ThinkingOptions = field(default_factory=ThinkingOptions)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        from ebt.denoise import parse_levels
+
+        parse_levels(self.noise)
+        _check_int("--images", self.images, 1)
+        _check_int("--repeats", self.repeats, 1, 100)
+        _check_int("--batch-size", self.batch_size, 1, 65536)
+        _check_int("--seed", self.seed, 0, 2**63 - 1)
+
+
+def denoise(args: DenoiseArgs) -> int:
+    from ebt.denoise import noise_report, parse_levels, validation_images, write_plots
+    from ebt.runs import load_run
+
+    levels = parse_levels(args.noise)
+    device = _device(args.device)
+    runs = [load_run(args.run, device)] + ([load_run(args.vs, device)] if args.vs else [])
+    for run in runs:
+        if run.config.model.task != "image":
+            raise ConfigError(f"{run.path} is a {run.config.model.task} run; ebt denoise scores image runs")
+    images = validation_images(runs[0], args.images)
+    reports = []
+    for run in runs:
+        # Thinking options are for the first run; the --vs run is scored as trained.
+        mine = run is runs[0]
+        reports.append(noise_report(run, images, levels, args.options if mine else None,
+                                    repeats=args.repeats if mine else 1, batch_size=args.batch_size,
+                                    seed=args.seed, device=device))
+    if args.json:
+        print(json_line(reports[0] if len(runs) == 1 else
+                        [{"run": str(r.path), "kind": r.config.model.kind, "levels": rep} for r, rep in zip(runs, reports)]))
+    else:
+        print(f"{len(images)} validation images; PSNR and MSE on 0–255 pixels after clamping")
+        head = "".join(f"{f'{r.config.model.kind} PSNR':>12}{'passes':>8}" for r in runs)
+        print(f"{'noise':>6}{'noisy PSNR':>12}{head}")
+        for i, level in enumerate(levels):
+            cells = "".join(f"{rep[i]['psnr']:>12.2f}{rep[i]['forward_passes']:>8g}" for rep in reports)
+            print(f"{level:>6g}{reports[0][i]['noisy_psnr']:>12.2f}{cells}")
+    if args.vs:
+        plots = args.plots or args.run / "denoise"
+        write_plots(runs, images, plots, seed=args.seed, device=device, batch_size=args.batch_size)
+        if not args.json:
+            print(f"plots in {plots}")
+    return 0
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchArgs:
+    """`ebt bench`: step times and ratios of the EBT and the Transformer++ of one size, side by side."""
+
+    size: str = "tiny"
+    repeats: int = 10
+    prompt_len: int = 256
+    new_tokens: int = 16
+    memory: bool = True
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        from ebt.presets import PRESETS
+
+        if f"text-ebt-{self.size}" not in PRESETS:
+            sizes = sorted({name.rsplit("-", 1)[1] for name in PRESETS if name.startswith("text-ebt-")})
+            raise ConfigError(f"--preset {self.size!r} is not a size; known: {', '.join(sizes)}")
+        _check_int("--repeats", self.repeats, 1, 10_000)
+        _check_int("--prompt-len", self.prompt_len, 1, 1_000_000)
+        _check_int("--new-tokens", self.new_tokens, 1, 1_000_000)
+
+
+def bench(args: BenchArgs) -> int:
+    from ebt.bench import report, run
+
+    result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory)
+    print(json_line(result) if args.json else report(result))
+    return 0

@@ -1,0 +1,95 @@
+"""A text run's data: a corpus tokenized into two streams, windows for training, perplexity for
+validation, and the tokenizer saved with the run (`tokenizer.json`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ebt.checkpoint import TOKENIZER, atomic_write
+from ebt.config import RunConfig
+from ebt.data.batches import RandomWindows, count_windows, encode_documents
+from ebt.data.corpus import Corpus, load_corpus
+from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
+from ebt.errors import CheckpointError
+from ebt.evaluate import evaluate
+from ebt.rundata import content_hash, resolve_source, save_fingerprint
+
+
+@dataclass
+class TextData:
+    """A corpus split in two token streams, and how the trainer batches and scores them."""
+
+    tokenizer: Any
+    train: Tensor  # (N,) token ids of the training split
+    validation: Tensor  # (N',) token ids of the validation split
+    context_len: int
+    source: str  # the corpus name, or its absolute path
+    fingerprint: dict[str, str]
+
+    @property
+    def summary(self) -> str:
+        return f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind})"
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        return {"text.vocab_size": str(self.tokenizer.vocab_size), "data.corpus": self.source}
+
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> RandomWindows:
+        return RandomWindows(self.train, self.context_len + 1, batch_size, seed, rank, world_size)
+
+    @staticmethod
+    def split(batch: Tensor) -> tuple[Tensor, Tensor]:
+        """A window (B, S+1) → context x (B, S) and next tokens (B, S)."""
+        return batch[:, :-1], batch[:, 1:]
+
+    unit = "tokens"  # what the training speed counts
+
+    @staticmethod
+    def count(targets: Tensor) -> int:
+        return targets.numel()
+
+    def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
+        return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_examples, device=device)
+
+    def save(self, out: Path) -> None:
+        atomic_write(out / TOKENIZER, lambda p: p.write_text(self.tokenizer.to_json()))
+        save_fingerprint(out, **self.fingerprint)
+
+
+def corpus_fingerprint(corpus: Corpus, source: str) -> dict[str, str]:
+    """What identifies a corpus: its source and a hash of its documents, split by split."""
+    parts = [b"train"] + [d.encode("utf-8", "surrogatepass") for d in corpus.train]
+    parts += [b"validation"] + [d.encode("utf-8", "surrogatepass") for d in corpus.validation]
+    return {"source": source, "sha256": content_hash(parts)}
+
+
+def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
+    """Read the corpus, build (or, with run_dir, reuse) the tokenizer, encode both splits, check
+    they fit a window."""
+    source = resolve_source(config.data.corpus)
+    corpus = load_corpus(source, config.data.validation_fraction)
+    if run_dir is not None:
+        tokenizer = load_tokenizer(run_dir)  # a resumed run keeps its vocabulary
+    else:
+        tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
+    context_len = config.model.context_len
+    data = TextData(tokenizer, encode_documents(corpus.train, tokenizer), encode_documents(corpus.validation, tokenizer),
+                    context_len, source, corpus_fingerprint(corpus, source))
+    for name, tokens in (("training split", data.train), ("validation split", data.validation)):
+        count_windows(tokens, context_len + 1, name=f"{name} of {source!r}")  # raises if too short
+    return data
+
+
+def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
+    """The tokenizer saved in a run directory, checked against the config's vocabulary size."""
+    path = Path(run_dir) / TOKENIZER
+    if not path.is_file():
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no {TOKENIZER}")
+    tokenizer = tokenizer_from_json(path.read_text())
+    if vocab_size is not None and tokenizer.vocab_size != vocab_size:
+        raise CheckpointError(f"{path} has {tokenizer.vocab_size} tokens but the config says text.vocab_size = {vocab_size}")
+    return tokenizer

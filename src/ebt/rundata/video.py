@@ -1,0 +1,105 @@
+"""A video run's data: Moving-MNIST clips generated in code, encoded by a frozen frame encoder
+fitted on the training frames and saved with the run (`encoder.safetensors`), SPEC §6."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ebt.checkpoint import atomic_write
+from ebt.config import RunConfig
+from ebt.data.video import FRAME_SIZE, FrameEncoder, RandomClips, digit_split, fit_encoder, mnist_digits, moving_digits
+from ebt.errors import CheckpointError, ConfigError
+from ebt.evaluate import evaluate_clips
+from ebt.rundata import content_hash, save_fingerprint
+
+ENCODER = "encoder.safetensors"
+CORPUS = "moving-mnist"
+# The clips are data, not a training choice: fixed seeds, so every run (EBT or Transformer++,
+# any train.seed) sees the same training and validation clips.
+TRAIN_SEED, VALIDATION_SEED = 0, 1
+
+
+@dataclass
+class VideoData:
+    """Encoded training and validation clips, the encoder, and how the trainer batches and scores them."""
+
+    encoder: FrameEncoder
+    train: Tensor  # (N, T, C) latents
+    validation: Tensor  # (N', T, C) latents
+    fingerprint: dict[str, str]
+
+    @property
+    def summary(self) -> str:
+        n, t, c = self.train.shape
+        return (f"{n:,} training / {len(self.validation):,} validation clips of {t} frames "
+                f"({self.encoder.kind} latents, {c}-d)")
+
+    @property
+    def overrides(self) -> dict[str, str]:
+        return {"video.latent_dim": str(self.encoder.dim)}
+
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> RandomClips:
+        return RandomClips(self.train, batch_size, seed, rank)
+
+    @staticmethod
+    def split(batch: Tensor) -> tuple[Tensor, Tensor]:
+        """Clips (B, T, C) → context frames x (B, S, C) and next frames (B, S, C)."""
+        return batch[:, :-1], batch[:, 1:]
+
+    unit = "frames"  # what the training speed counts
+
+    @staticmethod
+    def count(targets: Tensor) -> int:
+        return targets.shape[0] * targets.shape[1]
+
+    def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
+        return evaluate_clips(model, self.validation, self.encoder.pixels_per_latent, batch_size=batch_size,
+                              max_clips=max_examples, device=device)
+
+    def save(self, out: Path) -> None:
+        atomic_write(out / ENCODER, self.encoder.save)
+        save_fingerprint(out, **self.fingerprint)
+
+
+def clips(config: RunConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The run's clips of one split, uint8 (N, T, H, W), and the frame (N,) each second digit appears."""
+    d, v = config.data, config.video
+    if d.corpus != CORPUS:
+        raise ConfigError(f"the video task generates its clips: data.corpus must be {CORPUS!r}, got {d.corpus!r}")
+    count = v.clips if split == "train" else max(1, round(v.clips * d.validation_fraction))
+    seed = TRAIN_SEED if split == "train" else VALIDATION_SEED
+    return moving_digits(digit_split(mnist_digits(), split), count, config.model.context_len + 1, FRAME_SIZE, seed)
+
+
+def encode(encoder: FrameEncoder, frames: np.ndarray) -> Tensor:
+    return encoder.encode(torch.from_numpy(frames).float() / 255)  # (N, T, C)
+
+
+def load_data(config: RunConfig, run_dir: Path | None = None) -> VideoData:
+    """Generate the clips and fit the frame encoder on the training frames (or reuse a run's encoder)."""
+    train, _ = clips(config, "train")
+    validation, _ = clips(config, "validation")
+    if run_dir is not None:
+        encoder = load_encoder(run_dir)
+    else:
+        frames = torch.from_numpy(train).reshape(-1, FRAME_SIZE, FRAME_SIZE).float() / 255
+        encoder = fit_encoder(frames, config.video.frame_encoder, config.video.encoder_dim)
+    # The clips are drawn in code from the digits; the digits are the data to recognise.
+    fingerprint = {"source": CORPUS, "sha256": content_hash([mnist_digits().tobytes()])}
+    return VideoData(encoder, encode(encoder, train), encode(encoder, validation), fingerprint)
+
+
+def load_encoder(run_dir: Path, latent_dim: int | None = None) -> FrameEncoder:
+    """The frame encoder saved in a run directory, checked against the config's latent width."""
+    path = Path(run_dir) / ENCODER
+    if not path.is_file():
+        raise CheckpointError(f"run directory {str(run_dir)!r} has no {ENCODER}")
+    encoder = FrameEncoder.load(path)
+    if latent_dim is not None and encoder.dim != latent_dim:
+        raise CheckpointError(f"{path} gives {encoder.dim}-d latents but the config says video.latent_dim = {latent_dim}")
+    return encoder
