@@ -2,7 +2,8 @@
 
     config.json         the RunConfig (`load_config` migrates older versions)
     model.safetensors   the weights, with the step in its metadata
-    train_state.pt      optimizer, scheduler, RNG and data-sampler states (for --resume)
+    train_state.pt      optimizer, scheduler, RNG, data-sampler and replay-buffer states (for
+                        --resume); plain data only, loaded with torch.load(weights_only=True)
     metrics.jsonl       one JSON object per logged step and per validation
     + the task data's files (text: tokenizer.json; video: encoder.safetensors) and data.json
 
@@ -14,8 +15,11 @@ crash mid-write never destroys the previous checkpoint. Loading a run with its m
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import pickle
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,27 +32,66 @@ from ebt.errors import CheckpointError, EBTError
 
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
+ENCODER, DATA = "encoder.safetensors", "data.json"
+# The files a run writes into its directory. Any of them there means the directory holds a run;
+# config.json last, so that a half-removed run still reads as one.
+RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CONFIG)
+# What every training state holds; optional: "cuda_rng", "replay" (System 2), "schedule_steps".
+TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write `path` via `write(tmp)` to a temporary file in the same directory, then rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # The mode a plain open() gives, 0o666 trimmed by the umask, read off a file created with it
+    # (thread-safe, unlike os.umask). mkstemp's 0600, and safetensors' own, would hide run files
+    # from the group whatever the umask. O_EXCL: never an existing file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a run file; an unreadable, empty or non-UTF-8 file is a CheckpointError naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
+    if not data.strip():
+        raise CheckpointError(f"{path} is empty; the run directory is damaged (an interrupted copy?)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02X} at offset {e.start}); "
+                              "the file is damaged") from None
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's content; CheckpointError naming the file when it is unreadable or not JSON."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not readable JSON: {e}") from None
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged or truncated") from None
+
+
+def check_weights(state: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse tensors no model can use: load_state_dict would silently cast integers into the
+    weights, and NaN/Inf weights only surface later as a diverged thought."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{file} holds {name} as {tensor.dtype}; model weights are floating point "
+                                  "(float32, bfloat16, ...): the file is damaged or not an ebt checkpoint")
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{file} holds non-finite values in {name} (NaN or Inf): "
+                                  "the run diverged before this checkpoint, or the file is damaged")
 
 
 def save_run(out: Path, config: RunConfig, data) -> None:
@@ -67,6 +110,46 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if train_state is not None:
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
+
+
+def standard_json(value: Any, **kwargs) -> str:
+    """json.dumps that every JSON parser reads: NaN and ±Infinity (not JSON) are written as null,
+    and allow_nan=False makes any that slip through raise rather than write a bad file."""
+    return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """The training state of run directory `path` (what `save_weights` wrote beside the weights).
+
+    Loaded with weights_only=True: tensors, numbers, strings, lists and dicts, never pickled code,
+    so a train_state.pt from elsewhere cannot run anything. A damaged file is a CheckpointError
+    naming it, whatever torch.load raised.
+    """
+    file = Path(path) / TRAIN_STATE
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # EOFError, UnpicklingError, OSError, RuntimeError (zip), … depending on the damage
+        if isinstance(e, EOFError):
+            reason = "it is empty or cut short"
+        elif isinstance(e, pickle.UnpicklingError):  # its own message is a page on weights_only
+            reason = "it is not a PyTorch file of tensors, numbers, strings, lists and dicts"
+        else:
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+        raise CheckpointError(f"{file} is damaged or unreadable ({reason}); the run cannot resume from it") from None
+    missing = [k for k in TRAIN_STATE_KEYS if k not in state] if isinstance(state, dict) else list(TRAIN_STATE_KEYS)
+    if missing:
+        raise CheckpointError(f"{file} is not a training state: it has no {', '.join(missing)}")
+    return state
 
 
 def load_config(path: Path) -> RunConfig:

@@ -1,13 +1,15 @@
 """The `ebt` command line: argparse into the typed arguments of `ebt.commands`, and nothing else.
 
-    ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--resume]
+    ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--overwrite]
+    ebt train --resume --out runs/ebt [--train.steps=N --train.lr=LR ...]
     ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
     ebt bench [--preset tiny] [--json]
 
-Errors a user can fix (bad options, missing data, damaged runs) print one line and exit with 2.
+Errors a user can fix (bad options, missing data, damaged runs, a diverged run) print one line and
+exit with 2. Training stopped by SIGINT / SIGTERM saves a checkpoint and exits with 130 / 143.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a preset",
                        description="Train a model. Any config field can be set with --section.key=value "
                                    "(e.g. --train.steps=500 --model.dim=256).")
-    p.add_argument("--preset", help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs (optional with --resume)")
+    p.add_argument("--preset", help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs (with --resume: "
+                                    "optional, and it must be of the run's model kind and task)")
     p.add_argument("--out", required=True, type=Path, help="run directory to write")
     p.add_argument("--data", help="corpus name or path to a UTF-8 .txt file or directory (sets data.corpus)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; "
+                   "overrides start from its saved config and may change train.* fields but not seed or batch_size")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
 
     p = sub.add_parser("eval", help="loss and perplexity (text), PSNR (images), frame errors (video)")
@@ -123,7 +128,8 @@ def _command(a: argparse.Namespace, extra: list[str]):
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     if a.command == "train":
         return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
-                                                  overrides=parse_overrides(extra), resume=a.resume, quiet=a.quiet)
+                                                  overrides=parse_overrides(extra), resume=a.resume,
+                                                  overwrite=a.overwrite, quiet=a.quiet)
     if a.command == "eval":
         return commands.evaluate, commands.EvalArgs(
             run=a.run, options=_options(a), data=a.data, max_examples=a.max_examples, batch_size=a.batch_size,

@@ -12,15 +12,16 @@ and what is allowed). Each command prints its report and returns the process's e
 
 from __future__ import annotations
 
-import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ebt.errors import ConfigError
+from ebt.checkpoint import standard_json
+from ebt.errors import ConfigError, Interrupted
 from ebt.think import ThinkingOptions
 
 MAX_COUNT = 10**9  # far past any useful count; an int beyond it is a typo
@@ -38,20 +39,6 @@ def _check_real(flag: str, value, low: float, allowed: str) -> None:
         raise ConfigError(f"{flag} = {value!r} is not allowed; it must be {allowed}")
 
 
-def json_line(result) -> str:
-    """Standard JSON (no bare NaN/Infinity, which most JSON readers refuse): non-finite floats as null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(result), allow_nan=False)
-
-
 def _device(request: str):
     from ebt.distributed import Distributed, pick_device
 
@@ -63,18 +50,26 @@ def _device(request: str):
 
 @dataclass
 class TrainArgs:
-    """`ebt train`: a preset (or, with resume, the run's saved config) and `section.key` overrides."""
+    """`ebt train`: a preset (or, with resume, the run's saved config) and `section.key` overrides.
+
+    A directory that holds a run is refused unless `resume` (continue it: its saved config is the
+    base of the overrides, which may change train.* fields but not the seed or batch size) or
+    `overwrite` (replace it). With `resume`, `preset` is optional and must be of the run's kind."""
 
     out: Path
     preset: str | None = None
     data: str | None = None  # sets data.corpus
     overrides: list[tuple[str, str]] = field(default_factory=list)
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
         if self.preset is None and not self.resume:
-            raise ConfigError("--preset is required to start a run (it is optional with --resume)")
+            raise ConfigError("--preset is required to start a run (e.g. --preset text-ebt-tiny); "
+                              "only --resume may leave it out")
 
 
 def train(args: TrainArgs) -> int:
@@ -82,12 +77,24 @@ def train(args: TrainArgs) -> int:
     from ebt.presets import preset
     from ebt.train import train as run_training
 
-    config = load_config(args.out) if args.resume else preset(args.preset)
+    if args.resume:
+        config = load_config(args.out)  # the run's own config is the base of any overrides
+        if args.preset is not None:
+            named = preset(args.preset).model
+            if (named.kind, named.task) != (config.model.kind, config.model.task):
+                raise ConfigError(f"--preset {args.preset} is a {named.task} {named.kind} run but {args.out} holds a "
+                                  f"{config.model.task} {config.model.kind} run; drop --preset to resume it")
+    else:
+        config = preset(args.preset)
     if args.data is not None:
         config = config.override("data.corpus", args.data)
     for key, value in args.overrides:
         config = config.override(key, value)
-    result = run_training(config, args.out, resume=args.resume, quiet=args.quiet)
+    try:
+        result = run_training(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except Interrupted as e:
+        print(f"ebt train: {e}", file=sys.stderr)
+        return e.exit_code
     if result:  # the main process of a distributed run reports for all
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
         print(f"validation {shown}; run saved in {args.out}")
@@ -132,7 +139,7 @@ def evaluate(args: EvalArgs) -> int:
         return _suite(args, run, device)
     task = run.config.model.task
     result, line = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task](args, run, device)
-    print(json_line(result) if args.json else line)
+    print(standard_json(result) if args.json else line)
     return 0
 
 
@@ -213,7 +220,7 @@ def _eval_video(args: EvalArgs, run, device) -> tuple[dict, str]:
 
         profile = energy_by_frame(run.model, latents, appears, args.options, **common)
         args.plots.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.plots / "energy_by_frame.json", lambda p: p.write_text(json_line(profile) + "\n"))
+        atomic_write(args.plots / "energy_by_frame.json", lambda p: p.write_text(standard_json(profile) + "\n"))
         path = plot_energy_by_frame(profile, args.plots / "energy_by_frame.png")
         result["energy_by_frame"] = profile
         line += f"; energy along clips in {path}"
@@ -231,7 +238,7 @@ def _suite(args: EvalArgs, run, device) -> int:
     result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
                          batch_size=args.batch_size, seed=args.seed, device=device, options=args.options)
     if args.json:
-        print(json_line(result))
+        print(standard_json(result))
         return 0
     head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS)
     print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
@@ -294,9 +301,11 @@ def _generate_text(args: GenerateArgs, run, device) -> str:
 
     if args.prompt is None:
         raise ConfigError("text runs continue a prompt: give --prompt TEXT")
-    ids = continue_ids(run.model, run.tokenizer.encode(args.prompt), args.max_new_tokens, temperature=args.temperature,
-                       seed=args.seed, device=device, cache=args.cache, options=args.options)
-    return args.prompt + run.tokenizer.decode(ids)
+    prompt = run.tokenizer.encode(args.prompt)
+    ids = continue_ids(run.model, prompt, args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                       device=device, cache=args.cache, options=args.options)
+    # Decoded from ids, prompt included: a prompt of raw bytes (not UTF-8) prints as U+FFFD.
+    return run.tokenizer.decode(prompt + ids)
 
 
 def _generate_video(args: GenerateArgs, run, device) -> str:
@@ -385,7 +394,7 @@ def denoise(args: DenoiseArgs) -> int:
                                     repeats=args.repeats if mine else 1, batch_size=args.batch_size,
                                     seed=args.seed, device=device))
     if args.json:
-        print(json_line(reports[0] if len(runs) == 1 else
+        print(standard_json(reports[0] if len(runs) == 1 else
                         [{"run": str(r.path), "kind": r.config.model.kind, "levels": rep} for r, rep in zip(runs, reports)]))
     else:
         print(f"{len(images)} validation images; PSNR and MSE on 0–255 pixels after clamping")
@@ -431,5 +440,5 @@ def bench(args: BenchArgs) -> int:
     from ebt.bench import report, run
 
     result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory)
-    print(json_line(result) if args.json else report(result))
+    print(standard_json(result) if args.json else report(result))
     return 0

@@ -167,7 +167,8 @@ class RunConfig:
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """A config from its JSON form (any version: older files are migrated), validated."""
         if not isinstance(d, dict):
-            raise ConfigError(f"a run config must be a JSON object, got {type(d).__name__}")
+            raise ConfigError(f"a run config must be an object with sections {', '.join(SECTIONS)}; "
+                              f"this one is {_json_type(d)}")
         d = migrate(d)
         sections = {}
         for name in SECTIONS:
@@ -176,7 +177,7 @@ class RunConfig:
             if values is None:
                 continue
             if not isinstance(values, dict):
-                raise ConfigError(f"config section '{name}' must be an object, got {values!r}")
+                raise ConfigError(f"config section '{name}' must be an object; it is {_json_type(values)}: {values!r}")
             known = {g.name: g for g in dataclasses.fields(section_cls)}
             unknown = set(values) - set(known)
             if unknown:
@@ -313,6 +314,12 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "an integer",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _finite(x: float) -> bool:
     return math.isfinite(x)
 
@@ -322,7 +329,8 @@ def _check_type(key: str, value: Any, kind: type) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} = {value!r} has the wrong type; it must be a {kind.__name__}")
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        raise ConfigError(f"{key} = {value!r} has the wrong type; it must be {names.get(kind, kind.__name__)}")
     return value
 
 

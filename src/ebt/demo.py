@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         config.train.eval_every = 0
         print(f"\n=== training text-{kind}-tiny for {args.steps} steps ===")
         start = time.perf_counter()
-        train(config, args.out / f"demo-{kind}")
+        train(config, args.out / f"demo-{kind}", overwrite=True)  # `make demo` can be run again
         seconds[kind] = time.perf_counter() - start
         runs[kind] = load_run(args.out / f"demo-{kind}")
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
-from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, init_weights
+from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, init_weights
 from ebt.tasks.image import Denoising
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
@@ -116,6 +116,7 @@ class AutoregressiveEBT(nn.Module):
         Without `past` the stream starts with the landscape token; with it, x continues the cached
         stream (generation). Returns the keys/values of every block.
         """
+        check_context(x, self.token_embedding, self.config.context_len, seen=past.length - 1 if past is not None else 0)
         h = self.token_embedding(x)  # (B, N, D)
         start = past.length if past is not None else 0
         if past is None:
@@ -156,6 +157,11 @@ class AutoregressiveEBT(nn.Module):
 
     def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
         """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
+        check_context(ids, self.token_embedding, self.config.context_len)
+        c = self.task.candidate_dim
+        if y.dim() != 3 or y.shape[-1] != c or not y.is_floating_point():
+            raise ConfigError(f"y must be prepared candidates of shape (B, S, {c}) and a floating dtype, "
+                              f"got shape {tuple(y.shape)} of {y.dtype}")
         return self.candidate_energy(self.encode_context(ids, step), y.unsqueeze(1)).squeeze(1)
 
     def think(
@@ -184,6 +190,7 @@ class AutoregressiveEBT(nn.Module):
         produces non-finite values.
         """
         options = ThinkingOptions.of(options, **given)
+        check_context(ids, self.token_embedding, self.config.context_len)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
         return think_samples(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
                              score_final=score_final)

@@ -23,3 +23,19 @@ class CheckpointError(EBTError):
 
 class ThinkingDiverged(EBTError):
     """∇_y E became NaN or Inf during thinking (usually α is too large for this model)."""
+
+
+class TrainingDiverged(EBTError):
+    """The training loss, gradient norm, weights or validation loss became NaN or Inf. Training
+    stops before writing anything from that point, so the last good checkpoint is kept."""
+
+
+class Interrupted(EBTError):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint it can resume from.
+
+    `exit_code` is what a shell reports for the signal: 128 + its number (SIGINT 130, SIGTERM 143).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ebt.errors import ConfigError
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -294,3 +296,28 @@ class PatchTransformer(nn.Module):
             h = block(h, c)
         shift, scale = self.final_modulation(c).chunk(2, dim=-1)
         return modulate(self.norm(h), shift, scale)  # (B, P, D)
+
+
+def check_context(x: Tensor, embedding: nn.Module, context_len: int, seen: int = 0) -> None:
+    """Refuse a context the model cannot read, at its public entries, with the fix: token ids (B, S)
+    of an integer dtype (a token table) or latents (B, S, C) (a linear map), S ≤ context_len. `seen`:
+    positions a cache holds, which x continues. Shapes only: no device sync."""
+    if isinstance(embedding, nn.Embedding):
+        name, unit = "ids", "tokens"
+        form, fix = "token ids (B, S) of an integer dtype", "one sequence: ids[None]; float ids: ids.long()"
+        ok = (isinstance(x, Tensor) and x.dim() == 2
+              and not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool))
+    else:
+        name, unit = "x", "frames"
+        form, fix = f"latents (B, S, {embedding.in_features}) of a floating dtype", "one clip: x[None]"
+        ok = isinstance(x, Tensor) and x.dim() == 3 and x.shape[-1] == embedding.in_features and x.is_floating_point()
+    if not ok:
+        got = f"shape {tuple(x.shape)} of {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise ConfigError(f"{name} must be {form}, got {got} ({fix})")
+    if x.shape[1] < 1:
+        raise ConfigError(f"{name} has no positions (shape {tuple(x.shape)}); give at least one of the {unit}")
+    if seen + x.shape[1] > context_len:
+        held = f" after the {seen} a cache holds" if seen else ""
+        raise ConfigError(f"{name} has {x.shape[1]} positions{held} but the model's context_len is {context_len}; "
+                          f"pass the last context_len {unit} ({name}[:, -{context_len}:]), as `ebt generate` slides "
+                          "its window")

@@ -15,10 +15,13 @@ An objective is a module wrapping the model, so DDP can wrap the pair and see on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
+from ebt.errors import CheckpointError
 from ebt.think import think
 
 
@@ -74,7 +77,8 @@ class ReplayBuffer:
     """FIFO of (context, targets, final candidate) for recent sequences, at most `size` of them.
 
     Storage is allocated on first use, on the device of the data, and never grows: size × S ×
-    (C × 4 + 16) bytes. It is not saved with checkpoints; a resumed run starts it empty.
+    (C × 4 + 16) bytes. It is saved with the training state (`state_dict`), because the batches
+    it replays shape every later step: without it a resumed System 2 run would not continue exactly.
     """
 
     def __init__(self, size: int):
@@ -98,6 +102,23 @@ class ReplayBuffer:
     def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
         index = torch.randint(0, self.count, (n,), device=self.x.device)
         return self.x[index], self.targets[index], self.y[index]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and contents, on the CPU: ints and tensors only, so the training state loads
+        with torch.load(weights_only=True)."""
+        state: dict[str, Any] = {"size": self.size, "count": self.count, "next": self.next}
+        if self.x is not None:
+            state.update(x=self.x.cpu(), targets=self.targets.cpu(), y=self.y.cpu())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        if not isinstance(state, dict) or state.get("size") != self.size:
+            saved = state.get("size") if isinstance(state, dict) else state
+            raise CheckpointError(f"the saved replay buffer holds {saved!r} sequences but think.replay_buffer_size "
+                                  f"is {self.size}; the training state is from another run")
+        self.count, self.next = int(state["count"]), int(state["next"])
+        if "x" in state:
+            self.x, self.targets, self.y = (state[k].to(device) for k in ("x", "targets", "y"))
 
 
 class DirectPrediction(nn.Module):

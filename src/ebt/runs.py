@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ebt.checkpoint import CONFIG, WEIGHTS, load_config
+from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError
 from ebt.models import build_model
@@ -51,6 +51,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path / WEIGHTS} is corrupt or unreadable: {e}") from None
+    check_weights(state, path / WEIGHTS)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
@@ -61,8 +62,10 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
         )
     model.load_state_dict(state)
     model.to(map_location).eval()  # buffers (rotary tables) follow the weights
-    step = int(metadata.get("step", 0))
-    return Run(config, model, step, path, **artifacts)
+    step = metadata.get("step", "0")
+    if not step.isdigit():
+        raise CheckpointError(f"{path / WEIGHTS} has metadata step = {step!r}; it must be a count of training steps")
+    return Run(config, model, int(step), path, **artifacts)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

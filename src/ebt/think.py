@@ -160,7 +160,12 @@ def think(
         between steps, the loop once every position has stopped. `steps_taken` records the
         steps each position used; `forward_passes` what was actually run.
     score_final: one more energy evaluation of the last prediction (needed to pick among samples).
+
+    Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
     """
+    if torch.is_inference_mode_enabled():
+        raise ConfigError("thinking takes gradients of the energy, which torch.inference_mode() forbids; use "
+                          "torch.no_grad() instead (thinking enables gradients inside it)")
     thought = Thought()
     active = None  # (…, S) positions still thinking, when adaptive
     with torch.enable_grad():
@@ -168,19 +173,18 @@ def think(
             graph = create_graph and (not truncate_graph or step == steps - 1)
             if detach_steps or not graph or not y.requires_grad:
                 y = y.detach().requires_grad_()
+            start = y
             if langevin_std:
                 y = y + langevin_std * _normal(y, generator)
             p = prepare(y)
             e = energy(p, step)  # (…, S)
             (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
             thought.forward_passes += 1
-            if not bool(torch.isfinite(g).all()):
-                alpha = float(torch.as_tensor(step_size).detach().max())
-                raise ThinkingDiverged(
-                    f"∇E is not finite at thinking step {step} (α = {alpha:.4g}); "
-                    "lower think.step_size or the learning rate"
-                )
             update = p - step_size * g
+            # One check (one device sync) per step: the candidate it makes and the energy it saw.
+            # Which part went wrong is worked out only once something has.
+            if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
+                raise ThinkingDiverged(_divergence(step, start, y, p, e, g, step_size, langevin_std))
             if tolerance is not None:
                 if active is None:
                     active = torch.ones_like(e, dtype=torch.bool)
@@ -200,6 +204,41 @@ def think(
             thought.energies.append(energy(prepare(thought.y), steps).detach())
         thought.forward_passes += 1
     return thought
+
+
+def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g: Tensor,
+                step_size: Tensor | float, langevin_std: float) -> str:
+    """Why step `step` made a non-finite candidate or energy: the first non-finite link of
+    start → (+ Langevin noise) → prepare → E → ∇E → p − α∇E."""
+    def finite(t: Tensor) -> bool:
+        return bool(torch.isfinite(t).all())
+
+    alpha_t = torch.as_tensor(step_size).detach()
+    alpha = float(alpha_t.abs().max())
+    at = f"at step {step} (α = {alpha:.4g})"
+    dtype = torch.promote_types(p.dtype, g.dtype)
+    # float16 overflows past 65504: a value fine in float32 is not, so name the dtype.
+    dtype_hint = (f"; or a value overflowed {dtype} (largest finite value {torch.finfo(dtype).max:.4g}): think in "
+                  "float32" if torch.finfo(dtype).bits <= 16 else "")
+    noise_hint = f"; or the Langevin noise (langevin_std = {langevin_std:.4g}) is too large" if langevin_std else ""
+    if not finite(start):
+        return f"the candidate thinking starts from is not finite {at}; it holds NaN or Inf"
+    if not finite(noisy):
+        return (f"Langevin noise with langevin_std = {langevin_std:.4g} makes the candidate non-finite {at}; "
+                f"langevin_std must be finite and small next to the candidate's scale{dtype_hint}")
+    if not finite(p):
+        return f"preparing the candidate (the task's prepare) makes it non-finite {at}{dtype_hint}{noise_hint}"
+    if not finite(e):
+        return (f"the energy is not finite {at}: NaN or Inf in the model's weights or its input "
+                f"(ebt.load_run refuses non-finite weights){dtype_hint}{noise_hint}")
+    if not finite(g):
+        return f"∇E is not finite {at}; lower think.step_size or the learning rate{dtype_hint}{noise_hint}"
+    if not finite(alpha_t):
+        return (f"step size α = {alpha:.4g} makes the candidate non-finite at step {step}; α must be finite and "
+                "> 0 (think.step_size, --step-size)")
+    return (f"the step α·∇E overflows {dtype} (largest finite value {torch.finfo(dtype).max:.4g}) {at}, "
+            f"max |∇E| = {float(g.abs().max()):.4g}; lower the step size"
+            + (", or think in float32" if torch.finfo(dtype).bits <= 16 else ""))
 
 
 def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:

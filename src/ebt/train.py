@@ -7,33 +7,48 @@ and saves its own files with the run. SPEC §3: AdamW
 clipping, α in its own parameter group (no weight decay, lr × multiplier).
 
 Outputs in the run directory: config.json, the task's files (text: tokenizer.json),
-model.safetensors and train_state.pt (for --resume) at every validation and at the end, all
-written atomically, and metrics.jsonl (one JSON object per logged step and per validation).
+model.safetensors and train_state.pt (for --resume) at every validation, at the end and on
+SIGINT/SIGTERM, all written atomically, and metrics.jsonl (one standard-JSON object per logged
+step and per validation, appended a line at a time).
+
+A run directory belongs to one run: starting a new run over another needs overwrite=True
+(`--overwrite`). A resumed run continues exactly (weights, optimizer, schedule, RNGs, data
+sampler, replay buffer); fields that shape the model or the data cannot change on resume, the
+others (lr, steps, intervals, clipping, decay, warm-up, device) apply from the next step. A
+non-finite loss, gradient norm, weight or validation loss stops training before anything is
+saved (TrainingDiverged).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
-from ebt.checkpoint import TRAIN_STATE, WEIGHTS, load_config, save_run, save_weights
+from ebt.checkpoint import (CONFIG, METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, atomic_write, load_config,
+                            load_train_state, save_run, save_weights, standard_json)
 from ebt.config import RunConfig, TrainConfig
-from ebt.errors import CheckpointError
+from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
 from ebt.rundata import load_data
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
+# What --resume may not change: the model and its thinking, the data, and what fixes the batches.
+RESUME_FIXED_TRAIN_FIELDS = ("train.seed", "train.batch_size")
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig, step_size_lr_mult: float) -> list[dict]:
@@ -64,27 +79,44 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
     return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict:
+def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False) -> dict:
     """Train the model a RunConfig describes into run directory `out`.
+
+    `out` must not hold another run unless `resume` (continue it; `config` may change only what
+    can change mid-run) or `overwrite` (remove its files first). Raises TrainingDiverged on a
+    non-finite loss, gradient norm, weight or validation loss, and Interrupted on SIGINT/SIGTERM
+    (after saving a checkpoint).
 
     Returns the final validation (the task's metrics; text: {"loss", "ppl", "tokens",
     "forward_passes"}) on the main process, {} on the other ranks of a distributed run.
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
+    stop = _StopSignals()
     try:
-        return _train(config, out, resume, quiet, dist)
+        return _train(config, out, resume, overwrite, quiet, dist, stop)
     finally:
+        stop.restore()
         distributed.teardown(dist)
 
 
-def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distributed.Distributed) -> dict:
+def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bool, dist: distributed.Distributed,
+           stop: _StopSignals) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
+    old_run = _claim_run_directory(out, resume, overwrite)
     if resume:
         for name in (WEIGHTS, TRAIN_STATE):
             if not (out / name).is_file():
-                raise CheckpointError(f"--resume: {out} has no {name} to resume from")
+                raise CheckpointError(f"--resume: {out} has no {name} to resume from "
+                                      "(to start it afresh instead, pass --overwrite without --resume)")
+        saved = load_config(out)
+        _refuse_fixed_changes(saved, config, out, ("data",), RESUME_FIXED_TRAIN_FIELDS)
     device, why = distributed.pick_device(config.train.device, dist)
+    if dist.enabled:  # a barrier: every rank has looked at `out` before the main one writes there
+        arrived = torch.zeros(1, device=device)
+        torch.distributed.all_reduce(arrived)
+        arrived.item()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
@@ -93,10 +125,8 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     data = load_data(config, out if resume else None)  # a resumed run keeps its tokenizer
     for key, value in data.overrides.items():
         config = config.override(key, value)
-    if resume:
-        saved = load_config(out)
-        if (saved.model, saved.think) != (config.model, config.think):
-            raise CheckpointError(f"--resume: the model or think config differs from the one saved in {out}/config.json")
+    if resume:  # after the data's overrides: text.vocab_size, video.latent_dim, image.channels come from the data
+        _refuse_fixed_changes(saved, config, out, ("model", "think", config.model.task))
     model = build_model(config).to(device)
     say(f"device: {device} ({why}); processes: {dist.world_size}")
     say(f"config:\n{config.to_json()}")
@@ -109,44 +139,83 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
     objective = make_objective(model)
     tc = config.train
     optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_fraction))
+    # The cosine runs over the length the run started with (schedule["steps"]); a resumed run
+    # that extends train.steps holds the final rate after it (see _resume_schedule).
+    schedule = {"steps": tc.steps}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, schedule["steps"], tc.warmup_fraction))
     batches = data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size)
+    replay = getattr(objective, "replay", None)  # System 2's replay buffer
     step = 0
     if resume:
-        step = _load_train_state(out, model, optimizer, scheduler, batches, device)
-        say(f"resumed from step {step}")
+        state = _load_train_state(out, model, optimizer, scheduler, batches, replay, device)
+        step, schedule["steps"] = int(state["step"]), int(state.get("schedule_steps", saved.train.steps))
+        if tc.steps < step:
+            raise ConfigError(f"train.steps = {tc.steps} is below the step the run in {out} has reached ({step}); "
+                              f"give at least {step}")
+        schedule_line = _resume_schedule(optimizer, scheduler, model, config, saved, step, schedule["steps"])
+        say(f"resumed from step {step}; {schedule_line}")
+        if dist.is_main:
+            _keep_metrics_until(out / METRICS, step)
     else:
         out.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
+            for path in old_run:  # --overwrite: the old run goes only now that the new one is ready to start
+                path.unlink(missing_ok=True)
             save_run(out, config, data)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
     trained = DistributedDataParallel(objective) if dist.enabled else objective
 
     def validate() -> dict:
         return data.validate(model, batch_size=tc.batch_size, max_examples=tc.eval_examples, device=device)
 
+    saved_step = step if resume else None  # the last checkpoint in `out`, named when training stops
+
+    def diverged(at: int, what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint (step {saved_step}) is kept in {out}" if saved_step is not None
+                else "no checkpoint was written (start again with --overwrite)")
+        return TrainingDiverged(f"step {at}: {what}; {kept}; lower train.lr (now {tc.lr:g}) or train.grad_clip "
+                                f"(now {tc.grad_clip:g})")
+
     def checkpoint() -> None:
+        nonlocal saved_step
+        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+            raise diverged(step, "a weight is not finite")
         if dist.is_main:
+            # Everything the next step depends on, so a resumed run continues exactly. Python's
+            # `random` and numpy's global generator are not saved: nothing in training draws from them.
             save_weights(out, model, step, {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "schedule_steps": schedule["steps"],
                 "batches": batches.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "replay": replay.state_dict() if replay is not None else None,
             })
+            # The config these weights were trained under (on --resume, with its overrides).
+            atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
+        saved_step = step
 
-    log = _MetricsLog(out / "metrics.jsonl", dist.is_main)
+    log = _MetricsLog(out / METRICS, dist.is_main)
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
     tick, seen_since_tick = time.perf_counter(), 0
     speed = f"{data.unit}_per_s"  # text: tokens_per_s
     model.train()
+    stop.install()
     while step < tc.steps:
         x, targets = data.split(next(batches).to(device))
-        loss, stats = trained(x, targets)
+        try:
+            loss, stats = trained(x, targets)
+        except ThinkingDiverged as e:
+            raise diverged(step + 1, str(e)) from None
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        # Checked before the update, so the weights in memory stay the last finite ones.
+        finite, signum = _agree(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), stop.signum, dist)
+        if not finite:
+            raise diverged(step + 1, f"loss is {float(loss.detach()):.4g} (grad norm {float(grad_norm):.4g})")
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()
@@ -164,31 +233,164 @@ def _train(config: RunConfig, out: Path, resume: bool, quiet: bool, dist: distri
             if dist.is_main:
                 result = validate()
                 log.write({"step": step, "split": "validation", **result})
+                if not math.isfinite(result["loss"]):
+                    raise diverged(step, f"the validation loss is {result['loss']:.4g}")
                 if not quiet:
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
                     bar.write(f"step {step}: validation {shown}")
             checkpoint()
             tick, seen_since_tick = time.perf_counter(), 0  # validation time is not training speed
+        if not dist.enabled:
+            signum = stop.signum  # a signal during the rest of this step counts now
+        if signum and step < tc.steps:
+            if saved_step != step:
+                checkpoint()
+            bar.close()
+            raise Interrupted(f"interrupted at step {step} ({signal.Signals(signum).name}); checkpoint saved; "
+                              f"resume with: ebt train --resume --out {out}", 128 + signum)
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
         result = validate()
     return result
 
 
-def _load_train_state(out: Path, model, optimizer, scheduler, batches, device) -> int:
+def _load_train_state(out: Path, model, optimizer, scheduler, batches, replay, device) -> dict:
+    state = load_train_state(out)
     try:
-        state = torch.load(out / TRAIN_STATE, map_location="cpu", weights_only=False)
+        with safe_open(str(out / WEIGHTS), framework="pt") as f:
+            weights_step = int((f.metadata() or {}).get("step", -1))
+        if weights_step != int(state["step"]):
+            raise CheckpointError(f"{out / WEIGHTS} is from step {weights_step} but {out / TRAIN_STATE} from step "
+                                  f"{state['step']} (a save was cut short); the run cannot continue exactly")
         weights = load_file(str(out / WEIGHTS), device=str(device))
         model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["batches"])
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        if replay is not None and state.get("replay") is not None:
+            replay.load_state_dict(state["replay"], device)
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume from {out}: {e}") from None
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and device.type == "cuda":
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    return state
+
+
+def _claim_run_directory(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Refuse to start a run in a directory that holds another; returns the old run's files that
+    `overwrite` removes (once the new run is ready to write). Nothing is touched here."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a run directory")
+    if resume:
+        return []
+    found = [out / name for name in RUN_FILES if (out / name).exists()]
+    if found and not overwrite:
+        raise CheckpointError(f"{out} already holds a run ({', '.join(p.name for p in found)}); "
+                              "pass --resume to continue it or --overwrite to replace it")
+    return found
+
+
+def _flat(config: RunConfig) -> dict[str, Any]:
+    return {f"{section}.{k}": v for section, fields in config.to_dict().items() if isinstance(fields, dict)
+            for k, v in fields.items()}
+
+
+def _refuse_fixed_changes(saved: RunConfig, config: RunConfig, out: Path, sections: tuple[str, ...],
+                          fields: tuple[str, ...] = ()) -> None:
+    """--resume: whole config `sections` and single `fields` shape the model, its data or its
+    batches, so they cannot change mid-run."""
+    before, now = _flat(saved), _flat(config)
+    keys = [k for k in before if k.partition(".")[0] in sections] + list(fields)
+    changed = [f"{k} (saved {before[k]!r}, now {now[k]!r})" for k in keys if before[k] != now[k]]
+    if changed:
+        raise ConfigError(f"--resume: {'; '.join(changed)}: cannot change in the middle of the run in {out}; "
+                          "start a new run (another --out, or --overwrite) to change it")
+
+
+def _resume_schedule(optimizer, scheduler, model, config: RunConfig, saved: RunConfig, step: int,
+                     schedule_steps: int) -> str:
+    """Apply the resumed config's peak lr, warm-up and weight decay from the next step (loading
+    the optimizer restored the saved ones) and say what the schedule does from here.
+
+    The cosine keeps the length the run started with, so extending train.steps never makes the
+    rate jump: the added steps hold the final rate, peak/10. A new peak rescales the rate at once.
+    """
+    tc = config.train
+    for group, fresh in zip(optimizer.param_groups, parameter_groups(model, tc, config.think.step_size_lr_mult)):
+        group["initial_lr"], group["weight_decay"] = fresh["lr"], fresh["weight_decay"]
+        group["lr"] = fresh["lr"] * lr_factor(step, schedule_steps, tc.warmup_fraction)
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+    line = (f"lr schedule: warm-up over {int(schedule_steps * tc.warmup_fraction)} steps, then cosine to "
+            f"train.lr/10 at step {schedule_steps} (the run's original length)")
+    if tc.steps > schedule_steps:
+        line += f", then held at train.lr/10 for steps {schedule_steps + 1}–{tc.steps}"
+    elif tc.steps < schedule_steps:
+        line += f"; the run now stops at step {tc.steps}, before the decay ends"
+    if tc.lr != saved.train.lr:
+        line += f"; peak lr changed from {saved.train.lr:g} to {tc.lr:g}"
+    if step < tc.steps:
+        line += f"; step {step + 1} runs at lr {optimizer.param_groups[0]['lr']:.4g}"
+    return line
+
+
+def _agree(finite: torch.Tensor, signum: int, dist: distributed.Distributed) -> tuple[bool, int]:
+    """Whether this step's loss and gradient norm are finite, and the stop signal if one came:
+    one device sync per step, and under DDP one all-reduce, so every rank stops at the same step."""
+    if not dist.enabled:
+        return bool(finite), signum
+    flags = torch.stack(((~finite).long(), torch.tensor(signum, device=finite.device)))
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    bad, signum = flags.tolist()
+    return not bad, signum
+
+
+class _StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM set a flag the training loop reads after each step, which then
+    saves a checkpoint and raises Interrupted; a second signal stops at once (KeyboardInterrupt).
+
+    Handlers can only be set in the main thread; elsewhere signals keep their usual effect. Under
+    torchrun every rank gets the signal and the ranks agree on it each step (`_agree`).
+    """
+
+    def __init__(self) -> None:
+        self.signum, self.previous = 0, {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """--resume: drop the rows of steps after the checkpoint (lost when the run stopped) and a last
+    line a crash cut short, so the log reads as one run."""
+    if not path.is_file():
+        return
+    text = path.read_text()
+    kept = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(standard_json(row) + "\n")
+    if "".join(kept) != text:
+        atomic_write(path, lambda p: p.write_text("".join(kept)))
 
 
 class _MetricsLog:
@@ -197,5 +399,7 @@ class _MetricsLog:
 
     def write(self, row: dict) -> None:
         if self.enabled:
+            line = standard_json(row) + "\n"  # one write per row: a crash cuts at most the last line short
             with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(line)
+                f.flush()

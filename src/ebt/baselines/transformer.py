@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig
 from ebt.errors import ConfigError
-from ebt.nn import Block, RMSNorm, Rotary, init_weights
+from ebt.nn import Block, RMSNorm, Rotary, check_context, init_weights
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
 from ebt.think import ThinkingOptions, Thought
@@ -40,6 +40,7 @@ class TransformerPP(nn.Module):
         this call extends in place) ids continue a cached sequence."""
         cached = bool(past)  # an empty list starts a cache
         start = past[0][0].shape[-2] if cached else 0
+        check_context(ids, self.token_embedding, self.config.context_len, seen=start)
         rope = self.rotary(torch.arange(start, start + ids.shape[1], device=ids.device))
         h = self.token_embedding(ids)  # (B, S, D)
         for i, block in enumerate(self.blocks):

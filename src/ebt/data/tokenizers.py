@@ -3,6 +3,7 @@
 Three kinds are available:
 
 * ``"byte"``: the UTF-8 bytes of the text, vocabulary 256. Needs no training and no files.
+  Takes any bytes: one that is not UTF-8, which Python keeps as a lone surrogate, is itself.
 * ``"bpe"``: a byte-level BPE trained locally (with Hugging Face ``tokenizers``) on the
   training texts. Its alphabet contains all 256 bytes, so any text can be encoded.
 * ``"gpt2"``: GPT-2's 50257-token byte-level BPE, read from the data files of the installed
@@ -50,7 +51,12 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        # surrogateescape: Python keeps a byte of argv or of a file that is not UTF-8 as a lone
+        # surrogate U+DC80..U+DCFF; that byte is a token like any other.
+        try:
+            return list(text.encode("utf-8", errors="surrogateescape"))
+        except UnicodeEncodeError as e:
+            raise not_utf8(text, e, self.kind) from None
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
@@ -78,12 +84,21 @@ class HFByteLevelTokenizer:
         self.vocab_size = hf.get_vocab_size()
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except TypeError:  # what HF raises for a str that has no UTF-8 form
+            check_utf8(text, self.kind)
+            raise
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # Encodes the texts in parallel threads: several times faster than a loop of encode
         # on a multi-megabyte corpus.
-        encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
+        try:
+            encodings = self.hf.encode_batch(list(texts), add_special_tokens=False)
+        except TypeError:
+            for text in texts:
+                check_utf8(text, self.kind)
+            raise
         return [e.ids for e in encodings]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -102,6 +117,27 @@ class HFByteLevelTokenizer:
 
     def __repr__(self) -> str:
         return f"HFByteLevelTokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
+
+
+def not_utf8(text: str, error: UnicodeEncodeError, kind: str) -> DataError:
+    """The error for a str with no UTF-8 form. It holds a lone surrogate: how Python keeps a byte
+    that is not UTF-8 (U+DC80..U+DCFF, from argv or a file name), or half of a UTF-16 pair."""
+    code, at = ord(text[error.start]), error.start
+    if kind == "byte":  # surrogateescape took U+DC80..U+DCFF: this one stands for no byte
+        return DataError(f"the text to encode holds a lone surrogate U+{code:04X} at position {at}, which is "
+                         "neither a character nor an escaped byte; give UTF-8 text")
+    what = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"lone surrogate U+{code:04X}"
+    return DataError(f"the text to encode is not valid UTF-8 ({what} at position {at}); byte tokenizers accept "
+                     f"any bytes, a {kind!r} tokenizer needs UTF-8 text")
+
+
+def check_utf8(text: str, kind: str) -> None:
+    """Raise the clear error if `text` is a str with no UTF-8 form (run only once HF has refused it)."""
+    try:
+        if isinstance(text, str):
+            text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise not_utf8(text, e, kind) from None
 
 
 def _byte_level(model: models.Model) -> HFTokenizer:

@@ -174,9 +174,29 @@ class FrameEncoder:
             tensors = load_file(str(path))
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-            return cls(meta["kind"], int(meta["size"]), tensors["mean"], float(tensors["scale"]), tensors.get("components"))
-        except (SafetensorError, OSError, KeyError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable frame encoder: {e}") from None
+        kind, size = meta.get("kind"), meta.get("size", "")
+        if kind not in ("pca", "pixels") or not size.isdigit() or int(size) < 1:
+            raise CheckpointError(f"{path} has metadata kind = {kind!r}, size = {meta.get('size')!r}; a frame encoder "
+                                  "has kind 'pca' or 'pixels' and a positive integer size")
+        pixels = int(size) ** 2
+        # The shape each tensor must have; None: any size (the C components).
+        shapes = {"mean": (pixels,), "scale": (), **({"components": (None, pixels)} if kind == "pca" else {})}
+        for name, shape in shapes.items():
+            t = tensors.get(name)
+            if t is None or t.dim() != len(shape) or any(n not in (None, m) for n, m in zip(shape, t.shape)):
+                held = "nothing" if t is None else f"shape {tuple(t.shape)}"
+                expected = tuple("C" if n is None else n for n in shape)
+                raise CheckpointError(f"{path} holds {held} as {name}; a {kind!r} encoder of {size}×{size} frames "
+                                      f"needs {name} of shape {expected}")
+            if not t.is_floating_point():
+                raise CheckpointError(f"{path} holds {name} as {t.dtype}; a frame encoder's tensors are floating point")
+            if not bool(torch.isfinite(t).all()):
+                raise CheckpointError(f"{path} holds non-finite values in {name} (NaN or Inf); the file is damaged")
+        if not float(tensors["scale"]) > 0:
+            raise CheckpointError(f"{path} holds scale = {float(tensors['scale'])}; it must be > 0")
+        return cls(kind, int(size), tensors["mean"], float(tensors["scale"]), tensors.get("components"))
 
 
 def fit_encoder(frames: Tensor, kind: str, dim: int, max_frames: int = 20000, seed: int = 0) -> FrameEncoder:

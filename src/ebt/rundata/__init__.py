@@ -28,12 +28,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ebt.checkpoint import atomic_write, read_json
+from ebt.checkpoint import DATA, atomic_write, read_json
 from ebt.config import RunConfig
 from ebt.errors import DataError
-
-DATA_FILE = "data.json"
-
 
 def load_data(config: RunConfig, run_dir: Path | None = None):
     """The task's data for a run; `run_dir` (on resume) reuses the artifacts saved there and
@@ -76,13 +73,13 @@ def content_hash(parts: Iterable[bytes]) -> str:
 
 def save_fingerprint(out: Path, source: str, sha256: str) -> None:
     """data.json: where the run's data came from and the hash of its content."""
-    atomic_write(out / DATA_FILE, lambda p: p.write_text(json.dumps({"source": source, "sha256": sha256}, indent=2) + "\n"))
+    atomic_write(out / DATA, lambda p: p.write_text(json.dumps({"source": source, "sha256": sha256}, indent=2) + "\n"))
 
 
 def check_fingerprint(run_dir: Path, fingerprint: dict[str, str]) -> None:
     """Raise DataError when the data found now is not what run_dir recorded (runs written before
     data.json existed are not checked)."""
-    path = Path(run_dir) / DATA_FILE
+    path = Path(run_dir) / DATA
     if not path.exists():
         return
     saved = read_json(path)

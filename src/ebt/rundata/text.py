@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ebt.checkpoint import TOKENIZER, atomic_write
+from ebt.checkpoint import TOKENIZER, atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import RandomWindows, count_windows, encode_documents
 from ebt.data.corpus import Corpus, load_corpus
@@ -89,7 +89,11 @@ def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
     path = Path(run_dir) / TOKENIZER
     if not path.is_file():
         raise CheckpointError(f"run directory {str(run_dir)!r} has no {TOKENIZER}")
-    tokenizer = tokenizer_from_json(path.read_text())
+    text = read_text(path)  # names the file when it is empty or not UTF-8
+    try:
+        tokenizer = tokenizer_from_json(text)
+    except CheckpointError as e:  # its messages say "the saved tokenizer"; the user needs the file
+        raise CheckpointError(f"{path}: {e}") from None
     if vocab_size is not None and tokenizer.vocab_size != vocab_size:
         raise CheckpointError(f"{path} has {tokenizer.vocab_size} tokens but the config says text.vocab_size = {vocab_size}")
     return tokenizer
