@@ -19,7 +19,7 @@ mkdir -p "$OUT"
 
 for KIND in ebt dit; do
   start=$(date +%s)
-  $EBT train --preset "image-$KIND-tiny" --out "$OUT/$KIND" --quiet --train.steps="$STEPS" | sed "s/^/$KIND: /"
+  $EBT train --preset "image-$KIND-tiny" --out "$OUT/$KIND" --overwrite --quiet --train.steps="$STEPS" | sed "s/^/$KIND: /"
   echo "$KIND: trained in $(( $(date +%s) - start )) s"
 done
 

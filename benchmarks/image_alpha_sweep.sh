@@ -10,8 +10,8 @@ STEPS=${2:-300}
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 for ALPHA in ${ALPHAS:-300 1000 3000 10000}; do
-  .venv/bin/ebt train --preset image-ebt-tiny --out "$OUT/alpha-$ALPHA" --quiet --train.steps="$STEPS" \
-    --think.step_size="$ALPHA" --think.step_size_lr_mult="$((3 * ALPHA))" --train.eval_windows=8 \
+  .venv/bin/ebt train --preset image-ebt-tiny --out "$OUT/alpha-$ALPHA" --overwrite --quiet --train.steps="$STEPS" \
+    --think.step_size="$ALPHA" --think.step_size_lr_mult="$((3 * ALPHA))" --train.eval_examples=512 \
     | sed "s/^/alpha $ALPHA: /"
   tail -n 2 "$OUT/alpha-$ALPHA/metrics.jsonl" | head -n 1 | sed "s/^/alpha $ALPHA last train row: /"
 done

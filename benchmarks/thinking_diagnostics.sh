@@ -12,7 +12,7 @@ WINDOWS=${WINDOWS:-32}
 
 score() {  # label run data args...
   local label=$1 run=$2 data=$3; shift 3
-  $EBT eval "$run" --data "$data" --max-windows "$WINDOWS" --json "$@" |
+  $EBT eval "$run" --data "$data" --max-examples "$WINDOWS" --json "$@" |
     python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'setting': '$label', 'data': '$data', 'ppl': round(r['ppl'], 4), 'forward_passes': r['forward_passes'], **({'mean_steps': round(r['mean_steps'], 3)} if 'mean_steps' in r else {})}))"
 }
 

@@ -18,7 +18,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
 
 train() {  # name preset steps overrides...
   local name=$1 preset=$2 steps=$3; shift 3
-  [ -f "$OUT/$name/model.safetensors" ] || $EBT train --preset "$preset" --out "$OUT/$name" --quiet \
+  [ -f "$OUT/$name/model.safetensors" ] || $EBT train --preset "$preset" --out "$OUT/$name" --overwrite --quiet \
     --train.steps="$steps" --train.eval_every=0 --train.log_every=25 "$@" > /dev/null
 }
 export -f train; export EBT OUT
@@ -34,9 +34,9 @@ printf '%s\n' \
   "ablation/s2-no-replay text-ebt-s2-tiny $ABLATION_STEPS --think.replay_buffer_size=0" |
   xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 
-$EBT eval "$OUT/s2-full" --suite paper --baseline "$OUT/transformer" --max-windows "$WINDOWS" --json > "$OUT/s2-full.json"
+$EBT eval "$OUT/s2-full" --suite paper --baseline "$OUT/transformer" --max-examples "$WINDOWS" --json > "$OUT/s2-full.json"
 for name in s2-full s2-no-random-alpha s2-no-random-steps s2-no-langevin s2-langevin-1 s2-no-replay; do
   [ -f "$OUT/ablation/$name.json" ] ||
-    $EBT eval "$OUT/ablation/$name" --suite paper --max-windows "$ABLATION_WINDOWS" --json > "$OUT/ablation/$name.json"
+    $EBT eval "$OUT/ablation/$name" --suite paper --max-examples "$ABLATION_WINDOWS" --json > "$OUT/ablation/$name.json"
 done
 .venv/bin/python benchmarks/thinking_tables.py "$OUT"

@@ -23,7 +23,7 @@ json() { .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); print(' '
 train() {  # train PRESET DIR [overrides...], unless DIR already holds a finished run
   local preset=$1 dir=$2; shift 2
   if [ -f "$dir/model.safetensors" ] && grep -q '"split": "validation"' "$dir/metrics.jsonl" 2>/dev/null; then return; fi
-  /usr/bin/time -f "$dir: %e s" $EBT train --preset "$preset" --out "$dir" --quiet --train.log_every=25 "$@" > /dev/null
+  /usr/bin/time -f "$dir: %e s" $EBT train --preset "$preset" --out "$dir" --overwrite --quiet --train.log_every=25 "$@" > /dev/null
 }
 
 if [ "$SWEEP_STEPS" -gt 0 ]; then
@@ -42,7 +42,7 @@ echo "== EBT vs Transformer++, $STEPS steps"
 for kind in ebt transformer; do
   train "video-$kind-tiny" "$OUT/$kind" --train.steps="$STEPS"
   .venv/bin/python -c "
-from ebt.checkpoint import load_run; from ebt.models import count_parameters
+from ebt.runs import load_run; from ebt.models import count_parameters
 m = load_run('$OUT/$kind').model
 print('$kind parameters:', count_parameters(m, embeddings=True), 'in all,', count_parameters(m), 'non-embedding')"
 done

@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from ebt.checkpoint import load_run
-from ebt.tasks.video import clips, encode
+from ebt.runs import load_run
+from ebt.rundata.video import clips, encode
 
 
 def main(path: str) -> None:
@@ -23,7 +23,7 @@ def main(path: str) -> None:
     run = load_run(path)
     model = run.model
     frames, _ = clips(run.config, "validation")
-    latents = encode(run.tokenizer, frames[:64])  # (N, T, C)
+    latents = encode(run.frame_encoder, frames[:64])  # (N, T, C)
     x, t = latents[:, :-1], latents[:, 1:]
     alpha = float(model.alpha.detach())
     print(f"{path}: α = {alpha:.4g}; |t| = {t.norm(dim=-1).mean():.3f} (latent norm of a frame)")

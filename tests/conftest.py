@@ -63,7 +63,29 @@ def tiny_config(
     return config.validated()
 
 
-def tiny_model(kind: str = "ebt", vocab_size: int = 11, dtype: torch.dtype = torch.float64, seed: int = 0,
+TINY_VOCAB = 11  # vocabulary of the untrained tiny models
+
+
+def random_ids(b: int, s: int, seed: int = 0, high: int = TINY_VOCAB) -> torch.Tensor:
+    """Token ids (b, s) in [0, high), seeded."""
+    return torch.randint(0, high, (b, s), generator=torch.Generator().manual_seed(seed))
+
+
+def softmax(y: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(y, dim=-1)
+
+
+def run_cli(argv: list[Any], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """`ebt ARGV` in-process: (exit code, stdout, stderr) of that call alone."""
+    from ebt.cli import main
+
+    capsys.readouterr()  # drop earlier output
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_model(kind: str = "ebt", vocab_size: int = TINY_VOCAB, dtype: torch.dtype = torch.float64, seed: int = 0,
                overrides: dict[str, Any] | None = None) -> nn.Module:
     """A freshly initialized model too small to need a corpus (width 16, 2 heads, context 8)."""
     config = tiny_config(kind, overrides={"model.dim": 16, "model.context_len": 8, **(overrides or {})})

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ebt.runs import load_run
+from conftest import run_cli
 from ebt.cli import main
 from ebt.generate import generate
 
@@ -42,12 +43,6 @@ def cli_runs(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert code == 0
     return runs
 
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop earlier output
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- Smoke runs ----------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from torch import Tensor
 
 import ebt
 from conftest import tiny_config, tiny_model
-from ebt.checkpoint import atomic_write, save_weights
+from ebt.checkpoint import save_weights
+from ebt.files import atomic_write
 from ebt.cli import main
 from ebt.data.tokenizers import ByteTokenizer, build_tokenizer, tokenizer_from_json
 from ebt.data.video import FrameEncoder

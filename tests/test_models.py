@@ -23,17 +23,11 @@ from ebt.errors import ThinkingDiverged
 from ebt.objectives import make_objective
 from ebt.think import think
 
-from conftest import tiny_model
+from conftest import random_ids, softmax, tiny_model
 
 V = 11  # vocabulary of the untrained tiny models
 
 
-def softmax(y: Tensor) -> Tensor:
-    return torch.softmax(y, dim=-1)
-
-
-def random_ids(b: int, s: int, seed: int = 0, high: int = V) -> Tensor:
-    return torch.randint(0, high, (b, s), generator=torch.Generator().manual_seed(seed))
 
 
 def random_probs(shape: tuple[int, ...], seed: int = 1, dtype: torch.dtype = torch.float64) -> Tensor:

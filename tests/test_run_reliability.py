@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 import ebt.train
 from ebt.runs import load_run
 from ebt.cli import main
-from ebt.checkpoint import standard_json
+from ebt.files import standard_json
 from ebt.train import MIN_LR_RATIO, lr_factor
 
 TINY = ["--quiet", "--model.dim=16", "--model.n_heads=2", "--model.n_layers=1", "--train.batch_size=4",

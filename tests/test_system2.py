@@ -35,7 +35,7 @@ from ebt.objectives import ReplayBuffer, make_objective
 from ebt.presets import preset
 from ebt.think import think
 
-from conftest import tiny_config, tiny_model
+from conftest import random_ids, run_cli, softmax, tiny_config, tiny_model
 
 V = 11  # vocabulary of the untrained tiny models
 S2 = "ebt-s2"  # tiny_config/tiny_model kind for the `text-ebt-s2-tiny` preset
@@ -44,12 +44,6 @@ S2 = "ebt-s2"  # tiny_config/tiny_model kind for the `text-ebt-s2-tiny` preset
 S2_TRAIN_STEPS = 300
 
 
-def softmax(y: Tensor) -> Tensor:
-    return torch.softmax(y, dim=-1)
-
-
-def random_ids(b: int, s: int, seed: int = 0, high: int = V) -> Tensor:
-    return torch.randint(0, high, (b, s), generator=torch.Generator().manual_seed(seed))
 
 
 def s2_model(overrides: dict[str, Any] | None = None, dtype: torch.dtype = torch.float64) -> nn.Module:
@@ -90,12 +84,6 @@ def count_energy_calls(model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> lis
     monkeypatch.setattr(model, "candidate_energy", counted)
     return calls
 
-
-def run_cli(argv: list[Any], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop earlier output
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def assert_one_line_error(code: int, err: str, command: str, *fragments: str) -> None:

@@ -14,14 +14,9 @@ crash mid-write never destroys the previous checkpoint. Loading a run with its m
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import pickle
-import secrets
-import stat
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -29,6 +24,7 @@ from torch import nn
 
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, EBTError
+from ebt.files import atomic_write, read_json
 
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
@@ -38,48 +34,6 @@ ENCODER, DATA = "encoder.safetensors", "data.json"
 RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CONFIG)
 # What every training state holds; optional: "cuda_rng", "replay" (System 2), "schedule_steps".
 TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write `path` via `write(tmp)` to a temporary file in the same directory, then rename."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    # The mode a plain open() gives, 0o666 trimmed by the umask, read off a file created with it
-    # (thread-safe, unlike os.umask). mkstemp's 0600, and safetensors' own, would hide run files
-    # from the group whatever the umask. O_EXCL: never an existing file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    mode = stat.S_IMODE(os.fstat(fd).st_mode)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_text(path: Path) -> str:
-    """The UTF-8 text of a run file; an unreadable, empty or non-UTF-8 file is a CheckpointError naming it."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise CheckpointError(f"{path} cannot be read: {e.strerror}") from None
-    if not data.strip():
-        raise CheckpointError(f"{path} is empty; the run directory is damaged (an interrupted copy?)")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path} is not UTF-8 text (byte 0x{data[e.start]:02X} at offset {e.start}); "
-                              "the file is damaged") from None
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content; CheckpointError naming the file when it is unreadable or not JSON."""
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the file is damaged or truncated") from None
 
 
 def check_weights(state: dict[str, torch.Tensor], file: Path) -> None:
@@ -110,22 +64,6 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if train_state is not None:
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
-
-
-def standard_json(value: Any, **kwargs) -> str:
-    """json.dumps that every JSON parser reads: NaN and ±Infinity (not JSON) are written as null,
-    and allow_nan=False makes any that slip through raise rather than write a bad file."""
-    return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

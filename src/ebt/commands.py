@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebt.checkpoint import standard_json
+from ebt.files import standard_json
 from ebt.errors import ConfigError, Interrupted
 from ebt.think import ThinkingOptions
 
@@ -195,7 +195,7 @@ def _eval_image(args: EvalArgs, run, device) -> tuple[dict, str]:
 def _eval_video(args: EvalArgs, run, device) -> tuple[dict, str]:
     """Errors on the run's validation clips against copying the last frame; --plots draws the
     EBT's energy along the clips."""
-    from ebt.checkpoint import atomic_write
+    from ebt.files import atomic_write
     from ebt.evaluate import energy_by_frame, evaluate_clips
     from ebt.models import is_energy_based
     from ebt.rundata.video import CORPUS, clips, encode
@@ -311,7 +311,7 @@ def _generate_text(args: GenerateArgs, run, device) -> str:
 def _generate_video(args: GenerateArgs, run, device) -> str:
     """A rollout from K frames of a validation clip, written as PNG strip (truth above, prediction
     below) and GIF (side by side)."""
-    from ebt.checkpoint import atomic_write
+    from ebt.files import atomic_write
     from ebt.data.video import write_gif, write_strip
     from ebt.generate import rollout
     from ebt.rundata.video import clips

@@ -10,7 +10,6 @@ minutes on 2 CPU cores. Runs go to runs/demo-ebt and runs/demo-transformer.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from ebt.data.batches import sequential_windows
 from ebt.evaluate import evaluate
+from ebt.files import atomic_write, standard_json
 from ebt.generate import generate
 from ebt.presets import preset
 from ebt.rundata import load_data
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"--- {kind} ---\n{PROMPT}{text}\n")
     summary = {"steps": args.steps, "seconds": seconds, "validation": results,
                "ebt_4_steps": think_longer, "ebt_energy_per_step": energies}
-    (args.out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(args.out / "demo.json", lambda p: p.write_text(standard_json(summary, indent=2) + "\n"))
     print(f"summary written to {args.out / 'demo.json'}")
 
 

@@ -20,6 +20,7 @@ from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.images import to_pixels, to_unit_range
 from ebt.errors import ConfigError
 from ebt.evaluate import denoise_metrics
+from ebt.files import atomic_write
 from ebt.rundata import load_data
 from ebt.think import ThinkingOptions
 
@@ -89,7 +90,7 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
                title=f"λ = {level} ({'in' if level == runs[0].config.image.noise_level else 'out of'} distribution)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "psnr_vs_passes.png", dpi=120)
+    atomic_write(out / "psnr_vs_passes.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
     _image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device)
     return curves
@@ -120,5 +121,5 @@ def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, devi
             ax.set_axis_off()
             ax.set_title(f"{title} (λ = {level})", fontsize=8, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

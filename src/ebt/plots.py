@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, NullLocator, ScalarFormatter
+
+from ebt.files import atomic_write
 
 # SPEC §4: the paper's gain from thinking at two distribution shifts, (shift, % improvement).
 PAPER_GAIN_VS_SHIFT = ((1.0, 12.0), (4.4, 23.0))
@@ -330,19 +331,8 @@ def _short_number(value: float) -> str:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write `fig` as a PNG to `path` via a temporary file in the same directory, then rename.
-
-    Kept here rather than importing `ebt.checkpoint.atomic_write` so plotting never loads torch.
-    """
+    """Write `fig` as a PNG to `path` atomically (`ebt.files.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private (0600); a figure is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path

@@ -37,8 +37,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
-from ebt.checkpoint import (CONFIG, METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, atomic_write, load_config,
-                            load_train_state, save_run, save_weights, standard_json)
+from ebt.checkpoint import (CONFIG, METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
+                            save_run, save_weights)
+from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
 from ebt.models import build_model, count_parameters

@@ -15,7 +15,7 @@ from ebt.config import RunConfig
 from ebt.data.images import ImageSplits, load_images, to_unit_range
 from ebt.errors import CheckpointError
 from ebt.evaluate import denoise_metrics
-from ebt.rundata import content_hash, resolve_source, save_fingerprint
+from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
 
 class NoisyImageBatches:

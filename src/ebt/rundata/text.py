@@ -9,14 +9,15 @@ from typing import Any
 
 from torch import Tensor
 
-from ebt.checkpoint import TOKENIZER, atomic_write, read_text
+from ebt.checkpoint import TOKENIZER
+from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import RandomWindows, count_windows, encode_documents
 from ebt.data.corpus import Corpus, load_corpus
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.errors import CheckpointError
 from ebt.evaluate import evaluate
-from ebt.rundata import content_hash, resolve_source, save_fingerprint
+from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
 
 @dataclass

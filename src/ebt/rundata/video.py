@@ -10,12 +10,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebt.checkpoint import ENCODER, atomic_write
+from ebt.checkpoint import ENCODER
+from ebt.files import atomic_write
 from ebt.config import RunConfig
 from ebt.data.video import FRAME_SIZE, FrameEncoder, RandomClips, digit_split, fit_encoder, mnist_digits, moving_digits
 from ebt.errors import CheckpointError, ConfigError
 from ebt.evaluate import evaluate_clips
-from ebt.rundata import content_hash, save_fingerprint
+from ebt.rundata.fingerprint import content_hash, save_fingerprint
 
 CORPUS = "moving-mnist"
 # The clips are data, not a training choice: fixed seeds, so every run (EBT or Transformer++,
