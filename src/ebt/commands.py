@@ -162,7 +162,7 @@ def _eval_text(args: EvalArgs, run, device) -> tuple[dict, str]:
                    seed=args.seed, device=device)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
-            f"ppl {result['ppl']:.3f}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+            f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
     return result, line
 
 

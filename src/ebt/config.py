@@ -18,6 +18,7 @@ from ebt.errors import ConfigError
 
 
 CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
+MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
 
 
 @dataclass
@@ -220,6 +221,12 @@ class RunConfig:
     def validated(self) -> RunConfig:
         """This config, after checking every field; a ConfigError names the first bad one."""
         m, t, tr, d = self.model, self.think, self.train, self.data
+        for section in SECTIONS:
+            values = getattr(self, section)
+            for f in dataclasses.fields(values) if values is not None else ():
+                key, value = f"{section}.{f.name}", getattr(values, f.name)
+                if type(value) is int and key != "train.seed" and value > MAX_INT:
+                    raise ConfigError(f"{key} = {value!r} is not allowed; it must be at most {MAX_INT:,}")
         checks = [
             ("model.task", m.task, m.task in TASK_SECTIONS, ", ".join(map(repr, TASK_SECTIONS))),
             ("model.kind", m.kind, m.kind in ("ebt", "transformer", "dit"), "'ebt', 'transformer' or 'dit'"),
@@ -235,7 +242,9 @@ class RunConfig:
             ("model.rope_theta", m.rope_theta, _finite(m.rope_theta) and m.rope_theta > 0, "finite and > 0"),
             ("model.norm_eps", m.norm_eps, _finite(m.norm_eps) and m.norm_eps > 0, "finite and > 0"),
             ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
-            ("think.step_size", t.step_size, _finite(t.step_size) and t.step_size > 0, "finite and > 0"),
+            # α is a float32 parameter: past float32's range it would be inf.
+            ("think.step_size", t.step_size, _finite(t.step_size) and 0 < t.step_size < 3.4e38,
+             "finite, > 0 and within float32's range (< 3.4e38)"),
             ("think.step_size_lr_mult", t.step_size_lr_mult, _finite(t.step_size_lr_mult) and t.step_size_lr_mult >= 0,
              "finite and ≥ 0"),
             ("think.min_steps", t.min_steps, 0 <= t.min_steps <= t.steps, f"in [0, think.steps = {t.steps}]"),
@@ -252,7 +261,7 @@ class RunConfig:
             ("train.eval_every", tr.eval_every, tr.eval_every >= 0, "≥ 0"),
             ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
-            ("train.seed", tr.seed, tr.seed >= 0, "≥ 0"),
+            ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
             ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
         ]

@@ -213,7 +213,8 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
     def finite(t: Tensor) -> bool:
         return bool(torch.isfinite(t).all())
 
-    alpha_t = torch.as_tensor(step_size).detach()
+    # α as given: a Python float is not rounded to the default float32 first (1e300 would read as inf).
+    alpha_t = step_size.detach() if isinstance(step_size, Tensor) else torch.tensor(float(step_size), dtype=torch.float64)
     alpha = float(alpha_t.abs().max())
     at = f"at step {step} (α = {alpha:.4g})"
     dtype = torch.promote_types(p.dtype, g.dtype)

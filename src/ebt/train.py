@@ -44,7 +44,7 @@ from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
 from ebt.models import build_model, count_parameters
 from ebt.objectives import make_objective
-from ebt.rundata import load_data
+from ebt.rundata import load_data, resolve_source
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
@@ -106,6 +106,8 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
            stop: _StopSignals) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
     old_run = _claim_run_directory(out, resume, overwrite)
+    # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
+    config = config.override("data.corpus", resolve_source(config.data.corpus))
     if resume:
         for name in (WEIGHTS, TRAIN_STATE):
             if not (out / name).is_file():

@@ -116,7 +116,6 @@ class RandomWindows:
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
-        self.world_size = world_size
         self.num_starts = self.tokens.numel() - window + 1
         self._offsets = torch.arange(window)
         self.generator = torch.Generator().manual_seed(_generator_seed(seed, rank))

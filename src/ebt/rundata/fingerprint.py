@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Iterable
 
 from ebt.checkpoint import DATA
+from ebt.data.corpus import KNOWN_CORPORA
+from ebt.data.images import NAMED as NAMED_IMAGES
 from ebt.files import atomic_write, read_json
 from ebt.errors import CheckpointError, DataError
 
 
 def resolve_source(source: str) -> str:
-    """A data source's name as it is; a path made absolute, so the run finds it from any directory."""
+    """A data source's name as it is; a path made absolute, so the run finds it from any directory.
+    A known name stays a name even where a file of that name exists, as the loaders read it."""
     path = Path(source).expanduser()
-    return str(path.resolve()) if path.exists() else source
+    return str(path.resolve()) if source not in (*KNOWN_CORPORA, *NAMED_IMAGES) and path.exists() else source
 
 
 def content_hash(parts: Iterable[bytes]) -> str:

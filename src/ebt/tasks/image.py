@@ -27,7 +27,6 @@ class Denoising:
 
     def __init__(self, channels: int, image_size: int, patch_size: int, noise_level: float):
         self.channels, self.image_size, self.patch_size = channels, image_size, patch_size
-        self.image_shape = (channels, image_size, image_size)
         self.candidate_dim = channels * image_size * image_size
         self.noise_level = noise_level  # λ the models train at
 
