@@ -3,6 +3,7 @@ validation, and the tokenizer saved with the run (`tokenizer.json`)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,30 @@ from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerpri
 
 @dataclass
 class TextData:
-    """A corpus split in two token streams, and how the trainer batches and scores them."""
+    """A corpus split in two token streams, and how the trainer batches and scores them. Each
+    split is encoded when first used (`ebt eval` needs only the validation split), and a split
+    too short for one window is a DataError then."""
 
     tokenizer: Any
-    train: Tensor  # (N,) token ids of the training split
-    validation: Tensor  # (N',) token ids of the validation split
+    corpus: Corpus
     context_len: int
     source: str  # the corpus name, or its absolute path
     fingerprint: dict[str, str]
+
+    @functools.cached_property
+    def train(self) -> Tensor:
+        """(N,) token ids of the training split."""
+        return self._encode(self.corpus.train, "training split")
+
+    @functools.cached_property
+    def validation(self) -> Tensor:
+        """(N',) token ids of the validation split."""
+        return self._encode(self.corpus.validation, "validation split")
+
+    def _encode(self, documents: list[str], name: str) -> Tensor:
+        tokens = encode_documents(documents, self.tokenizer)
+        count_windows(tokens, self.context_len + 1, name=f"{name} of {self.source!r}")  # raises if too short
+        return tokens
 
     @property
     def summary(self) -> str:
@@ -69,19 +86,17 @@ def corpus_fingerprint(corpus: Corpus, source: str) -> dict[str, str]:
 
 
 def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
-    """Read the corpus, build (or, with run_dir, reuse) the tokenizer, encode both splits, check
-    they fit a window."""
+    """Read the corpus and build (or, with run_dir, reuse) the tokenizer; a new run encodes both
+    splits at once, so that a corpus too short for a window is refused before anything is written."""
     source = resolve_source(config.data.corpus)
     corpus = load_corpus(source, config.data.validation_fraction)
     if run_dir is not None:
         tokenizer = load_tokenizer(run_dir)  # a resumed run keeps its vocabulary
     else:
         tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
-    context_len = config.model.context_len
-    data = TextData(tokenizer, encode_documents(corpus.train, tokenizer), encode_documents(corpus.validation, tokenizer),
-                    context_len, source, corpus_fingerprint(corpus, source))
-    for name, tokens in (("training split", data.train), ("validation split", data.validation)):
-        count_windows(tokens, context_len + 1, name=f"{name} of {source!r}")  # raises if too short
+    data = TextData(tokenizer, corpus, config.model.context_len, source, corpus_fingerprint(corpus, source))
+    if run_dir is None:
+        _ = (data.train, data.validation)  # encoded, and checked to fit a window, now
     return data
 
 
