@@ -32,7 +32,7 @@ from ebt.checkpoint import load_config
 from ebt.cli import main
 from ebt.commands import EvalArgs
 from ebt.config import MOVED_KEYS, TASK_SECTIONS
-from ebt.errors import ConfigError, ThinkingDiverged
+from ebt.errors import CheckpointError, ConfigError, ThinkingDiverged
 from ebt.evaluate import evaluate
 from ebt.generate import generate
 from ebt.think import ThinkingOptions
@@ -350,3 +350,51 @@ def test_eval_json_is_standard_even_when_a_number_is_not_finite(trained_runs, im
     wrecked = scored(capsys, "eval", run, "--max-examples", "4", "--step-size", "1e30")
     assert wrecked["loss"] > 710 and wrecked["ppl"] is None
     assert math.isfinite(scored(capsys, "eval", image_run)["psnr"])
+
+
+# --- What a newcomer tried (issue 9 try-out) ------------------------------------------------------
+
+
+def test_more_bad_inputs_are_one_line_errors(trained_runs, image_run: Path, corpus_file: Path, tmp_path: Path,
+                                             capsys) -> None:
+    text, tpp = trained_runs["ebt"]["dir"], trained_runs["transformer"]["dir"]
+    for device in ("bogus", "meta", "mps", "cpu:5"):
+        refused(capsys, "eval", text, "--device", device, "--max-examples", "1", fragments=(repr(device),))
+    refused(capsys, "train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", tmp_path / "d",
+            *TINY_TEXT[:-1], "--train.device=bogus", fragments=("'bogus'",))
+    refused(capsys, "eval", text, "--suite", "paper", "--baseline", image_run, fragments=("text Transformer++",))
+    refused(capsys, "eval", text, "--plots", tmp_path / "p", fragments=("--plots",))
+    refused(capsys, "denoise", image_run, "--plots", tmp_path / "p", fragments=("--vs",))
+    refused(capsys, "train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--data.corpus", corpus_file,
+            "--out", tmp_path / "c", *TINY_TEXT, fragments=("--data.corpus",))
+    refused(capsys, "train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", tmp_path / "v",
+            *TINY_TEXT, "--text.vocab_size=100", fragments=("text.vocab_size", "256", "100"))
+    assert not (tmp_path / "v" / "config.json").exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    refused(capsys, "train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", blocker / "sub",
+            *TINY_TEXT, fragments=(str(blocker),))
+    refused(capsys, "eval", tpp, "--steps", "2", fragments=("steps = 2",))  # not a Python dict
+    code, _, err = cli(capsys, "train", "--preset", "text-ebt-tiny", "--out", "", *TINY_TEXT)
+    assert code == 2 and "empty path" in err and not Path("config.json").exists()
+
+
+def test_a_config_of_a_version_this_library_does_not_know_is_refused(trained_runs, tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained_runs["ebt"]["dir"], tmp_path / "run"))
+    for version in (99, "2"):
+        saved = json.loads((run / "config.json").read_text())
+        saved["version"] = version
+        (run / "config.json").write_text(json.dumps(saved))
+        with pytest.raises(CheckpointError, match=f"version = {version!r}"):
+            ebt.load_run(run)
+
+
+def test_resume_names_damaged_weights(trained_runs, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained_runs["ebt"]["dir"], tmp_path / "run"))
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    refused(capsys, "train", "--resume", "--out", run, "--quiet", fragments=(str(weights),))

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(e.g. --train.steps=500 --model.dim=256).")
     p.add_argument("--preset", help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs (with --resume: "
                                     "optional, and it must be of the run's model kind and task)")
-    p.add_argument("--out", required=True, type=Path, help="run directory to write")
+    p.add_argument("--out", required=True, type=_path, help="run directory to write")
     p.add_argument("--data", help="corpus name or path to a UTF-8 .txt file or directory (sets data.corpus)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; "
                    "overrides start from its saved config and may change train.* fields but not seed or batch_size")
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
     p.add_argument("--json", action="store_true")
     return parser
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a directory; give one, e.g. runs/mine")
+    return Path(text)
 
 
 def _thinking_args(p: argparse.ArgumentParser) -> None:
@@ -149,12 +155,19 @@ def _command(a: argparse.Namespace, extra: list[str]):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, extra = build_parser().parse_known_args(argv)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except SystemExit as e:  # argparse printed its usage and error line (or --help): its exit code
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:
         command, typed = _command(args, extra)
         return command(typed)
     except EBTError as e:
         print(f"ebt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the command cannot write or read (a file where a folder should be, …)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ebt {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ebt {args.command}: interrupted", file=sys.stderr)

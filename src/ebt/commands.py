@@ -65,6 +65,8 @@ class TrainArgs:
     quiet: bool = False
 
     def __post_init__(self) -> None:
+        if self.data is not None and any(key == "data.corpus" for key, _ in self.overrides):
+            raise ConfigError("--data and --data.corpus both set the corpus; give one of them")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
         if self.preset is None and not self.resume:
@@ -138,6 +140,9 @@ def evaluate(args: EvalArgs) -> int:
     if args.suite:
         return _suite(args, run, device)
     task = run.config.model.task
+    if args.plots is not None and task != "video":
+        raise ConfigError("--plots goes with --suite paper (text runs) or with video EBT runs; for image runs "
+                          "use `ebt denoise RUN --vs OTHER --plots DIR`")
     result, line = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task](args, run, device)
     print(standard_json(result) if args.json else line)
     return 0
@@ -380,6 +385,8 @@ def denoise(args: DenoiseArgs) -> int:
     from ebt.runs import load_run
 
     levels = parse_levels(args.noise)
+    if args.plots is not None and args.vs is None:
+        raise ConfigError("--plots draws the comparison with --vs OTHER_RUN; give --vs or drop --plots")
     device = _device(args.device)
     runs = [load_run(args.run, device)] + ([load_run(args.vs, device)] if args.vs else [])
     for run in runs:

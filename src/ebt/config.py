@@ -302,7 +302,11 @@ class RunConfig:
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
     """A config.json of any earlier version in the current layout (keys moved by MOVED_KEYS; the
     validation budget counted in examples, where images counted batches before)."""
-    if d.get("version", 1) >= CONFIG_VERSION:
+    version = d.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
+        raise ConfigError(f"version = {version!r} is not a config version this library reads (1 … {CONFIG_VERSION}); "
+                          "a newer library wrote it, or the file was edited")
+    if version == CONFIG_VERSION:
         return d
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     task = d.get("model", {}).get("task", "text") if isinstance(d.get("model"), dict) else "text"

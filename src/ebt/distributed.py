@@ -48,11 +48,16 @@ def pick_device(request: str, d: Distributed) -> tuple[torch.device, str]:
         if torch.cuda.is_available():
             return torch.device("cuda", d.local_rank), "auto: CUDA is available"
         return torch.device("cpu"), "auto: no CUDA device found"
-    if request.startswith("cuda") and not torch.cuda.is_available():
-        from ebt.errors import ConfigError
+    from ebt.errors import ConfigError
 
+    try:
+        device = torch.device(request)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise ConfigError(f"device {request!r} is not allowed; it must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {request!r} was asked for but CUDA is not available; use 'auto' or 'cpu'")
-    device = torch.device(request)
     if device.type == "cuda" and d.enabled:
         device = torch.device("cuda", d.local_rank)
     return device, "requested"

@@ -196,9 +196,9 @@ class AutoregressiveEBT(nn.Module):
                              score_final=score_final)
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
-                generator: torch.Generator | None = None) -> Thought:
-        """The call shared with the Transformer++: `think` with `options`."""
-        return self.think(x, options, last_only=last_only, generator=generator)
+                generator: torch.Generator | None = None, **given) -> Thought:
+        """The call shared with the Transformer++: `think` with `options` (or their fields as keywords)."""
+        return self.think(x, ThinkingOptions.of(options, **given), last_only=last_only, generator=generator)
 
 
 class BidirectionalEBT(nn.Module):

@@ -74,6 +74,9 @@ def paper_suite(
         raise ConfigError(f"--suite paper scores language models; {run.path} is a {run.config.model.task!r} run")
     if not is_energy_based(run.model):
         raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
+    if baseline is not None and (baseline.config.model.task != "text" or is_energy_based(baseline.model)):
+        raise ConfigError(f"--baseline {baseline.path} is a {baseline.config.model.task} {baseline.config.model.kind} "
+                          "run; the baseline must be a text Transformer++ run")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
         raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
     streams = suite_datasets(run)

@@ -77,6 +77,10 @@ class ThinkingOptions:
         default = ThinkingOptions()
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
 
+    def describe(self, names: set[str] | None = None) -> str:
+        """The options set, as 'steps = 3, samples = 2' (only `names`, when given)."""
+        return ", ".join(f"{k} = {v!r}" for k, v in self.given().items() if names is None or k in names)
+
 
 def _flag(name: str) -> str:
     return f"{name} (--{name.replace('_', '-')})"

@@ -50,6 +50,8 @@ MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
 # What --resume may not change: the model and its thinking, the data, and what fixes the batches.
 RESUME_FIXED_TRAIN_FIELDS = ("train.seed", "train.batch_size")
+# Fields the data sets (0 = unset); a different value given by hand is refused, not overwritten.
+SET_BY_THE_DATA = ("text.vocab_size", "video.latent_dim")
 
 
 def parameter_groups(model: nn.Module, cfg: TrainConfig, step_size_lr_mult: float) -> list[dict]:
@@ -127,6 +129,10 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
 
     data = load_data(config, out if resume else None)  # a resumed run keeps its tokenizer
     for key, value in data.overrides.items():
+        section, name = key.split(".")
+        given = getattr(getattr(config, section), name)
+        if key in SET_BY_THE_DATA and given not in (0, int(value)):
+            raise ConfigError(f"{key} comes from the data ({value}); {given} was given: drop the override")
         config = config.override(key, value)
     if resume:  # after the data's overrides: text.vocab_size, video.latent_dim, image.channels come from the data
         _refuse_fixed_changes(saved, config, out, ("model", "think", config.model.task))
@@ -262,10 +268,13 @@ def _load_train_state(out: Path, model, optimizer, scheduler, batches, replay, d
     try:
         with safe_open(str(out / WEIGHTS), framework="pt") as f:
             weights_step = int((f.metadata() or {}).get("step", -1))
+        weights = load_file(str(out / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{out / WEIGHTS} is corrupt or unreadable ({e}); the run cannot resume from it") from None
+    try:
         if weights_step != int(state["step"]):
             raise CheckpointError(f"{out / WEIGHTS} is from step {weights_step} but {out / TRAIN_STATE} from step "
                                   f"{state['step']} (a save was cut short); the run cannot continue exactly")
-        weights = load_file(str(out / WEIGHTS), device=str(device))
         model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

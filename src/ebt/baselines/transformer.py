@@ -52,12 +52,12 @@ class TransformerPP(nn.Module):
         return self.output(self.norm(h))  # (B, S, V)
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
-                generator: torch.Generator | None = None) -> Thought:
+                generator: torch.Generator | None = None, **given) -> Thought:
         """Predictions for inputs x (B, S[, C]) as a Thought of one forward pass: `logits` (B, S or 1, C).
         The same call as `AutoregressiveEBT.predict`; thinking options raise ConfigError."""
-        given = (options or ThinkingOptions()).given()
-        if given:
-            raise ConfigError(f"a Transformer++ cannot think: {given} apply to EBT runs only")
+        options = ThinkingOptions.of(options, **given)
+        if options.given():
+            raise ConfigError(f"a Transformer++ cannot think: {options.describe()} apply to EBT runs only")
         with torch.no_grad():
             out = self(x)  # (B, S, C)
         return Thought([out[:, -1:] if last_only else out], forward_passes=1)
