@@ -129,6 +129,14 @@ def test_overwrite_replaces_the_old_run_and_unrelated_files_are_fine(corpus_file
     assert (out / "notes.txt").read_text() == "mine"
     assert [r["step"] for r in rows(out) if r["split"] == "train"] == [1, 2, 3]  # the old run's rows are gone
     assert load_run(out).step == 3
+    assert not (out / ".replaced").exists()
+
+    # A replacement that stops before its first checkpoint puts the old run back, byte for byte.
+    before = files(out)
+    assert main(["train", *text_args(corpus_file), "--train.steps=5", "--train.eval_every=0", "--train.lr=1e30",
+                 "--train.warmup_fraction=0", "--out", str(out), "--overwrite"]) == 2
+    assert "put back" in error_line(capsys)
+    assert files(out) == before and not (out / ".replaced").exists()
 
 
 def test_a_new_run_needs_a_preset(tmp_path: Path, capsys) -> None:

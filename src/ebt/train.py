@@ -12,7 +12,7 @@ SIGINT/SIGTERM, all written atomically, and metrics.jsonl (one standard-JSON obj
 step and per validation, appended a line at a time).
 
 A run directory belongs to one run: starting a new run over another needs overwrite=True
-(`--overwrite`). A resumed run continues exactly (weights, optimizer, schedule, RNGs, data
+(`--overwrite`), and the old run is kept aside until the new one writes its first checkpoint. A resumed run continues exactly (weights, optimizer, schedule, RNGs, data
 sampler, replay buffer); fields that shape the model or the data cannot change on resume, the
 others (lr, steps, intervals, clipping, decay, warm-up, device) apply from the next step. A
 non-finite loss, gradient norm, weight or validation loss stops training before anything is
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import signal
 import threading
 import time
@@ -96,16 +98,19 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
-    stop = _StopSignals()
+    stop, replaced = _StopSignals(), _Replaced()
     try:
-        return _train(config, out, resume, overwrite, quiet, dist, stop)
+        return _train(config, out, resume, overwrite, quiet, dist, stop, replaced)
+    except BaseException:
+        replaced.restore()  # the new run wrote no checkpoint: the run it was to replace comes back
+        raise
     finally:
         stop.restore()
         distributed.teardown(dist)
 
 
 def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bool, dist: distributed.Distributed,
-           stop: _StopSignals) -> dict:
+           stop: _StopSignals, replaced: _Replaced) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
     old_run = _claim_run_directory(out, resume, overwrite)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
@@ -169,8 +174,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     else:
         out.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
-            for path in old_run:  # --overwrite: the old run goes only now that the new one is ready to start
-                path.unlink(missing_ok=True)
+            replaced.set_aside(out, old_run)  # --overwrite: kept until the new run's first checkpoint
             save_run(out, config, data)
     trained = DistributedDataParallel(objective) if dist.enabled else objective
 
@@ -181,6 +185,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
 
     def diverged(at: int, what: str) -> TrainingDiverged:
         kept = (f"the last good checkpoint (step {saved_step}) is kept in {out}" if saved_step is not None
+                else "no checkpoint was written; the run it was to replace is put back" if replaced.out is not None
                 else "no checkpoint was written (start again with --overwrite)")
         return TrainingDiverged(f"step {at}: {what}; {kept}; lower train.lr (now {tc.lr:g}) or train.grad_clip "
                                 f"(now {tc.grad_clip:g})")
@@ -203,6 +208,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
             })
             # The config these weights were trained under (on --resume, with its overrides).
             atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
+            replaced.drop()
         saved_step = step
 
     log = _MetricsLog(out / METRICS, dist.is_main)
@@ -291,7 +297,7 @@ def _load_train_state(out: Path, model, optimizer, scheduler, batches, replay, d
 
 def _claim_run_directory(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     """Refuse to start a run in a directory that holds another; returns the old run's files that
-    `overwrite` removes (once the new run is ready to write). Nothing is touched here."""
+    `overwrite` replaces (`_Replaced`). Nothing is touched here."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     if out.exists() and not out.is_dir():
@@ -358,6 +364,43 @@ def _agree(finite: torch.Tensor, signum: int, dist: distributed.Distributed) -> 
     torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     bad, signum = flags.tolist()
     return not bad, signum
+
+
+class _Replaced:
+    """--overwrite: the old run's files, set aside in OUT/.replaced when the new run starts and
+    deleted once it has written its first checkpoint. If the new run stops before that (an error,
+    divergence, a crash of the command), `restore` removes its files and puts the old run back."""
+
+    ASIDE = ".replaced"
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+
+    def set_aside(self, out: Path, files: list[Path]) -> None:
+        if not files:
+            return
+        aside = out / self.ASIDE
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir()
+        for path in files:
+            os.replace(path, aside / path.name)
+        self.out = out
+
+    def drop(self) -> None:
+        if self.out is not None:
+            shutil.rmtree(self.out / self.ASIDE, ignore_errors=True)
+            self.out = None
+
+    def restore(self) -> None:
+        if self.out is None:
+            return
+        aside = self.out / self.ASIDE
+        for name in RUN_FILES:
+            (self.out / name).unlink(missing_ok=True)
+        for path in aside.iterdir():
+            os.replace(path, self.out / path.name)
+        aside.rmdir()
+        self.out = None
 
 
 class _StopSignals:
