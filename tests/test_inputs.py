@@ -398,3 +398,25 @@ def test_resume_names_damaged_weights(trained_runs, tmp_path: Path, capsys) -> N
     weights = run / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     refused(capsys, "train", "--resume", "--out", run, "--quiet", fragments=(str(weights),))
+
+
+def test_the_api_names_bad_ids_candidates_and_images(image_run: Path, tmp_path: Path) -> None:
+    from conftest import tiny_model
+
+    model = tiny_model("ebt")  # vocabulary 11, context 8
+    for bad in (torch.tensor([[1, 2, 11]]), torch.tensor([[-1, 2]])):
+        with pytest.raises(ConfigError, match=r"outside the model's vocabulary \[0, 11\)"):
+            model.think(bad)
+    ids = torch.tensor([[1, 2, 3]])
+    for y in (torch.rand(2, 3, 11, dtype=torch.float64), torch.rand(1, 2, 11, dtype=torch.float64),
+              torch.rand(1, 3, 11, dtype=torch.float32)):
+        with pytest.raises(ConfigError, match="y must be prepared candidates of shape"):
+            model.energy(ids, y)
+    image_model = ebt.load(image_run)  # 12×12, 1 channel
+    for noisy in (torch.rand(2, 1, 28, 28), torch.rand(1, 12, 12), torch.zeros(2, 1, 12, 12, dtype=torch.uint8)):
+        with pytest.raises(ConfigError, match=r"images must be \(B, 1, 12, 12\)"):
+            image_model.think(noisy)
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a directory"):
+        ebt.load_run(a_file)

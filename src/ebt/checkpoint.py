@@ -95,7 +95,8 @@ def load_config(path: Path) -> RunConfig:
     file when it is missing, unreadable or invalid."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"run directory {str(path)!r} does not exist")
+        raise CheckpointError(f"run directory {str(path)!r} " + ("is a file, not a directory" if path.exists()
+                                                                  else "does not exist"))
     if not (path / CONFIG).is_file():
         raise CheckpointError(f"{str(path)!r} is not a run directory: it has no {CONFIG}")
     try:

@@ -340,6 +340,8 @@ def _generate_video(args: GenerateArgs, run, device) -> str:
     true_row = np.zeros_like(shown)
     true_row[:min(count, k + length)] = truth[:k + length].numpy()
     out = Path(args.out) if args.out is not None else run.path / "generated.png"
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; give the PNG path to write (a GIF is written beside it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out.with_suffix(".png"), lambda p: write_strip(np.stack((true_row, shown)), p))
     atomic_write(out.with_suffix(".gif"), lambda p: write_gif(np.concatenate((true_row, shown), axis=-1), p))

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
-from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, init_weights
+from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, check_token_ids, init_weights
 from ebt.tasks.image import Denoising
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
@@ -158,10 +158,12 @@ class AutoregressiveEBT(nn.Module):
     def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
         """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
         check_context(ids, self.token_embedding, self.config.context_len)
-        c = self.task.candidate_dim
-        if y.dim() != 3 or y.shape[-1] != c or not y.is_floating_point():
-            raise ConfigError(f"y must be prepared candidates of shape (B, S, {c}) and a floating dtype, "
-                              f"got shape {tuple(y.shape)} of {y.dtype}")
+        if isinstance(self.token_embedding, nn.Embedding):
+            check_token_ids(ids, self.token_embedding.num_embeddings)
+        c, dtype = self.task.candidate_dim, self.energy_head.weight.dtype
+        if y.dim() != 3 or tuple(y.shape) != (*ids.shape[:2], c) or y.dtype != dtype:
+            raise ConfigError(f"y must be prepared candidates of shape {(*ids.shape[:2], c)} (ids' batch and "
+                              f"positions) in the model's dtype {dtype}, got shape {tuple(y.shape)} of {y.dtype}")
         return self.candidate_energy(self.encode_context(ids, step), y.unsqueeze(1)).squeeze(1)
 
     def think(
@@ -191,6 +193,8 @@ class AutoregressiveEBT(nn.Module):
         """
         options = ThinkingOptions.of(options, **given)
         check_context(ids, self.token_embedding, self.config.context_len)
+        if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # generation checked its prompt
+            check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
         return think_samples(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
                              score_final=score_final)
@@ -260,6 +264,12 @@ class BidirectionalEBT(nn.Module):
         Every sample starts from the same noisy image, so samples > 1 needs Langevin noise to
         differ (ConfigError otherwise). `thought.y` is (B, 1, C, H, W), energies (B, 1)."""
         options = ThinkingOptions.of(options, **given)
+        shape = (self.task.channels, self.task.image_size, self.task.image_size)
+        if not isinstance(noisy, Tensor) or noisy.dim() != 4 or tuple(noisy.shape[1:]) != shape \
+                or not noisy.is_floating_point():
+            got = f"shape {tuple(noisy.shape)} of {noisy.dtype}" if isinstance(noisy, Tensor) else type(noisy).__name__
+            raise ConfigError(f"images must be (B, {', '.join(map(str, shape))}) of a floating dtype, pixels in "
+                              f"[-1, 1]; got {got}")
         if options.samples > 1 and not options.langevin_std:
             raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: image "
                               "thinking starts every sample from the noisy image; add Langevin noise "

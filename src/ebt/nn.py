@@ -321,3 +321,13 @@ def check_context(x: Tensor, embedding: nn.Module, context_len: int, seen: int =
         raise ConfigError(f"{name} has {x.shape[1]} positions{held} but the model's context_len is {context_len}; "
                           f"pass the last context_len {unit} ({name}[:, -{context_len}:]), as `ebt generate` slides "
                           "its window")
+
+
+def check_token_ids(ids: Tensor, vocab_size: int) -> None:
+    """Refuse token ids outside [0, vocab_size) at a public entry (one device sync; not used in the
+    training step, whose ids come from the run's own tokenizer)."""
+    if ids.numel() and not ids.is_floating_point():
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ConfigError(f"ids hold {low if low < 0 else high}, outside the model's vocabulary [0, {vocab_size}); "
+                              "encode text with the run's own tokenizer (run.tokenizer)")
