@@ -39,8 +39,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
-from ebt.checkpoint import (CONFIG, METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
-                            save_run, save_weights)
+from ebt.checkpoint import (METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
+                            save_config, save_run, save_weights)
 from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
@@ -207,7 +207,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                 "replay": replay.state_dict() if replay is not None else None,
             })
             # The config these weights were trained under (on --resume, with its overrides).
-            atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
+            save_config(out, config)
             replaced.drop()
         saved_step = step
 

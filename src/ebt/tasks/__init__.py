@@ -22,9 +22,6 @@ Read next: `text.py`, then `ebt/energy.py` (the model a task is handed to).
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from ebt.config import RunConfig
 from ebt.errors import ConfigError
 from ebt.tasks.image import Denoising
