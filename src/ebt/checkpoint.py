@@ -5,6 +5,7 @@
     train_state.pt      optimizer, scheduler, RNG, data-sampler and replay-buffer states (for
                         --resume); plain data only, loaded with torch.load(weights_only=True)
     metrics.jsonl       one JSON object per logged step and per validation
+    checkpoints/        with train.keep_checkpoints: step-N.safetensors, the weights at each validation
     + the task data's files (text: tokenizer.json; video: encoder.safetensors) and data.json
 
 Every file is written to a temporary name in the same directory and renamed into place, so a
@@ -28,10 +29,10 @@ from ebt.files import atomic_write, read_json
 
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
-ENCODER, DATA = "encoder.safetensors", "data.json"
-# The files a run writes into its directory. Any of them there means the directory holds a run;
-# config.json last, so that a half-removed run still reads as one.
-RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CONFIG)
+ENCODER, DATA, CHECKPOINTS = "encoder.safetensors", "data.json", "checkpoints"
+# The files (and the one folder) a run writes into its directory. Any of them there means the
+# directory holds a run; config.json last, so that a half-removed run still reads as one.
+RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, CONFIG)
 # What every training state holds; optional: "cuda_rng", "replay" (System 2), "schedule_steps".
 TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
 
@@ -64,6 +65,27 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if train_state is not None:
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
+
+
+def snapshot_path(out: Path, step: int) -> Path:
+    """Where train.keep_checkpoints keeps the weights of step `step`: OUT/checkpoints/step-N.safetensors."""
+    return Path(out) / CHECKPOINTS / f"step-{step}.safetensors"
+
+
+def save_snapshot(out: Path, model: nn.Module, step: int) -> None:
+    """Keep a copy of the weights at `step` (train.keep_checkpoints), in the format of model.safetensors."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = snapshot_path(out, step)
+    path.parent.mkdir(exist_ok=True)
+    atomic_write(path, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
+
+
+def snapshot_steps(out: Path) -> list[int]:
+    """The steps whose weights run directory `out` keeps under checkpoints/, in order."""
+    folder = Path(out) / CHECKPOINTS
+    names = [p.name for p in folder.glob("step-*.safetensors")] if folder.is_dir() else []
+    return sorted(int(n[len("step-"):-len(".safetensors")]) for n in names
+                  if n[len("step-"):-len(".safetensors")].isdigit())
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

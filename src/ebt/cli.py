@@ -7,6 +7,8 @@
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
     ebt bench [--preset tiny] [--json]
+    ebt scale run --axis {data,width,depth,batch,params} --out DIR [--size tiny] [--seeds N] [--steps N] [--jobs J]
+    ebt scale fit DIR [DIR ...] [--axis params|flops] [--json] [--plots DIR] [--thinking]
 
 Errors a user can fix (bad options, missing data, damaged runs, a diverged run) print one line and
 exit with 2. Training stopped by SIGINT / SIGTERM saves a checkpoint and exits with 130 / 143.
@@ -87,7 +89,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
     p.add_argument("--json", action="store_true")
+
+    scale = sub.add_parser("scale", help="scaling-law sweeps and fits: how much faster an EBT learns than a "
+                                         "Transformer++ (SPEC §7)").add_subparsers(dest="scale_command", required=True)
+    p = scale.add_parser("run", help="train a sweep over one axis for both model kinds",
+                         description="Train one ordinary run directory per (model kind, axis value, seed) in --out. "
+                                     "Running it again skips finished points and resumes interrupted ones. "
+                                     "Config overrides (--section.key=value) apply to every point.")
+    p.add_argument("--out", required=True, type=_path, help="sweep directory")
+    p.add_argument("--axis", help="data, width, depth, batch or params (required for a new sweep)")
+    p.add_argument("--size", help="base size of the text presets: tiny (default), 4xs, 3xs, xxs, ...")
+    p.add_argument("--recipe", help="the EBT's thinking recipe: s1 (default, text-ebt-SIZE) or s2 (text-ebt-s2-SIZE)")
+    p.add_argument("--values", type=_values, help="comma-separated axis values (default: around the base size), "
+                                                  "e.g. 64,96,128,192; params: LAYERSxWIDTH, e.g. 1x128,2x128")
+    p.add_argument("--seeds", type=int, help="seeds per point (default 1): 0 … N−1")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: the preset's)")
+    p.add_argument("--data", help="corpus name or path for every run (sets data.corpus)")
+    p.add_argument("--windows", type=int, help="validation windows per point, the same for all (default 256)")
+    p.add_argument("--jobs", type=int, default=1, help="points run side by side, one thread each (default 1)")
+    p.add_argument("--print-commands", action="store_true",
+                   help="write sweep.json and print one `ebt train` line per point to run, instead of running them")
+
+    p = scale.add_parser("fit", help="fit the scaling rate of each model kind and their ratio",
+                         description="Fit ln(loss) against ln(x) for each model kind over the finished points of "
+                                     "the sweeps, with paired-bootstrap intervals; the ratio k_EBT/k_T++ − 1 is "
+                                     "the paper's 'EBT scales X% faster'.")
+    p.add_argument("dirs", nargs="+", type=Path, help="sweep directories (e.g. a width and a depth sweep for --axis params)")
+    p.add_argument("--axis", help="refit on another axis: params (width/depth sweeps) or flops (any sweep)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plots", type=Path, help="write DIR/scale-AXIS.png: loss against x, fitted lines and bands")
+    p.add_argument("--thinking", action="store_true", help="also score each EBT point at the paper suite's "
+                                                           "thinking budgets (think longer, best-of-M)")
+    p.add_argument("--skip-failed", action="store_true", help="fit without unfinished or failed points (listed)")
+    p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--device", default="auto", help="with --thinking: auto, cpu, cuda, ...")
     return parser
+
+
+def _values(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("give comma-separated values, e.g. 64,96,128,192")
+    return values
 
 
 def _path(text: str) -> Path:
@@ -130,8 +174,18 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 def _command(a: argparse.Namespace, extra: list[str]):
     """The typed arguments of the command line, and the command that takes them."""
-    if extra and a.command != "train":
+    takes_overrides = a.command == "train" or (a.command == "scale" and a.scale_command == "run")
+    if extra and not takes_overrides:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
+    if a.command == "scale" and a.scale_command == "run":
+        return commands.scale_run, commands.ScaleRunArgs(
+            out=a.out, axis=a.axis, size=a.size, recipe=a.recipe, values=a.values, seeds=a.seeds, steps=a.steps,
+            data=a.data, windows=a.windows, overrides=parse_overrides(extra), jobs=a.jobs,
+            print_commands=a.print_commands)
+    if a.command == "scale":
+        return commands.scale_fit, commands.ScaleFitArgs(
+            dirs=a.dirs, axis=a.axis, json=a.json, plots=a.plots, thinking=a.thinking, skip_failed=a.skip_failed,
+            replicates=a.replicates, seed=a.seed, device=a.device)
     if a.command == "train":
         return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
                                                   overrides=parse_overrides(extra), resume=a.resume,
@@ -159,18 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = build_parser().parse_known_args(argv)
     except SystemExit as e:  # argparse printed its usage and error line (or --help): its exit code
         return int(e.code or 0) if not isinstance(e.code, str) else 2
+    name = args.command + (f" {args.scale_command}" if args.command == "scale" else "")
     try:
         command, typed = _command(args, extra)
         return command(typed)
     except EBTError as e:
-        print(f"ebt {args.command}: error: {e}", file=sys.stderr)
+        print(f"ebt {name}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the command cannot write or read (a file where a folder should be, …)
         where = f": {e.filename}" if e.filename else ""
-        print(f"ebt {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"ebt {name}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ebt {args.command}: interrupted", file=sys.stderr)
+        print(f"ebt {name}: interrupted", file=sys.stderr)
         return 130
 
 

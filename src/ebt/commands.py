@@ -1,4 +1,4 @@
-"""The commands `ebt train | eval | generate | denoise | bench`, on typed arguments.
+"""The commands `ebt train | eval | generate | denoise | bench | scale run | scale fit`, on typed arguments.
 
 `ebt.cli` turns the command line into one of the argument classes below and calls the matching
 function; Python code can do the same without argparse:
@@ -450,4 +450,135 @@ def bench(args: BenchArgs) -> int:
 
     result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory)
     print(standard_json(result) if args.json else report(result))
+    return 0
+
+
+# --- scale -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleRunArgs:
+    """`ebt scale run`: a sweep over one axis for the EBT and the Transformer++ (ebt.scaling.sweep).
+
+    With `out` already holding a sweep, fields left None are taken from its sweep.json, and any
+    given must match it. `print_commands`: write sweep.json and print the `ebt train` line of
+    every point not finished, instead of running them."""
+
+    out: Path
+    axis: str | None = None
+    size: str | None = None
+    recipe: str | None = None
+    values: list[str] | None = None
+    seeds: int | None = None
+    steps: int | None = None
+    data: str | None = None
+    windows: int | None = None
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    jobs: int = 1
+    print_commands: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("--jobs", self.jobs, 1, 256)
+
+    def sweep(self):
+        from ebt.scaling.sweep import SWEEP_FILE, Sweep
+
+        given = {"axis": self.axis, "size": self.size, "recipe": self.recipe, "values": self.values,
+                 "seeds": self.seeds, "steps": self.steps, "data": self.data, "windows": self.windows,
+                 "overrides": self.overrides or None}
+        if (self.out / SWEEP_FILE).is_file():
+            saved = Sweep.load(self.out)
+            return Sweep(**{k: getattr(saved, k) if v is None else v for k, v in given.items()})
+        if self.axis is None:
+            raise ConfigError(f"--axis is required to start a sweep ({self.out} holds none yet); "
+                              "one of data, width, depth, batch, params")
+        return Sweep(**{k: v for k, v in given.items() if v is not None})
+
+
+def scale_run(args: ScaleRunArgs) -> int:
+    from ebt.scaling.sweep import print_commands, run_sweep, summary
+
+    sweep = args.sweep()
+    if args.print_commands:
+        n = print_commands(sweep, args.out)
+        print(f"# {n} point(s) to run; then: ebt scale fit {args.out}", file=sys.stderr)
+        return 0
+    try:
+        result = run_sweep(sweep, args.out, jobs=args.jobs)
+    except Interrupted as e:
+        print(f"ebt scale run: {e}", file=sys.stderr)
+        return e.exit_code
+    print(summary(result))
+    failed = [r["name"] for r in result["points"] if r["state"] != "finished"]
+    if failed:
+        print(f"ebt scale run: error: {len(failed)} point(s) failed: {', '.join(failed)} (their logs are in "
+              f"{args.out}/logs); fix the cause and run again: ebt scale run --out {args.out}", file=sys.stderr)
+        return 2
+    print(f"fit it with: ebt scale fit {args.out}")
+    return 0
+
+
+@dataclass
+class ScaleFitArgs:
+    """`ebt scale fit`: the scaling rate of each model kind over the finished points of one or
+    more sweep directories, its bootstrap interval, and their ratio (ebt.scaling.fit)."""
+
+    dirs: list[Path]
+    axis: str | None = None
+    json: bool = False
+    plots: Path | None = None
+    thinking: bool = False
+    skip_failed: bool = False
+    replicates: int = 2000
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.dirs:
+            raise ConfigError("ebt scale fit needs at least one sweep directory")
+        _check_int("--replicates", self.replicates, 100, 1_000_000)
+        _check_int("--seed", self.seed, 0, 2**63 - 1)
+        _device(self.device)
+
+
+def scale_fit(args: ScaleFitArgs) -> int:
+    from ebt.plots import plot_scaling
+    from ebt.scaling.curves import X_LABELS, collect, curves, thinking_gains
+    from ebt.scaling.fit import PAPER_RATIOS, fit_scaling, report
+
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
+    axis, measured, excluded = collect(args.dirs, args.axis, args.skip_failed)
+    try:
+        result = fit_scaling(curves(measured), reps=args.replicates, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(f"cannot fit {', '.join(map(str, args.dirs))}: {e}") from None
+    result = {"axis": axis, "x_label": X_LABELS[axis], "sweeps": [str(d) for d in args.dirs],
+              "paper_ratio": PAPER_RATIOS.get(axis), **result,
+              "points_used": [{"run": str(m.run), "kind": m.kind, "seed": m.seed, "step": m.step, "x": m.x}
+                              for m in measured],
+              "excluded": excluded}
+    if args.thinking:
+        gains = thinking_gains(measured, _device(args.device), say=say)
+        for point in result["models"].get("ebt", {}).get("points", []):
+            point["thinking"] = gains.get(point["x"])
+    if args.plots is not None:
+        path = args.plots / f"scale-{axis}.png"
+        plot_scaling(result, path, axis=axis, x_label=X_LABELS[axis])
+        result["plots"] = [str(path)]
+    if args.json:
+        print(standard_json(result))
+        return 0
+    print(report(result, axis))
+    if args.thinking:
+        print("thinking gains of the EBT (% lower perplexity than 2 steps): x, think longer (3 steps), "
+              "self-verify (best of 10)")
+        for point in result["models"].get("ebt", {}).get("points", []):
+            t = point.get("thinking") or {}
+            print(f"  {point['x']:<12.4g} {t.get('gain_think_longer_pct', math.nan):+7.2f}% "
+                  f"{t.get('gain_self_verify_pct', math.nan):+7.2f}%")
+    for e in excluded:
+        print(f"left out: {e['run']}{' step ' + str(e['step']) if 'step' in e else ''}: {e['why']}")
+    print(f"points used: {len(measured)} ({len({str(m.run) for m in measured})} runs)")
+    if args.plots is not None:
+        print(f"plot: {result['plots'][0]}")
     return 0

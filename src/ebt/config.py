@@ -18,6 +18,7 @@ from ebt.errors import ConfigError
 
 
 CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
+LR_SCHEDULES = ("cosine", "constant", "wsd")  # train.lr_schedule
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
 
 
@@ -71,10 +72,18 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16  # sequences (text), images or clips per step
     lr: float = 2.4e-3  # peak learning rate (SPEC §3 by model size)
-    warmup_fraction: float = 0.1  # linear warm-up over this share of the run, then cosine to lr/10
+    warmup_fraction: float = 0.1  # linear warm-up over this share of the run
+    # After warm-up: "cosine" to lr/10 at the last step; "constant" at lr; "wsd" (warm-up–stable–
+    # decay) at lr, then linearly to lr/10 over the last decay_fraction of the run.
+    lr_schedule: str = "cosine"
+    decay_fraction: float = 0.2  # wsd only
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eval_every: int = 200  # steps between validations (and checkpoints); 0 = only at the end
+    # "linear": every eval_every steps; "log": at eval_every · √2^i (i = 0, 1, …: two per doubling
+    # of the steps, e.g. 120, 170, 240, 339, 480, …), the checkpoints of a data-scaling curve.
+    eval_spacing: str = "linear"
+    keep_checkpoints: bool = False  # also keep the weights of every validation in checkpoints/step-N.safetensors
     eval_examples: int = 64  # validation examples per validation: windows (text), images or clips
     log_every: int = 10
     seed: int = 0
@@ -256,9 +265,18 @@ class RunConfig:
             ("train.batch_size", tr.batch_size, tr.batch_size >= 1, "≥ 1"),
             ("train.lr", tr.lr, _finite(tr.lr) and tr.lr > 0, "finite and > 0"),
             ("train.warmup_fraction", tr.warmup_fraction, 0 <= tr.warmup_fraction < 1, "in [0, 1)"),
+            ("train.lr_schedule", tr.lr_schedule, tr.lr_schedule in LR_SCHEDULES, ", ".join(map(repr, LR_SCHEDULES))),
+            ("train.decay_fraction", tr.decay_fraction, 0 < tr.decay_fraction < 1, "in (0, 1)"),
+            ("train.decay_fraction", tr.decay_fraction,
+             tr.lr_schedule != "wsd" or tr.warmup_fraction + tr.decay_fraction <= 1,
+             f"at most 1 − train.warmup_fraction = {1 - tr.warmup_fraction:g} with train.lr_schedule = 'wsd' "
+             "(warm-up and decay must fit in the run)"),
             ("train.weight_decay", tr.weight_decay, _finite(tr.weight_decay) and tr.weight_decay >= 0, "finite and ≥ 0"),
             ("train.grad_clip", tr.grad_clip, _finite(tr.grad_clip) and tr.grad_clip > 0, "finite and > 0"),
             ("train.eval_every", tr.eval_every, tr.eval_every >= 0, "≥ 0"),
+            ("train.eval_spacing", tr.eval_spacing, tr.eval_spacing in ("linear", "log"), "'linear' or 'log'"),
+            ("train.eval_every", tr.eval_every, tr.eval_spacing != "log" or tr.eval_every >= 1,
+             "≥ 1 with train.eval_spacing = 'log' (the first validation step)"),
             ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
             ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),

@@ -33,10 +33,15 @@ def evaluate(
     max_windows: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    window_losses: bool = False,
     **given,
 ) -> dict[str, float]:
     """Mean loss (nats per token), perplexity, tokens scored and forward passes per token of a
     text model on token ids (N,).
+
+    `window_losses`: also return each window's mean loss, in stream order, as a list under
+    "window_losses" (what a scaling fit's bootstrap resamples; every window has context_len
+    targets, so their mean is the loss).
 
     `options` (a ThinkingOptions, or its fields as keywords: `steps=3`) go to the EBT's `think`
     (a Transformer++ rejects any that are set). With adaptive
@@ -47,6 +52,7 @@ def evaluate(
     window = model.config.context_len + 1
     generator = torch.Generator(device=device).manual_seed(seed)
     total_loss, total_tokens, total_passes, total_steps = 0.0, 0, 0.0, 0.0
+    per_window: list[float] = []
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -56,6 +62,8 @@ def evaluate(
             thought = model.predict(x, options, generator=generator)
             n = targets.numel()
             total_loss += float(model.task.loss(thought.logits, targets)) * n
+            if window_losses:
+                per_window += model.task.example_losses(thought.logits, targets).tolist()
             total_passes += thought.forward_passes * n
             if thought.steps_taken is not None:
                 total_steps += float(thought.steps_taken.float().sum())
@@ -66,6 +74,8 @@ def evaluate(
               "forward_passes": total_passes / max(total_tokens, 1)}
     if options.tolerance is not None:
         result["mean_steps"] = total_steps / max(total_tokens, 1)
+    if window_losses:
+        result["window_losses"] = per_window
     return result
 
 

@@ -336,3 +336,57 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     return path
+
+
+_SCALING_KINDS = {"ebt": ("EBT", "C0"), "transformer": ("Transformer++", "C1")}
+
+
+def plot_scaling(result: Mapping, path: str | os.PathLike, *, axis: str, x_label: str) -> Path:
+    """Validation loss (nats) against an axis value, log–log, from `ebt.scaling.fit.fit_scaling`'s result.
+
+    Each kind gets its mean points as markers, the fitted line exp(intercept)·x^slope over its
+    measured range, and its 95% bootstrap band shaded; the legend gives the slopes, the title the
+    scaling-rate ratio (EBT / Transformer++ − 1) with its interval.
+    """
+    models = result.get("models") or {}
+    if not models:
+        raise ValueError("plot_scaling: the result has no models; pass what fit_scaling returned")
+    fig = Figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    for i, (kind, model) in enumerate(models.items()):
+        label, colour = _SCALING_KINDS.get(kind, (kind, f"C{(i + 2) % 10}"))
+        xs = np.asarray([p["x"] for p in model["points"]], dtype=float)
+        losses = np.asarray([p["loss"] for p in model["points"]], dtype=float)
+        band = model["band"]
+        line_x = np.asarray(band["x"], dtype=float)
+        ax.plot(line_x, np.exp(model["intercept"] + model["slope"] * np.log(line_x)), color=colour, linewidth=1.4,
+                label=f"{label}: slope {model['slope']:+.4f}")
+        if None not in band["low"] and None not in band["high"]:
+            ax.fill_between(line_x, band["low"], band["high"], color=colour, alpha=0.2, linewidth=0)
+        ax.plot(xs, losses, linestyle="none", marker="o", color=colour, markersize=5)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    # Losses rarely span a decade, so label the minor ticks too (as in plot_thinking_curves).
+    ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("validation loss (nats, log scale)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+    ratio, ci = result.get("scaling_rate_ratio"), result.get("scaling_rate_ratio_ci")
+    if ratio is None:
+        title = f"{axis}: log–log fits (no EBT vs Transformer++ scaling rate)"
+    else:
+        interval = f" (95% CI {_signed_percent(ci[0])} … {_signed_percent(ci[1])})" if ci else ""
+        title = f"{axis}: EBT scaling rate {_signed_percent(ratio)}{interval} vs Transformer++"
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _signed_percent(fraction: float) -> str:
+    """+12% / −30% (a true minus sign) from a fraction; one decimal below 10%."""
+    value = 100 * fraction
+    text = f"{value:+.1f}%" if abs(value) < 10 else f"{value:+.0f}%"
+    return text.replace("-", "−")

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config
+from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config, snapshot_path, snapshot_steps
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError
 from ebt.models import build_model
@@ -34,37 +34,44 @@ class Run:
     frame_encoder: Any = None
 
 
-def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Run:
-    """The run in directory `path`, its model on `map_location` in eval mode.
+def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: int | None = None) -> Run:
+    """The run in directory `path`, its model on `map_location` in eval mode: its last weights, or
+    with `step` those kept at that step (train.keep_checkpoints: checkpoints/step-N.safetensors).
 
     Raises CheckpointError naming the file when a file is missing, damaged or does not match the
     config (a config.json of an earlier version is migrated, not refused)."""
     path = Path(path)
     config = load_config(path)
-    if not (path / WEIGHTS).is_file():
+    weights = path / WEIGHTS if step is None else snapshot_path(path, step)
+    if not weights.is_file():
+        if step is not None:
+            kept = snapshot_steps(path)
+            raise CheckpointError(f"run directory {str(path)!r} keeps no weights of step {step}; "
+                                  + (f"it keeps steps {', '.join(map(str, kept))}" if kept else
+                                     "it keeps none (train with --train.keep_checkpoints=true)"))
         raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
     artifacts = load_artifacts(config, path)
     model = build_model(config)
     try:
-        state = load_file(str(path / WEIGHTS), device=str(map_location))
-        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+        state = load_file(str(weights), device=str(map_location))
+        with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path / WEIGHTS} is corrupt or unreadable: {e}") from None
-    check_weights(state, path / WEIGHTS)
+        raise CheckpointError(f"{weights} is corrupt or unreadable: {e}") from None
+    check_weights(state, weights)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{path / WEIGHTS} does not match {path / CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"{weights} does not match {path / CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
             f"wrong shape {[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:5]]}"
         )
     model.load_state_dict(state)
     model.to(map_location).eval()  # buffers (rotary tables) follow the weights
     step = metadata.get("step", "0")
     if not step.isdigit():
-        raise CheckpointError(f"{path / WEIGHTS} has metadata step = {step!r}; it must be a count of training steps")
+        raise CheckpointError(f"{weights} has metadata step = {step!r}; it must be a count of training steps")
     return Run(config, model, int(step), path, **artifacts)
 
 

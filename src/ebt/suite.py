@@ -83,21 +83,13 @@ def paper_suite(
     common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
     datasets: dict[str, dict] = {}
     for name, tokens in streams.items():
-        budgets = []
-        for steps, samples in BUDGETS:
-            r = evaluate(run.model, tokens, dataclasses.replace(options, steps=steps, samples=samples), **common)
-            budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **r})
-        entry = {"tokens": budgets[0]["tokens"], "budgets": budgets}
+        entry = thinking_budgets(run.model, tokens, options, **common)
         if baseline is not None:
             entry["transformer_ppl"] = evaluate(baseline.model, tokens, **common)["ppl"]
         datasets[name] = entry
     in_ppl = datasets[IN_DISTRIBUTION]["budgets"][0]["ppl"]
     for entry in datasets.values():
-        ppl = [b["ppl"] for b in entry["budgets"]]
-        entry["ood_shift"] = ppl[0] / in_ppl
-        entry["gain_think_longer_pct"] = 100 * (ppl[0] - ppl[1]) / ppl[0]
-        entry["gain_self_verify_pct"] = 100 * (ppl[0] - ppl[-1]) / ppl[0]
-        entry["gain_best_pct"] = 100 * (ppl[0] - min(ppl)) / ppl[0]
+        entry["ood_shift"] = entry["budgets"][0]["ppl"] / in_ppl
     result = {"run": str(run.path), "baseline": str(baseline.path) if baseline else None,
               "max_windows": max_windows, "datasets": datasets,
               "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out)}
@@ -112,6 +104,23 @@ def paper_suite(
                                  out / "gain_vs_shift.png")
         result["plots"] = sorted(str(p) for p in out.glob("*.png"))
     return result
+
+
+def thinking_budgets(model, tokens: Tensor, options: ThinkingOptions | None = None, **common) -> dict:
+    """An EBT's perplexity on token ids (N,) at each of the paper's budgets (BUDGETS), and the %
+    improvement from thinking longer (3 steps against 2), from self-verification (best-of-10
+    against 2 steps) and at the best budget. `options` (step_size, langevin_std) apply to every
+    budget; `common` goes to `evaluate` (batch_size, max_windows, seed, device)."""
+    options = options or ThinkingOptions()
+    budgets = []
+    for steps, samples in BUDGETS:
+        r = evaluate(model, tokens, dataclasses.replace(options, steps=steps, samples=samples), **common)
+        budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **r})
+    ppl = [b["ppl"] for b in budgets]
+    return {"tokens": budgets[0]["tokens"], "budgets": budgets,
+            "gain_think_longer_pct": 100 * (ppl[0] - ppl[1]) / ppl[0],
+            "gain_self_verify_pct": 100 * (ppl[0] - ppl[-1]) / ppl[0],
+            "gain_best_pct": 100 * (ppl[0] - min(ppl)) / ppl[0]}
 
 
 def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: Path | None = None,

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ebt import distributed
 from ebt.checkpoint import (METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
-                            save_config, save_run, save_weights)
+                            save_config, save_run, save_snapshot, save_weights)
 from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
@@ -74,14 +74,40 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig, step_size_lr_mult: floa
     return groups
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Multiplier of each group's peak lr for optimizer step `step` (0-based) of `total`:
-    linear warm-up to 1 at step warmup−1, then cosine down to MIN_LR_RATIO at the last step."""
+def lr_factor(step: int, total: int, warmup_fraction: float, schedule: str = "cosine",
+              decay_fraction: float = 0.2) -> float:
+    """Multiplier of each group's peak lr for optimizer step `step` (0-based) of `total`: linear
+    warm-up to 1 at step warmup−1, then by `schedule` (train.lr_schedule):
+      cosine    down to MIN_LR_RATIO at the last step (SPEC §3);
+      constant  1 (a data-scaling curve read at checkpoints wants a steady rate);
+      wsd       1, then linearly down to MIN_LR_RATIO over the last `decay_fraction` of the steps.
+    Past `total` (a resumed run extended) each holds its final value."""
     warmup = int(total * warmup_fraction)
     if step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "wsd":
+        decay = max(1, int(total * decay_fraction))
+        progress = min(1.0, max(0, step - (total - decay) + 1) / decay)  # 1 at the last step
+        return 1.0 - (1.0 - MIN_LR_RATIO) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
     return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def validation_steps(tc: TrainConfig) -> set[int]:
+    """The steps (1-based, ≤ tc.steps) after which the trainer validates and saves a checkpoint:
+    every eval_every steps (linear spacing), or at round(eval_every · √2^i) for i = 0, 1, … (log
+    spacing: two per doubling); always the last step."""
+    steps = {tc.steps}
+    if tc.eval_every and tc.eval_spacing == "log":
+        i = 0
+        while (at := round(tc.eval_every * 2 ** (i / 2))) <= tc.steps:
+            steps.add(at)
+            i += 1
+    elif tc.eval_every:
+        steps.update(range(tc.eval_every, tc.steps + 1, tc.eval_every))
+    return steps
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
@@ -157,7 +183,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     # that extends train.steps holds the final rate after it (see _resume_schedule).
     schedule = {"steps": tc.steps}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, schedule["steps"], tc.warmup_fraction))
+        optimizer, lambda s: lr_factor(s, schedule["steps"], tc.warmup_fraction, tc.lr_schedule, tc.decay_fraction))
     batches = data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size)
     replay = getattr(objective, "replay", None)  # System 2's replay buffer
     step = 0
@@ -190,7 +216,8 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         return TrainingDiverged(f"step {at}: {what}; {kept}; lower train.lr (now {tc.lr:g}) or train.grad_clip "
                                 f"(now {tc.grad_clip:g})")
 
-    def checkpoint() -> None:
+    def checkpoint(kept: bool = False) -> None:
+        """Save weights and training state; `kept`: also keep these weights under checkpoints/."""
         nonlocal saved_step
         if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
             raise diverged(step, "a weight is not finite")
@@ -206,6 +233,8 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "replay": replay.state_dict() if replay is not None else None,
             })
+            if kept:
+                save_snapshot(out, model, step)
             # The config these weights were trained under (on --resume, with its overrides).
             save_config(out, config)
             replaced.drop()
@@ -215,7 +244,10 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
     tick, seen_since_tick = time.perf_counter(), 0
+    # Seconds this process spent training (not validating) and in all: the cost of each point of a scaling curve.
+    started, since_validation, trained_s = tick, tick, 0.0
     speed = f"{data.unit}_per_s"  # text: tokens_per_s
+    validate_at = validation_steps(tc)
     model.train()
     stop.install()
     while step < tc.steps:
@@ -244,17 +276,22 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
             log.write(row)
             bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ppl", "energy_gap", speed) if k in row})
         bar.update(1)
-        if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+        if step in validate_at:
+            trained_s += time.perf_counter() - since_validation
             if dist.is_main:
                 result = validate()
-                log.write({"step": step, "split": "validation", **result})
+                # Per-example losses (text: window_losses) go to the log only: a scaling fit's bootstrap.
+                log.write({"step": step, "split": "validation", **result, "train_s": trained_s,
+                           "wall_s": time.perf_counter() - started})
+                result = {k: v for k, v in result.items() if not isinstance(v, list)}
                 if not math.isfinite(result["loss"]):
                     raise diverged(step, f"the validation loss is {result['loss']:.4g}")
                 if not quiet:
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
                     bar.write(f"step {step}: validation {shown}")
-            checkpoint()
+            checkpoint(kept=tc.keep_checkpoints)
             tick, seen_since_tick = time.perf_counter(), 0  # validation time is not training speed
+            since_validation = tick
         if not dist.enabled:
             signum = stop.signum  # a signal during the rest of this step counts now
         if signum and step < tc.steps:
@@ -265,7 +302,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                               f"resume with: ebt train --resume --out {out}", 128 + signum)
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
-        result = validate()
+        result = {k: v for k, v in validate().items() if not isinstance(v, list)}
     return result
 
 
@@ -333,20 +370,26 @@ def _resume_schedule(optimizer, scheduler, model, config: RunConfig, saved: RunC
     """Apply the resumed config's peak lr, warm-up and weight decay from the next step (loading
     the optimizer restored the saved ones) and say what the schedule does from here.
 
-    The cosine keeps the length the run started with, so extending train.steps never makes the
-    rate jump: the added steps hold the final rate, peak/10. A new peak rescales the rate at once.
+    The schedule keeps the length the run started with, so extending train.steps never makes the
+    rate jump: the added steps hold the final rate (peak/10 after a cosine or a decay, the peak for
+    a constant rate). A new peak rescales the rate at once.
     """
     tc = config.train
     for group, fresh in zip(optimizer.param_groups, parameter_groups(model, tc, config.think.step_size_lr_mult)):
         group["initial_lr"], group["weight_decay"] = fresh["lr"], fresh["weight_decay"]
-        group["lr"] = fresh["lr"] * lr_factor(step, schedule_steps, tc.warmup_fraction)
+        group["lr"] = fresh["lr"] * lr_factor(step, schedule_steps, tc.warmup_fraction, tc.lr_schedule,
+                                              tc.decay_fraction)
     scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
-    line = (f"lr schedule: warm-up over {int(schedule_steps * tc.warmup_fraction)} steps, then cosine to "
-            f"train.lr/10 at step {schedule_steps} (the run's original length)")
-    if tc.steps > schedule_steps:
+    warmup = f"lr schedule: warm-up over {int(schedule_steps * tc.warmup_fraction)} steps, then "
+    line = warmup + {
+        "cosine": f"cosine to train.lr/10 at step {schedule_steps} (the run's original length)",
+        "wsd": f"train.lr until the decay to train.lr/10 over the last {max(1, int(schedule_steps * tc.decay_fraction))} "
+               f"steps of the run's original length ({schedule_steps})",
+        "constant": "train.lr"}[tc.lr_schedule]
+    if tc.steps > schedule_steps and tc.lr_schedule != "constant":
         line += f", then held at train.lr/10 for steps {schedule_steps + 1}–{tc.steps}"
-    elif tc.steps < schedule_steps:
+    elif tc.steps < schedule_steps and tc.lr_schedule != "constant":
         line += f"; the run now stops at step {tc.steps}, before the decay ends"
     if tc.lr != saved.train.lr:
         line += f"; peak lr changed from {saved.train.lr:g} to {tc.lr:g}"
@@ -396,7 +439,10 @@ class _Replaced:
             return
         aside = self.out / self.ASIDE
         for name in RUN_FILES:
-            (self.out / name).unlink(missing_ok=True)
+            if (self.out / name).is_dir():
+                shutil.rmtree(self.out / name)
+            else:
+                (self.out / name).unlink(missing_ok=True)
         for path in aside.iterdir():
             os.replace(path, self.out / path.name)
         aside.rmdir()

@@ -11,7 +11,9 @@ The trainer talks to a task's data object and never sees text, images or frames:
                                 and how many of them a batch's targets hold
   validate(model, batch_size=, max_examples=, device=)
                                 a dict of metrics with at least "loss"; max_examples counts
-                                windows (text), images or clips: the one validation budget
+                                windows (text), images or clips: the one validation budget.
+                                Text adds "window_losses" (a list, each window's mean loss),
+                                which the trainer keeps in metrics.jsonl for scaling fits
   fingerprint                   what identifies the data (a hash of its content), saved as
                                 data.json so that a later command finds the same data
   save(out)                     what the run directory needs besides weights (text: tokenizer.json;

@@ -71,7 +71,8 @@ class TextData:
         return targets.numel()
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
-        return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_examples, device=device)
+        return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_examples, device=device,
+                        window_losses=True)
 
     def save(self, out: Path) -> None:
         atomic_write(out / TOKENIZER, lambda p: p.write_text(self.tokenizer.to_json()))

@@ -55,6 +55,12 @@ class NextToken:
         return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
 
+    def example_losses(self, y: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy (nats per token) of each sequence: logits y (B, S, V), ids (B, S) → (B,)."""
+        logits = y.to(torch.promote_types(y.dtype, torch.float32))
+        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
+
+
 def normal_candidates(x: Tensor, samples: int, dim: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """N(0, I) candidates (B, M, S, C) for inputs x (B, S, …): M per position, C = `dim`, in the
     dtype and on the device of `like` (a model weight), drawn from `generator` when given. The

@@ -1,0 +1,1 @@
+"""Scaling-law sweeps and fits (SPEC §7): `ebt scale run` and `ebt scale fit`."""

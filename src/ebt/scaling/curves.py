@@ -1,0 +1,213 @@
+"""Finished sweeps read back as scaling curves: each point's x on an axis and its validation
+windows' losses, what `ebt.scaling.fit.fit_scaling` takes (SPEC §7).
+
+x by axis: data, training tokens at the validation step (steps × batch × context); width,
+model.dim; depth, model.n_layers; batch, tokens per batch (batch × context); params,
+non-embedding parameters; flops, training FLOPs to that step (`ebt.bench.train_flops_per_token`
+× tokens, Hessian-vector products counted for the EBT). A ratio of log–log slopes does not change
+when x is multiplied by a constant, so tokens and sequences per batch give the same rate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ebt.checkpoint import DATA, load_config
+from ebt.config import RunConfig
+from ebt.errors import ConfigError, DataError
+from ebt.files import read_json
+from ebt.models import build_model, count_parameters
+from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state, validations
+
+FIT_AXES = ("data", "width", "depth", "batch", "params", "flops")
+X_LABELS = {"data": "training tokens", "width": "model width (model.dim)", "depth": "blocks (model.n_layers)",
+            "batch": "tokens per batch", "params": "non-embedding parameters", "flops": "training FLOPs"}
+MODEL_SIZE_AXES = ("width", "depth", "params")  # sweeps that can be refit on parameters
+
+
+@dataclass
+class Measured:
+    """One point of a curve: the run directory and step it was validated at, and its windows' losses."""
+
+    run: Path
+    kind: str
+    seed: int
+    step: int
+    final: bool  # the run's last step (its model.safetensors); else a kept checkpoint
+    x: float
+    window_losses: list[float]
+
+
+def fit_axis(sweeps: list[Sweep], axis: str | None) -> str:
+    """The axis to fit sweeps on: the one they share, or `axis` where it applies to all of them
+    (params for width/depth/params sweeps; flops for any)."""
+    axes = sorted({s.axis for s in sweeps})
+    if axis is None:
+        if len(axes) == 1:
+            return axes[0]
+        if set(axes) <= set(MODEL_SIZE_AXES):
+            return "params"
+        raise ConfigError(f"the sweeps vary different axes ({', '.join(axes)}); fit them separately")
+    if axis not in FIT_AXES:
+        raise ConfigError(f"--axis {axis!r} is not a scaling axis; it must be one of {', '.join(FIT_AXES)}")
+    for a in axes:
+        ok = axis == a or axis == "flops" or (axis == "params" and a in MODEL_SIZE_AXES)
+        if not ok:
+            raise ConfigError(f"--axis {axis} does not apply to a {a} sweep (it applies to "
+                              f"{'width, depth and params' if axis == 'params' else axis} sweeps; flops to any)")
+    if "data" in axes and len(axes) > 1:
+        raise ConfigError("a data sweep is read at its checkpoints; fit it apart from the other sweeps")
+    return axis
+
+
+def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
+            ) -> tuple[str, list[Measured], list[dict]]:
+    """(axis, the measured points, the excluded points with why) of the sweeps in `dirs`.
+
+    A point that is unfinished, failed or non-finite is an error naming it, unless `skip_failed`,
+    when it is left out and listed. Points must share their validation windows (same data, same
+    tokenizer settings, context and number of windows): else a ConfigError naming the point.
+    """
+    sweeps = [(Path(d), Sweep.load(Path(d))) for d in dirs]
+    axis = fit_axis([s for _, s in sweeps], axis)
+    measured, excluded = [], []
+    for out, sweep in sweeps:
+        for point in sweep.points():
+            run = out / point.name
+            state, detail = point_state(sweep, point, out)
+            rows = validations(run)
+            if state != "finished":
+                why = {"start": "not started", "restart": "stopped before its first checkpoint",
+                       "resume": f"not finished ({detail})"}[state]
+                if (out / LOGS / f"{point.name}.log").is_file():
+                    why += f"; its log: {out / LOGS / f'{point.name}.log'}"
+                excluded.append({"run": str(run), "why": why})
+                continue
+            config = load_config(run)
+            steps = data_steps(config.train.steps) if sweep.axis == "data" else [config.train.steps]
+            for step in steps:
+                row = rows.get(step)
+                losses = row.get("window_losses") if row else None
+                if not isinstance(losses, list) or not losses:
+                    excluded.append({"run": str(run), "step": step,
+                                     "why": "no validation with per-window losses at this step"})
+                    continue
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses):
+                    excluded.append({"run": str(run), "step": step, "why": "its validation loss is not finite"})
+                    continue
+                measured.append(Measured(run, point.kind, point.seed, step, step == config.train.steps,
+                                         x_value(config, axis, step), [float(v) for v in losses]))
+    if excluded and not skip_failed:
+        first = excluded[0]
+        more = f" (and {len(excluded) - 1} more)" if len(excluded) > 1 else ""
+        raise DataError(f"point {first['run']}{' step ' + str(first['step']) if 'step' in first else ''}: "
+                        f"{first['why']}{more}; finish the sweep with `ebt scale run --out DIR`, "
+                        "or fit without these points with --skip-failed")
+    _check_same_windows(measured)
+    return axis, measured, excluded
+
+
+def _check_same_windows(measured: list[Measured]) -> None:
+    """Every point must be scored on the same validation windows, or the bootstrap pairs nothing."""
+    def identity(run: Path) -> tuple:
+        config = load_config(run)
+        data = read_json(run / DATA) if (run / DATA).is_file() else {}
+        return (data.get("sha256"), json.dumps(config.to_dict().get("text")), config.model.context_len)
+
+    first, reference = None, None
+    for m in measured:
+        key = (identity(m.run), len(m.window_losses))
+        if reference is None:
+            first, reference = m, key
+        elif key != reference:
+            what = "number of validation windows" if key[1] != reference[1] else "data, tokenizer or context"
+            raise ConfigError(f"point {m.run} is not scored on the same validation windows as {first.run} "
+                              f"(its {what} differs); a fit pairs windows across points")
+
+
+def x_value(config: RunConfig, axis: str, step: int) -> float:
+    """A point's x on `axis` (see the module docstring)."""
+    m, tokens = config.model, step * config.train.batch_size * config.model.context_len
+    if axis == "data":
+        return float(tokens)
+    if axis == "width":
+        return float(m.dim)
+    if axis == "depth":
+        return float(m.n_layers)
+    if axis == "batch":
+        return float(config.train.batch_size * m.context_len)
+    if axis == "params":
+        return float(_non_embedding_params(config.to_json()))
+    return _flops_per_token(config.to_json()) * tokens
+
+
+@functools.lru_cache(maxsize=None)
+def _non_embedding_params(config_json: str) -> int:
+    with torch.device("meta"):  # counted without allocating the weights
+        return count_parameters(build_model(RunConfig.from_dict(json.loads(config_json))))
+
+
+@functools.lru_cache(maxsize=None)
+def _flops_per_token(config_json: str) -> float:
+    from ebt.bench import train_flops_per_token
+
+    with torch.device("meta"):
+        return train_flops_per_token(RunConfig.from_dict(json.loads(config_json)))
+
+
+def curves(measured: list[Measured]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per model kind: x (P,) and window losses (S, P, W), NaN where a seed lacks a point."""
+    result = {}
+    for kind in KINDS:
+        mine = [m for m in measured if m.kind == kind]
+        if not mine:
+            continue
+        xs, seeds = sorted({m.x for m in mine}), sorted({m.seed for m in mine})
+        losses = np.full((len(seeds), len(xs), len(mine[0].window_losses)), np.nan)
+        for m in mine:
+            losses[seeds.index(m.seed), xs.index(m.x)] = m.window_losses
+        result[kind] = (np.array(xs), losses)
+    return result
+
+
+def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
+                   say=lambda line: None) -> dict[float, dict]:
+    """For each EBT point: perplexity at the paper suite's thinking budgets on its validation
+    windows, and the gains from thinking longer and from self-verification (best-of-M), averaged
+    over seeds, by x. Points of the data axis load the weights kept at their step."""
+    from ebt.rundata import load_data
+    from ebt.runs import load_run
+    from ebt.suite import thinking_budgets
+
+    by_x: dict[float, list[dict]] = {}
+    streams: dict[str, torch.Tensor] = {}
+    for m in [m for m in measured if m.kind == "ebt"]:
+        run = load_run(m.run, device, step=None if m.final else m.step)
+        key = str(m.run) if run.config.text.tokenizer == "bpe" else "shared"
+        if key not in streams:
+            try:
+                streams[key] = load_data(run.config, m.run).validation
+            except DataError as e:
+                raise DataError(f"point {m.run}: {e}") from None
+        say(f"  thinking budgets: {m.run.name} step {m.step}")
+        r = thinking_budgets(run.model, streams[key], max_windows=len(m.window_losses), device=device)
+        by_x.setdefault(m.x, []).append(r)
+    gains = {}
+    for x, results in by_x.items():
+        gains[x] = {
+            "runs": len(results),
+            "budgets": [{"forward_passes": b["forward_passes"], "steps": b["steps"], "samples": b["samples"],
+                         "ppl": float(np.mean([r["budgets"][i]["ppl"] for r in results]))}
+                        for i, b in enumerate(results[0]["budgets"])],
+            **{k: float(np.mean([r[k] for r in results]))
+               for k in ("gain_think_longer_pct", "gain_self_verify_pct", "gain_best_pct")},
+        }
+    return gains
+

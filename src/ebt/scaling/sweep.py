@@ -1,0 +1,505 @@
+"""Scaling sweeps (SPEC §7): the runs behind "EBTs scale X% faster than the Transformer++".
+
+A sweep varies one axis for both model kinds and keeps everything else fixed:
+
+    data    one run per kind and seed at a constant learning rate, validated at log-spaced
+            steps (two per doubling, over 16× the tokens) and its weights kept there: the
+            paper's data curve is one run read at checkpoints
+    width   model.dim (heads keep the base size's head width), a fixed number of steps
+    depth   model.n_layers
+    batch   train.batch_size at a fixed number of steps, so the data grows with the batch
+            (as in the paper)
+    params  the width points and the depth points together (non-embedding parameters; refit
+            on training FLOPs with `ebt scale fit --axis flops`)
+
+Each point is an ordinary run directory made by an ordinary `ebt train` command, run in its own
+process, so any point can be inspected (`ebt eval`), resumed or run elsewhere (`--print-commands`
+prints the commands for a cluster's job array). A sweep directory holds:
+
+    sweep.json          what the sweep is: axis, size, recipe, values, seeds, steps, data,
+                        validation windows, overrides
+    <point>/            one run directory per point, e.g. ebt-dim64-seed0
+    logs/<point>.log    the output of each point's command
+
+Running a sweep again skips finished points, resumes interrupted ones (`ebt train --resume`),
+restarts points stopped before their first checkpoint, and refuses a directory or a point that
+belongs to another sweep or config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from safetensors import safe_open
+
+from ebt.checkpoint import CONFIG, METRICS, TRAIN_STATE, WEIGHTS, load_config
+from ebt.config import RunConfig, TrainConfig
+from ebt.errors import CheckpointError, ConfigError, Interrupted
+from ebt.files import atomic_write, read_json
+from ebt.presets import PRESETS, preset
+from ebt.rundata import resolve_source
+
+AXES = ("data", "width", "depth", "batch", "params")
+KINDS = ("ebt", "transformer")
+RECIPES = ("s1", "s2")  # the EBT's thinking recipe: text-ebt-SIZE or text-ebt-s2-SIZE
+SWEEP_FILE, LOGS = "sweep.json", "logs"
+SWEEP_VERSION = 1
+# Default values as multiples of the base size's (width rounded to whole heads).
+FACTORS = {"width": (0.5, 0.75, 1.0, 1.5), "depth": (0.5, 1.0, 2.0), "batch": (0.25, 0.5, 1.0, 2.0)}
+DATA_SPAN = 16  # the data axis validates from steps/16 to steps: 9 points two per doubling
+MIN_POINTS = 3  # a line through fewer says nothing about its slope
+# The config field each axis varies: an override of it is refused (the sweep sets it per point).
+AXIS_FIELDS = {"width": ("model.dim", "model.n_heads"), "depth": ("model.n_layers",),
+               "batch": ("train.batch_size",), "params": ("model.dim", "model.n_heads", "model.n_layers"),
+               "data": ("train.eval_every", "train.eval_spacing", "train.keep_checkpoints")}
+FIXED_FIELDS = ("train.seed", "train.steps", "train.eval_examples")  # set by --seeds, --steps, --windows
+SET_BY_THE_DATA = ("text.vocab_size",)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One run of a sweep: a model kind, an axis value and a seed, and the overrides that make it."""
+
+    name: str
+    kind: str
+    seed: int
+    value: int | str  # the axis value (params: "LxD", layers × width; data: the final step)
+    overrides: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class Sweep:
+    """What a sweep is (saved as sweep.json). `values` None means the axis's defaults around
+    the base size; `steps` None the preset's train.steps."""
+
+    axis: str
+    size: str = "tiny"
+    recipe: str = "s1"
+    values: list[int | str] | None = None
+    seeds: int = 1
+    steps: int | None = None
+    data: str | None = None
+    windows: int = 256
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise ConfigError(f"--axis {self.axis!r} is not a scaling axis; it must be one of {', '.join(AXES)} "
+                              "(flops is a refit of a params sweep: ebt scale fit DIR --axis flops)")
+        for kind in KINDS:
+            if self.preset_name(kind) not in PRESETS:
+                sizes = sorted({n.rsplit("-", 1)[1] for n in PRESETS if n.startswith("text-transformer-")})
+                raise ConfigError(f"--size {self.size!r} has no text presets; it must be one of {', '.join(sizes)}")
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe {self.recipe!r} is not allowed; it must be 's1' or 's2'")
+        for flag, value, low in (("--seeds", self.seeds, 1), ("--windows", self.windows, 1),
+                                 ("--steps", self.steps, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9):
+                raise ConfigError(f"{flag} = {value!r} is not allowed; it must be an integer ≥ {low}")
+        self.overrides = [tuple(pair) for pair in self.overrides]
+        for key, _ in self.overrides:
+            if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
+                flag = {"train.seed": "--seeds", "train.steps": "--steps", "train.eval_examples": "--windows",
+                        "data.corpus": "--data"}.get(key, "--values")
+                raise ConfigError(f"--{key} is set per point by the {self.axis} sweep; give it with {flag} instead")
+        if self.data is not None:
+            self.data = resolve_source(self.data)  # a path works from any directory, names stay names
+        self.values = self._values()
+        if self.axis != "data" and len(set(self.values)) < MIN_POINTS:
+            raise ConfigError(f"a {self.axis} sweep needs at least {MIN_POINTS} distinct values per model kind; "
+                              f"it has {len(set(self.values))} ({', '.join(map(str, self.values))})")
+        self.points()  # builds every point's config now: a bad override or value fails before anything runs
+
+    # --- what the sweep runs ---------------------------------------------------------------------
+
+    def preset_name(self, kind: str) -> str:
+        return f"text-ebt-s2-{self.size}" if kind == "ebt" and self.recipe == "s2" else f"text-{kind}-{self.size}"
+
+    def base(self) -> RunConfig:
+        return preset(self.preset_name("transformer"))
+
+    def _values(self) -> list[int | str]:
+        base = self.base()
+        if self.axis == "data":
+            steps = self.steps or base.train.steps
+            if self.values is not None and list(self.values) != [steps]:  # sweep.json holds [steps]
+                raise ConfigError("--values does not apply to the data axis: its points are the log-spaced "
+                                  "validations of one run per kind (set the length with --steps)")
+            first = round(steps / DATA_SPAN)
+            if first < 1 or len(data_steps(steps)) < MIN_POINTS:
+                raise ConfigError(f"--steps {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}")
+            return [steps]
+        m, head_width = base.model, base.model.dim // base.model.n_heads
+        if self.values is not None:
+            values = [_parse_value(self.axis, v) for v in self.values]
+        elif self.axis == "width":
+            values = [max(1, round(m.dim * f / head_width)) * head_width for f in FACTORS["width"]]
+        elif self.axis == "depth":
+            values = [max(1, round(m.n_layers * f)) for f in FACTORS["depth"]]
+        elif self.axis == "batch":
+            values = [max(1, round(base.train.batch_size * f)) for f in FACTORS["batch"]]
+        else:  # params: the width points at the base depth and the depth points at the base width
+            widths = Sweep("width", self.size, self.recipe).values
+            depths = Sweep("depth", self.size, self.recipe).values
+            values = [f"{m.n_layers}x{d}" for d in widths] + [f"{n}x{m.dim}" for n in depths if n != m.n_layers]
+        if self.axis == "width":
+            bad = [v for v in values if v % head_width]
+            if bad:
+                raise ConfigError(f"--values {bad[0]} is not a whole number of heads of width {head_width} "
+                                  f"(the {self.size} size's head width); use multiples of {head_width}")
+        return list(dict.fromkeys(values))  # in order, without repeats
+
+    def points(self) -> list[Point]:
+        """Every run of the sweep: kinds × values × seeds, each with the overrides that make it."""
+        points = []
+        for kind in KINDS:
+            for value in self.values:
+                for seed in range(self.seeds):
+                    overrides = self._point_overrides(value, seed)
+                    point = Point(_point_name(kind, self.axis, value, seed), kind, seed, value, tuple(overrides))
+                    self.config(point)  # validated now
+                    points.append(point)
+        return points
+
+    def _point_overrides(self, value: int | str, seed: int) -> list[tuple[str, str]]:
+        base = self.base()
+        steps = self.steps or base.train.steps
+        before = [("train.steps", str(steps)), ("train.eval_examples", str(self.windows))]
+        if self.axis == "data":  # the user's overrides may change the schedule (e.g. wsd), not the spacing
+            before.append(("train.lr_schedule", "constant"))
+        after = [("train.seed", str(seed))]
+        if self.axis == "data":
+            after += [("train.eval_spacing", "log"), ("train.eval_every", str(round(steps / DATA_SPAN))),
+                      ("train.keep_checkpoints", "true")]
+        else:
+            after.append(("train.eval_every", "0"))  # validated once, at the end
+        head_width = base.model.dim // base.model.n_heads
+        if self.axis == "width":
+            after += [("model.dim", str(value)), ("model.n_heads", str(value // head_width))]
+        elif self.axis == "depth":
+            after.append(("model.n_layers", str(value)))
+        elif self.axis == "batch":
+            after.append(("train.batch_size", str(value)))
+        elif self.axis == "params":
+            layers, dim = (int(v) for v in str(value).split("x"))
+            after += [("model.n_layers", str(layers)), ("model.dim", str(dim)),
+                      ("model.n_heads", str(max(1, dim // head_width)))]
+        return before + list(self.overrides) + after
+
+    def config(self, point: Point) -> RunConfig:
+        """The config `ebt train` builds for a point (before the data sets text.vocab_size)."""
+        config = preset(self.preset_name(point.kind))
+        if self.data is not None:
+            config = config.override("data.corpus", self.data)
+        for key, value in point.overrides:
+            config = config.override(key, value)
+        return config
+
+    def command(self, point: Point, out: Path, how: str = "start") -> list[str]:
+        """The `ebt train` arguments of a point: "start" it, "resume" it or "restart" it (--overwrite)."""
+        run = str(out / point.name)
+        if how == "resume":
+            return ["train", "--resume", "--out", run, "--quiet"]
+        args = ["train", "--preset", self.preset_name(point.kind), "--out", run]
+        if self.data is not None:
+            args += ["--data", self.data]
+        args += [f"--{k}={v}" for k, v in point.overrides] + ["--quiet"]
+        return args + (["--overwrite"] if how == "restart" else [])
+
+    # --- sweep.json --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["overrides"] = [list(p) for p in self.overrides]
+        return {"version": SWEEP_VERSION, **d, "points": [p.name for p in self.points()]}
+
+    @classmethod
+    def load(cls, out: Path) -> Sweep:
+        path = Path(out) / SWEEP_FILE
+        if not path.is_file():
+            raise CheckpointError(f"{out} is not a sweep directory: it has no {SWEEP_FILE} (make one with ebt scale run)")
+        d = read_json(path)
+        if not isinstance(d, dict) or d.get("version") != SWEEP_VERSION:
+            raise CheckpointError(f"{path} is not a sweep file this library reads (version {SWEEP_VERSION})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in fields})
+        except (TypeError, ConfigError) as e:
+            raise CheckpointError(f"{path} is damaged or was edited: {e}") from None
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / SWEEP_FILE, lambda p: p.write_text(json.dumps(self.to_dict(), indent=2) + "\n"))
+
+    def settings(self) -> dict[str, Any]:
+        d = self.to_dict()
+        d.pop("points")
+        return d
+
+
+def data_steps(steps: int) -> list[int]:
+    """The validation steps of a data sweep of `steps` steps: steps/16 · √2^i up to `steps`."""
+    from ebt.train import validation_steps
+
+    first = round(steps / DATA_SPAN)
+    return sorted(validation_steps(TrainConfig(steps=steps, eval_every=first, eval_spacing="log"))) if first else [steps]
+
+
+def _parse_value(axis: str, value: Any) -> int | str:
+    if axis == "params":
+        parts = str(value).lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise ConfigError(f"--values {value!r} is not a params point; write LAYERSxWIDTH, e.g. 2x128")
+        return f"{int(parts[0])}x{int(parts[1])}"
+    try:
+        number = int(str(value))
+    except ValueError:
+        number = 0
+    if number < 1 or number > 10**9:
+        raise ConfigError(f"--values {value!r} is not allowed for the {axis} axis; it must be a whole number ≥ 1")
+    return number
+
+
+def _point_name(kind: str, axis: str, value: int | str, seed: int) -> str:
+    label = {"width": "dim", "depth": "layers", "batch": "batch", "params": "", "data": None}[axis]
+    return f"{kind}-seed{seed}" if label is None else f"{kind}-{label}{value}-seed{seed}"
+
+
+# --- the state of a point's directory ---------------------------------------------------------------
+
+
+def point_state(sweep: Sweep, point: Point, out: Path) -> tuple[str, str]:
+    """(state, detail) of a point's run directory: "finished", "resume" (stopped after a
+    checkpoint), "restart" (stopped before its first), or "start" (nothing there). A directory
+    holding another config is a CheckpointError naming the point and the fields that differ."""
+    run = out / point.name
+    if not (run / CONFIG).is_file():
+        return ("restart", "no config.json") if run.is_dir() and any(run.iterdir()) else ("start", "")
+    _check_point_config(sweep, point, run)
+    if not (run / WEIGHTS).is_file() or not (run / TRAIN_STATE).is_file():
+        return "restart", "stopped before its first checkpoint"
+    step = weights_step(run)
+    steps = load_config(run).train.steps
+    if step >= steps and final_validation(run, steps) is not None:
+        return "finished", f"step {step}"
+    return "resume", f"step {step} of {steps}"
+
+
+def _check_point_config(sweep: Sweep, point: Point, run: Path) -> None:
+    saved = load_config(run).to_dict()
+    expected = sweep.config(point).to_dict()
+    differ = []
+    for section, fields in expected.items():
+        if not isinstance(fields, dict):
+            continue
+        for key, value in fields.items():
+            name, got = f"{section}.{key}", saved.get(section, {}).get(key) if isinstance(saved.get(section), dict) else None
+            if name == "data.corpus":
+                value = resolve_source(value)
+            if (name in SET_BY_THE_DATA and value == 0) or got == value:
+                continue
+            differ.append(f"{name} (there {got!r}, the sweep's {value!r})")
+    if differ:
+        raise CheckpointError(f"point {point.name}: {run} holds a run of another sweep or config: "
+                              f"{'; '.join(differ[:4])}{' …' if len(differ) > 4 else ''}; "
+                              "move it away or give this sweep another --out")
+
+
+def weights_step(run: Path) -> int:
+    try:
+        with safe_open(str(run / WEIGHTS), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception as e:  # damaged: the run resumes from nothing it can trust
+        raise CheckpointError(f"{run / WEIGHTS} is damaged or unreadable ({type(e).__name__}); "
+                              f"remove {run} to start this point again") from None
+
+
+def validations(run: Path) -> dict[int, dict]:
+    """The validation rows of a run's metrics.jsonl by step (the last written for a step)."""
+    rows: dict[int, dict] = {}
+    path = run / METRICS
+    if not path.is_file():
+        return rows
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("split") == "validation" and isinstance(row.get("step"), int):
+            rows[row["step"]] = row
+    return rows
+
+
+def final_validation(run: Path, steps: int) -> dict | None:
+    return validations(run).get(steps)
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def prepare(sweep: Sweep, out: Path) -> Sweep:
+    """Check `out` (a new directory, or one holding this very sweep) and write sweep.json."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file, not a sweep directory")
+    if (out / SWEEP_FILE).is_file():
+        saved = Sweep.load(out)
+        if saved.settings() != sweep.settings():
+            mine, theirs = sweep.settings(), saved.settings()
+            differ = [f"{k} (there {theirs[k]!r}, now {mine[k]!r})" for k in mine if mine[k] != theirs.get(k)]
+            raise CheckpointError(f"{out} holds another sweep: {'; '.join(differ)}; give another --out, or the "
+                                  f"same settings to continue it (ebt scale run --out {out} alone reuses them)")
+    elif out.is_dir() and any(p.name != LOGS for p in out.iterdir()):
+        raise CheckpointError(f"{out} is not empty and holds no {SWEEP_FILE}; give a new or empty --out")
+    sweep.save(out)
+    return sweep
+
+
+def print_commands(sweep: Sweep, out: Path, write: Callable[[str], None] = print) -> int:
+    """Write sweep.json and print one `ebt train` line per point that is not finished (the
+    command that starts, resumes or restarts it); returns how many were printed."""
+    prepare(sweep, out)
+    n = 0
+    for point in sweep.points():
+        state, _ = point_state(sweep, point, out)
+        if state != "finished":
+            write(shlex.join(["ebt", *sweep.command(point, out, state)]))
+            n += 1
+    return n
+
+
+def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None] = print) -> dict:
+    """Train every point of `sweep` not finished in `out`, `jobs` at a time (each its own process;
+    with jobs > 1 each on one thread). Returns {"points": [...], "wall_s", "overhead_pct"}.
+
+    Points that fail do not stop the others: they are listed (state "failed", the log named) and
+    the caller reports them. SIGINT/SIGTERM stop launching, pass the signal on to each running
+    point (which saves a checkpoint) and raise Interrupted once they have stopped.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
+        raise ConfigError(f"--jobs = {jobs!r} is not allowed; it must be an integer in [1, 256]")
+    out = Path(out)
+    prepare(sweep, out)
+    points = sweep.points()
+    todo, report = [], []
+    for point in points:
+        state, detail = point_state(sweep, point, out)
+        if state == "finished":
+            report.append({"name": point.name, "state": "finished", "detail": f"already finished ({detail})"})
+        else:
+            todo.append((point, state, detail))
+    say(f"sweep {out}: {sweep.axis} axis, {len(points)} points; {len(points) - len(todo)} finished, "
+        f"{len(todo)} to run, {min(jobs, max(1, len(todo)))} at a time")
+    (out / LOGS).mkdir(exist_ok=True)
+    env = dict(os.environ)
+    if jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the cores are shared between the points
+    signals = _Forward()
+    running: list[tuple[Point, subprocess.Popen, float, Any]] = []
+    started = time.perf_counter()
+    done = 0
+    signals.install()
+    try:
+        while todo or running:
+            while todo and len(running) < jobs and not signals.signum:
+                point, state, detail = todo.pop(0)
+                args = sweep.command(point, out, state)
+                log = open(out / LOGS / f"{point.name}.log", "a")
+                log.write(f"$ {shlex.join(['ebt', *args])}\n")
+                log.flush()
+                child = subprocess.Popen([sys.executable, "-m", "ebt.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)  # Ctrl-C reaches it through us, once
+                running.append((point, child, time.perf_counter(), log))
+                if state != "start":
+                    say(f"  {point.name}: {'resuming at ' + detail if state == 'resume' else 'restarting (' + detail + ')'}")
+            if not running:
+                break
+            time.sleep(0.05)
+            signals.forward([c for _, c, _, _ in running])
+            for entry in [e for e in running if e[1].poll() is not None]:
+                running.remove(entry)
+                point, child, t0, log = entry
+                log.close()
+                done += 1
+                report.append(_finished(point, child.returncode, time.perf_counter() - t0, out))
+                r = report[-1]
+                say(f"[{done}/{done + len(todo) + len(running)}] {point.name}: {r['state']} ({r['detail']})")
+    finally:
+        signals.restore()
+    wall = time.perf_counter() - started
+    ran = [r for r in report if "process_s" in r]
+    spent, trained = sum(r["process_s"] for r in ran), sum(r.get("train_wall_s", 0.0) for r in ran)
+    result = {"out": str(out), "axis": sweep.axis, "points": report, "wall_s": wall,
+              "overhead_pct": 100 * (spent - trained) / spent if spent else 0.0}
+    if signals.signum:
+        stopped = [r["name"] for r in report if r["state"] == "interrupted"]
+        raise Interrupted(f"sweep interrupted ({signal.Signals(signals.signum).name}); "
+                          f"{len(stopped)} point(s) saved a checkpoint mid-run; "
+                          f"resume with: ebt scale run --out {out}", 128 + signals.signum)
+    return result
+
+
+def _finished(point: Point, code: int, seconds: float, out: Path) -> dict:
+    run, log = out / point.name, out / LOGS / f"{point.name}.log"
+    entry = {"name": point.name, "exit_code": code, "process_s": seconds}
+    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
+        return {**entry, "state": "interrupted", "detail": f"checkpoint saved; log {log}"}
+    if code != 0:
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or [""]
+        return {**entry, "state": "failed", "detail": f"exit {code}: {last[0][:200]}; log {log}"}
+    row = final_validation(run, load_config(run).train.steps) or {}
+    entry["train_wall_s"] = float(row.get("wall_s") or 0.0)  # the trainer's loop, validations included
+    loss = row.get("loss")
+    return {**entry, "state": "finished", "detail": f"{seconds:.0f} s; validation loss "
+                                                    + (f"{loss:.4f}" if isinstance(loss, float) else "?")}
+
+
+class _Forward:
+    """SIGINT/SIGTERM while a sweep runs: remembered, and passed on once to each running point
+    (started in their own sessions, so a terminal's Ctrl-C reaches them only through here: a
+    second signal would make a point stop without saving)."""
+
+    def __init__(self) -> None:
+        self.signum, self.previous, self.sent = 0, {}, set()
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        self.previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = self.signum or signum
+
+    def forward(self, children: list[subprocess.Popen]) -> None:
+        if not self.signum:
+            return
+        for child in children:
+            if child.pid not in self.sent and child.poll() is None:
+                child.send_signal(self.signum)
+                self.sent.add(child.pid)
+
+
+def summary(result: dict) -> str:
+    """The report of `run_sweep` as lines."""
+    lines = [f"{r['name']:<28} {r['state']:<11} {r['detail']}" for r in result["points"]]
+    lines.append(f"sweep {result['out']}: {result['wall_s']:.0f} s; overhead beyond the training loops "
+                 f"(process start, data, model set-up) {result['overhead_pct']:.1f}% of the points' time")
+    return "\n".join(lines)
+
