@@ -29,7 +29,7 @@ LAYERS = [
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
     ["ebt.train", "ebt.runs"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
-     "ebt.scaling.curves"],
+     "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands"],  # typed arguments, never an argparse Namespace
     ["ebt.cli", "ebt.demo", "ebt"],  # the command line and the package's front door
 ]

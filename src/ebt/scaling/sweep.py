@@ -31,10 +31,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,74 +381,129 @@ def print_commands(sweep: Sweep, out: Path, write: Callable[[str], None] = print
 
 
 def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None] = print) -> dict:
-    """Train every point of `sweep` not finished in `out`, `jobs` at a time (each its own process;
-    with jobs > 1 each on one thread). Returns {"points": [...], "wall_s", "overhead_pct"}.
+    """Train every point of `sweep` not finished in `out`, on `jobs` worker processes
+    (`ebt.scaling.worker`; with jobs > 1 each on one thread). Returns {"points": [...], "wall_s",
+    "overhead_pct"}: the share of the workers' time not spent in the trainers' loops (starting
+    processes, loading data, building models).
 
     Points that fail do not stop the others: they are listed (state "failed", the log named) and
-    the caller reports them. SIGINT/SIGTERM stop launching, pass the signal on to each running
-    point (which saves a checkpoint) and raise Interrupted once they have stopped.
+    the caller reports them. SIGINT/SIGTERM stop handing out points, pass the signal on to each
+    running point (which saves a checkpoint) and raise Interrupted once they have stopped.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
         raise ConfigError(f"--jobs = {jobs!r} is not allowed; it must be an integer in [1, 256]")
     out = Path(out)
     prepare(sweep, out)
-    points = sweep.points()
+    points = {p.name: p for p in sweep.points()}
     todo, report = [], []
-    for point in points:
+    for point in points.values():
         state, detail = point_state(sweep, point, out)
         if state == "finished":
             report.append({"name": point.name, "state": "finished", "detail": f"already finished ({detail})"})
         else:
-            todo.append((point, state, detail))
+            todo.append((point.name, state, detail))
     say(f"sweep {out}: {sweep.axis} axis, {len(points)} points; {len(points) - len(todo)} finished, "
         f"{len(todo)} to run, {min(jobs, max(1, len(todo)))} at a time")
     (out / LOGS).mkdir(exist_ok=True)
     env = dict(os.environ)
     if jobs > 1:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the cores are shared between the points
-    signals = _Forward()
-    running: list[tuple[Point, subprocess.Popen, float, Any]] = []
-    started = time.perf_counter()
-    done = 0
+    signals, answers = _Forward(), queue.Queue()
+    workers: list[_Worker] = []
+    spawned: list[_Worker] = []  # every worker this run started, for the overhead
+    started, total, done = time.perf_counter(), len(todo), 0
     signals.install()
     try:
-        while todo or running:
-            while todo and len(running) < jobs and not signals.signum:
-                point, state, detail = todo.pop(0)
-                args = sweep.command(point, out, state)
-                log = open(out / LOGS / f"{point.name}.log", "a")
-                log.write(f"$ {shlex.join(['ebt', *args])}\n")
-                log.flush()
-                child = subprocess.Popen([sys.executable, "-m", "ebt.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)  # Ctrl-C reaches it through us, once
-                running.append((point, child, time.perf_counter(), log))
-                if state != "start":
-                    say(f"  {point.name}: {'resuming at ' + detail if state == 'resume' else 'restarting (' + detail + ')'}")
-            if not running:
+        while True:
+            for worker in [w for w in workers if w.task is None]:
+                if worker.process.poll() is not None:  # died between points: nothing was lost
+                    workers.remove(worker)
+                elif todo and not signals.signum:
+                    name, state, detail = todo.pop(0)
+                    worker.send(name, state)
+                    if state != "start":
+                        say(f"  {name}: " + (f"resuming at {detail}" if state == "resume" else f"restarting ({detail})"))
+                else:
+                    worker.close()
+                    workers.remove(worker)
+            if todo and len(workers) < jobs and not signals.signum:
+                workers.append(_Worker(out, env, answers))
+                spawned.append(workers[-1])
+                continue
+            if not workers:
                 break
-            time.sleep(0.05)
-            signals.forward([c for _, c, _, _ in running])
-            for entry in [e for e in running if e[1].poll() is not None]:
-                running.remove(entry)
-                point, child, t0, log = entry
-                log.close()
-                done += 1
-                report.append(_finished(point, child.returncode, time.perf_counter() - t0, out))
-                r = report[-1]
-                say(f"[{done}/{done + len(todo) + len(running)}] {point.name}: {r['state']} ({r['detail']})")
+            try:
+                worker, name, code = answers.get(timeout=0.1)
+            except queue.Empty:
+                signals.forward([w.process for w in workers if w.task is not None])
+                continue
+            if worker not in workers or worker.task is None or worker.task[0] != name:
+                continue
+            seconds = time.perf_counter() - worker.task[1]
+            worker.task = None
+            if code is None:  # the worker process died (killed, out of memory): its point failed
+                workers.remove(worker)
+                code = worker.process.wait()
+            done += 1
+            report.append(_finished(points[name], code, seconds, out))
+            say(f"[{done}/{total}] {name}: {report[-1]['state']} ({report[-1]['detail']})")
     finally:
         signals.restore()
+        for worker in workers:
+            worker.close()
     wall = time.perf_counter() - started
-    ran = [r for r in report if "process_s" in r]
-    spent, trained = sum(r["process_s"] for r in ran), sum(r.get("train_wall_s", 0.0) for r in ran)
+    spent = sum(w.active_s for w in spawned)
+    trained = sum(r.get("train_wall_s", 0.0) for r in report)
     result = {"out": str(out), "axis": sweep.axis, "points": report, "wall_s": wall,
-              "overhead_pct": 100 * (spent - trained) / spent if spent else 0.0}
+              "overhead_pct": 100 * max(0.0, spent - trained) / spent if spent else 0.0}
     if signals.signum:
         stopped = [r["name"] for r in report if r["state"] == "interrupted"]
         raise Interrupted(f"sweep interrupted ({signal.Signals(signals.signum).name}); "
                           f"{len(stopped)} point(s) saved a checkpoint mid-run; "
                           f"resume with: ebt scale run --out {out}", 128 + signals.signum)
     return result
+
+
+class _Worker:
+    """A worker process (`python -m ebt.scaling.worker OUT`), the point it is training, and a
+    thread that passes its answers ("POINT CODE" lines; None for the code when it dies) on."""
+
+    def __init__(self, out: Path, env: dict, answers: queue.Queue) -> None:
+        self.born = time.perf_counter()
+        self.last = self.born
+        self.task: tuple[str, float] | None = None
+        # Its own session: a terminal's Ctrl-C reaches it only through the sweep, once (a second
+        # signal would stop a point without saving).
+        self.process = subprocess.Popen([sys.executable, "-m", "ebt.scaling.worker", str(out)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
+
+    @property
+    def active_s(self) -> float:
+        """Seconds from its start to its last answer: what the sweep spent on this process."""
+        return self.last - self.born
+
+    def send(self, name: str, how: str) -> None:
+        self.task = (name, time.perf_counter())
+        self.process.stdin.write(f"{name} {how}\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        if self.process.stdin and not self.process.stdin.closed:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+        self.process.wait()
+
+    def _read(self, answers: queue.Queue) -> None:
+        for line in self.process.stdout:
+            name, _, code = line.strip().partition(" ")
+            self.last = time.perf_counter()
+            answers.put((self, name, int(code)))
+        self.last = time.perf_counter()
+        if self.task is not None:
+            answers.put((self, self.task[0], None))
 
 
 def _finished(point: Point, code: int, seconds: float, out: Path) -> dict:
@@ -473,8 +530,6 @@ class _Forward:
         self.signum, self.previous, self.sent = 0, {}, set()
 
     def install(self) -> None:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self.previous[s] = signal.signal(s, self._handle)
@@ -488,6 +543,7 @@ class _Forward:
         self.signum = self.signum or signum
 
     def forward(self, children: list[subprocess.Popen]) -> None:
+        """Send the signal, once, to each running point's process."""
         if not self.signum:
             return
         for child in children:

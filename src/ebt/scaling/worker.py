@@ -1,0 +1,83 @@
+"""A sweep's worker process: trains the points it is sent, one after another, in one process.
+
+    python -m ebt.scaling.worker SWEEP_DIR
+
+Reads lines `POINT HOW` on stdin (HOW: start, resume or restart) and, for each, trains the
+point exactly as its `ebt train` command would (`Sweep.command`): the same config, built from
+the same preset and overrides in the same order, through the same trainer. The point's output
+(both file descriptors, so C-level warnings too) goes to SWEEP_DIR/logs/POINT.log; the worker
+answers `POINT EXIT_CODE` on stdout (0 done, 2 an error, 130/143 interrupted after saving).
+
+One process for many points pays for importing torch and setting it up once per job rather
+than once per point: on 2 CPU cores that is several seconds, a large share of a short point.
+It holds one model at a time: a point's model is freed when its training returns.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ebt.checkpoint import load_config
+from ebt.errors import EBTError, Interrupted
+from ebt.scaling.sweep import LOGS, Sweep
+
+
+def train_point(sweep: Sweep, out: Path, name: str, how: str) -> int:
+    """Train point `name` of `sweep` in `out`; the exit code its `ebt train` command would give."""
+    from ebt.train import train
+
+    point = next(p for p in sweep.points() if p.name == name)
+    run = out / point.name
+    print(f"$ {shlex.join(['ebt', *sweep.command(point, out, how)])}  (run by an ebt scale run worker)", flush=True)
+    try:
+        config = load_config(run) if how == "resume" else sweep.config(point)
+        train(config, run, resume=how == "resume", overwrite=how == "restart", quiet=True)
+    except Interrupted as e:
+        print(f"ebt train: {e}", file=sys.stderr)
+        return e.exit_code
+    except EBTError as e:
+        print(f"ebt train: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"ebt train: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # a signal before training began (nothing new to save)
+        print("ebt train: interrupted", file=sys.stderr)
+        return 130
+    print(f"done: {run}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0])
+    sweep = Sweep.load(out)
+    answers = os.fdopen(os.dup(1), "w", buffering=1)  # stdout before it is pointed at each log
+    try:
+        for line in sys.stdin:
+            name, how = line.split()
+            with open(out / LOGS / f"{name}.log", "a") as log:
+                sys.stdout.flush(), sys.stderr.flush()
+                saved = os.dup(1), os.dup(2)
+                os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+                try:
+                    code = train_point(sweep, out, name, how)
+                finally:
+                    sys.stdout.flush(), sys.stderr.flush()
+                    os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+                    os.close(saved[0]), os.close(saved[1])
+            gc.collect()
+            answers.write(f"{name} {code}\n")
+            if code in (130, 143):
+                break
+    except KeyboardInterrupt:  # a signal while waiting for work: nothing is running
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
