@@ -548,8 +548,14 @@ def scale_fit(args: ScaleFitArgs) -> int:
 
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     axis, measured, excluded = collect(args.dirs, args.axis, args.skip_failed)
+    points = curves(measured)
+    for kind, name in (("ebt", "EBT"), ("transformer", "Transformer++")):
+        if kind not in points:
+            raise ConfigError(f"{', '.join(map(str, args.dirs))}: no finished {name} point to fit"
+                              + (f" ({len(excluded)} point(s) left out: {excluded[0]['run']}: {excluded[0]['why']}, …)"
+                                 if excluded else ""))
     try:
-        result = fit_scaling(curves(measured), reps=args.replicates, seed=args.seed)
+        result = fit_scaling(points, reps=args.replicates, seed=args.seed)
     except ValueError as e:
         raise ConfigError(f"cannot fit {', '.join(map(str, args.dirs))}: {e}") from None
     result = {"axis": axis, "x_label": X_LABELS[axis], "sweeps": [str(d) for d in args.dirs],

@@ -1,0 +1,284 @@
+"""`ebt scale run` and `ebt scale fit` end to end: micro sweeps of a few steps on the synthetic corpus.
+
+A sweep's points are trained by worker processes; each point must equal what its printed
+`ebt train` command trains, a finished point is skipped, an interrupted one resumes, and a bad
+or failed point is named, never silently dropped from a fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ebt.train
+from conftest import run_cli
+from ebt.errors import Interrupted
+from ebt.runs import load_run
+from ebt.scaling.sweep import Sweep
+from ebt.scaling.worker import train_point
+
+# Small and fast: context 16, batch 4, 4 validation windows, 3 steps.
+FAST = ["--model.context_len=16", "--train.batch_size=4", "--train.log_every=1"]
+
+
+def width_args(out: Path, corpus: Path, *more: str) -> list[str]:
+    return ["scale", "run", "--axis", "width", "--values", "32,64,96", "--steps", "3", "--windows", "4",
+            "--data", str(corpus), "--out", str(out), *FAST, *more]
+
+
+def ebt_command() -> list[str]:
+    script = Path(sys.executable).parent / "ebt"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "ebt.cli"]
+
+
+def weights(run: Path, step: int | None = None) -> dict[str, torch.Tensor]:
+    return load_run(run, step=step).model.state_dict()
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def width_sweep(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    out = tmp_path_factory.mktemp("sweeps") / "width"
+    from ebt.cli import main
+
+    assert main(width_args(out, corpus_file, "--jobs", "2")) == 0
+    return out
+
+
+def test_a_micro_sweep_trains_every_point_as_an_ordinary_run(width_sweep: Path) -> None:
+    names = sorted(p.name for p in width_sweep.iterdir() if p.is_dir() and p.name != "logs")
+    assert names == sorted(f"{k}-dim{d}-seed0" for k in ("ebt", "transformer") for d in (32, 64, 96))
+    for name in names:
+        run = load_run(width_sweep / name)
+        assert run.step == 3 and run.config.model.dim == int(name.split("dim")[1].split("-")[0])
+        assert run.config.model.n_heads == run.config.model.dim // 32  # the tiny size's head width
+        assert (width_sweep / "logs" / f"{name}.log").read_text().startswith("$ ebt train --preset text-")
+
+
+def test_the_fit_json_has_the_documented_keys(width_sweep: Path, tmp_path: Path, capsys) -> None:
+    code, out, _ = run_cli(["scale", "fit", width_sweep, "--json", "--replicates", "200", "--plots", tmp_path],
+                           capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["axis"] == "width"
+    for kind in ("ebt", "transformer"):
+        model = result["models"][kind]
+        assert [p["x"] for p in model["points"]] == [32.0, 64.0, 96.0]
+        low, high = model["slope_ci"]
+        assert low <= model["slope"] <= high
+        for p in model["points"]:  # each point's loss is its run's final validation loss
+            row = [json.loads(line) for line in (width_sweep / f"{kind}-dim{int(p['x'])}-seed0" / "metrics.jsonl")
+                   .read_text().splitlines() if '"validation"' in line][-1]
+            assert p["loss"] == pytest.approx(row["loss"], rel=1e-5)
+    ratio = result["models"]["ebt"]["slope"] / result["models"]["transformer"]["slope"] - 1
+    assert result["scaling_rate_ratio"] == pytest.approx(ratio)
+    low, high = result["scaling_rate_ratio_ci"]
+    assert low <= high
+    assert len(result["points_used"]) == 6 and result["excluded"] == []
+    assert (tmp_path / "scale-width.png").stat().st_size > 0
+
+
+def test_running_a_finished_sweep_again_trains_nothing(width_sweep: Path, corpus_file: Path, capsys) -> None:
+    before = {p: p.stat().st_mtime_ns for p in width_sweep.glob("*/model.safetensors")}
+    code, out, _ = run_cli(width_args(width_sweep, corpus_file), capsys)
+    assert code == 0
+    assert "6 finished, 0 to run" in out
+    assert {p: p.stat().st_mtime_ns for p in width_sweep.glob("*/model.safetensors")} == before
+    # --out alone continues the sweep it holds
+    code, out, _ = run_cli(["scale", "run", "--out", width_sweep], capsys)
+    assert code == 0 and "6 finished, 0 to run" in out
+
+
+def test_an_interrupted_point_resumes_to_the_same_weights(width_sweep: Path, corpus_file: Path, tmp_path: Path,
+                                                          capsys, monkeypatch) -> None:
+    out = tmp_path / "sweep"
+    assert run_cli(width_args(out, corpus_file, "--print-commands"), capsys)[0] == 0
+    sweep = Sweep.load(out)
+    # Ctrl-C during the first step of one point: it saves a checkpoint at step 1 and stops.
+    with monkeypatch.context() as patch:
+        patch.setattr(ebt.train._StopSignals, "install", lambda self: setattr(self, "signum", signal.SIGINT))
+        (out / "logs").mkdir()
+        assert train_point(sweep, out, "ebt-dim64-seed0", "start") == 130
+    assert load_run(out / "ebt-dim64-seed0").step == 1
+    code, stdout, _ = run_cli(width_args(out, corpus_file, "--jobs", "2"), capsys)  # one thread a point, as before
+    assert code == 0
+    assert "ebt-dim64-seed0: resuming at step 1 of 3" in stdout
+    assert same_weights(out / "ebt-dim64-seed0", width_sweep / "ebt-dim64-seed0")
+
+
+def test_printed_commands_run_as_printed_and_train_the_same_points(width_sweep: Path, corpus_file: Path,
+                                                                     tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cluster"
+    code, stdout, err = run_cli(width_args(out, corpus_file, "--print-commands"), capsys)
+    assert code == 0 and "6 point(s) to run" in err
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 6 and all(line.startswith("ebt train --preset text-") for line in lines)
+    for line in lines[:2]:  # one EBT point and one Transformer++ point, as a job array would run them
+        args = shlex.split(line)
+        # one thread, as the sweep's points ran with --jobs 2: the same float reductions
+        subprocess.run([*ebt_command(), *args[1:]], check=True, capture_output=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+        name = Path(args[args.index("--out") + 1]).name
+        assert same_weights(out / name, width_sweep / name)
+    # the collected directories are a sweep: the unfinished points are named, not dropped
+    code, _, err = run_cli(["scale", "fit", out], capsys)
+    assert code == 2 and "not started" in err and "--skip-failed" in err
+
+
+def test_a_sweep_interrupted_by_a_signal_saves_its_points_and_resumes(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["scale", "run", "--axis", "depth", "--values", "1,2,3", "--steps", "60", "--windows", "2",
+            "--data", str(corpus_file), "--out", str(out), "--jobs", "2", *FAST, "--model.dim=32", "--model.n_heads=1"]
+    runner = subprocess.Popen([*ebt_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/metrics.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    stdout, stderr = runner.communicate(timeout=120)
+    assert runner.returncode == 130, stderr
+    assert f"resume with: ebt scale run --out {out}" in stderr
+    interrupted = [p.parent for p in out.glob("*/train_state.pt")]
+    assert interrupted and all(load_run(p).step < 60 for p in interrupted)
+    done = subprocess.run([*ebt_command(), "scale", "run", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step" in done.stdout
+    assert all(load_run(p).step == 60 for p in out.iterdir() if p.is_dir() and p.name != "logs")
+
+
+@pytest.fixture(scope="module")
+def data_sweep(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> Path:
+    out = tmp_path_factory.mktemp("sweeps") / "data"
+    from ebt.cli import main
+
+    assert main(["scale", "run", "--axis", "data", "--steps", "32", "--windows", "4", "--data", str(corpus_file),
+                 "--out", str(out), "--jobs", "2", *FAST]) == 0
+    return out
+
+
+def test_the_data_axis_is_one_run_per_kind_read_at_log_spaced_steps(data_sweep: Path, capsys) -> None:
+    config = load_run(data_sweep / "ebt-seed0").config
+    assert config.train.lr_schedule == "constant" and config.train.eval_spacing == "log"
+    code, out, _ = run_cli(["scale", "fit", data_sweep, "--json", "--replicates", "200", "--thinking"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    steps = [2, 3, 4, 6, 8, 11, 16, 23, 32]  # 32/16 · √2^i
+    tokens = [s * 4 * 16 for s in steps]  # steps × batch × context
+    assert [p["x"] for p in result["models"]["transformer"]["points"]] == tokens
+    for point in result["models"]["ebt"]["points"]:  # scored from the weights kept at each step
+        budgets = point["thinking"]["budgets"]
+        assert [b["forward_passes"] for b in budgets] == [2, 3, 6, 15, 30]
+        assert point["thinking"]["gain_think_longer_pct"] == pytest.approx(
+            100 * (budgets[0]["ppl"] - budgets[1]["ppl"]) / budgets[0]["ppl"])
+
+
+def test_a_non_finite_point_is_named_and_only_left_out_when_asked(data_sweep: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(data_sweep, out)
+    metrics = out / "ebt-seed0" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for row in rows:
+        if row.get("split") == "validation" and row["step"] == 8:
+            row["window_losses"][0] = None  # what a NaN is written as
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, _, err = run_cli(["scale", "fit", out], capsys)
+    assert code == 2
+    assert "ebt-seed0 step 8: its validation loss is not finite" in err
+    code, stdout, _ = run_cli(["scale", "fit", out, "--skip-failed", "--json", "--replicates", "200"], capsys)
+    assert code == 0
+    result = json.loads(stdout)
+    assert len(result["models"]["ebt"]["points"]) == 8
+    assert result["excluded"] == [{"run": str(out / "ebt-seed0"), "step": 8, "why": "its validation loss is not finite"}]
+    assert {(p["run"], p["step"]) for p in result["points_used"]}.isdisjoint({(str(out / "ebt-seed0"), 8)})
+
+
+def test_a_failed_point_is_reported_and_the_others_finish(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    # A step size past anything finite: every EBT point diverges at its first step.
+    code, stdout, err = run_cli(["scale", "run", "--axis", "depth", "--values", "1,2,3", "--steps", "2",
+                                 "--windows", "2", "--data", corpus_file, "--out", out, *FAST,
+                                 "--think.step_size=1e30"], capsys)
+    assert code == 2
+    assert "3 point(s) failed: ebt-layers1-seed0, ebt-layers2-seed0, ebt-layers3-seed0" in err
+    assert stdout.count("transformer-layers") >= 3 and "logs/ebt-layers1-seed0.log" in stdout
+    assert "diverged" in (out / "logs" / "ebt-layers1-seed0.log").read_text() or \
+        "not finite" in (out / "logs" / "ebt-layers1-seed0.log").read_text()
+    code, _, err = run_cli(["scale", "fit", out], capsys)
+    assert code == 2 and "ebt-layers1-seed0" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--axis", "height"], "--axis 'height' is not a scaling axis"),
+    (["--axis", "width", "--values", "32,64"], "at least 3 distinct values"),
+    (["--axis", "width", "--values", "32,48,64"], "not a whole number of heads of width 32"),
+    (["--axis", "depth", "--values", "1,two,3"], "--values 'two' is not allowed"),
+    (["--axis", "width", "--model.dim=64"], "--model.dim is set per point by the width sweep"),
+    (["--axis", "data", "--steps", "20"], "too short for a data sweep"),
+    (["--axis", "depth", "--size", "huge"], "--size 'huge' has no text presets"),
+    (["--axis", "depth", "--jobs", "0"], "--jobs = 0 is not allowed"),
+    (["--axis", "depth", "--train.lr=-1"], "train.lr = -1.0 is not allowed"),
+    ([], "--axis is required"),
+])
+def test_bad_sweep_settings_are_named_before_anything_runs(args: list[str], message: str, tmp_path: Path,
+                                                            capsys) -> None:
+    code, _, err = run_cli(["scale", "run", "--out", tmp_path / "sweep", *args], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
+def test_a_directory_of_another_sweep_or_config_is_refused(width_sweep: Path, corpus_file: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    code, _, err = run_cli(["scale", "run", "--out", width_sweep, "--steps", "4"], capsys)
+    assert code == 2 and "holds another sweep: steps (there 3, now 4)" in err
+    out = tmp_path / "sweep"
+    assert run_cli(width_args(out, corpus_file, "--print-commands"), capsys)[0] == 0
+    foreign = out / "ebt-dim32-seed0"
+    foreign.mkdir()
+    config = json.loads((width_sweep / "ebt-dim32-seed0" / "config.json").read_text())
+    config["train"]["lr"] = 0.5
+    (foreign / "config.json").write_text(json.dumps(config))
+    code, _, err = run_cli(width_args(out, corpus_file), capsys)
+    assert code == 2
+    assert "point ebt-dim32-seed0" in err and "train.lr (there 0.5, the sweep's 0.0024)" in err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, _, err = run_cli(width_args(other, corpus_file), capsys)
+    assert code == 2 and "is not empty and holds no sweep.json" in err
+
+
+def test_fitting_a_directory_that_is_no_sweep_is_an_error(tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["scale", "fit", tmp_path], capsys)
+    assert code == 2 and "has no sweep.json" in err
+    code, _, err = run_cli(["scale", "fit", tmp_path, "--replicates", "5"], capsys)
+    assert code == 2 and "--replicates = 5 is not allowed" in err
+
+
+def test_params_and_flops_refit_width_and_depth_sweeps(width_sweep: Path, capsys) -> None:
+    code, out, _ = run_cli(["scale", "fit", width_sweep, "--axis", "params", "--json", "--replicates", "200"],
+                           capsys)
+    assert code == 0
+    params = [p["x"] for p in json.loads(out)["models"]["transformer"]["points"]]
+    assert params == sorted(params) and len(params) == 3 and params[0] > 1000
+    code, out, _ = run_cli(["scale", "fit", width_sweep, "--axis", "flops", "--json", "--replicates", "200"], capsys)
+    assert code == 0
+    flops = json.loads(out)["models"]
+    # the EBT costs more per token than the Transformer++ of the same width (thinking, second order)
+    assert all(e["x"] > t["x"] for e, t in zip(flops["ebt"]["points"], flops["transformer"]["points"]))
+    code, _, err = run_cli(["scale", "fit", width_sweep, "--axis", "batch"], capsys)
+    assert code == 2 and "--axis batch does not apply to a width sweep" in err
