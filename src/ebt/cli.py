@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thinking", action="store_true", help="also score each EBT point at the paper suite's "
                                                            "thinking budgets (think longer, best-of-M)")
     p.add_argument("--skip-failed", action="store_true", help="fit without unfinished or failed points (listed)")
+    p.add_argument("--min-x", type=float, help="fit only points with x ≥ this (e.g. past the start of a data curve)")
+    p.add_argument("--max-x", type=float, help="fit only points with x ≤ this")
     p.add_argument("--replicates", type=int, default=2000, help="bootstrap replicates (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--device", default="auto", help="with --thinking: auto, cpu, cuda, ...")
@@ -185,7 +187,7 @@ def _command(a: argparse.Namespace, extra: list[str]):
     if a.command == "scale":
         return commands.scale_fit, commands.ScaleFitArgs(
             dirs=a.dirs, axis=a.axis, json=a.json, plots=a.plots, thinking=a.thinking, skip_failed=a.skip_failed,
-            replicates=a.replicates, seed=a.seed, device=a.device)
+            replicates=a.replicates, seed=a.seed, device=a.device, min_x=a.min_x, max_x=a.max_x)
     if a.command == "train":
         return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
                                                   overrides=parse_overrides(extra), resume=a.resume,

@@ -88,10 +88,7 @@ def train(args: TrainArgs) -> int:
                                   f"{config.model.task} {config.model.kind} run; drop --preset to resume it")
     else:
         config = preset(args.preset)
-    if args.data is not None:
-        config = config.override("data.corpus", args.data)
-    for key, value in args.overrides:
-        config = config.override(key, value)
+    config = config.with_overrides(([("data.corpus", args.data)] if args.data is not None else []) + args.overrides)
     try:
         result = run_training(config, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     except Interrupted as e:
@@ -532,8 +529,17 @@ class ScaleFitArgs:
     replicates: int = 2000
     seed: int = 0
     device: str = "auto"
+    min_x: float | None = None  # fit only the points with x in [min_x, max_x]
+    max_x: float | None = None
 
     def __post_init__(self) -> None:
+        for flag, value in (("--min-x", self.min_x), ("--max-x", self.max_x)):
+            if value is not None:
+                _check_real(flag, value, 0, "a finite number > 0")
+                if value <= 0:
+                    raise ConfigError(f"{flag} = {value!r} is not allowed; it must be a finite number > 0")
+        if self.min_x is not None and self.max_x is not None and self.min_x >= self.max_x:
+            raise ConfigError(f"--min-x = {self.min_x:g} must be below --max-x = {self.max_x:g}")
         if not self.dirs:
             raise ConfigError("ebt scale fit needs at least one sweep directory")
         _check_int("--replicates", self.replicates, 100, 1_000_000)
@@ -548,8 +554,14 @@ def scale_fit(args: ScaleFitArgs) -> int:
 
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     axis, measured, excluded = collect(args.dirs, args.axis, args.skip_failed)
-    points = curves(measured)
+    low, high = args.min_x or 0.0, args.max_x or math.inf
+    in_range = [m for m in measured if low <= m.x <= high]
+    points = curves(in_range)
     for kind, name in (("ebt", "EBT"), ("transformer", "Transformer++")):
+        xs = sorted(m.x for m in measured if m.kind == kind)
+        if kind not in points and xs:
+            raise ConfigError(f"no {name} point has x in [{low:g}, {high:g}] (--min-x, --max-x); "
+                              f"its x run from {xs[0]:g} to {xs[-1]:g}")
         if kind not in points:
             raise ConfigError(f"{', '.join(map(str, args.dirs))}: no finished {name} point to fit"
                               + (f" ({len(excluded)} point(s) left out: {excluded[0]['run']}: {excluded[0]['why']}, …)"
@@ -559,12 +571,13 @@ def scale_fit(args: ScaleFitArgs) -> int:
     except ValueError as e:
         raise ConfigError(f"cannot fit {', '.join(map(str, args.dirs))}: {e}") from None
     result = {"axis": axis, "x_label": X_LABELS[axis], "sweeps": [str(d) for d in args.dirs],
+              "x_range": [args.min_x, args.max_x],
               "paper_ratio": PAPER_RATIOS.get(axis), **result,
               "points_used": [{"run": str(m.run), "kind": m.kind, "seed": m.seed, "step": m.step, "x": m.x}
-                              for m in measured],
+                              for m in in_range],
               "excluded": excluded}
     if args.thinking:
-        gains = thinking_gains(measured, _device(args.device), say=say)
+        gains = thinking_gains(in_range, _device(args.device), say=say)
         for point in result["models"].get("ebt", {}).get("points", []):
             point["thinking"] = gains.get(point["x"])
     if args.plots is not None:
@@ -584,7 +597,8 @@ def scale_fit(args: ScaleFitArgs) -> int:
                   f"{t.get('gain_self_verify_pct', math.nan):+7.2f}%")
     for e in excluded:
         print(f"left out: {e['run']}{' step ' + str(e['step']) if 'step' in e else ''}: {e['why']}")
-    print(f"points used: {len(measured)} ({len({str(m.run) for m in measured})} runs)")
+    print(f"points used: {len(in_range)} ({len({str(m.run) for m in in_range})} runs)"
+          + (f"; x in [{low:g}, {high:g}]" if args.min_x or args.max_x else ""))
     if args.plots is not None:
         print(f"plot: {result['plots'][0]}")
     return 0

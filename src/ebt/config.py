@@ -200,8 +200,10 @@ class RunConfig:
             raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
         return cls(**sections).validated()
 
-    def override(self, key: str, raw: str) -> RunConfig:
-        """Return a copy with `section.key` set from its command-line text `raw`."""
+    def override(self, key: str, raw: str, validate: bool = True) -> RunConfig:
+        """Return a copy with `section.key` set from its command-line text `raw` (the value is
+        parsed and type-checked here; `validate=False` leaves the checks across fields to a
+        later `validated()`, as `with_overrides` does)."""
         if key in MOVED_KEYS:
             raise ConfigError(f"config key '{key}' is now '{MOVED_KEYS[key]}'; write --{MOVED_KEYS[key]}=VALUE")
         section, _, name = key.partition(".")
@@ -225,7 +227,17 @@ class RunConfig:
             # Another task: its own section, at its defaults; the old task's section goes.
             sections[self.model.task] = None
             sections[value] = None
-        return RunConfig(**sections).validated()
+        config = RunConfig(**sections)
+        return config.validated() if validate else config
+
+    def with_overrides(self, pairs: list[tuple[str, str]]) -> RunConfig:
+        """A copy with every `(section.key, text)` pair applied in order, then checked once: a
+        field that depends on another (train.eval_every with train.eval_spacing) may be given
+        before or after it."""
+        config = self
+        for key, raw in pairs:
+            config = config.override(key, raw, validate=False)
+        return config.validated()
 
     def validated(self) -> RunConfig:
         """This config, after checking every field; a ConfigError names the first bad one."""

@@ -203,7 +203,8 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
     for x, results in by_x.items():
         gains[x] = {
             "runs": len(results),
-            "budgets": [{"forward_passes": b["forward_passes"], "steps": b["steps"], "samples": b["samples"],
+            "budgets": [{"budget": b["budget"], "forward_passes": b["forward_passes"], "steps": b["steps"],
+                         "samples": b["samples"],
                          "ppl": float(np.mean([r["budgets"][i]["ppl"] for r in results]))}
                         for i, b in enumerate(results[0]["budgets"])],
             **{k: float(np.mean([r[k] for r in results]))

@@ -137,8 +137,7 @@ class Sweep:
             if self.values is not None and list(self.values) != [steps]:  # sweep.json holds [steps]
                 raise ConfigError("--values does not apply to the data axis: its points are the log-spaced "
                                   "validations of one run per kind (set the length with --steps)")
-            first = round(steps / DATA_SPAN)
-            if first < 1 or len(data_steps(steps)) < MIN_POINTS:
+            if steps < 2 * DATA_SPAN:  # the first validation at step 2 or later, 16× before the last
                 raise ConfigError(f"--steps {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}")
             return [steps]
         m, head_width = base.model, base.model.dim // base.model.n_heads
@@ -200,12 +199,8 @@ class Sweep:
 
     def config(self, point: Point) -> RunConfig:
         """The config `ebt train` builds for a point (before the data sets text.vocab_size)."""
-        config = preset(self.preset_name(point.kind))
-        if self.data is not None:
-            config = config.override("data.corpus", self.data)
-        for key, value in point.overrides:
-            config = config.override(key, value)
-        return config
+        data = [("data.corpus", self.data)] if self.data is not None else []
+        return preset(self.preset_name(point.kind)).with_overrides(data + list(point.overrides))
 
     def command(self, point: Point, out: Path, how: str = "start") -> list[str]:
         """The `ebt train` arguments of a point: "start" it, "resume" it or "restart" it (--overwrite)."""
