@@ -140,7 +140,7 @@ def test_printed_commands_run_as_printed_and_train_the_same_points(width_sweep: 
 
 def test_a_sweep_interrupted_by_a_signal_saves_its_points_and_resumes(corpus_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
-    args = ["scale", "run", "--axis", "depth", "--values", "1,2,3", "--steps", "60", "--windows", "2",
+    args = ["scale", "run", "--axis", "depth", "--values", "1,2,3", "--steps", "40", "--windows", "2",
             "--data", str(corpus_file), "--out", str(out), "--jobs", "2", *FAST, "--model.dim=32", "--model.n_heads=1"]
     runner = subprocess.Popen([*ebt_command(), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -151,12 +151,12 @@ def test_a_sweep_interrupted_by_a_signal_saves_its_points_and_resumes(corpus_fil
     assert runner.returncode == 130, stderr
     assert f"resume with: ebt scale run --out {out}" in stderr
     interrupted = [p.parent for p in out.glob("*/train_state.pt")]
-    assert interrupted and all(load_run(p).step < 60 for p in interrupted)
-    done = subprocess.run([*ebt_command(), "scale", "run", "--out", str(out)], capture_output=True, text=True,
-                          timeout=600)
+    assert interrupted and all(load_run(p).step < 40 for p in interrupted)
+    done = subprocess.run([*ebt_command(), "scale", "run", "--out", str(out), "--jobs", "2"], capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "resuming at step" in done.stdout
-    assert all(load_run(p).step == 60 for p in out.iterdir() if p.is_dir() and p.name != "logs")
+    assert all(load_run(p).step == 40 for p in out.iterdir() if p.is_dir() and p.name != "logs")
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +232,9 @@ def test_a_failed_point_is_reported_and_the_others_finish(corpus_file: Path, tmp
     (["--axis", "depth", "--size", "huge"], "--size 'huge' has no text presets"),
     (["--axis", "depth", "--jobs", "0"], "--jobs = 0 is not allowed"),
     (["--axis", "depth", "--train.lr=-1"], "train.lr = -1.0 is not allowed"),
+    (["--axis", "data", "--train.lr_schedule=cosine"], "cosine is not allowed on the data axis"),
+    (["--axis", "data", "--train.eval_every=5"], "it validates at log-spaced steps from --steps/16"),
+    (["--axis", "depth", "--data", "no/such/corpus"], "is neither a known corpus"),
     ([], "--axis is required"),
 ])
 def test_bad_sweep_settings_are_named_before_anything_runs(args: list[str], message: str, tmp_path: Path,
@@ -245,6 +248,11 @@ def test_a_directory_of_another_sweep_or_config_is_refused(width_sweep: Path, co
                                                            capsys) -> None:
     code, _, err = run_cli(["scale", "run", "--out", width_sweep, "--steps", "4"], capsys)
     assert code == 2 and "holds another sweep: steps (there 3, now 4)" in err
+    # the same settings in another order are the same sweep
+    reordered = ["scale", "run", "--axis", "width", "--values", "96,64,32", "--steps", "3", "--windows", "4",
+                 "--data", str(corpus_file), "--out", str(width_sweep), *reversed(FAST)]
+    code, out, _ = run_cli(reordered, capsys)
+    assert code == 0 and "every point was already finished" in out
     out = tmp_path / "sweep"
     assert run_cli(width_args(out, corpus_file, "--print-commands"), capsys)[0] == 0
     foreign = out / "ebt-dim32-seed0"
@@ -296,3 +304,18 @@ def test_a_fit_can_be_limited_to_a_stretch_of_the_axis(data_sweep: Path, capsys)
     assert code == 2 and "no EBT point has x in [1e+12, inf]" in err
     code, _, err = run_cli(["scale", "fit", data_sweep, "--min-x", 10, "--max-x", 5], capsys)
     assert code == 2 and "--min-x = 10 must be below --max-x = 5" in err
+
+
+def test_a_point_whose_log_was_lost_is_repaired_by_running_the_sweep_again(width_sweep: Path, tmp_path: Path,
+                                                                           corpus_file: Path, capsys) -> None:
+    import shutil
+
+    out = tmp_path / "width"
+    shutil.copytree(width_sweep, out)
+    (out / "ebt-dim32-seed0" / "metrics.jsonl").unlink()
+    code, _, err = run_cli(["scale", "fit", out], capsys)
+    assert code == 2 and "ebt-dim32-seed0: not finished" in err and f"ebt scale run --out {out}" in err
+    code, stdout, _ = run_cli(["scale", "run", "--out", out], capsys)
+    assert code == 0 and "ebt-dim32-seed0: resuming at step 3 of 3" in stdout
+    assert same_weights(out / "ebt-dim32-seed0", width_sweep / "ebt-dim32-seed0")
+    assert run_cli(["scale", "fit", out, "--replicates", "200"], capsys)[0] == 0

@@ -542,6 +542,7 @@ class ScaleFitArgs:
             raise ConfigError(f"--min-x = {self.min_x:g} must be below --max-x = {self.max_x:g}")
         if not self.dirs:
             raise ConfigError("ebt scale fit needs at least one sweep directory")
+        self.dirs = list({Path(d).resolve(): Path(d) for d in self.dirs}.values())  # a directory given twice counts once
         _check_int("--replicates", self.replicates, 100, 1_000_000)
         _check_int("--seed", self.seed, 0, 2**63 - 1)
         _device(self.device)

@@ -42,7 +42,11 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     config (a config.json of an earlier version is migrated, not refused)."""
     path = Path(path)
     config = load_config(path)
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+        raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
+    if step is not None and not weights.is_file() and _weights_step(path / WEIGHTS) == step:
+        weights = path / WEIGHTS  # the last weights are that step's
     if not weights.is_file():
         if step is not None:
             kept = snapshot_steps(path)
@@ -73,6 +77,14 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if not step.isdigit():
         raise CheckpointError(f"{weights} has metadata step = {step!r}; it must be a count of training steps")
     return Run(config, model, int(step), path, **artifacts)
+
+
+def _weights_step(file: Path) -> int | None:
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception:  # missing or damaged: load_run names it when it reads the file
+        return None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

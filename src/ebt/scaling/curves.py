@@ -107,8 +107,9 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
     if excluded and not skip_failed:
         first = excluded[0]
         more = f" (and {len(excluded) - 1} more)" if len(excluded) > 1 else ""
+        sweep_dir = Path(first["run"]).parent
         raise DataError(f"point {first['run']}{' step ' + str(first['step']) if 'step' in first else ''}: "
-                        f"{first['why']}{more}; finish the sweep with `ebt scale run --out DIR`, "
+                        f"{first['why']}{more}; finish the sweep with `ebt scale run --out {sweep_dir}`, "
                         "or fit without these points with --skip-failed")
     _check_same_windows(measured)
     return axis, measured, excluded

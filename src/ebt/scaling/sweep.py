@@ -109,13 +109,24 @@ class Sweep:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9):
                 raise ConfigError(f"{flag} = {value!r} is not allowed; it must be an integer ≥ {low}")
         self.overrides = [tuple(pair) for pair in self.overrides]
-        for key, _ in self.overrides:
+        for key, value in self.overrides:
             if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
-                flag = {"train.seed": "--seeds", "train.steps": "--steps", "train.eval_examples": "--windows",
-                        "data.corpus": "--data"}.get(key, "--values")
-                raise ConfigError(f"--{key} is set per point by the {self.axis} sweep; give it with {flag} instead")
+                how = {"train.seed": "give it with --seeds", "train.steps": "give it with --steps",
+                       "train.eval_examples": "give it with --windows", "data.corpus": "give it with --data"}.get(
+                    key, "it validates at log-spaced steps from --steps/16" if self.axis == "data"
+                    else "give it with --values")
+                raise ConfigError(f"--{key} is set per point by the {self.axis} sweep; {how}")
+            if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
+                raise ConfigError("--train.lr_schedule=cosine is not allowed on the data axis: a curve read at "
+                                  "checkpoints needs a steady rate; use constant (the default) or wsd")
+        self.overrides.sort()  # the same overrides in any order are the same sweep
         if self.data is not None:
+            from ebt.data.corpus import KNOWN_CORPORA
+
             self.data = resolve_source(self.data)  # a path works from any directory, names stay names
+            if self.data not in KNOWN_CORPORA and not Path(self.data).exists():
+                raise ConfigError(f"--data {self.data!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) "
+                                  "nor an existing file or directory")
         self.values = self._values()
         if self.axis != "data" and len(set(self.values)) < MIN_POINTS:
             raise ConfigError(f"a {self.axis} sweep needs at least {MIN_POINTS} distinct values per model kind; "
@@ -158,7 +169,8 @@ class Sweep:
             if bad:
                 raise ConfigError(f"--values {bad[0]} is not a whole number of heads of width {head_width} "
                                   f"(the {self.size} size's head width); use multiples of {head_width}")
-        return list(dict.fromkeys(values))  # in order, without repeats
+        key = (lambda v: tuple(int(n) for n in v.split("x"))) if self.axis == "params" else (lambda v: v)
+        return sorted(dict.fromkeys(values), key=key)  # without repeats, in order of size
 
     def points(self) -> list[Point]:
         """Every run of the sweep: kinds × values × seeds, each with the overrides that make it."""
@@ -223,15 +235,20 @@ class Sweep:
     @classmethod
     def load(cls, out: Path) -> Sweep:
         path = Path(out) / SWEEP_FILE
+        if not Path(out).exists() or Path(out).is_file():
+            raise CheckpointError(f"sweep directory {str(out)!r} " + ("is a file" if Path(out).exists() else "does not exist"))
         if not path.is_file():
             raise CheckpointError(f"{out} is not a sweep directory: it has no {SWEEP_FILE} (make one with ebt scale run)")
         d = read_json(path)
         if not isinstance(d, dict) or d.get("version") != SWEEP_VERSION:
             raise CheckpointError(f"{path} is not a sweep file this library reads (version {SWEEP_VERSION})")
         fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - set(d))
+        if missing:
+            raise CheckpointError(f"{path} is damaged or was edited: it has no {', '.join(missing)}")
         try:
             return cls(**{k: v for k, v in d.items() if k in fields})
-        except (TypeError, ConfigError) as e:
+        except (TypeError, ValueError, AttributeError, ConfigError) as e:
             raise CheckpointError(f"{path} is damaged or was edited: {e}") from None
 
     def save(self, out: Path) -> None:
@@ -430,7 +447,7 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None]
             try:
                 worker, name, code = answers.get(timeout=0.1)
             except queue.Empty:
-                signals.forward([w.process for w in workers if w.task is not None])
+                signals.forward([w for w in workers if w.task is not None])
                 continue
             if worker not in workers or worker.task is None or worker.task[0] != name:
                 continue
@@ -440,7 +457,7 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None]
                 workers.remove(worker)
                 code = worker.process.wait()
             done += 1
-            report.append(_finished(points[name], code, seconds, out))
+            report.append(_finished(points[name], code, seconds, out, started=not worker.stopped))
             say(f"[{done}/{total}] {name}: {report[-1]['state']} ({report[-1]['detail']})")
     finally:
         signals.restore()
@@ -452,7 +469,7 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None]
     result = {"out": str(out), "axis": sweep.axis, "points": report, "wall_s": wall,
               "overhead_pct": 100 * max(0.0, spent - trained) / spent if spent else 0.0}
     if signals.signum:
-        stopped = [r["name"] for r in report if r["state"] == "interrupted"]
+        stopped = [r["name"] for r in report if r["state"] == "interrupted" and "saved" in r["detail"]]
         raise Interrupted(f"sweep interrupted ({signal.Signals(signals.signum).name}); "
                           f"{len(stopped)} point(s) saved a checkpoint mid-run; "
                           f"resume with: ebt scale run --out {out}", 128 + signals.signum)
@@ -467,6 +484,8 @@ class _Worker:
         self.born = time.perf_counter()
         self.last = self.born
         self.task: tuple[str, float] | None = None
+        self.ready = False  # set once it has imported everything: before that a signal would kill it mid-import
+        self.stopped = False  # killed by a signal before it was ready: its point did not start
         # Its own session: a terminal's Ctrl-C reaches it only through the sweep, once (a second
         # signal would stop a point without saving).
         self.process = subprocess.Popen([sys.executable, "-m", "ebt.scaling.worker", str(out)], stdin=subprocess.PIPE,
@@ -493,6 +512,9 @@ class _Worker:
 
     def _read(self, answers: queue.Queue) -> None:
         for line in self.process.stdout:
+            if line.strip() == "ready":
+                self.ready = True
+                continue
             name, _, code = line.strip().partition(" ")
             self.last = time.perf_counter()
             answers.put((self, name, int(code)))
@@ -501,11 +523,15 @@ class _Worker:
             answers.put((self, self.task[0], None))
 
 
-def _finished(point: Point, code: int, seconds: float, out: Path) -> dict:
+def _finished(point: Point, code: int, seconds: float, out: Path, started: bool = True) -> dict:
     run, log = out / point.name, out / LOGS / f"{point.name}.log"
     entry = {"name": point.name, "exit_code": code, "process_s": seconds}
+    if not started:
+        return {**entry, "state": "interrupted", "detail": "stopped before it began"}
     if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-        return {**entry, "state": "interrupted", "detail": f"checkpoint saved; log {log}"}
+        saved = (f"checkpoint at step {weights_step(run)} saved" if (run / WEIGHTS).is_file()
+                 else "stopped before its first checkpoint")
+        return {**entry, "state": "interrupted", "detail": f"{saved}; log {log}"}
     if code != 0:
         last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or [""]
         return {**entry, "state": "failed", "detail": f"exit {code}: {last[0][:200]}; log {log}"}
@@ -537,20 +563,30 @@ class _Forward:
     def _handle(self, signum: int, frame) -> None:
         self.signum = self.signum or signum
 
-    def forward(self, children: list[subprocess.Popen]) -> None:
-        """Send the signal, once, to each running point's process."""
+    def forward(self, workers: list[_Worker]) -> None:
+        """Send the signal, once, to each worker training a point; a worker still starting up
+        (its point not begun) is stopped outright."""
         if not self.signum:
             return
-        for child in children:
-            if child.pid not in self.sent and child.poll() is None:
+        for worker in workers:
+            child = worker.process
+            if child.pid in self.sent or child.poll() is not None:
+                continue
+            if worker.ready:
                 child.send_signal(self.signum)
-                self.sent.add(child.pid)
+            else:
+                worker.stopped = True
+                child.kill()
+            self.sent.add(child.pid)
 
 
 def summary(result: dict) -> str:
     """The report of `run_sweep` as lines."""
     lines = [f"{r['name']:<28} {r['state']:<11} {r['detail']}" for r in result["points"]]
-    lines.append(f"sweep {result['out']}: {result['wall_s']:.0f} s; overhead beyond the training loops "
-                 f"(process start, data, model set-up) {result['overhead_pct']:.1f}% of the points' time")
+    if not any("process_s" in r for r in result["points"]):
+        lines.append(f"sweep {result['out']}: every point was already finished")
+    else:
+        lines.append(f"sweep {result['out']}: {result['wall_s']:.0f} s; overhead beyond the training loops "
+                     f"(process start, data, model set-up) {result['overhead_pct']:.1f}% of the points' time")
     return "\n".join(lines)
 

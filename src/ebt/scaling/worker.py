@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(argv[0])
     sweep = Sweep.load(out)
     answers = os.fdopen(os.dup(1), "w", buffering=1)  # stdout before it is pointed at each log
+    answers.write("ready\n")  # imports done: from now on a signal stops a point cleanly
     try:
         for line in sys.stdin:
             name, how = line.split()
