@@ -156,9 +156,14 @@ def report(result: dict, axis: str) -> str:
         if ci is not None:
             if ci[0] <= 0.0 <= ci[1]:
                 lines.append("  the interval includes 0: this sweep cannot tell which kind scales faster")
-            if ci[1] - ci[0] > 1.0:
+            elif ci[1] - ci[0] > 1.0:
                 width = 100 * (ci[1] - ci[0])
-                lines.append(f"  the interval is {width:.0f} percentage points wide: too wide to decide")
+                faster = "EBT" if ci[0] > 0 else "Transformer++"
+                lines.append(f"  the interval excludes 0 ({faster} scales faster) but is {width:.0f} percentage "
+                             "points wide: too wide to size the difference")
+            else:
+                faster = "EBT" if ci[0] > 0 else "Transformer++"
+                lines.append(f"  the interval excludes 0: the {faster}'s loss falls faster on this axis at this scale")
         crossing = result["crossing"]
         if crossing is None:
             lines.append("fitted lines: no crossing within 10× of the measured x")
