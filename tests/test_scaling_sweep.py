@@ -109,7 +109,7 @@ def test_an_interrupted_point_resumes_to_the_same_weights(width_sweep: Path, cor
     sweep = Sweep.load(out)
     # Ctrl-C during the first step of one point: it saves a checkpoint at step 1 and stops.
     with monkeypatch.context() as patch:
-        patch.setattr(ebt.train._StopSignals, "install", lambda self: setattr(self, "signum", signal.SIGINT))
+        patch.setattr(ebt.train.StopSignals, "install", lambda self: setattr(self, "signum", signal.SIGINT))
         (out / "logs").mkdir()
         assert train_point(sweep, out, "ebt-dim64-seed0", "start") == 130
     assert load_run(out / "ebt-dim64-seed0").step == 1

@@ -124,7 +124,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
-    stop, replaced = _StopSignals(), _Replaced()
+    stop, replaced = StopSignals(), _Replaced()
     try:
         return _train(config, out, resume, overwrite, quiet, dist, stop, replaced)
     except BaseException:
@@ -136,7 +136,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
 
 
 def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bool, dist: distributed.Distributed,
-           stop: _StopSignals, replaced: _Replaced) -> dict:
+           stop: StopSignals, replaced: _Replaced) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
     old_run = _claim_run_directory(out, resume, overwrite)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
@@ -452,7 +452,7 @@ class _Replaced:
         self.out = None
 
 
-class _StopSignals:
+class StopSignals:
     """SIGINT (Ctrl-C) and SIGTERM set a flag the training loop reads after each step, which then
     saves a checkpoint and raises Interrupted; a second signal stops at once (KeyboardInterrupt).
 

@@ -50,6 +50,7 @@ from ebt.errors import CheckpointError, ConfigError, Interrupted
 from ebt.files import atomic_write, read_json
 from ebt.presets import PRESETS, preset
 from ebt.rundata import resolve_source
+from ebt.train import StopSignals
 
 AXES = ("data", "width", "depth", "batch", "params")
 KINDS = ("ebt", "transformer")
@@ -542,23 +543,14 @@ def _finished(point: Point, code: int, seconds: float, out: Path, started: bool 
                                                     + (f"{loss:.4f}" if isinstance(loss, float) else "?")}
 
 
-class _Forward:
-    """SIGINT/SIGTERM while a sweep runs: remembered, and passed on once to each running point
-    (started in their own sessions, so a terminal's Ctrl-C reaches them only through here: a
-    second signal would make a point stop without saving)."""
+class _Forward(StopSignals):
+    """SIGINT/SIGTERM while a sweep runs: remembered (however many arrive), and passed on once to
+    each running point (started in their own sessions, so a terminal's Ctrl-C reaches them only
+    through here: a second signal would make a point stop without saving)."""
 
     def __init__(self) -> None:
-        self.signum, self.previous, self.sent = 0, {}, set()
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.previous[s] = signal.signal(s, self._handle)
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        self.previous = {}
+        super().__init__()
+        self.sent: set[int] = set()
 
     def _handle(self, signum: int, frame) -> None:
         self.signum = self.signum or signum
