@@ -15,11 +15,13 @@ crash mid-write never destroys the previous checkpoint. Loading a run with its m
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -65,6 +67,31 @@ def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, 
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if train_state is not None:
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
+
+
+def validation_rows(out: Path) -> dict[int, dict]:
+    """The validation rows of run directory `out`'s metrics.jsonl by step (the last written for a
+    step); lines a crash cut short are skipped, a missing file is no rows."""
+    rows: dict[int, dict] = {}
+    path = Path(out) / METRICS
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else ():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("split") == "validation" and isinstance(row.get("step"), int):
+            rows[row["step"]] = row
+    return rows
+
+
+def weights_step(file: Path) -> int | None:
+    """The step a weights file (model.safetensors, checkpoints/step-N) records; None when it is
+    missing or unreadable (loading it names the damage)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception:
+        return None
 
 
 def snapshot_path(out: Path, step: int) -> Path:

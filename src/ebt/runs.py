@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config, snapshot_path, snapshot_steps
+from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config, snapshot_path, snapshot_steps, weights_step
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError
 from ebt.models import build_model
@@ -45,7 +45,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
-    if step is not None and not weights.is_file() and _weights_step(path / WEIGHTS) == step:
+    if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:
         weights = path / WEIGHTS  # the last weights are that step's
     if not weights.is_file():
         if step is not None:
@@ -77,14 +77,6 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if not step.isdigit():
         raise CheckpointError(f"{weights} has metadata step = {step!r}; it must be a count of training steps")
     return Run(config, model, int(step), path, **artifacts)
-
-
-def _weights_step(file: Path) -> int | None:
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            return int((f.metadata() or {}).get("step", -1))
-    except Exception:  # missing or damaged: load_run names it when it reads the file
-        return None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ebt import distributed
 from ebt.checkpoint import (METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
-                            save_config, save_run, save_snapshot, save_weights)
+                            save_config, save_run, save_snapshot, save_weights, validation_rows)
 from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
@@ -303,7 +303,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     bar.close()
     if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
         result = validate()
-        if step not in _logged_validations(out / METRICS):  # e.g. metrics.jsonl was lost: the log gets its row back
+        if step not in validation_rows(out):  # e.g. metrics.jsonl was lost: the log gets its row back
             log.write({"step": step, "split": "validation", **result})
         result = {k: v for k, v in result.items() if not isinstance(v, list)}
     return result
@@ -495,19 +495,6 @@ def _keep_metrics_until(path: Path, step: int) -> None:
             kept.append(standard_json(row) + "\n")
     if "".join(kept) != text:
         atomic_write(path, lambda p: p.write_text("".join(kept)))
-
-
-def _logged_validations(path: Path) -> set[int]:
-    """The steps metrics.jsonl holds a validation row for."""
-    steps = set()
-    for line in path.read_text(errors="replace").splitlines() if path.is_file() else ():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("split") == "validation" and isinstance(row.get("step"), int):
-            steps.add(row["step"])
-    return steps
 
 
 class _MetricsLog:

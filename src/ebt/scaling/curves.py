@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ebt.checkpoint import DATA, load_config
+from ebt.checkpoint import DATA, load_config, validation_rows
 from ebt.config import RunConfig
 from ebt.errors import ConfigError, DataError
 from ebt.files import read_json
 from ebt.models import build_model, count_parameters
-from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state, validations
+from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state
 
 FIT_AXES = ("data", "width", "depth", "batch", "params", "flops")
 X_LABELS = {"data": "training tokens", "width": "model width (model.dim)", "depth": "blocks (model.n_layers)",
@@ -82,7 +82,7 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
         for point in sweep.points():
             run = out / point.name
             state, detail = point_state(sweep, point, out)
-            rows = validations(run)
+            rows = validation_rows(run)
             if state != "finished":
                 why = {"start": "not started", "restart": "stopped before its first checkpoint",
                        "resume": f"not finished ({detail})"}[state]

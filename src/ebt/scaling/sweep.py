@@ -42,9 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from safetensors import safe_open
-
-from ebt.checkpoint import CONFIG, METRICS, TRAIN_STATE, WEIGHTS, load_config
+from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
+from ebt.checkpoint import weights_step as checkpoint_weights_step
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted
 from ebt.files import atomic_write, read_json
@@ -331,32 +330,15 @@ def _check_point_config(sweep: Sweep, point: Point, run: Path) -> None:
 
 
 def weights_step(run: Path) -> int:
-    try:
-        with safe_open(str(run / WEIGHTS), framework="pt") as f:
-            return int((f.metadata() or {}).get("step", -1))
-    except Exception as e:  # damaged: the run resumes from nothing it can trust
-        raise CheckpointError(f"{run / WEIGHTS} is damaged or unreadable ({type(e).__name__}); "
-                              f"remove {run} to start this point again") from None
-
-
-def validations(run: Path) -> dict[int, dict]:
-    """The validation rows of a run's metrics.jsonl by step (the last written for a step)."""
-    rows: dict[int, dict] = {}
-    path = run / METRICS
-    if not path.is_file():
-        return rows
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("split") == "validation" and isinstance(row.get("step"), int):
-            rows[row["step"]] = row
-    return rows
+    """The step of a point's model.safetensors; a damaged file is a CheckpointError naming it."""
+    step = checkpoint_weights_step(run / WEIGHTS)
+    if step is None:
+        raise CheckpointError(f"{run / WEIGHTS} is damaged or unreadable; remove {run} to start this point again")
+    return step
 
 
 def final_validation(run: Path, steps: int) -> dict | None:
-    return validations(run).get(steps)
+    return validation_rows(run).get(steps)
 
 
 # --- running ---------------------------------------------------------------------------------------
