@@ -19,6 +19,7 @@ from ebt.errors import ConfigError
 
 CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
 LR_SCHEDULES = ("cosine", "constant", "wsd")  # train.lr_schedule
+PARALLEL = ("ddp", "fsdp")  # train.parallel
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
 
 
@@ -70,7 +71,7 @@ class ThinkConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 16  # sequences (text), images or clips per step
+    batch_size: int = 16  # sequences (text), images or clips per optimizer step, over all processes
     lr: float = 2.4e-3  # peak learning rate (SPEC §3 by model size)
     warmup_fraction: float = 0.1  # linear warm-up over this share of the run
     # After warm-up: "cosine" to lr/10 at the last step; "constant" at lr; "wsd" (warm-up–stable–
@@ -88,6 +89,14 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    # "fp32"; "bf16": autocast to bfloat16, fp32 master weights (CPU and CUDA); "fp16": autocast to
+    # float16 with loss scaling (CUDA only). Thinking's ∇E, the candidate softmax and the loss stay fp32.
+    precision: str = "fp32"
+    # Micro-batches per optimizer step: batch_size (the global batch) is split over processes, then
+    # into grad_accum micro-batches each; gradients are synchronized on the last only.
+    grad_accum: int = 1
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2, sharded)
 
 
 @dataclass
@@ -292,6 +301,12 @@ class RunConfig:
             ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
             ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
+            ("train.precision", tr.precision, tr.precision in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
+            ("train.grad_accum", tr.grad_accum, tr.grad_accum >= 1, "≥ 1"),
+            ("train.grad_accum", tr.grad_accum, tr.batch_size % tr.grad_accum == 0,
+             f"a divisor of train.batch_size ({tr.batch_size}): each micro-batch holds batch_size / grad_accum "
+             "sequences (over the processes)"),
+            ("train.parallel", tr.parallel, tr.parallel in PARALLEL, ", ".join(map(repr, PARALLEL))),
             ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
         ]

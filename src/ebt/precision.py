@@ -1,0 +1,47 @@
+"""Mixed precision (`train.precision`, `--precision`): one choice for training and inference.
+
+  fp32  every operation in float32 (the default; on CUDA matmuls may use TF32, as the reference).
+  bf16  `torch.autocast` to bfloat16 around the model's forward (and thinking's ∇E), with float32
+        weights, optimizer state and gradients (the master copy). CPU and CUDA.
+  fp16  autocast to float16 with dynamic loss scaling (`torch.amp.GradScaler`); CUDA only.
+
+What must stay accurate stays float32 under autocast: PyTorch's autocast runs softmax, norms and
+losses in float32 by its own op lists; the candidate a thinking step updates, its softmax and the
+update y ← p − α∇E are float32 (∇E has the candidate's dtype, whatever the matmuls ran in); the
+task losses cast logits to float32 (`ebt.tasks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ebt.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device, flag: str = "train.precision") -> None:
+    """ConfigError unless `precision` is one of PRECISIONS and runs on `device` (fp16 needs CUDA:
+    CPU float16 matmuls are slow and loss scaling exists for CUDA)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{flag} = {precision!r} is not allowed; it must be one of {', '.join(map(repr, PRECISIONS))}")
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ConfigError(f"{flag} = 'fp16' needs a CUDA device (it trains with loss scaling) and the device is "
+                          f"{torch.device(device)}; use 'bf16' on the CPU, or 'fp32'")
+
+
+def autocast(precision: str, device: torch.device):
+    """A context manager running its body at `precision` on `device` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device):
+    """fp16: a GradScaler (dynamic loss scaling) for `device`; None for fp32 and bf16, which need none."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
