@@ -16,7 +16,9 @@ from ebt.bench import train_flops_per_token
 from ebt.cli import main as cli
 
 REQUIRED = {"train_ratio", "cache_speedup", "mfu_ebt", "mfu_transformer", "train_ratio_s2", "flops_ratio",
-            "thinking_step_vs_decode_step", "ebt_activation_mib", "transformer_activation_mib", "machine"}
+            "thinking_step_vs_decode_step", "ebt_activation_mib", "transformer_activation_mib",
+            "ebt_activation_mib_checkpointed", "transformer_activation_mib_checkpointed", "ebt_peak_mib_checkpointed",
+            "machine"}
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebt.data.batches import RandomWindows, count_windows, encode_documents, sequential_windows
+from ebt.data.batches import (count_windows, encode_documents, example_normal, example_randint, random_windows,
+                               sequential_windows)
 from ebt.data.corpus import SHAKESPEARE_VALIDATION_PLAYS, load_corpus, shakespeare_plays
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.errors import CheckpointError, ConfigError, DataError
@@ -178,37 +179,71 @@ def _is_slice(stream: torch.Tensor, row: torch.Tensor) -> bool:
     return bool((windows == row).all(dim=1).any())
 
 
+def _windows(sampler) -> torch.Tensor:
+    """The next optimizer step's examples of this process, its micro-batches joined."""
+    return torch.cat([batch.data for batch in next(sampler)])
+
+
 def test_random_windows() -> None:
     stream = torch.randperm(1000)  # distinct values, so a window's position is unambiguous
-    sampler = RandomWindows(stream, window=17, batch_size=8, seed=3)
-    batches = [next(sampler) for _ in range(5)]
+    sampler = random_windows(stream, window=17, batch_size=8, seed=3)
+    batches = [_windows(sampler) for _ in range(5)]
     assert all(b.shape == (8, 17) and b.dtype == torch.int64 for b in batches)
     assert all(_is_slice(stream, row) for b in batches for row in b)
-    again = RandomWindows(stream, window=17, batch_size=8, seed=3)
-    assert all(torch.equal(a, next(again)) for a in batches)
-    other_seed = RandomWindows(stream, window=17, batch_size=8, seed=4)
-    assert not torch.equal(next(other_seed), batches[0])
-    rank1 = RandomWindows(stream, window=17, batch_size=8, seed=3, rank=1, world_size=2)
-    assert not torch.equal(next(rank1), batches[0])
+    again = random_windows(stream, window=17, batch_size=8, seed=3)
+    assert all(torch.equal(a, _windows(again)) for a in batches)
+    other_seed = random_windows(stream, window=17, batch_size=8, seed=4)
+    assert not torch.equal(_windows(other_seed), batches[0])
 
 
-def test_random_windows_resume() -> None:
+def test_global_batch_is_the_same_over_processes_and_micro_batches() -> None:
+    """The same seed and global batch give the same windows (and example seeds) in the same order
+    whatever the number of processes and micro-batches; each process gets its own share."""
+    stream = torch.randperm(1000)
+    whole = random_windows(stream, window=9, batch_size=8, seed=5)
+    ranks = [random_windows(stream, window=9, batch_size=8, seed=5, rank=r, world_size=2, micro_batches=2)
+             for r in range(2)]
+    for _ in range(3):
+        (step,) = next(whole)
+        parts = [next(r) for r in ranks]
+        assert [b.data.shape[0] for p in parts for b in p] == [2, 2, 2, 2]
+        assert torch.equal(torch.cat([b.data for p in parts for b in p]), step.data)
+        assert torch.equal(torch.cat([b.seeds for p in parts for b in p]), step.seeds)
+    with pytest.raises(ConfigError, match=r"train.batch_size = 8 .*3 process.*multiple of 6"):
+        random_windows(stream, window=9, batch_size=8, seed=5, world_size=3, micro_batches=2)
+
+
+def test_random_windows_resume_on_another_number_of_processes() -> None:
     stream = torch.arange(500)
-    sampler = RandomWindows(stream, window=9, batch_size=4, seed=0)
+    sampler = random_windows(stream, window=9, batch_size=4, seed=0)
     next(sampler)
     state = sampler.state_dict()
-    expected = [next(sampler) for _ in range(3)]
-    resumed = RandomWindows(stream, window=9, batch_size=4, seed=0)
+    expected = [_windows(sampler) for _ in range(3)]
+    resumed = random_windows(stream, window=9, batch_size=4, seed=0)
     resumed.load_state_dict(state)
-    assert all(torch.equal(e, next(resumed)) for e in expected)
+    assert all(torch.equal(e, _windows(resumed)) for e in expected)
+    halves = [random_windows(stream, window=9, batch_size=4, seed=0, rank=r, world_size=2) for r in range(2)]
+    for h in halves:
+        h.load_state_dict(state)
+    assert all(torch.equal(e, torch.cat([_windows(h) for h in halves])) for e in expected)
     with pytest.raises(CheckpointError, match="seed"):
-        RandomWindows(stream, window=9, batch_size=4, seed=1).load_state_dict(state)
+        random_windows(stream, window=9, batch_size=4, seed=1).load_state_dict(state)
+
+
+def test_example_draws_depend_on_the_seed_alone() -> None:
+    seeds = torch.tensor([3, 9, 3])
+    draws = example_normal(seeds, (2, 5))
+    assert draws.shape == (3, 2, 5) and torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+    assert torch.equal(example_normal(seeds[1:2], (2, 5))[0], draws[1])
+    assert not torch.equal(example_normal(seeds, (2, 5), stream=1), draws)
+    ints = example_randint(seeds, 7)
+    assert ints.dtype == torch.int64 and ints[0] == ints[2] and bool(((ints >= 0) & (ints < 7)).all())
 
 
 def test_random_windows_edge_stream() -> None:
     # A stream exactly one window long has one possible window.
     stream = torch.arange(10)
-    batch = next(RandomWindows(stream, window=10, batch_size=3, seed=0))
+    batch = _windows(random_windows(stream, window=10, batch_size=3, seed=0))
     assert torch.equal(batch, stream.expand(3, 10))
 
 
@@ -238,12 +273,12 @@ def test_too_short_stream_raises() -> None:
     short = torch.arange(7)
     message = r"training split has 7 tokens.*\(7\) \+ 1 = 8.*context_len"
     with pytest.raises(DataError, match=message):
-        RandomWindows(short, window=8, batch_size=2, seed=0)
+        random_windows(short, window=8, batch_size=2, seed=0)
     with pytest.raises(DataError, match="validation split has 7 tokens"):
         sequential_windows(short, window=8, batch_size=2, name="validation split")
     with pytest.raises(DataError, match="7 tokens"):
         count_windows(short, 8)
     with pytest.raises(ConfigError, match="window=1"):
-        RandomWindows(short, window=1, batch_size=2, seed=0)
+        random_windows(short, window=1, batch_size=2, seed=0)
     with pytest.raises(ConfigError, match="rank=2"):
-        RandomWindows(short, window=4, batch_size=2, seed=0, rank=2, world_size=2)
+        random_windows(short, window=4, batch_size=2, seed=0, rank=2, world_size=2)

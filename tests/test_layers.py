@@ -27,7 +27,7 @@ LAYERS = [
      "ebt.models"],  # the models, handed a task
     ["ebt.objectives", "ebt.evaluate", "ebt.generate"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
-    ["ebt.train", "ebt.runs"],
+    ["ebt.train", "ebt.runs", "ebt.parallel"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands"],  # typed arguments, never an argparse Namespace

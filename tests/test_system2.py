@@ -171,7 +171,7 @@ def test_without_random_step_size_the_objective_uses_the_scalar_alpha(thinking_c
     make_objective(model)(ids[:, :-1], ids[:, 1:])
     (call,) = thinking_calls
     step_size = torch.as_tensor(call["step_size"])
-    assert step_size.dim() == 0 and float(step_size) == float(model.alpha) == pytest.approx(model.think_config.step_size)
+    assert step_size.numel() == 1 and float(step_size) == float(model.alpha) == pytest.approx(model.think_config.step_size)
 
 
 @pytest.mark.parametrize("min_steps, expected", [(2, {2, 3}), (0, {3})])

@@ -9,7 +9,8 @@
   machine's measured fp32 matmul throughput (`mfu_ebt`, `mfu_transformer`);
 - generation after a 256-token prompt, with and without the KV cache (`cache_speedup`, EBT),
   seconds per thinking step per generated token against a Transformer++ cached decode step;
-- memory: the tensors a training step of each kind saves for its backward pass.
+- memory: what a training step of each kind holds for its backward pass and its peak, without
+  and with activation checkpointing (`activation_memory`).
 
 Everything runs on the CPU in fp32: the figures this project records are CPU figures.
 """
@@ -21,12 +22,15 @@ import os
 import platform
 import statistics
 import time
+import weakref
+from typing import Any, Iterator
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ebt.config import RunConfig
 from ebt.generate import generate
-from ebt.models import build_model, count_parameters
+from ebt.models import build_model, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
 from ebt.presets import preset
 from ebt.train import BETAS, parameter_groups
@@ -162,26 +166,81 @@ def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int 
     return result
 
 
+class LiveMemory(TorchDispatchMode):
+    """Bytes held by the tensors that the operations run under it allocate: `live` now, `peak` the
+    most at any moment. Exact and by storage: a storage counts once (views, in-place results), from
+    the operation that makes it until it is freed (autograd's saved tensors, the backward pass and
+    checkpointing's recomputation included); tensors made before, such as weights, never count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self.sizes: dict[int, int] = {}  # data pointer → bytes of each counted storage still alive
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            storage = t.untyped_storage()
+            pointer, size = storage.data_ptr(), storage.nbytes()
+            if size and pointer not in given and pointer not in self.sizes:
+                self.sizes[pointer] = size
+                self.live += size
+                self.peak = max(self.peak, self.live)
+                # A storage's Python object lives exactly as long as the storage itself.
+                weakref.finalize(storage, self._freed, pointer)
+        return out
+
+    def _freed(self, pointer: int) -> None:
+        self.live -= self.sizes.pop(pointer)
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
 def activation_memory(size: str = "tiny") -> dict:
-    """MiB of tensors saved for the backward pass by one training loss of each kind: the
-    activation memory that dominates training (weights and optimizer state are the same for
-    both kinds). Counted exactly, by storage, with autograd's saved-tensor hooks."""
+    """MiB of memory a training step of each kind allocates beyond weights, optimizer state and
+    batch (the activation memory, which dominates training), without and with activation
+    checkpointing (`ebt.models.set_activation_checkpointing`; keys `…_checkpointed`):
+
+    - `{kind}_activation_mib`: what the loss's forward pass leaves allocated when it returns, all
+      of it for the backward pass: saved activations, an EBT's second-order graph of ∇E and, with
+      checkpointing, the inputs kept to recompute from;
+    - `{kind}_peak_mib`: the most allocated at any moment of the step, forward and
+      `loss.backward()`. Checkpointing moves memory into the backward pass, where each
+      recomputed block or thinking step is materialized again (an EBT's whole step with its
+      second-order graph, one at a time): the number held between the passes alone would flatter it.
+
+    Counted exactly, by storage (`LiveMemory`), on one step after an unmeasured one (which
+    allocates System 2's replay buffer and fills it, so the step measured replays half a batch
+    as in training); parameter gradients are freed in between, as the trainer does, and counted."""
     result = {}
-    torch.manual_seed(0)
     for kind in KINDS:
         config = _config(kind, size)
+        torch.manual_seed(0)
         model = build_model(config)
+        objective = make_objective(model)
         batch = torch.randint(0, VOCAB, (config.train.batch_size, config.model.context_len + 1))
-        storages: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            storage = t.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            make_objective(model)(batch[:, :-1], batch[:, 1:])
-        result[f"{kind}_activation_mib"] = sum(storages.values()) / 2**20
+        objective(batch[:, :-1], batch[:, 1:])[0].backward()
+        for checkpointed in (False, True):
+            set_activation_checkpointing(model, checkpointed)
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same System 2 step count and replayed sequences for both
+            with LiveMemory() as memory:
+                loss, _ = objective(batch[:, :-1], batch[:, 1:])
+                held = memory.live
+                loss.backward()
+            suffix = "_checkpointed" if checkpointed else ""
+            result[f"{kind}_activation_mib{suffix}"] = held / 2**20
+            result[f"{kind}_peak_mib{suffix}"] = memory.peak / 2**20
     return result
 
 
@@ -238,6 +297,8 @@ def report(r: dict) -> str:
     lines.append(f"  cache_speedup (EBT) {r['cache_speedup']:.1f}×, Transformer++ {r['transformer_cache_speedup']:.1f}×; "
                  f"one thinking step = {r['thinking_step_vs_decode_step']:.2f} Transformer++ decode steps")
     if "ebt_activation_mib" in r:
-        lines.append("activation memory of a training step (saved for backward): "
-                     + ", ".join(f"{k} {r[f'{k}_activation_mib']:.0f} MiB" for k in KINDS))
+        lines.append("memory of a training step, MiB held for backward / peak, without → with activation checkpointing:")
+        for kind, label in (("ebt", "EBT S1"), ("ebt_s2", "EBT S2"), ("transformer", "Transformer++")):
+            lines.append(f"  {label:<26}{r[f'{kind}_activation_mib']:>8.0f} / {r[f'{kind}_peak_mib']:<8.0f}→"
+                         f"{r[f'{kind}_activation_mib_checkpointed']:>8.0f} / {r[f'{kind}_peak_mib_checkpointed']:.0f}")
     return "\n".join(lines)

@@ -62,8 +62,15 @@ def save_config(out: Path, config: RunConfig) -> None:
     atomic_write(out / CONFIG, lambda p: p.write_text(config.to_json() + "\n"))
 
 
-def save_weights(out: Path, model: nn.Module, step: int, train_state: dict[str, Any] | None = None) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def _cpu_state(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    state = weights if isinstance(weights, dict) else weights.state_dict()
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_weights(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int,
+                 train_state: dict[str, Any] | None = None) -> None:
+    """model.safetensors from a model or its (full) state dict, and train_state.pt if given."""
+    state = _cpu_state(weights)
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
     if train_state is not None:
         atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
@@ -99,9 +106,9 @@ def snapshot_path(out: Path, step: int) -> Path:
     return Path(out) / CHECKPOINTS / f"step-{step}.safetensors"
 
 
-def save_snapshot(out: Path, model: nn.Module, step: int) -> None:
+def save_snapshot(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int) -> None:
     """Keep a copy of the weights at `step` (train.keep_checkpoints), in the format of model.safetensors."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = _cpu_state(weights)
     path = snapshot_path(out, step)
     path.parent.mkdir(exist_ok=True)
     atomic_write(path, lambda p: save_file(state, str(p), metadata={"step": str(step)}))

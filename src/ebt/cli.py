@@ -2,7 +2,7 @@
 
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--overwrite]
     ebt train --resume --out runs/ebt [--train.steps=N --train.lr=LR ...]
-    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--json]
+    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--precision bf16] [--json]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
@@ -144,6 +144,8 @@ def _path(text: str) -> Path:
 
 def _thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--precision", help="fp32, bf16 or fp16 (CUDA): autocast of the model's forward passes; "
+                                       "thinking's candidates stay fp32 (default: as the run trained, train.precision)")
     p.add_argument("--steps", type=int, default=None, help="EBT thinking steps (default: as trained); DiT: DDIM passes")
     p.add_argument("--samples", type=int, default=1, help="EBT self-verification: best of M candidates")
     p.add_argument("--step-size", type=float, default=None, help="EBT: override the trained step size α")
@@ -195,16 +197,18 @@ def _command(a: argparse.Namespace, extra: list[str]):
     if a.command == "eval":
         return commands.evaluate, commands.EvalArgs(
             run=a.run, options=_options(a), data=a.data, max_examples=a.max_examples, batch_size=a.batch_size,
-            seed=a.seed, json=a.json, suite=a.suite, baseline=a.baseline, plots=a.plots, device=a.device)
+            seed=a.seed, json=a.json, suite=a.suite, baseline=a.baseline, plots=a.plots, device=a.device,
+            precision=a.precision)
     if a.command == "generate":
         return commands.generate, commands.GenerateArgs(
             run=a.run, prompt=a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
             cache=not a.no_cache, frames=a.frames, length=a.length, clip=a.clip, out=a.out, options=_options(a),
-            seed=a.seed, device=a.device)
+            seed=a.seed, device=a.device, precision=a.precision)
     if a.command == "denoise":
         return commands.denoise, commands.DenoiseArgs(
             run=a.run, noise=a.noise, vs=a.vs, plots=a.plots, images=a.images, repeats=a.repeats,
-            batch_size=a.batch_size, seed=a.seed, json=a.json, options=_options(a), device=a.device)
+            batch_size=a.batch_size, seed=a.seed, json=a.json, options=_options(a), device=a.device,
+            precision=a.precision)
     return commands.bench, commands.BenchArgs(size=a.size, repeats=a.repeats, prompt_len=a.prompt_len,
                                               new_tokens=a.new_tokens, memory=not a.no_memory, json=a.json)
 

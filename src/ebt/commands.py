@@ -8,6 +8,8 @@ function; Python code can do the same without argparse:
 
 Each argument class checks its values when it is made (ConfigError naming the option, the value
 and what is allowed). Each command prints its report and returns the process's exit code.
+`eval`, `generate` and `denoise` run the model at `precision` (autocast: 'fp32', 'bf16', 'fp16' on
+CUDA; `ebt.precision`), by default the one the run trained at (its config's train.precision).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 
 from ebt.files import standard_json
 from ebt.errors import ConfigError, Interrupted
+from ebt.precision import check_precision
 from ebt.think import ThinkingOptions
 
 MAX_COUNT = 10**9  # far past any useful count; an int beyond it is a typo
@@ -43,6 +46,20 @@ def _device(request: str):
     from ebt.distributed import Distributed, pick_device
 
     return pick_device(request, Distributed())[0]
+
+
+def _check_precision(precision: str | None, device: str) -> None:
+    """--precision, when given: one of ebt.precision.PRECISIONS, fp16 only on a CUDA device."""
+    if precision is not None:
+        check_precision(precision, _device(device), "--precision")
+
+
+def _precision(precision: str | None, run, device) -> str:
+    """--precision, or when not given the precision `run` trained at (checked against the device)."""
+    if precision is not None:
+        return precision
+    check_precision(run.config.train.precision, device, f"{run.path}'s train.precision (the default of --precision)")
+    return run.config.train.precision
 
 
 # --- train ---------------------------------------------------------------------------------------
@@ -118,8 +135,10 @@ class EvalArgs:
     baseline: Path | None = None
     plots: Path | None = None
     device: str = "auto"
+    precision: str | None = None  # None: the run's train.precision
 
     def __post_init__(self) -> None:
+        _check_precision(self.precision, self.device)
         _check_int("--max-examples", self.max_examples, 1, optional=True)
         _check_int("--batch-size", self.batch_size, 1, 65536)
         _check_int("--seed", self.seed, 0, 2**63 - 1)
@@ -134,18 +153,20 @@ def evaluate(args: EvalArgs) -> int:
 
     device = _device(args.device)
     run = load_run(args.run, device)
+    precision = _precision(args.precision, run, device)
     if args.suite:
         return _suite(args, run, device)
     task = run.config.model.task
     if args.plots is not None and task != "video":
         raise ConfigError("--plots goes with --suite paper (text runs) or with video EBT runs; for image runs "
                           "use `ebt denoise RUN --vs OTHER --plots DIR`")
-    result, line = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task](args, run, device)
+    score = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task]
+    result, line = score(args, run, device, precision)
     print(standard_json(result) if args.json else line)
     return 0
 
 
-def _eval_text(args: EvalArgs, run, device) -> tuple[dict, str]:
+def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     """Loss and perplexity on the run's validation split, or on another corpus whole."""
     from ebt.data.batches import encode_documents
     from ebt.data.corpus import load_corpus
@@ -161,14 +182,14 @@ def _eval_text(args: EvalArgs, run, device) -> tuple[dict, str]:
         corpus = load_corpus(args.data, cfg.data.validation_fraction)
         tokens = encode_documents(corpus.train + corpus.validation, run.tokenizer)
     result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
-                   seed=args.seed, device=device)
+                   seed=args.seed, device=device, precision=precision)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
             f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
     return result, line
 
 
-def _eval_image(args: EvalArgs, run, device) -> tuple[dict, str]:
+def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     """PSNR at the training noise level on the validation split, or on every image of --data."""
     from ebt.data.images import load_images
     from ebt.evaluate import denoise_metrics
@@ -186,7 +207,7 @@ def _eval_image(args: EvalArgs, run, device) -> tuple[dict, str]:
         images = images[: args.max_examples]
     level = cfg.image.noise_level
     result = denoise_metrics(run.model, images, level, args.options, batch_size=args.batch_size, seed=args.seed,
-                             device=device)
+                             device=device, precision=precision)
     result = {"run": str(run.path), "kind": cfg.model.kind, "data": source, "split": split, "noise": level, **result}
     line = (f"{run.path} ({cfg.model.kind}) on {source} [{split}], noise {level}: "
             f"PSNR {result['psnr']:.2f} dB (noisy {result['noisy_psnr']:.2f}), MSE {result['mse']:.2f}, "
@@ -194,7 +215,7 @@ def _eval_image(args: EvalArgs, run, device) -> tuple[dict, str]:
     return result, line
 
 
-def _eval_video(args: EvalArgs, run, device) -> tuple[dict, str]:
+def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     """Errors on the run's validation clips against copying the last frame; --plots draws the
     EBT's energy along the clips."""
     from ebt.files import atomic_write
@@ -209,7 +230,8 @@ def _eval_video(args: EvalArgs, run, device) -> tuple[dict, str]:
     frames, appears = clips(run.config, "validation")
     encoder = run.frame_encoder
     latents = encode(encoder, frames)
-    common = dict(batch_size=args.batch_size, max_clips=args.max_examples, seed=args.seed, device=device)
+    common = dict(batch_size=args.batch_size, max_clips=args.max_examples, seed=args.seed, device=device,
+                  precision=precision)
     result = evaluate_clips(run.model, latents, encoder.pixels_per_latent, args.options, **common)
     kind = run.config.model.kind
     result = {"run": str(args.run), "kind": kind, "data": CORPUS, "split": "validation", **result}
@@ -238,7 +260,8 @@ def _suite(args: EvalArgs, run, device) -> int:
     baseline = load_run(args.baseline, device) if args.baseline else None
     plots = args.plots or args.run / "suite"
     result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
-                         batch_size=args.batch_size, seed=args.seed, device=device, options=args.options)
+                         batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
+                         precision=args.precision)
     if args.json:
         print(standard_json(result))
         return 0
@@ -276,8 +299,10 @@ class GenerateArgs:
     options: ThinkingOptions = field(default_factory=ThinkingOptions)
     seed: int = 0
     device: str = "auto"
+    precision: str | None = None  # None: the run's train.precision
 
     def __post_init__(self) -> None:
+        _check_precision(self.precision, self.device)
         _check_int("--max-new-tokens", self.max_new_tokens, 0, 1_000_000)
         _check_real("--temperature", self.temperature, 0.0, "a finite number ≥ 0 (0 = greedy)")
         _check_int("--frames", self.frames, 1)
@@ -294,23 +319,24 @@ def generate(args: GenerateArgs) -> int:
     task = run.config.model.task
     if task == "image":
         raise ConfigError(f"{run.path} is an image run: it denoises rather than generates; use `ebt denoise {run.path}`")
-    print(_generate_text(args, run, device) if task == "text" else _generate_video(args, run, device))
+    precision = _precision(args.precision, run, device)
+    print((_generate_text if task == "text" else _generate_video)(args, run, device, precision))
     return 0
 
 
-def _generate_text(args: GenerateArgs, run, device) -> str:
+def _generate_text(args: GenerateArgs, run, device, precision: str) -> str:
     from ebt.generate import generate as continue_ids
 
     if args.prompt is None:
         raise ConfigError("text runs continue a prompt: give --prompt TEXT")
     prompt = run.tokenizer.encode(args.prompt)
     ids = continue_ids(run.model, prompt, args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                       device=device, cache=args.cache, options=args.options)
+                       device=device, cache=args.cache, options=args.options, precision=precision)
     # Decoded from ids, prompt included: a prompt of raw bytes (not UTF-8) prints as U+FFFD.
     return run.tokenizer.decode(prompt + ids)
 
 
-def _generate_video(args: GenerateArgs, run, device) -> str:
+def _generate_video(args: GenerateArgs, run, device, precision: str) -> str:
     """A rollout from K frames of a validation clip, written as PNG strip (truth above, prediction
     below) and GIF (side by side)."""
     from ebt.files import atomic_write
@@ -331,7 +357,8 @@ def _generate_video(args: GenerateArgs, run, device) -> str:
     truth = torch.from_numpy(frames[args.clip]).float() / 255  # (T, H, W)
     latents = encoder.encode(truth).to(device)  # (T, C)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    predicted = rollout(run.model, latents[None, :k], length, args.options, generator=generator)[0]  # (N, C)
+    predicted = rollout(run.model, latents[None, :k], length, args.options, generator=generator,
+                        precision=precision)[0]  # (N, C)
     decoded = encoder.decode(predicted.cpu()).clamp(0, 1).numpy()  # (N, H, W)
     shown = np.concatenate((truth[:k].numpy(), decoded))  # (K+N, H, W): context, then prediction
     true_row = np.zeros_like(shown)
@@ -368,10 +395,12 @@ class DenoiseArgs:
     json: bool = False
     options: ThinkingOptions = field(default_factory=ThinkingOptions)
     device: str = "auto"
+    precision: str | None = None  # for both runs; None: each run's train.precision
 
     def __post_init__(self) -> None:
         from ebt.denoise import parse_levels
 
+        _check_precision(self.precision, self.device)
         parse_levels(self.noise)
         _check_int("--images", self.images, 1)
         _check_int("--repeats", self.repeats, 1, 100)
@@ -391,14 +420,15 @@ def denoise(args: DenoiseArgs) -> int:
     for run in runs:
         if run.config.model.task != "image":
             raise ConfigError(f"{run.path} is a {run.config.model.task} run; ebt denoise scores image runs")
+    precisions = [_precision(args.precision, run, device) for run in runs]
     images = validation_images(runs[0], args.images)
     reports = []
-    for run in runs:
+    for run, precision in zip(runs, precisions):
         # Thinking options are for the first run; the --vs run is scored as trained.
         mine = run is runs[0]
         reports.append(noise_report(run, images, levels, args.options if mine else None,
                                     repeats=args.repeats if mine else 1, batch_size=args.batch_size,
-                                    seed=args.seed, device=device))
+                                    seed=args.seed, device=device, precision=precision))
     if args.json:
         print(standard_json(reports[0] if len(runs) == 1 else
                         [{"run": str(r.path), "kind": r.config.model.kind, "levels": rep} for r, rep in zip(runs, reports)]))
@@ -411,7 +441,8 @@ def denoise(args: DenoiseArgs) -> int:
             print(f"{level:>6g}{reports[0][i]['noisy_psnr']:>12.2f}{cells}")
     if args.vs:
         plots = args.plots or args.run / "denoise"
-        write_plots(runs, images, plots, seed=args.seed, device=device, batch_size=args.batch_size)
+        write_plots(runs, images, plots, seed=args.seed, device=device, batch_size=args.batch_size,
+                    precision=args.precision)
         if not args.json:
             print(f"plots in {plots}")
     return 0

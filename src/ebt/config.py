@@ -95,7 +95,9 @@ class TrainConfig:
     # Micro-batches per optimizer step: batch_size (the global batch) is split over processes, then
     # into grad_accum micro-batches each; gradients are synchronized on the last only.
     grad_accum: int = 1
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward pass
+    # Recompute activations in the backward pass instead of keeping them: every block's, and an EBT's
+    # whole thinking steps (ebt.models.set_activation_checkpointing; `ebt bench` measures the memory).
+    activation_checkpointing: bool = False
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2, sharded)
 
 
@@ -303,7 +305,7 @@ class RunConfig:
             ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
             ("train.precision", tr.precision, tr.precision in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
             ("train.grad_accum", tr.grad_accum, tr.grad_accum >= 1, "≥ 1"),
-            ("train.grad_accum", tr.grad_accum, tr.batch_size % tr.grad_accum == 0,
+            ("train.grad_accum", tr.grad_accum, tr.grad_accum < 1 or tr.batch_size % tr.grad_accum == 0,
              f"a divisor of train.batch_size ({tr.batch_size}): each micro-batch holds batch_size / grad_accum "
              "sequences (over the processes)"),
             ("train.parallel", tr.parallel, tr.parallel in PARALLEL, ", ".join(map(repr, PARALLEL))),

@@ -7,7 +7,8 @@
 - `write_plots`: the curves at λ = 0.1 (in distribution) and 0.2 (out of distribution) and an
   image grid clean | noisy | first run | second run.
 
-Every model sees the same noisy images (the noise generator is seeded).
+Every model sees the same noisy images (the noise generator is seeded). Each run denoises at
+`precision` (autocast, `ebt.evaluate`), by default the one it trained at (its train.precision).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.images import to_pixels, to_unit_range
 from ebt.errors import ConfigError
-from ebt.evaluate import denoise_metrics
+from ebt.evaluate import PRECISION_OPTION, denoise_metrics
 from ebt.files import atomic_write
+from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
 from ebt.think import ThinkingOptions
 
@@ -48,29 +50,42 @@ def validation_images(run, count: int) -> torch.Tensor:
     return load_data(run.config, run.path).splits.validation[:count]
 
 
+def run_precision(run, precision: str | None) -> str:
+    """`precision`, or the run's train.precision when None."""
+    return run.config.train.precision if precision is None else precision
+
+
 def noise_report(run, images: torch.Tensor, levels: list[float], options: ThinkingOptions | None = None, *,
-                 repeats: int = 1, batch_size: int = 64, seed: int = 0, device="cpu") -> list[dict]:
-    """One dict per level: noise, psnr, mse, noisy_psnr, noisy_mse, forward_passes, loss, images."""
+                 repeats: int = 1, batch_size: int = 64, seed: int = 0, device="cpu",
+                 precision: str | None = None) -> list[dict]:
+    """One dict per level: noise, psnr, mse, noisy_psnr, noisy_mse, forward_passes, loss, images.
+    `precision`: None for the run's train.precision."""
+    precision = run_precision(run, precision)
     return [{"noise": level, **denoise_metrics(run.model, images, level, options, repeats=repeats,
-                                               batch_size=batch_size, seed=seed, device=device)} for level in levels]
+                                               batch_size=batch_size, seed=seed, device=device,
+                                               precision=precision)} for level in levels]
 
 
 def compute_curve(run, images: torch.Tensor, level: float, *, seed: int = 0, batch_size: int = 64,
-                  device="cpu") -> tuple[list[tuple[float, float]], float]:
+                  device="cpu", precision: str | None = None) -> tuple[list[tuple[float, float]], float]:
     """(forward passes, PSNR) points for one model at one level, over the budgets the model offers,
-    and the PSNR of the noisy input."""
+    and the PSNR of the noisy input. `precision`: None for the run's train.precision."""
     points, noisy = [], 0.0
+    precision = run_precision(run, precision)
     for budget in run.model.budgets(level):
         m = denoise_metrics(run.model, images, level, budget.get("options"), repeats=budget.get("repeats", 1),
-                            batch_size=batch_size, seed=seed, device=device)
+                            batch_size=batch_size, seed=seed, device=device, precision=precision)
         points.append((m["forward_passes"], m["psnr"]))
         noisy = m["noisy_psnr"]
     return points, noisy
 
 
 def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, device="cpu",
-                batch_size: int = 64) -> dict:
-    """PSNR-vs-passes plots at λ = 0.1 and 0.2 and an image grid; returns the curves drawn."""
+                batch_size: int = 64, precision: str | None = None) -> dict:
+    """PSNR-vs-passes plots at λ = 0.1 and 0.2 and an image grid; returns the curves drawn.
+    `precision` applies to every run; None runs each at its own train.precision."""
+    for run in runs:
+        check_precision(run_precision(run, precision), device, PRECISION_OPTION)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +96,8 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
     fig, axes = plt.subplots(1, len(PLOT_LEVELS), figsize=(5 * len(PLOT_LEVELS), 4))
     for ax, level in zip(axes, PLOT_LEVELS):
         for run in runs:
-            points, noisy = compute_curve(run, images, level, seed=seed, device=device, batch_size=batch_size)
+            points, noisy = compute_curve(run, images, level, seed=seed, device=device, batch_size=batch_size,
+                                          precision=precision)
             curves[f"{run.path.name} ({run.config.model.kind}) λ={level}"] = points
             ax.plot(*zip(*points), marker="o", label=f"{run.config.model.kind}: {run.path.name}")
         ax.axhline(noisy, color="gray", linestyle="--", label="noisy input")
@@ -92,11 +108,11 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
     fig.tight_layout()
     atomic_write(out / "psnr_vs_passes.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    _image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device)
+    _image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device, precision=precision)
     return curves
 
 
-def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device) -> None:
+def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device, precision: str | None) -> None:
     import matplotlib.pyplot as plt
 
     rows = []
@@ -106,7 +122,7 @@ def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, devi
         noisy = add_noise(clean, timestep(level), torch.randn(clean.shape, generator=generator))
         row = [clean, noisy]
         for run in runs:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(run_precision(run, precision), device):
                 row.append(run.model.denoise(noisy.to(device), level).y.reshape(clean.shape).cpu())
         rows.append((level, row))
     titles = ["clean", "noisy"] + [f"{r.config.model.kind}" for r in runs]

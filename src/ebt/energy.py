@@ -40,6 +40,20 @@ from ebt.think import ThinkingOptions, Thought, lowest_energy_sample, think
 MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
 
 
+def step_size_parameter(think_config: ThinkConfig) -> nn.Parameter:
+    """α, a 1-element vector (1,) (FSDP2 shards no 0-dim parameter): learned by System 1 in its own
+    optimizer group, fixed otherwise."""
+    return nn.Parameter(torch.tensor([float(think_config.step_size)]), requires_grad=think_config.learn_step_size)
+
+
+def _load_with_vector_alpha(self, state_dict, prefix, *args, **kwargs):
+    """Load a state dict, reading a 0-dim α (checkpoints written before α became a vector) as (1,)."""
+    key = prefix + "step_size"
+    if key in state_dict and state_dict[key].dim() == 0:
+        state_dict[key] = state_dict[key].reshape(1)
+    nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
+
+
 @dataclass
 class Context:
     """Keys and values of the context stream, one (k, v) per block, each (B, H, L, K)."""
@@ -60,17 +74,21 @@ class Landscapes:
     candidates p (B, M, S, C) for the last S tokens.
     """
 
-    def __init__(self, model: AutoregressiveEBT, ids: Tensor, differentiable: bool = True):
+    def __init__(self, model: AutoregressiveEBT, ids: Tensor, differentiable: bool = True, steps: int = 0):
         self.model, self.ids = model, ids  # (B, N)
         # Inference needs no gradient through the context, and a graph kept on cached keys/values
         # would grow with every generated token (and be walked by every ∇E).
         self.differentiable = differentiable
         self.contexts: dict[int, Context] = {}
+        for step in range(steps):
+            self.context(step)
 
     def append(self, ids: Tensor) -> None:
         self.ids = torch.cat((self.ids, ids), dim=1)
 
-    def __call__(self, p: Tensor, step: int) -> Tensor:
+    def context(self, step: int) -> Context:
+        """The context pass of thinking step `step`'s landscape: run on first use, extended when
+        tokens were appended since."""
         landscape = min(step, self.model.landscape_embedding.num_embeddings - 1)
         context = self.contexts.get(landscape)
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
@@ -79,7 +97,10 @@ class Landscapes:
             elif context.length <= self.ids.shape[1]:  # keys: landscape token + tokens seen so far
                 context = self.model.encode_context(self.ids[:, context.length - 1:], landscape, past=context)
         self.contexts[landscape] = context
-        return self.model.candidate_energy(context, p)
+        return context
+
+    def __call__(self, p: Tensor, step: int) -> Tensor:
+        return self.model.candidate_energy(self.context(step), p)
 
 
 class AutoregressiveEBT(nn.Module):
@@ -103,12 +124,15 @@ class AutoregressiveEBT(nn.Module):
         self.rotary = Rotary(d // config.n_heads, config.context_len + 2, config.rope_theta)
         init_weights(self)
         # α: learned by System 1 (its own optimizer group), fixed otherwise.
-        self.step_size = nn.Parameter(torch.tensor(float(think_config.step_size)),
-                                      requires_grad=think_config.learn_step_size)
+        self.step_size = step_size_parameter(think_config)
+        # Training recomputes each thinking step in the backward pass (`ebt.models.set_activation_checkpointing`).
+        self.activation_checkpointing = False
 
     @property
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
+
+    _load_from_state_dict = _load_with_vector_alpha
 
     def encode_context(self, x: Tensor, step: int = 0, past: Context | None = None) -> Context:
         """Run the context stream over tokens x (B, N) (or frame latents (B, N, C)) for landscape `step`.
@@ -143,17 +167,23 @@ class AutoregressiveEBT(nn.Module):
         rope = self.rotary(positions)
         keys = torch.arange(length, device=p.device)
         visible = keys[None, :] <= (positions - 1)[:, None]  # (S, L)
+        # In p's dtype, float32 under autocast: adding it promotes the 16-bit scores of the
+        # candidate attention, so their softmax runs in float32 on the CPU too (CUDA's autocast
+        # runs every softmax in float32).
         hidden = torch.zeros(visible.shape, dtype=p.dtype, device=p.device).masked_fill(~visible, float("-inf"))
         h = self.candidate_embedding(p)  # (B, M, S, D)
         for block, kv in zip(self.blocks, context.kv):
             h = block.forward_candidates(h, rope, kv, hidden)
         return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
 
-    def landscapes(self, x: Tensor, differentiable: bool = True) -> Landscapes:
+    def landscapes(self, x: Tensor, differentiable: bool = True, steps: int = 0) -> Landscapes:
         """The energy function `energy(p, step)` that `think` descends, for context tokens x (B, S).
 
-        differentiable=False computes the context stream without a graph (inference)."""
-        return Landscapes(self, x, differentiable)
+        differentiable=False computes the context stream without a graph (inference). steps: run
+        the context passes of thinking steps 0 … steps−1 now rather than at their first use, as
+        training does: no context pass may run inside a thinking step that the backward pass
+        recomputes (`think`'s recompute_steps), since the steps after it reuse it."""
+        return Landscapes(self, x, differentiable, steps)
 
     def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
         """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
@@ -230,12 +260,14 @@ class BidirectionalEBT(nn.Module):
         nn.init.normal_(self.landscape_embedding.weight, std=1.0)
         self.energy_head = nn.Linear(d, 1, bias=False)  # no bias: no gradient through ∇_y E (SPEC §2)
         nn.init.zeros_(self.energy_head.weight)  # E ≡ 0 at init: the prediction equals the input (SPEC §5)
-        self.step_size = nn.Parameter(torch.tensor(float(think_config.step_size)),
-                                      requires_grad=think_config.learn_step_size)
+        self.step_size = step_size_parameter(think_config)
+        self.activation_checkpointing = False  # as AutoregressiveEBT's
 
     @property
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
+
+    _load_from_state_dict = _load_with_vector_alpha
 
     def energy(self, y: Tensor, step: int = 0) -> Tensor:
         """Energies (…,) of images y (…, C, H, W): the mean of the per-patch energies."""
@@ -246,9 +278,10 @@ class BidirectionalEBT(nn.Module):
         patches = self.energy_head(self.backbone(images, c)).squeeze(-1)  # (N, P)
         return patches.mean(-1).reshape(lead)
 
-    def landscapes(self, x: Tensor, differentiable: bool = True):
+    def landscapes(self, x: Tensor, differentiable: bool = True, steps: int = 0):
         """The energy `energy(p, step)` that `think` descends: candidates (B, M, 1, C, H, W) →
-        (B, M, 1). The noisy images x are where thinking starts, not an input of E."""
+        (B, M, 1). The noisy images x are where thinking starts, not an input of E; there is no
+        context pass to run ahead for `steps` (see `AutoregressiveEBT.landscapes`)."""
         return self.energy
 
     def think(

@@ -7,7 +7,10 @@
 - `denoise_metrics`: images; PSNR/MSE of denoised images at a noise level.
 
 EBT predictions start from random candidates drawn from a generator seeded here, so every
-score is repeatable. Thinking options arrive as one `ThinkingOptions`.
+score is repeatable. Thinking options arrive as one `ThinkingOptions`. Each function takes a
+`precision` ('fp32', the default; 'bf16'; 'fp16' on CUDA): the model's predictions run under that
+autocast (`ebt.precision`; thinking's candidates stay float32, `ebt.think`), the metrics in
+float32. The commands pass the run's `train.precision` unless `--precision` is given.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from torch import Tensor, nn
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.batches import sequential_windows
 from ebt.data.images import to_pixels, to_unit_range
+from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
 from ebt.think import ThinkingOptions
+
+PRECISION_OPTION = "precision (--precision)"  # how the API's errors name the option
 
 
 def evaluate(
@@ -34,6 +40,7 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     window_losses: bool = False,
+    precision: str = "fp32",
     **given,
 ) -> dict[str, float]:
     """Mean loss (nats per token), perplexity, tokens scored and forward passes per token of a
@@ -46,9 +53,11 @@ def evaluate(
     `options` (a ThinkingOptions, or its fields as keywords: `steps=3`) go to the EBT's `think`
     (a Transformer++ rejects any that are set). With adaptive
     thinking, `forward_passes` is the mean of what the batches ran and `mean_steps` the steps
-    positions actually used.
+    positions actually used. `precision`: see the module docstring (ConfigError for a value
+    not in ebt.precision.PRECISIONS, or fp16 off CUDA).
     """
     options = ThinkingOptions.of(options, **given)
+    check_precision(precision, device, PRECISION_OPTION)
     window = model.config.context_len + 1
     generator = torch.Generator(device=device).manual_seed(seed)
     total_loss, total_tokens, total_passes, total_steps = 0.0, 0, 0.0, 0.0
@@ -59,7 +68,8 @@ def evaluate(
         for batch in sequential_windows(tokens, window, batch_size, max_windows):
             batch = batch.to(device)
             x, targets = batch[:, :-1], batch[:, 1:]
-            thought = model.predict(x, options, generator=generator)
+            with autocast(precision, device):
+                thought = model.predict(x, options, generator=generator)
             n = targets.numel()
             total_loss += float(model.task.loss(thought.logits, targets)) * n
             if window_losses:
@@ -92,15 +102,17 @@ def evaluate_clips(
     max_clips: int | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Next-frame errors on clips (N, T, C), per latent coordinate, with copy-the-last-frame beside.
 
     loss = smooth_l1 (β = 1) and mse of the predicted latents; pixel_mse is the mse of the decoded
     prediction against the decoded target per pixel, mse × `pixels_per_latent` (the frame encoder
     is affine and orthonormal up to one scale: `FrameEncoder.pixels_per_latent`). `options` go to
-    the EBT's `think`; forward_passes is per frame.
+    the EBT's `think`; forward_passes is per frame. `precision`: see the module docstring.
     """
     options = options or ThinkingOptions()
+    check_precision(precision, device, PRECISION_OPTION)
     latents = latents[:max_clips] if max_clips is not None else latents
     generator = torch.Generator(device=device).manual_seed(seed)
     sums = dict.fromkeys(("smooth_l1", "mse", "copy_smooth_l1", "copy_mse", "forward_passes"), 0.0)
@@ -111,7 +123,8 @@ def evaluate_clips(
         for start in range(0, len(latents), batch_size):
             batch = latents[start:start + batch_size].to(device)
             x, targets = batch[:, :-1], batch[:, 1:]  # (B, S, C) each
-            thought = model.predict(x, options, generator=generator)
+            with autocast(precision, device):
+                thought = model.predict(x, options, generator=generator)
             y = thought.y.to(targets.dtype)  # (B, S, C)
             n = targets.shape[0] * targets.shape[1]
             for name, guess in (("", y), ("copy_", x)):
@@ -138,10 +151,13 @@ def energy_by_frame(
     seed: int = 0,
     device: torch.device | str = "cpu",
     around: int = 3,
+    precision: str = "fp32",
 ) -> dict[str, list[float]]:
     """The EBT's uncertainty along clips (SPEC §6): the mean final energy (and Smooth-L1) of each
     predicted frame 1 … T−1, and around the frame where a clip's second digit appears (offset 0
-    = the first frame showing it; clips where it is there from frame 0 are left out)."""
+    = the first frame showing it; clips where it is there from frame 0 are left out).
+    `precision`: see the module docstring."""
+    check_precision(precision, device, PRECISION_OPTION)
     latents = latents[:max_clips] if max_clips is not None else latents
     appears = torch.as_tensor(appears[:len(latents)])
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -153,7 +169,8 @@ def energy_by_frame(
         for start in range(0, len(latents), batch_size):
             batch = latents[start:start + batch_size].to(device)
             x, targets = batch[:, :-1], batch[:, 1:]
-            thought = model.think(x, options, generator=generator, score_final=True)
+            with autocast(precision, device):
+                thought = model.think(x, options, generator=generator, score_final=True)
             e = thought.energies[-1].double().cpu()  # (B, S): final energy of the kept candidate
             energy += e.sum(0)
             loss += F.smooth_l1_loss(thought.y, targets, beta=1.0, reduction="none").mean(-1).double().sum(0).cpu()
@@ -186,14 +203,16 @@ def denoise_metrics(
     batch_size: int = 64,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Noise uint8 images (N, C, H, W) at `noise_level` (seeded: the same noise for every model)
     and denoise them with `model.denoise(noisy, noise_level, options, repeats=)`.
 
     Returns the Smooth-L1 `loss` in [-1, 1] units, `mse` and `psnr` of the output and
     `noisy_mse`, `noisy_psnr` of the noisy input (0–255 after clamping; PSNR is the mean of
-    per-image PSNRs), `forward_passes` per image and `images`.
+    per-image PSNRs), `forward_passes` per image and `images`. `precision`: see the module docstring.
     """
+    check_precision(precision, device, PRECISION_OPTION)
     t = timestep(noise_level)
     generator = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
@@ -205,7 +224,8 @@ def denoise_metrics(
             clean = to_unit_range(images[start:start + batch_size], dtype)  # (B, C, H, W)
             noisy = add_noise(clean, t, torch.randn(clean.shape, generator=generator, dtype=dtype))
             clean, noisy = clean.to(device), noisy.to(device)
-            thought = model.denoise(noisy, noise_level, options, repeats=repeats)
+            with autocast(precision, device):
+                thought = model.denoise(noisy, noise_level, options, repeats=repeats)
             out = thought.y.reshape(clean.shape)
             n = clean.shape[0]
             target = to_pixels(clean)

@@ -6,6 +6,8 @@ token runs only itself through the context stream (the EBT keeps one cache per e
 landscape). Once the text outgrows the window, the window slides by one token per step and,
 since every rotary position then shifts, the window is encoded afresh each step — exactly what
 the uncached path computes, so both give the same tokens. temperature 0 is greedy decoding.
+`precision` ('fp32', 'bf16', 'fp16' on CUDA) is the autocast the model runs under, as in
+`ebt.evaluate`; sampling reads float32 logits.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ebt.errors import ConfigError, ThinkingDiverged
+from ebt.evaluate import PRECISION_OPTION
 from ebt.models import is_energy_based
+from ebt.precision import autocast, check_precision
 from ebt.think import ThinkingOptions
 
 
@@ -30,14 +34,17 @@ def generate(
     device: torch.device | str = "cpu",
     cache: bool = True,
     options: ThinkingOptions | None = None,
+    precision: str = "fp32",
     **given,
 ) -> list[int]:
     """The prompt's token ids continued by `max_new_tokens` generated ids (returned without the prompt).
 
     `options` (a ThinkingOptions, or its fields as keywords) go to the EBT's `think`; a
     Transformer++ rejects any that are set. Raises ConfigError for an empty prompt, ids outside
-    the vocabulary, a temperature that is not a finite number ≥ 0 or a negative token count."""
+    the vocabulary, a temperature that is not a finite number ≥ 0, a negative token count, or a
+    precision not in ebt.precision.PRECISIONS (fp16 only on CUDA)."""
     options = ThinkingOptions.of(options, **given)
+    check_precision(precision, device, PRECISION_OPTION)
     if not prompt:
         raise ConfigError("the prompt is empty: give at least one token of context (--prompt TEXT)")
     vocab = model.task.candidate_dim
@@ -56,7 +63,9 @@ def generate(
     model.eval()
     with torch.no_grad():
         for _ in range(max_new_tokens):
-            logits = decoder.next_logits(ids).float()  # (V,)
+            with autocast(precision, device):
+                logits = decoder.next_logits(ids)
+            logits = logits.float()  # (V,)
             if not bool(torch.isfinite(logits).all()):
                 raise ThinkingDiverged(f"the prediction for token {len(ids) - len(prompt)} is not finite; "
                                        "lower the step size or the Langevin noise")
@@ -99,13 +108,16 @@ class _Decoder:
 
 
 def rollout(model: nn.Module, context: Tensor, length: int, options: ThinkingOptions | None = None, *,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, precision: str = "fp32") -> Tensor:
     """Video: latents (B, length, C) predicted one frame at a time after context latents (B, K, C),
-    each prediction fed back as context; past the model's window the window slides."""
+    each prediction fed back as context; past the model's window the window slides. `precision`:
+    the autocast of the model's predictions (ConfigError as `generate`)."""
+    check_precision(precision, context.device, PRECISION_OPTION)
     window = model.config.context_len
     frames = context
     with torch.no_grad():
         for _ in range(length):
-            thought = model.predict(frames[:, -window:], options, last_only=True, generator=generator)
+            with autocast(precision, context.device):
+                thought = model.predict(frames[:, -window:], options, last_only=True, generator=generator)
             frames = torch.cat((frames, thought.y[:, -1:].to(frames.dtype)), dim=1)  # (B, K+i+1, C)
     return frames[:, context.shape[1]:]

@@ -19,6 +19,7 @@ from ebt.baselines.transformer import TransformerPP
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import ConfigError
+from ebt.nn import AdaLNBlock, Block
 from ebt.tasks import make_task
 
 
@@ -40,6 +41,21 @@ def build_model(config: RunConfig) -> nn.Module:
                       + ("'ebt' or 'dit'" if task == "image" else "'ebt' or 'transformer'"))
 
 
+def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
+    """Turn activation checkpointing (`train.activation_checkpointing`) on or off for `model`, any
+    kind: in training, activations are recomputed in the backward pass instead of kept.
+
+    Every transformer block keeps only the inputs of each of its passes (`ebt.nn.recompute_in_backward`);
+    an EBT's training (`objectives.UnrolledThinking`) also keeps only the input of each thinking step
+    that builds the second-order graph, and runs the step's energy, ∇E and their graph again in the
+    backward pass (`think`'s recompute_steps). Per block alone would save little for an EBT: the
+    graph of ∇E holds the blocks' recomputed activations until `loss.backward()`. Gradients are
+    unchanged up to floating-point reordering; eval mode (validation, inference) is unchanged."""
+    for module in model.modules():
+        if isinstance(module, (Block, AdaLNBlock, AutoregressiveEBT, BidirectionalEBT)):
+            module.activation_checkpointing = on
+
+
 def count_parameters(model: nn.Module, embeddings: bool = False) -> int:
     """Parameters, by default without the embedding tables and the output/candidate maps of size V."""
     skip = () if embeddings else ("token_embedding", "candidate_embedding", "output", "landscape_embedding")
@@ -49,3 +65,4 @@ def count_parameters(model: nn.Module, embeddings: bool = False) -> int:
 def is_energy_based(model: nn.Module) -> bool:
     """True for both EBTs (they think and have an energy), False for the Transformer++ and the DiT."""
     return isinstance(model, (AutoregressiveEBT, BidirectionalEBT))
+

@@ -18,10 +18,12 @@ K = D / H head width.
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ebt.errors import ConfigError
 
@@ -159,8 +161,23 @@ class Attention(nn.Module):
         return self.out((weights @ v).transpose(-3, -2).flatten(-2))  # (B, P, D)
 
 
+def recompute_in_backward(block: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), a pass through `block`, under non-reentrant activation checkpointing when the
+    block's `activation_checkpointing` is on, it is training and a graph is being built: the pass
+    keeps only its arguments for the backward pass and runs again there, when a backward first
+    needs its activations. It works inside `torch.autograd.grad(..., create_graph=True)` and the
+    backward through that (reentrant checkpointing does not, SPEC §9). In eval mode (validation,
+    inference thinking, which takes ∇E with gradients enabled) nothing is recomputed."""
+    if block.activation_checkpointing and block.training and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + swiglu(norm(x))."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + swiglu(norm(x)).
+
+    Each of its three passes (`forward`, `keys_values`, `forward_candidates`) is recomputed in the
+    backward pass when `activation_checkpointing` is on (`ebt.models.set_activation_checkpointing`)."""
 
     def __init__(self, dim: int, n_heads: int, ffn_dim: int, norm_eps: float = 1e-5):
         super().__init__()
@@ -168,17 +185,27 @@ class Block(nn.Module):
         self.attention = Attention(dim, n_heads)
         self.ffn_norm = RMSNorm(dim, norm_eps)
         self.ffn = SwiGLU(dim, ffn_dim)
+        self.activation_checkpointing = False
 
     def forward(self, x: Tensor, rope, past=None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return recompute_in_backward(self, self._forward, x, rope, past)
+
+    def _forward(self, x: Tensor, rope, past) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         a, kv = self.attention(self.attention_norm(x), rope, past)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), kv
 
     def keys_values(self, x: Tensor, rope, past=None) -> tuple[Tensor, Tensor]:
         """Only this block's keys/values of stream x: all a stream's last block must give the candidates."""
+        return recompute_in_backward(self, self._keys_values, x, rope, past)
+
+    def _keys_values(self, x: Tensor, rope, past) -> tuple[Tensor, Tensor]:
         return self.attention.keys_values(self.attention_norm(x), rope, past)
 
     def forward_candidates(self, x: Tensor, rope, context, hidden: Tensor) -> Tensor:
+        return recompute_in_backward(self, self._forward_candidates, x, rope, context, hidden)
+
+    def _forward_candidates(self, x: Tensor, rope, context, hidden: Tensor) -> Tensor:
         x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, hidden)
         return x + self.ffn(self.ffn_norm(x))
 
@@ -253,12 +280,16 @@ class AdaLNBlock(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
         self.ffn = SwiGLU(dim, ffn_dim)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim, bias=False))
+        self.activation_checkpointing = False  # see `recompute_in_backward`
 
     def zero_init(self) -> None:
         nn.init.zeros_(self.modulation[1].weight)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         """x (B, P, D), c (B, D) → (B, P, D)."""
+        return recompute_in_backward(self, self._forward, x, c)
+
+    def _forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = self.modulation(c).chunk(6, dim=-1)  # (B, D) each
         x = x + gate_a.unsqueeze(-2) * self.attention.bidirectional(modulate(self.attention_norm(x), shift_a, scale_a))
         return x + gate_f.unsqueeze(-2) * self.ffn(modulate(self.ffn_norm(x), shift_f, scale_f))

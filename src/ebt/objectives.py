@@ -1,14 +1,19 @@
 """Training objectives: what a batch costs each kind of model (SPEC §3).
 
-An objective is a module wrapping the model, so DDP can wrap the pair and see one `forward`:
-`objective(x, targets) -> (loss, stats)`; stats are detached scalars for the progress bar.
+An objective is a module wrapping the model, so DDP (or FSDP) can wrap the pair and see one
+`forward`: `objective(x, targets, seeds) -> (loss, stats)`; stats are detached scalars for the
+progress bar. `seeds` (B,), one per example (`ebt.data.batches.Batch`), are where each example's
+own random draws come from (the EBT's start candidates, the DiT's timestep and noise), so a batch
+split over processes or micro-batches is the same computation; None draws from torch's generator.
 
 - `UnrolledThinking`: the EBT. Thinking is unrolled from random candidates and the task loss is
   put on the optimized candidates, so θ learns through ∇_y E. No loss is put on the energy.
   System 1 (the default ThinkConfig): N steps, a landscape per step, detach at every step, loss
   after every step averaged. System 2 (the s2 presets): one landscape, a random step count and
   per-position step size, Langevin noise, only the last step's graph and loss, and a replay
-  buffer of recent final candidates; every trick is its own ThinkConfig field.
+  buffer of recent final candidates; every trick is its own ThinkConfig field. With activation
+  checkpointing (`ebt.models.set_activation_checkpointing`) every step that builds the
+  second-order graph is recomputed in the backward pass (`think`'s recompute_steps).
 - `DirectPrediction`: the Transformer++: one forward pass, the task loss on its output.
 - `NoisePrediction`: the DiT image baseline: ε-prediction on the low-noise timesteps (SPEC §5).
 """
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
+from ebt.data.batches import example_normal, example_randint
 from ebt.errors import CheckpointError
 from ebt.think import think
 
@@ -32,10 +38,10 @@ class UnrolledThinking(nn.Module):
         size = model.think_config.replay_buffer_size
         self.replay = ReplayBuffer(size) if size else None
 
-    def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, targets: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.model.think_config
         fresh = x.shape[0]
-        y = model.task.initial_candidate(x, 1, model.step_size).squeeze(1)  # (B, S, C)
+        y = model.task.initial_candidate(x, 1, model.step_size, seeds=seeds).squeeze(1)  # (B, S, C)
         if self.replay is not None and len(self.replay):
             # Half a batch of recent sequences, resumed from their final candidates (SPEC §3).
             x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2))
@@ -47,7 +53,7 @@ class UnrolledThinking(nn.Module):
         if cfg.randomize_step_size:  # one factor per (sequence, position), broadcast over samples and V
             alpha = alpha * torch.empty(x.shape[0], 1, x.shape[1], 1, device=x.device).uniform_(0.5, 2.0)
         thought = think(
-            model.landscapes(x),
+            model.landscapes(x, steps=steps),
             y.unsqueeze(1),  # (B, 1, S, C): one sample per position
             steps=steps,
             step_size=alpha,
@@ -56,6 +62,7 @@ class UnrolledThinking(nn.Module):
             truncate_graph=cfg.truncate_graph,
             detach_steps=cfg.detach_steps,
             langevin_std=cfg.langevin_std,
+            recompute_steps=model.activation_checkpointing and model.training,
         )
         final = thought.y.squeeze(1)  # (B, S, C)
         if self.replay is not None:
@@ -126,7 +133,7 @@ class DirectPrediction(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, x: Tensor, targets: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         loss = self.model.task.loss(self.model(x), targets)
         return loss, {"loss": loss.detach()}
 
@@ -143,9 +150,13 @@ class NoisePrediction(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        t = torch.randint(0, self.model.max_timestep + 1, (targets.shape[0],), device=targets.device)  # (B,)
-        noise = torch.randn_like(targets)  # (B, C, H, W)
+    def forward(self, x: Tensor, targets: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        if seeds is None:
+            t = torch.randint(0, self.model.max_timestep + 1, (targets.shape[0],), device=targets.device)  # (B,)
+            noise = torch.randn_like(targets)  # (B, C, H, W)
+        else:  # each image's own draws (streams 1 and 2: stream 0 noised the data's input)
+            t = example_randint(seeds, self.model.max_timestep + 1, targets.device, stream=1)
+            noise = example_normal(seeds, targets.shape[1:], targets.device, targets.dtype, stream=2)
         loss = torch.nn.functional.mse_loss(self.model(add_noise(targets, t, noise), t), noise)
         return loss, {"loss": loss.detach()}
 

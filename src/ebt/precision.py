@@ -29,8 +29,8 @@ def check_precision(precision: str, device: torch.device, flag: str = "train.pre
     if precision not in PRECISIONS:
         raise ConfigError(f"{flag} = {precision!r} is not allowed; it must be one of {', '.join(map(repr, PRECISIONS))}")
     if precision == "fp16" and torch.device(device).type != "cuda":
-        raise ConfigError(f"{flag} = 'fp16' needs a CUDA device (it trains with loss scaling) and the device is "
-                          f"{torch.device(device)}; use 'bf16' on the CPU, or 'fp32'")
+        raise ConfigError(f"{flag} = 'fp16' needs a CUDA device (float16 autocast is for CUDA, with loss scaling in "
+                          f"training) and the device is {torch.device(device)}; use 'bf16' on the CPU, or 'fp32'")
 
 
 def autocast(precision: str, device: torch.device):

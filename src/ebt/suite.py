@@ -14,6 +14,8 @@ random characters against real text.
 
 Plots written to `out`: thinking_curve.png, gain_vs_shift.png, energy_heatmap.png,
 energy_vs_loss.png.
+
+Every run is scored at `precision` (autocast, `ebt.evaluate`), by default the one it trained at.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from ebt.data.batches import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
-from ebt.evaluate import evaluate
+from ebt.evaluate import PRECISION_OPTION, evaluate
 from ebt.models import is_energy_based
+from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
 from ebt.runs import Run
 from ebt.think import ThinkingOptions
@@ -62,10 +65,12 @@ def paper_suite(
     seed: int = 0,
     device: torch.device | str = "cpu",
     options: ThinkingOptions | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Run the suite on an EBT run. The suite sets steps and samples per budget; the other
     `options` (step_size, langevin_std) apply to every budget, and setting steps, samples or
-    tolerance is a ConfigError."""
+    tolerance is a ConfigError. `precision` ('fp32', 'bf16', 'fp16' on CUDA) applies to both runs;
+    None scores each at its own train.precision."""
     options = options or ThinkingOptions()
     fixed = set(options.given()) & {"steps", "samples", "tolerance"}
     if fixed:
@@ -79,20 +84,27 @@ def paper_suite(
                           "run; the baseline must be a text Transformer++ run")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
         raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
+    mine = run.config.train.precision if precision is None else precision
+    check_precision(mine, device, PRECISION_OPTION)
+    theirs = None
+    if baseline is not None:
+        theirs = baseline.config.train.precision if precision is None else precision
+        check_precision(theirs, device, PRECISION_OPTION)
     streams = suite_datasets(run)
     common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
     datasets: dict[str, dict] = {}
     for name, tokens in streams.items():
-        entry = thinking_budgets(run.model, tokens, options, **common)
+        entry = thinking_budgets(run.model, tokens, options, precision=mine, **common)
         if baseline is not None:
-            entry["transformer_ppl"] = evaluate(baseline.model, tokens, **common)["ppl"]
+            entry["transformer_ppl"] = evaluate(baseline.model, tokens, precision=theirs, **common)["ppl"]
         datasets[name] = entry
     in_ppl = datasets[IN_DISTRIBUTION]["budgets"][0]["ppl"]
     for entry in datasets.values():
         entry["ood_shift"] = entry["budgets"][0]["ppl"] / in_ppl
     result = {"run": str(run.path), "baseline": str(baseline.path) if baseline else None,
               "max_windows": max_windows, "datasets": datasets,
-              "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out)}
+              "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out,
+                                         precision=mine)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plots.plot_thinking_curves(
@@ -110,7 +122,7 @@ def thinking_budgets(model, tokens: Tensor, options: ThinkingOptions | None = No
     """An EBT's perplexity on token ids (N,) at each of the paper's budgets (BUDGETS), and the %
     improvement from thinking longer (3 steps against 2), from self-verification (best-of-10
     against 2 steps) and at the best budget. `options` (step_size, langevin_std) apply to every
-    budget; `common` goes to `evaluate` (batch_size, max_windows, seed, device)."""
+    budget; `common` goes to `evaluate` (batch_size, max_windows, seed, device, precision)."""
     options = options or ThinkingOptions()
     budgets = []
     for steps, samples in BUDGETS:
@@ -124,13 +136,17 @@ def thinking_budgets(model, tokens: Tensor, options: ThinkingOptions | None = No
 
 
 def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: Path | None = None,
-                windows: int = 8, heatmap_tokens: int = 96) -> dict:
-    """Per-token energy against per-token loss, and random characters against real text."""
+                windows: int = 8, heatmap_tokens: int = 96, precision: str | None = None) -> dict:
+    """Per-token energy against per-token loss, and random characters against real text, thinking
+    at `precision` (None: the run's train.precision)."""
+    precision = run.config.train.precision if precision is None else precision
+    check_precision(precision, device, PRECISION_OPTION)
     model, s = run.model, run.config.model.context_len
     generator = torch.Generator(device=device).manual_seed(seed)
     batch = next(sequential_windows(tokens, s + 1, windows)).to(device)  # (W, S+1)
     x, targets = batch[:, :-1], batch[:, 1:]
-    thought = model.think(x, score_final=True, generator=generator)
+    with autocast(precision, device):
+        thought = model.think(x, score_final=True, generator=generator)
     energy = thought.energies[-1]  # (W, S): energy of the final prediction
     loss = torch.nn.functional.cross_entropy(thought.logits.transpose(1, 2).float(), targets, reduction="none")
     rho = plots.spearman(energy.flatten().cpu().numpy(), loss.flatten().cpu().numpy())
@@ -138,7 +154,8 @@ def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: P
     rng = random.Random(seed)
     noise_text = "".join(rng.choice(string.ascii_letters + string.punctuation + " ") for _ in range(4 * s))
     noise = torch.tensor(run.tokenizer.encode(noise_text)[: s], device=device)[None]  # (1, S)
-    noise_energy = float(model.think(noise, score_final=True, generator=generator).energies[-1].mean())
+    with autocast(precision, device):
+        noise_energy = float(model.think(noise, score_final=True, generator=generator).energies[-1].mean())
     real_energy = float(energy.mean())
 
     result = {"spearman_energy_loss": rho, "tokens": energy.numel(),
@@ -149,7 +166,8 @@ def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: P
                                   out / "energy_vs_loss.png", spearman=rho)
         n = min(heatmap_tokens, s)
         sample = x[:1, -n:]  # (1, n): a sample text
-        trace = model.think(sample, steps=model.think_config.steps + 2, score_final=True, generator=generator)
+        with autocast(precision, device):
+            trace = model.think(sample, steps=model.think_config.steps + 2, score_final=True, generator=generator)
         heat = np.stack([e[0].cpu().numpy() for e in trace.energies])  # (steps + 1, n)
         labels = [run.tokenizer.decode([int(t)]) for t in targets[0, -n:]]
         plots.plot_energy_heatmap(heat, labels, out / "energy_heatmap.png",

@@ -9,16 +9,32 @@ task supplies `prepare`. Training asks for `create_graph=True` so the loss reach
 
 Gradients are always switched on inside (`enable_grad`): callers may wrap inference in
 `torch.no_grad()`, never in `torch.inference_mode()` (gradients cannot be re-enabled there).
+
+Precision. Under `torch.autocast` (`train.precision`, `--precision` bf16 or fp16; `ebt.precision`)
+the energy model's matmuls run in 16 bits, while thinking's own arithmetic stays in the
+candidate's dtype — float32, the weights' (float64 for a float64 model):
+- the candidate y, its Langevin noise and its preparation (text: the softmax over V logits) run
+  with autocast switched off, so no task's `prepare` is ever lowered (CUDA's autocast would
+  keep a softmax in float32 anyway; the CPU's leaves it in its input's dtype);
+- the energy comes back in 16 bits and is cast up to the candidate's dtype before it is summed
+  and recorded: a float16 sum of B·S energies can overflow, and CPU autocast does not widen sums
+  as CUDA's does; energies compared between steps (tolerance) and samples (best-of-M) are then
+  in the candidate's dtype too;
+- ∇_p E arrives in p's dtype (autograd casts a gradient back through each of autocast's casts),
+  and the update p − α∇E is elementwise, which autocast never lowers.
+So E and ∇E carry the rounding of 16-bit matmuls (bf16: about 1e-2 relative), the candidate none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ebt.errors import ConfigError, ThinkingDiverged
 
@@ -109,8 +125,9 @@ class Thought:
     """The trace of one thinking run.
 
     candidates[i] is the prediction after step i (for text: logits), energies[i] the energy of the
-    candidate that step i started from, detached; a final scoring pass, when asked for, appends
-    the energy of the last prediction. `forward_passes` counts the energy evaluations run.
+    candidate that step i started from, detached, in the candidate's dtype (float32 under
+    autocast); a final scoring pass, when asked for, appends the energy of the last prediction.
+    `forward_passes` counts the energy evaluations run.
     """
 
     candidates: list[Tensor] = field(default_factory=list)
@@ -151,6 +168,7 @@ def think(
     tolerance: float | None = None,
     generator: torch.Generator | None = None,
     score_final: bool = False,
+    recompute_steps: bool = False,
 ) -> Thought:
     """Descend the energy from candidate y (…, S, C) for `steps` steps; see the module docstring.
 
@@ -164,6 +182,13 @@ def think(
         between steps, the loop once every position has stopped. `steps_taken` records the
         steps each position used; `forward_passes` what was actually run.
     score_final: one more energy evaluation of the last prediction (needed to pick among samples).
+    recompute_steps: with create_graph, keep only each step's input p for the backward pass: the
+        step's energy evaluation, ∇E and their second-order graph run again when the loss's
+        backward pass reaches them (non-reentrant activation checkpointing, which allows the
+        autograd.grad inside, SPEC §9). Costs about one more step in the forward pass (∇E
+        recomputes the evaluation it differentiates) and one in the backward pass. `energy` must
+        give the same result when called again and keep nothing it computes inside a call
+        (`AutoregressiveEBT.landscapes(x, steps=…)` runs its context passes up front).
 
     Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
     """
@@ -178,17 +203,22 @@ def think(
             if detach_steps or not graph or not y.requires_grad:
                 y = y.detach().requires_grad_()
             start = y
-            if langevin_std:
-                y = y + langevin_std * _normal(y, generator)
-            p = prepare(y)
-            e = energy(p, step)  # (…, S)
-            (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
+            with _without_autocast(y):  # the candidate's own dtype (see "Precision" above)
+                if langevin_std:
+                    y = y + langevin_std * _normal(y, generator)
+                p = prepare(y)
+            ran_in: list[torch.dtype] = []  # the dtype the model ran in (16 bits under autocast)
+            if graph and recompute_steps:
+                e, g = checkpoint(_energy_and_gradient, energy, p, step, True, ran_in, use_reentrant=False)
+            else:
+                e, g = _energy_and_gradient(energy, p, step, graph, ran_in)
+            model_dtype = ran_in[0]
             thought.forward_passes += 1
             update = p - step_size * g
             # One check (one device sync) per step: the candidate it makes and the energy it saw.
             # Which part went wrong is worked out only once something has.
             if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
-                raise ThinkingDiverged(_divergence(step, start, y, p, e, g, step_size, langevin_std))
+                raise ThinkingDiverged(_divergence(step, start, y, p, e, g, step_size, langevin_std, model_dtype))
             if tolerance is not None:
                 if active is None:
                     active = torch.ones_like(e, dtype=torch.bool)
@@ -205,15 +235,32 @@ def think(
             thought.energies.append(e.detach())
     if score_final:
         with torch.no_grad():
-            thought.energies.append(energy(prepare(thought.y), steps).detach())
+            with _without_autocast(thought.y):
+                p = prepare(thought.y)
+            e = energy(p, steps).detach()
+            thought.energies.append(e.to(torch.promote_types(e.dtype, p.dtype)))
         thought.forward_passes += 1
     return thought
 
 
+def _energy_and_gradient(energy: Energy, p: Tensor, step: int, graph: bool,
+                         ran_in: list[torch.dtype]) -> tuple[Tensor, Tensor]:
+    """One evaluation of the energy (…, S) at prepared candidates p (…, S, C) and its gradient
+    ∇_p E (…, S, C), with the second-order graph when `graph`: the part of a thinking step that
+    `recompute_steps` runs again in the backward pass. The energy is summed and returned in the
+    candidate's dtype whatever the model ran in (appended to `ran_in`), and g has p's dtype."""
+    e = energy(p, step)  # (…, S), in the dtype the model ran in (16 bits under autocast)
+    ran_in.append(e.dtype)
+    e = e.to(torch.promote_types(e.dtype, p.dtype))
+    (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
+    return e, g
+
+
 def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g: Tensor,
-                step_size: Tensor | float, langevin_std: float) -> str:
+                step_size: Tensor | float, langevin_std: float, model_dtype: torch.dtype) -> str:
     """Why step `step` made a non-finite candidate or energy: the first non-finite link of
-    start → (+ Langevin noise) → prepare → E → ∇E → p − α∇E."""
+    start → (+ Langevin noise) → prepare → E → ∇E → p − α∇E. `model_dtype`: the dtype the energy
+    came out in (16 bits under autocast, while the candidate is float32)."""
     def finite(t: Tensor) -> bool:
         return bool(torch.isfinite(t).all())
 
@@ -222,9 +269,12 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
     alpha = float(alpha_t.abs().max())
     at = f"at step {step} (α = {alpha:.4g})"
     dtype = torch.promote_types(p.dtype, g.dtype)
-    # float16 overflows past 65504: a value fine in float32 is not, so name the dtype.
-    dtype_hint = (f"; or a value overflowed {dtype} (largest finite value {torch.finfo(dtype).max:.4g}): think in "
-                  "float32" if torch.finfo(dtype).bits <= 16 else "")
+    # float16 overflows past 65504: a value fine in float32 is not, so name the dtype. The
+    # candidate's arithmetic runs in its dtype, E and ∇E in the model's (narrower under autocast).
+    dtype_hint = _overflow_hint(dtype, "think in float32")
+    model_hint = dtype_hint if model_dtype == dtype else _overflow_hint(
+        model_dtype, f"the energy model ran in it under autocast; use --precision "
+                     f"{'bf16 or fp32' if model_dtype == torch.float16 else 'fp32'}")
     noise_hint = f"; or the Langevin noise (langevin_std = {langevin_std:.4g}) is too large" if langevin_std else ""
     if not finite(start):
         return f"the candidate thinking starts from is not finite {at}; it holds NaN or Inf"
@@ -235,15 +285,30 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
         return f"preparing the candidate (the task's prepare) makes it non-finite {at}{dtype_hint}{noise_hint}"
     if not finite(e):
         return (f"the energy is not finite {at}: NaN or Inf in the model's weights or its input "
-                f"(ebt.load_run refuses non-finite weights){dtype_hint}{noise_hint}")
+                f"(ebt.load_run refuses non-finite weights){model_hint}{noise_hint}")
     if not finite(g):
-        return f"∇E is not finite {at}; lower think.step_size or the learning rate{dtype_hint}{noise_hint}"
+        return f"∇E is not finite {at}; lower think.step_size or the learning rate{model_hint}{noise_hint}"
     if not finite(alpha_t):
         return (f"step size α = {alpha:.4g} makes the candidate non-finite at step {step}; α must be finite and "
                 "> 0 (think.step_size, --step-size)")
     return (f"the step α·∇E overflows {dtype} (largest finite value {torch.finfo(dtype).max:.4g}) {at}, "
             f"max |∇E| = {float(g.abs().max()):.4g}; lower the step size"
             + (", or think in float32" if torch.finfo(dtype).bits <= 16 else ""))
+
+
+def _overflow_hint(dtype: torch.dtype, fix: str) -> str:
+    """'; or a value overflowed float16 …: `fix`' for 16-bit dtypes, '' for wider ones."""
+    if torch.finfo(dtype).bits > 16:
+        return ""
+    return f"; or a value overflowed {dtype} (largest finite value {torch.finfo(dtype).max:.4g}): {fix}"
+
+
+def _without_autocast(t: Tensor):
+    """A region where autocast leaves t's arithmetic in t's own dtype (CPU and CUDA are the
+    devices autocast runs on; elsewhere there is nothing to switch off)."""
+    if t.device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -35,7 +35,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ebt import distributed
@@ -44,8 +43,10 @@ from ebt.checkpoint import (METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_confi
 from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
-from ebt.models import build_model, count_parameters
+from ebt.models import build_model, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
+from ebt.parallel import check as check_parallel, wrap
+from ebt.precision import autocast, check_precision, grad_scaler
 from ebt.rundata import load_data, resolve_source
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
@@ -149,6 +150,8 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         saved = load_config(out)
         _refuse_fixed_changes(saved, config, out, ("data",), RESUME_FIXED_TRAIN_FIELDS)
     device, why = distributed.pick_device(config.train.device, dist)
+    check_parallel(config.train.parallel, dist, config.train.activation_checkpointing)
+    check_precision(config.train.precision, device)
     if dist.enabled:  # a barrier: every rank has looked at `out` before the main one writes there
         arrived = torch.zeros(1, device=device)
         torch.distributed.all_reduce(arrived)
@@ -168,7 +171,10 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     if resume:  # after the data's overrides: text.vocab_size, video.latent_dim, image.channels come from the data
         _refuse_fixed_changes(saved, config, out, ("model", "think", config.model.task))
     model = build_model(config).to(device)
-    say(f"device: {device} ({why}); processes: {dist.world_size}")
+    tc = config.train
+    say(f"device: {device} ({why}); processes: {dist.world_size}"
+        + (f" ({tc.parallel}); {tc.batch_size // dist.world_size} sequences each" if dist.enabled else "")
+        + (f" in {tc.grad_accum} micro-batches" if tc.grad_accum > 1 else "") + f"; precision: {tc.precision}")
     say(f"config:\n{config.to_json()}")
     say(
         f"model: {config.model.kind}, {count_parameters(model) / 1e6:.2f}M non-embedding parameters "
@@ -176,19 +182,24 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         f"data: {data.summary}"
     )
 
+    set_activation_checkpointing(model, tc.activation_checkpointing)
+    state = None
+    if resume:  # the weights go into the plain model, before FSDP2 shards it
+        state = _load_train_state(out, model, device)
     objective = make_objective(model)
-    tc = config.train
+    parallel = wrap(objective, model, tc.parallel, dist, device)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
+    scaler = grad_scaler(tc.precision, device)  # fp16 only: dynamic loss scaling
     # The cosine runs over the length the run started with (schedule["steps"]); a resumed run
     # that extends train.steps holds the final rate after it (see _resume_schedule).
     schedule = {"steps": tc.steps}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, schedule["steps"], tc.warmup_fraction, tc.lr_schedule, tc.decay_fraction))
-    batches = data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size)
+    batches = data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size, tc.grad_accum)
     replay = getattr(objective, "replay", None)  # System 2's replay buffer
     step = 0
     if resume:
-        state = _load_train_state(out, model, optimizer, scheduler, batches, replay, device)
+        _restore_train_state(out, state, parallel, optimizer, scheduler, scaler, batches, replay, device)
         step, schedule["steps"] = int(state["step"]), int(state.get("schedule_steps", saved.train.steps))
         if tc.steps < step:
             raise ConfigError(f"train.steps = {tc.steps} is below the step the run in {out} has reached ({step}); "
@@ -202,10 +213,19 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         if dist.is_main:
             replaced.set_aside(out, old_run)  # --overwrite: kept until the new run's first checkpoint
             save_run(out, config, data)
-    trained = DistributedDataParallel(objective) if dist.enabled else objective
+    # Under FSDP2 the trained model's weights are sharded; the main process validates a whole copy.
+    # Built without drawing from torch's generator, which must stay in step on every process (System 2
+    # draws its step count from it, and every process must run as many FSDP2 passes).
+    scored = model
+    if tc.parallel == "fsdp" and dist.enabled and dist.is_main:
+        with torch.random.fork_rng(devices=[]):
+            scored = build_model(config).to(device)
 
-    def validate() -> dict:
-        return data.validate(model, batch_size=tc.batch_size, max_examples=tc.eval_examples, device=device)
+    def validate(weights: dict[str, torch.Tensor]) -> dict:
+        if scored is not model:
+            scored.load_state_dict(weights)
+        with autocast(tc.precision, device):
+            return data.validate(scored, batch_size=tc.batch_size, max_examples=tc.eval_examples, device=device)
 
     saved_step = step if resume else None  # the last checkpoint in `out`, named when training stops
 
@@ -216,25 +236,28 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         return TrainingDiverged(f"step {at}: {what}; {kept}; lower train.lr (now {tc.lr:g}) or train.grad_clip "
                                 f"(now {tc.grad_clip:g})")
 
-    def checkpoint(kept: bool = False) -> None:
-        """Save weights and training state; `kept`: also keep these weights under checkpoints/."""
+    def checkpoint(weights: dict[str, torch.Tensor], kept: bool = False) -> None:
+        """Save weights (full tensors, from every process: a collective under FSDP2) and the
+        training state; `kept`: also keep these weights under checkpoints/."""
         nonlocal saved_step
-        if not bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()):
+        if not all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point()):
             raise diverged(step, "a weight is not finite")
+        optimizer_state = parallel.full_optimizer_state(optimizer)  # a collective under FSDP2
         if dist.is_main:
             # Everything the next step depends on, so a resumed run continues exactly. Python's
             # `random` and numpy's global generator are not saved: nothing in training draws from them.
-            save_weights(out, model, step, {
-                "optimizer": optimizer.state_dict(),
+            save_weights(out, weights, step, {
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "schedule_steps": schedule["steps"],
                 "batches": batches.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "replay": replay.state_dict() if replay is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
             })
             if kept:
-                save_snapshot(out, model, step)
+                save_snapshot(out, weights, step)
             # The config these weights were trained under (on --resume, with its overrides).
             save_config(out, config)
             replaced.drop()
@@ -243,6 +266,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     log = _MetricsLog(out / METRICS, dist.is_main)
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
+    validated = False  # on every process (only the main one has a result)
     tick, seen_since_tick = time.perf_counter(), 0
     # Seconds this process spent training (not validating) and in all: the cost of each point of a scaling curve.
     started, since_validation, trained_s = tick, tick, 0.0
@@ -251,25 +275,46 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     model.train()
     stop.install()
     while step < tc.steps:
-        x, targets = data.split(next(batches).to(device))
-        try:
-            loss, stats = trained(x, targets)
-        except ThinkingDiverged as e:
-            raise diverged(step + 1, str(e)) from None
+        micro_batches = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        # Checked before the update, so the weights in memory stay the last finite ones.
-        finite, signum = _agree(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm), stop.signum, dist)
+        totals: dict[str, float] = {}
+        finite = torch.ones((), dtype=torch.bool, device=device)
+        for i, batch in enumerate(micro_batches):
+            x, targets = data.split(batch.data.to(device))
+            last = i == len(micro_batches) - 1
+            with parallel.sync(last):
+                try:
+                    with autocast(tc.precision, device):
+                        loss, stats = parallel.module(x, targets, batch.seeds.to(device))
+                except ThinkingDiverged as e:
+                    raise diverged(step + 1, str(e)) from None
+                # The step's loss is the mean over its micro-batches (all of one size).
+                share = loss / len(micro_batches)
+                (scaler.scale(share) if scaler is not None else share).backward()
+            finite &= torch.isfinite(loss.detach())
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / len(micro_batches)
+            seen_since_tick += data.count(targets) * dist.world_size
+        parallel.after_backward()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        # Checked before the update, so the weights in memory stay the last finite ones. Under fp16 a
+        # non-finite gradient is the loss scale overflowing: GradScaler skips the step and lowers the scale.
+        finite, signum = _agree(finite & (torch.isfinite(grad_norm) | (scaler is not None)), stop.signum, dist)
         if not finite:
-            raise diverged(step + 1, f"loss is {float(loss.detach()):.4g} (grad norm {float(grad_norm):.4g})")
-        optimizer.step()
+            raise diverged(step + 1, f"loss is {float(totals['loss']):.4g} (grad norm {float(grad_norm):.4g})")
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
-        step, seen_since_tick = step + 1, seen_since_tick + data.count(targets) * dist.world_size
+        step += 1
         if step % tc.log_every == 0 or step == tc.steps:
             elapsed = time.perf_counter() - tick
-            row = {k: float(v) for k, v in stats.items()}
+            row = {k: float(v) for k, v in totals.items()}
             row.update(step=step, split="train", **model.task.loss_metrics(row["loss"]), grad_norm=float(grad_norm),
                        lr=lr, **{speed: seen_since_tick / elapsed})
             tick, seen_since_tick = time.perf_counter(), 0
@@ -278,8 +323,10 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         bar.update(1)
         if step in validate_at:
             trained_s += time.perf_counter() - since_validation
+            weights = parallel.full_state_dict()  # every process: a collective under FSDP2
+            validated = True
             if dist.is_main:
-                result = validate()
+                result = validate(weights)
                 # Per-example losses (text: window_losses) go to the log only: a scaling fit's bootstrap.
                 log.write({"step": step, "split": "validation", **result, "train_s": trained_s,
                            "wall_s": time.perf_counter() - started})
@@ -289,27 +336,35 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                 if not quiet:
                     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
                     bar.write(f"step {step}: validation {shown}")
-            checkpoint(kept=tc.keep_checkpoints)
+            checkpoint(weights, kept=tc.keep_checkpoints)
             tick, seen_since_tick = time.perf_counter(), 0  # validation time is not training speed
             since_validation = tick
         if not dist.enabled:
             signum = stop.signum  # a signal during the rest of this step counts now
         if signum and step < tc.steps:
             if saved_step != step:
-                checkpoint()
+                checkpoint(parallel.full_state_dict())
             bar.close()
             raise Interrupted(f"interrupted at step {step} ({signal.Signals(signum).name}); checkpoint saved; "
                               f"resume with: ebt train --resume --out {out}", 128 + signum)
     bar.close()
-    if dist.is_main and not result:  # resumed a finished run: the loop had nothing to do
-        result = validate()
-        if step not in validation_rows(out):  # e.g. metrics.jsonl was lost: the log gets its row back
-            log.write({"step": step, "split": "validation", **result})
-        result = {k: v for k, v in result.items() if not isinstance(v, list)}
+    if not validated:  # resumed a finished run: the loop had nothing to do
+        weights = parallel.full_state_dict()
+        if dist.is_main:
+            result = validate(weights)
+            if step not in validation_rows(out):  # e.g. metrics.jsonl was lost: the log gets its row back
+                log.write({"step": step, "split": "validation", **result})
+            result = {k: v for k, v in result.items() if not isinstance(v, list)}
     return result
 
 
-def _load_train_state(out: Path, model, optimizer, scheduler, batches, replay, device) -> dict:
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as a whole (a DTensor, e.g. FSDP2's gradient norm, gathered)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _load_train_state(out: Path, model: nn.Module, device: torch.device) -> dict:
+    """The training state of `out`, after loading its weights into the (unwrapped) model."""
     state = load_train_state(out)
     try:
         with safe_open(str(out / WEIGHTS), framework="pt") as f:
@@ -317,22 +372,32 @@ def _load_train_state(out: Path, model, optimizer, scheduler, batches, replay, d
         weights = load_file(str(out / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{out / WEIGHTS} is corrupt or unreadable ({e}); the run cannot resume from it") from None
+    if weights_step != int(state["step"]):
+        raise CheckpointError(f"{out / WEIGHTS} is from step {weights_step} but {out / TRAIN_STATE} from step "
+                              f"{state['step']} (a save was cut short); the run cannot continue exactly")
     try:
-        if weights_step != int(state["step"]):
-            raise CheckpointError(f"{out / WEIGHTS} is from step {weights_step} but {out / TRAIN_STATE} from step "
-                                  f"{state['step']} (a save was cut short); the run cannot continue exactly")
         model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
+    except RuntimeError as e:
+        raise CheckpointError(f"cannot resume from {out}: {e}") from None
+    return state
+
+
+def _restore_train_state(out: Path, state: dict, parallel, optimizer, scheduler, scaler, batches, replay,
+                         device: torch.device) -> None:
+    """Everything but the weights, where the run left it (any number of processes)."""
+    try:
+        parallel.load_optimizer_state(optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["batches"])
         if replay is not None and state.get("replay") is not None:
             replay.load_state_dict(state["replay"], device)
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, SafetensorError) as e:
         raise CheckpointError(f"cannot resume from {out}: {e}") from None
-    return state
 
 
 def _claim_run_directory(out: Path, resume: bool, overwrite: bool) -> list[Path]:

@@ -98,34 +98,6 @@ def moving_digits(digits: np.ndarray, clips: int, frames: int, size: int, seed: 
     return np.rint(video * 255).astype(np.uint8), appears
 
 
-class RandomClips:
-    """Endless training batches (B, T, C) of clips drawn with replacement from latents (N, T, C),
-    reproducible from (seed, rank); `state_dict`/`load_state_dict` resume them exactly."""
-
-    def __init__(self, clips: Tensor, batch_size: int, seed: int, rank: int = 0):
-        self.clips, self.batch_size, self.seed, self.rank = clips, batch_size, seed, rank
-        mixed = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
-        self.generator = torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
-
-    def __iter__(self) -> RandomClips:
-        return self
-
-    def __next__(self) -> Tensor:
-        return self.clips[torch.randint(0, len(self.clips), (self.batch_size,), generator=self.generator)]
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "seed": self.seed, "rank": self.rank}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or not isinstance(state.get("generator"), Tensor):
-            raise CheckpointError("the saved training-batch state has no 'generator' state; the checkpoint is corrupt")
-        if (state.get("seed"), state.get("rank")) != (self.seed, self.rank):
-            raise CheckpointError(
-                f"the saved training-batch state is for seed={state.get('seed')!r}, rank={state.get('rank')!r}, "
-                f"but this run has seed={self.seed}, rank={self.rank}; resume with the same seed and processes")
-        self.generator.set_state(state["generator"])
-
-
 @dataclass
 class FrameEncoder:
     """The frozen frame encoder: frames (…, H, W) in [0, 1] ↔ latents (…, C).

@@ -4,8 +4,11 @@ The trainer talks to a task's data object and never sees text, images or frames:
   summary                       one line for the log
   overrides                     config fields the data fixes, e.g. {"text.vocab_size": "256"},
                                 and a corpus path resolved to an absolute one
-  training_batches(batch_size, seed, rank, world_size)
-                                endless, seeded batches with state_dict()/load_state_dict()
+  training_batches(batch_size, seed, rank, world_size, micro_batches)
+                                a `TrainingBatches`: for each optimizer step this process's
+                                micro-batches (`Batch`: data and one seed per example) of the
+                                global batch, the same whatever the number of processes;
+                                state_dict()/load_state_dict()
   split(batch)                  (model input x, targets) of a batch, on the batch's device
   unit, count(targets)          what training speed is counted in ("tokens", "frames", "images")
                                 and how many of them a batch's targets hold

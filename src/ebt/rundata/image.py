@@ -4,47 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.config import RunConfig
+from ebt.data.batches import TrainingBatches, example_normal
 from ebt.data.images import ImageSplits, load_images, to_unit_range
-from ebt.errors import CheckpointError
 from ebt.evaluate import denoise_metrics
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
-
-
-class NoisyImageBatches:
-    """Endless training batches (B, 2, C, H, W): [noisy at the training level, clean], pixels in
-    [-1, 1]. Images and noise come from one generator seeded by (seed, rank), so
-    `state_dict`/`load_state_dict` resume them exactly."""
-
-    def __init__(self, images: Tensor, batch_size: int, noise_level: float, seed: int, rank: int = 0):
-        self.images, self.batch_size, self.t = images, batch_size, timestep(noise_level)
-        self.seed, self.rank = seed, rank
-        state = np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0]
-        self.generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-
-    def __iter__(self) -> NoisyImageBatches:
-        return self
-
-    def __next__(self) -> Tensor:
-        index = torch.randint(0, len(self.images), (self.batch_size,), generator=self.generator)
-        clean = to_unit_range(self.images[index])  # (B, C, H, W)
-        noisy = add_noise(clean, self.t, torch.randn(clean.shape, generator=self.generator))
-        return torch.stack((noisy, clean), dim=1)  # (B, 2, C, H, W)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "seed": self.seed, "rank": self.rank}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or (state.get("seed"), state.get("rank")) != (self.seed, self.rank):
-            raise CheckpointError("the saved training-batch state is for another seed or rank; resume with the same ones")
-        self.generator.set_state(state["generator"])
 
 
 @dataclass
@@ -70,8 +39,18 @@ class ImageData:
     def count(targets: Tensor) -> int:
         return targets.shape[0]
 
-    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> NoisyImageBatches:
-        return NoisyImageBatches(self.splits.train, batch_size, self.noise_level, seed, rank)
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                         micro_batches: int = 1) -> TrainingBatches:
+        """Endless micro-batches (b, 2, C, H, W): [noisy at the training level, clean], pixels in
+        [-1, 1]; each image's noise comes from its own seed (`TrainingBatches`)."""
+        images, t = self.splits.train, timestep(self.noise_level)
+
+        def fetch(index: Tensor, seeds: Tensor) -> Tensor:
+            clean = to_unit_range(images[index])  # (b, C, H, W)
+            noisy = add_noise(clean, t, example_normal(seeds, clean.shape[1:]))
+            return torch.stack((noisy, clean), dim=1)
+
+        return TrainingBatches(len(images), fetch, batch_size, seed, rank, world_size, micro_batches)
 
     @staticmethod
     def split(batch: Tensor) -> tuple[Tensor, Tensor]:

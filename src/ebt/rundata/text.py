@@ -13,7 +13,7 @@ from torch import Tensor
 from ebt.checkpoint import TOKENIZER
 from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
-from ebt.data.batches import RandomWindows, count_windows, encode_documents
+from ebt.data.batches import TrainingBatches, count_windows, encode_documents, random_windows
 from ebt.data.corpus import Corpus, load_corpus
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.errors import CheckpointError
@@ -56,8 +56,10 @@ class TextData:
     def overrides(self) -> dict[str, str]:
         return {"text.vocab_size": str(self.tokenizer.vocab_size), "data.corpus": self.source}
 
-    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> RandomWindows:
-        return RandomWindows(self.train, self.context_len + 1, batch_size, seed, rank, world_size)
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                         micro_batches: int = 1) -> TrainingBatches:
+        """Endless micro-batches of windows (b, context_len + 1) (`random_windows`)."""
+        return random_windows(self.train, self.context_len + 1, batch_size, seed, rank, world_size, micro_batches)
 
     @staticmethod
     def split(batch: Tensor) -> tuple[Tensor, Tensor]:

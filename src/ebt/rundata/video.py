@@ -13,7 +13,8 @@ from torch import Tensor
 from ebt.checkpoint import ENCODER
 from ebt.files import atomic_write
 from ebt.config import RunConfig
-from ebt.data.video import FRAME_SIZE, FrameEncoder, RandomClips, digit_split, fit_encoder, mnist_digits, moving_digits
+from ebt.data.batches import TrainingBatches
+from ebt.data.video import FRAME_SIZE, FrameEncoder, digit_split, fit_encoder, mnist_digits, moving_digits
 from ebt.errors import CheckpointError, ConfigError
 from ebt.evaluate import evaluate_clips
 from ebt.rundata.fingerprint import content_hash, save_fingerprint
@@ -43,8 +44,12 @@ class VideoData:
     def overrides(self) -> dict[str, str]:
         return {"video.latent_dim": str(self.encoder.dim)}
 
-    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> RandomClips:
-        return RandomClips(self.train, batch_size, seed, rank)
+    def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                         micro_batches: int = 1) -> TrainingBatches:
+        """Endless micro-batches of clips (b, T, C) drawn with replacement (`TrainingBatches`)."""
+        clips = self.train
+        return TrainingBatches(len(clips), lambda index, seeds: clips[index], batch_size, seed, rank, world_size,
+                               micro_batches)
 
     @staticmethod
     def split(batch: Tensor) -> tuple[Tensor, Tensor]:

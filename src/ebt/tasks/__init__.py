@@ -5,9 +5,10 @@ are handed one (`ebt.models.build_model`):
   candidate_dim                 size of one candidate vector (text: the vocabulary; video: the latent)
   input_embedding(dim)          the module taking one context element to width D (text: a token
                                 table nn.Embedding(V, D); video: nn.Linear(latent, D, bias=False))
-  initial_candidate(x, samples, like, generator)
+  initial_candidate(x, samples, like, generator, seeds)
                                 where thinking starts for input x, M samples (text: N(0, I) logits
-                                (B, M, S, V); images: the noisy image itself)
+                                (B, M, S, V), drawn from `generator` or, in training, from each
+                                example's seed; images: the noisy image itself)
   prepare(y)                    the form the energy model reads and ∇E is taken against (text:
                                 softmax; video and images: the identity)
   loss(y, targets)              mean loss of a prediction (text: cross-entropy in nats; images and

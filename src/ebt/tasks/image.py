@@ -34,7 +34,8 @@ class Denoising:
     def from_config(cls, config: ImageConfig) -> Denoising:
         return cls(config.channels, config.image_size, config.patch_size, config.noise_level)
 
-    def initial_candidate(self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def initial_candidate(self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None,
+                          seeds: Tensor | None = None) -> Tensor:
         """The noisy images x (B, C, H, W) themselves, M copies each: (B, M, 1, C, H, W) in like's dtype."""
         return x.to(like.dtype).unsqueeze(1).unsqueeze(1).expand(-1, samples, 1, *x.shape[1:]).contiguous()
 
@@ -44,8 +45,10 @@ class Denoising:
 
     @staticmethod
     def loss(y: Tensor, targets: Tensor) -> Tensor:
-        """Smooth-L1 (β = 1) of images y (B, [1,] C, H, W) against clean images (B, C, H, W)."""
-        return F.smooth_l1_loss(y.reshape(targets.shape), targets)
+        """Smooth-L1 (β = 1) of images y (B, [1,] C, H, W) against clean images (B, C, H, W), in
+        float32 at least (as the other tasks' losses: a 16-bit prediction is widened)."""
+        y = y.reshape(targets.shape)
+        return F.smooth_l1_loss(y.to(torch.promote_types(y.dtype, torch.float32)), targets)
 
     @staticmethod
     def loss_metrics(loss: float) -> dict[str, float]:

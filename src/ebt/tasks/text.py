@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.config import TextConfig
+from ebt.data.batches import example_normal
 from ebt.errors import ConfigError
 
 
@@ -31,11 +32,12 @@ class NextToken:
         return cls(config.vocab_size)
 
     def initial_candidate(
-        self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None,
+        seeds: Tensor | None = None,
     ) -> Tensor:
         """N(0, I) logits (B, M, S, V) for contexts x (B, S): M samples per position, with the
-        device and dtype of `like` (a model weight)."""
-        return normal_candidates(x, samples, self.candidate_dim, like, generator)
+        device and dtype of `like` (a model weight); see `normal_candidates` for generator and seeds."""
+        return normal_candidates(x, samples, self.candidate_dim, like, generator, seeds)
 
     def input_embedding(self, dim: int) -> nn.Module:
         """How a context token enters either model: a table of V vectors of width D, N(0, 1) (SPEC §2)."""
@@ -61,10 +63,15 @@ class NextToken:
         return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
 
 
-def normal_candidates(x: Tensor, samples: int, dim: int, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def normal_candidates(x: Tensor, samples: int, dim: int, like: Tensor, generator: torch.Generator | None = None,
+                      seeds: Tensor | None = None) -> Tensor:
     """N(0, I) candidates (B, M, S, C) for inputs x (B, S, …): M per position, C = `dim`, in the
-    dtype and on the device of `like` (a model weight), drawn from `generator` when given. The
+    dtype and on the device of `like` (a model weight), drawn from `generator` when given, or
+    with `seeds` (B,) each sequence's from its own seed (training: `ebt.data.batches.Batch`, so
+    a batch split over processes or micro-batches starts from the same candidates). The
     autoregressive tasks (text, video) start thinking here (SPEC §2)."""
+    if seeds is not None:
+        return example_normal(seeds, (samples, x.shape[1], dim), like.device, like.dtype)
     device = generator.device if generator is not None else like.device
     shape = (x.shape[0], samples, x.shape[1], dim)
     return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)

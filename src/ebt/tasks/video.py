@@ -37,10 +37,12 @@ class NextFrame:
         return cls(config.latent_dim)
 
     def initial_candidate(
-        self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, samples: int, like: Tensor, generator: torch.Generator | None = None,
+        seeds: Tensor | None = None,
     ) -> Tensor:
-        """N(0, I) latents (B, M, S, C) for context latents x (B, S, C), dtype and device of `like`."""
-        return normal_candidates(x, samples, self.candidate_dim, like, generator)
+        """N(0, I) latents (B, M, S, C) for context latents x (B, S, C), dtype and device of `like`
+        (generator, seeds: `ebt.tasks.text.normal_candidates`)."""
+        return normal_candidates(x, samples, self.candidate_dim, like, generator, seeds)
 
     def input_embedding(self, dim: int) -> nn.Module:
         """A context frame's latent (C) → width D: a linear map, no bias (SPEC §2)."""

@@ -1,0 +1,163 @@
+"""How the training objective runs over processes: one process, DDP or FSDP2 (`train.parallel`).
+
+The trainer sees one interface, `Parallel`:
+  module                 what to call for a micro-batch: `module(x, targets, seeds) -> (loss, stats)`
+  sync(last)             a context for one micro-batch's forward and backward; gradients are
+                         synchronized across processes only on the last micro-batch of a step
+  after_backward()       what must follow the backward of a step's last micro-batch (FSDP2: reshard)
+  full_state_dict()      the model's weights as full tensors (a collective under FSDP2), for
+                         checkpoints that load in a single process
+  full_optimizer_state(optimizer) / load_optimizer_state(optimizer, state)
+                         the optimizer state in `torch.optim.Optimizer.state_dict()` form with full
+                         tensors, so a run resumes on any number of processes and any `parallel`
+
+FSDP2 with second-order gradients (the EBT differentiates through ∇_y E). FSDP2's defaults free
+the unsharded parameters after the first backward pass — the one `autograd.grad(E, y,
+create_graph=True)` makes inside the forward — that the second-order graph still needs ("storage
+of size 0"). What works (checked against one process: tests/test_parallel.py):
+  - `fully_shard` each transformer block and the root (the objective, whose forward is the step);
+  - `set_reshard_after_backward(False)` on the root (recursive), so parameters stay gathered for
+    the whole step, then `reshard()` on every FSDP module after the step's backward (it is not
+    recursive). Without it the next forward reuses stale unsharded copies after the optimizer
+    step: the first step is right and every later one silently wrong;
+  - methods other than `forward` that run a sharded block (`Block.forward_candidates`, the
+    candidate stream; `Block.keys_values`, the context's last block) registered with
+    `register_fsdp_forward_method`;
+  - the optimizer holds the sharded parameters (DTensors), read after `fully_shard`.
+So parameters are gathered whole during a step while gradients and optimizer state stay sharded
+(ZeRO-2-like memory): FSDP2 here saves gradient and optimizer memory, not parameter memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ebt.distributed import Distributed
+from ebt.errors import ConfigError
+from ebt.nn import AdaLNBlock, Block
+
+# Methods of a block that run its parameters outside `forward` (the EBT's two streams).
+FORWARD_METHODS = ("forward_candidates", "keys_values")
+
+
+def _is_dtensor(t: Any) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if _is_dtensor(t) else t
+
+
+class Parallel:
+    """One process: the objective as it is."""
+
+    def __init__(self, objective: nn.Module, model: nn.Module):
+        self.module, self.model = objective, model
+
+    def sync(self, last: bool):
+        return contextlib.nullcontext()
+
+    def after_backward(self) -> None:
+        pass
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: _full(v.detach()) for k, v in self.model.state_dict().items()}
+
+    def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        state = optimizer.state_dict()
+        state["state"] = {i: {k: _full(v) for k, v in s.items()} for i, s in state["state"].items()}
+        return state
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        optimizer.load_state_dict(state)
+
+
+class DDP(Parallel):
+    """DistributedDataParallel: weights replicated, gradients all-reduced (averaged) on the last
+    micro-batch of a step (`no_sync` before it)."""
+
+    def __init__(self, objective: nn.Module, model: nn.Module, device: torch.device):
+        super().__init__(DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None),
+                         model)
+
+    def sync(self, last: bool):
+        return contextlib.nullcontext() if last else self.module.no_sync()
+
+
+class FSDP(Parallel):
+    """FSDP2 (`fully_shard`) per block and at the root, set up for second-order gradients (module
+    docstring). Gradients are reduce-scattered (averaged) on the last micro-batch of a step."""
+
+    def __init__(self, objective: nn.Module, model: nn.Module, dist: Distributed, device: torch.device):
+        try:
+            from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+        except ImportError:  # torch < 2.6 keeps FSDP2 under _composable
+            from torch.distributed._composable.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (dist.world_size,))
+        for block in model.modules():
+            if isinstance(block, (Block, AdaLNBlock)):
+                fully_shard(block, mesh=mesh)
+                for name in FORWARD_METHODS:
+                    if hasattr(block, name):
+                        register_fsdp_forward_method(block, name)
+        fully_shard(objective, mesh=mesh)
+        objective.set_reshard_after_backward(False)
+        super().__init__(objective, model)
+        self._fsdp_module = FSDPModule
+
+    def sync(self, last: bool):
+        self.module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
+    def after_backward(self) -> None:
+        for m in self.module.modules():
+            if isinstance(m, self._fsdp_module):
+                m.reshard()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        """A full optimizer state (any run's), each tensor sharded like its parameter."""
+        from torch.distributed.tensor import distribute_tensor
+
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        sharded = {}
+        for i, s in state["state"].items():
+            p = params[int(i)]
+            sharded[i] = {k: distribute_tensor(v.to(p.device_mesh.device_type), p.device_mesh, p.placements)
+                          if _is_dtensor(p) and isinstance(v, torch.Tensor) and v.shape == p.shape else v
+                          for k, v in s.items()}
+        optimizer.load_state_dict({**state, "state": sharded})
+
+
+def check(parallel: str, dist: Distributed, activation_checkpointing: bool = False) -> None:
+    """ConfigError unless `parallel` can run with these processes (FSDP2 needs torchrun's) and
+    options (FSDP2 with activation checkpointing is not supported yet: the recomputed thinking
+    step re-enters FSDP2's hooks in the backward pass and the recomputation does not match)."""
+    if parallel not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.parallel = {parallel!r} is not allowed; it must be 'ddp' or 'fsdp'")
+    if parallel == "fsdp" and not dist.enabled:
+        raise ConfigError("train.parallel = 'fsdp' shards the model over the processes torchrun starts, and this is "
+                          "one process: launch with `torchrun --nproc_per_node N -m ebt.cli train ...`, or drop "
+                          "--train.parallel=fsdp")
+    if parallel == "fsdp" and activation_checkpointing:
+        raise ConfigError("train.activation_checkpointing = true is not supported with train.parallel = 'fsdp' yet "
+                          "(the recomputed thinking step does not match under FSDP2's hooks); use "
+                          "train.parallel = 'ddp' with it, or FSDP2 without it")
+
+
+def wrap(objective: nn.Module, model: nn.Module, parallel: str, dist: Distributed, device: torch.device) -> Parallel:
+    """The objective run by `parallel` ("ddp" or "fsdp") over the processes of `dist` (one
+    process: as it is, whatever `parallel` says). Build the optimizer after this: under FSDP2 it
+    must hold the sharded parameters."""
+    check(parallel, dist)
+    if not dist.enabled:
+        return Parallel(objective, model)
+    if parallel == "fsdp":
+        return FSDP(objective, model, dist, device)
+    return DDP(objective, model, device)
