@@ -26,9 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
-from ebt.data.batches import example_normal, example_randint
 from ebt.errors import CheckpointError
-from ebt.think import think
+from ebt.think import example_normal, example_randint, think
 
 
 class UnrolledThinking(nn.Module):

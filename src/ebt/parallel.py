@@ -49,7 +49,8 @@ def _is_dtensor(t: Any) -> bool:
     return type(t).__name__ == "DTensor"
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as a whole: a DTensor (FSDP2's parameters, gradient norm) gathered (a collective)."""
     return t.full_tensor() if _is_dtensor(t) else t
 
 
@@ -66,11 +67,11 @@ class Parallel:
         pass
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: _full(v.detach()) for k, v in self.model.state_dict().items()}
+        return {k: full_tensor(v.detach()) for k, v in self.model.state_dict().items()}
 
     def full_optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
         state = optimizer.state_dict()
-        state["state"] = {i: {k: _full(v) for k, v in s.items()} for i, s in state["state"].items()}
+        state["state"] = {i: {k: full_tensor(v) for k, v in s.items()} for i, s in state["state"].items()}
         return state
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:

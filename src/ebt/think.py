@@ -326,3 +326,27 @@ def take_sample(t: Tensor, index: Tensor) -> Tensor:
     trailing = t.shape[3:]
     index = index.view(*index.shape, *(1 for _ in trailing)).expand(*index.shape, *trailing)
     return t.gather(1, index).squeeze(1)
+
+
+# --- Per-example draws (training: one seed per example, `ebt.data.batches.Batch`) --------------------
+
+
+def _stream_seed(seed: int, stream: int) -> int:
+    return (seed * 0x9E3779B97F4A7C15 + stream) % 2**63
+
+
+def example_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
+    """Standard normal numbers (b, *shape): row i drawn from a generator seeded by (seeds[i],
+    `stream`), on `device`, so an example's draws do not depend on the other examples of its
+    batch; different streams give independent draws for one example."""
+    rows = [torch.randn(shape, generator=torch.Generator(device=device).manual_seed(_stream_seed(int(s), stream)),
+                        device=device, dtype=dtype) for s in seeds.tolist()]
+    return torch.stack(rows) if rows else torch.empty((0, *shape), device=device, dtype=dtype)
+
+
+def example_randint(seeds: torch.Tensor, high: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Tensor:
+    """One integer in [0, high) per example (b,) int64, from its seed (as `example_normal`)."""
+    rows = [torch.randint(0, high, (), generator=torch.Generator(device=device).manual_seed(_stream_seed(int(s), stream)),
+                          device=device) for s in seeds.tolist()]
+    return torch.stack(rows) if rows else torch.empty(0, dtype=torch.int64, device=device)

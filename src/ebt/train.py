@@ -45,7 +45,7 @@ from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
 from ebt.models import build_model, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
-from ebt.parallel import check as check_parallel, wrap
+from ebt.parallel import check as check_parallel, full_tensor, wrap
 from ebt.precision import autocast, check_precision, grad_scaler
 from ebt.rundata import load_data, resolve_source
 
@@ -298,7 +298,7 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         parallel.after_backward()
         if scaler is not None:
             scaler.unscale_(optimizer)
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip))
         # Checked before the update, so the weights in memory stay the last finite ones. Under fp16 a
         # non-finite gradient is the loss scale overflowing: GradScaler skips the step and lowers the scale.
         finite, signum = _agree(finite & (torch.isfinite(grad_norm) | (scaler is not None)), stop.signum, dist)
@@ -356,11 +356,6 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                 log.write({"step": step, "split": "validation", **result})
             result = {k: v for k, v in result.items() if not isinstance(v, list)}
     return result
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A tensor as a whole (a DTensor, e.g. FSDP2's gradient norm, gathered)."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _load_train_state(out: Path, model: nn.Module, device: torch.device) -> dict:

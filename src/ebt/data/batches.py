@@ -168,27 +168,6 @@ class TrainingBatches:
         self.generator.set_state(generator_state)
 
 
-def _stream_seed(seed: int, stream: int) -> int:
-    return (seed * 0x9E3779B97F4A7C15 + stream) % 2**63
-
-
-def example_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
-    """Standard normal numbers (b, *shape): row i drawn from a generator seeded by (seeds[i],
-    `stream`), on `device`, so an example's draws do not depend on the other examples of its
-    batch; different streams give independent draws for one example."""
-    rows = [torch.randn(shape, generator=torch.Generator(device=device).manual_seed(_stream_seed(int(s), stream)),
-                        device=device, dtype=dtype) for s in seeds.tolist()]
-    return torch.stack(rows) if rows else torch.empty((0, *shape), device=device, dtype=dtype)
-
-
-def example_randint(seeds: torch.Tensor, high: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Tensor:
-    """One integer in [0, high) per example (b,) int64, from its seed (as `example_normal`)."""
-    rows = [torch.randint(0, high, (), generator=torch.Generator(device=device).manual_seed(_stream_seed(int(s), stream)),
-                          device=device) for s in seeds.tolist()]
-    return torch.stack(rows) if rows else torch.empty(0, dtype=torch.int64, device=device)
-
-
 def random_windows(tokens: torch.Tensor, window: int, batch_size: int, seed: int, rank: int = 0,
                    world_size: int = 1, micro_batches: int = 1, name: str = "training split") -> TrainingBatches:
     """Training batches of `window` consecutive tokens (context + 1) starting anywhere in the 1-D
