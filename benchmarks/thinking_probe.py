@@ -11,7 +11,7 @@ import sys
 import torch
 
 import ebt
-from ebt.data.batches import encode_documents, sequential_windows
+from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebt.data.batches import count_windows, encode_documents, random_windows, sequential_windows
+from ebt.data.tokens import count_windows, encode_documents, random_windows, sequential_windows
 from ebt.think import example_normal, example_randint
 from ebt.data.corpus import SHAKESPEARE_VALIDATION_PLAYS, load_corpus, shakespeare_plays
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
@@ -147,7 +147,7 @@ def test_corpus_errors(tmp_path: Path) -> None:
     empty_dir = tmp_path / "empty_dir"
     empty_dir.mkdir()
     (empty_dir / "readme.md").write_text("hello", encoding="utf-8")
-    with pytest.raises(DataError, match="empty_dir.*no .txt files"):
+    with pytest.raises(DataError, match="empty_dir.*no .txt or .jsonl files"):
         load_corpus(str(empty_dir))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café\n".encode("latin-1"))

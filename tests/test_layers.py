@@ -21,7 +21,7 @@ LAYERS = [
     ["ebt.errors"],
     ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision"],
     ["ebt.checkpoint", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
-     "ebt.data.batches", "ebt.data.images", "ebt.data.video", "ebt.plots"],
+     "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots"],
     ["ebt.nn", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # task objects
     ["ebt.energy", "ebt.baselines", "ebt.baselines.transformer", "ebt.baselines.diffusion", "ebt.baselines.dit",
      "ebt.models"],  # the models, handed a task

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import ebt
-from ebt.data.batches import encode_documents, sequential_windows
+from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.errors import ThinkingDiverged
 from ebt.objectives import make_objective

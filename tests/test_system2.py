@@ -26,7 +26,7 @@ import ebt.objectives
 import ebt.train
 from ebt.checkpoint import load_config
 from ebt.cli import main
-from ebt.data.batches import encode_documents, sequential_windows
+from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.errors import ConfigError
 from ebt.evaluate import evaluate

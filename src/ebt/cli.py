@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="e.g. text-ebt-tiny, text-transformer-tiny, text-ebt-xxs (with --resume: "
                                     "optional, and it must be of the run's model kind and task)")
     p.add_argument("--out", required=True, type=_path, help="run directory to write")
-    p.add_argument("--data", help="corpus name or path to a UTF-8 .txt file or directory (sets data.corpus)")
+    p.add_argument("--data", help="corpus name, path to a UTF-8 .txt / .jsonl file or a directory, or a directory "
+                                  "made by `ebt prepare-data` (sets data.corpus)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint; "
                    "overrides start from its saved config and may change train.* fields but not seed or batch_size")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="loss and perplexity (text), PSNR (images), frame errors (video)")
     p.add_argument("run", type=Path)
-    p.add_argument("--data", help="corpus name or path (default: the run's validation split)")
+    p.add_argument("--data", help="corpus name or path, or a prepared directory (its validation split); "
+                                  "default: the run's validation split")
     _thinking_args(p)
     p.add_argument("--max-examples", "--max-windows", dest="max_examples", type=int, default=None,
                    help="score at most this many windows (text), images or clips")
@@ -79,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per noise level")
     _thinking_args(p)
+
+    p = sub.add_parser("prepare-data", help="tokenize a corpus once into memory-mapped shards for --data",
+                       description="Tokenize a corpus (a name, a .txt or .jsonl file, or a directory of them) once "
+                                   "into memory-mapped token shards that `ebt train --data DIR` and `ebt eval` read "
+                                   "a window at a time, for corpora larger than memory (ebt.data.prepared).")
+    p.add_argument("source", help="corpus name (e.g. shakespeare) or path to a .txt / .jsonl file or a directory")
+    p.add_argument("--out", required=True, type=_path, help="directory to write")
+    p.add_argument("--tokenizer", default="byte", help="byte (default), bpe (trained on the training split), gpt2, "
+                                                       "or a tokenizer.json / run directory to reuse its tokenizer")
+    p.add_argument("--bpe-vocab-size", type=int, default=2048, help="with --tokenizer bpe (default 2048)")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the documents held out for validation (default 0.1)")
+    p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file (default 2^28)")
+    p.add_argument("--overwrite", action="store_true", help="replace a prepared directory at --out")
+    p.add_argument("--json", action="store_true", help="print the index as one JSON object")
 
     p = sub.add_parser("bench", help="training step time, EBT vs Transformer++, side by side",
                        description="Speed measured side by side in one process (ebt.bench).")
@@ -194,6 +211,10 @@ def _command(a: argparse.Namespace, extra: list[str]):
         return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
                                                   overrides=parse_overrides(extra), resume=a.resume,
                                                   overwrite=a.overwrite, quiet=a.quiet)
+    if a.command == "prepare-data":
+        return commands.prepare_data, commands.PrepareDataArgs(
+            source=a.source, out=a.out, tokenizer=a.tokenizer, bpe_vocab_size=a.bpe_vocab_size,
+            validation_fraction=a.validation_fraction, shard_tokens=a.shard_tokens, overwrite=a.overwrite, json=a.json)
     if a.command == "eval":
         return commands.evaluate, commands.EvalArgs(
             run=a.run, options=_options(a), data=a.data, max_examples=a.max_examples, batch_size=a.batch_size,

@@ -1,4 +1,5 @@
-"""The commands `ebt train | eval | generate | denoise | bench | scale run | scale fit`, on typed arguments.
+"""The commands `ebt train | eval | generate | denoise | prepare-data | bench | scale run | scale fit`, on typed
+arguments.
 
 `ebt.cli` turns the command line into one of the argument classes below and calls the matching
 function; Python code can do the same without argparse:
@@ -168,19 +169,26 @@ def evaluate(args: EvalArgs) -> int:
 
 def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     """Loss and perplexity on the run's validation split, or on another corpus whole."""
-    from ebt.data.batches import encode_documents
     from ebt.data.corpus import load_corpus
+    from ebt.data.prepared import is_prepared, open_prepared
+    from ebt.data.tokens import encode_split
     from ebt.evaluate import evaluate as score
     from ebt.rundata import load_data, resolve_source
+    from ebt.rundata.text import check_prepared_tokenizer
 
     cfg = run.config
     if args.data is None or resolve_source(args.data) == cfg.data.corpus:
         source, split = cfg.data.corpus, "validation"  # never score the text a run trained on
         tokens = load_data(cfg, run.path).validation
+    elif is_prepared(args.data):  # a prepared corpus may be large: its held-out split only
+        source, split = args.data, "validation"
+        prepared = open_prepared(args.data)
+        check_prepared_tokenizer(prepared, cfg, run.path)
+        tokens = prepared.split("validation", cfg.data.layout)
     else:
         source, split = args.data, "all"
         corpus = load_corpus(args.data, cfg.data.validation_fraction)
-        tokens = encode_documents(corpus.train + corpus.validation, run.tokenizer)
+        tokens = encode_split(corpus.train + corpus.validation, run.tokenizer, cfg.data.layout, f"corpus {args.data!r}")
     result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
                    seed=args.seed, device=device, precision=precision)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
@@ -445,6 +453,51 @@ def denoise(args: DenoiseArgs) -> int:
                     precision=args.precision)
         if not args.json:
             print(f"plots in {plots}")
+    return 0
+
+
+# --- prepare-data --------------------------------------------------------------------------------
+
+
+@dataclass
+class PrepareDataArgs:
+    """`ebt prepare-data`: tokenize a corpus once into memory-mapped shards (`ebt.data.prepared`)."""
+
+    source: str
+    out: Path
+    tokenizer: str = "byte"
+    bpe_vocab_size: int = 2048
+    validation_fraction: float = 0.1
+    shard_tokens: int = 1 << 28
+    overwrite: bool = False
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("--bpe-vocab-size", self.bpe_vocab_size, 257, 1 << 32)
+        _check_int("--shard-tokens", self.shard_tokens, 1, 1 << 40)
+        _check_real("--validation-fraction", self.validation_fraction, 0.0, "a number in (0, 0.5]")
+        if not 0 < self.validation_fraction <= 0.5:
+            raise ConfigError(f"--validation-fraction = {self.validation_fraction!r} is not allowed; "
+                              "it must be a number in (0, 0.5]")
+
+
+def prepare_data(args: PrepareDataArgs) -> int:
+    from ebt.data.prepared import prepare
+
+    index = prepare(args.source, args.out, args.tokenizer, args.bpe_vocab_size, args.validation_fraction,
+                    args.shard_tokens, args.overwrite)
+    if args.json:
+        print(standard_json(index))
+        return 0
+    splits, seconds = index["splits"], index["seconds"]
+    tokens = sum(split["tokens"] for split in splits.values())
+    print(f"prepared {index['source']} in {args.out}: {index['tokenizer']['kind']} tokenizer "
+          f"({index['tokenizer']['vocab_size']:,} tokens, stored as {index['dtype']}), in {seconds:.1f} s "
+          f"({tokens / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
+    for name, split in splits.items():
+        print(f"  {name}: {split['tokens']:,} tokens, {split['documents']:,} documents, {len(split['shards'])} shard(s)")
+    print(f"train on it with `ebt train --preset ... --data {args.out}` (add --data.layout=padded for the paper's "
+          "one-document-per-window layout)")
     return 0
 
 

@@ -19,6 +19,7 @@ from ebt.errors import ConfigError
 
 CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
 LR_SCHEDULES = ("cosine", "constant", "wsd")  # train.lr_schedule
+LAYOUTS = ("packed", "padded")  # data.layout of text windows (ebt.data.tokens)
 PARALLEL = ("ddp", "fsdp")  # train.parallel
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
 
@@ -103,8 +104,11 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt file or a directory; images: a folder)
+    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt or .jsonl file, a directory, or
+    #                              a directory made by `ebt prepare-data`; images: a folder)
     validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
+    layout: str = "packed"  # text: "packed" windows anywhere, or "padded": one document per example,
+    #                         truncated to context_len + 1 tokens and padded (the paper's; ebt.data.tokens)
 
 
 @dataclass
@@ -311,6 +315,8 @@ class RunConfig:
             ("train.parallel", tr.parallel, tr.parallel in PARALLEL, ", ".join(map(repr, PARALLEL))),
             ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
+            ("data.layout", d.layout, d.layout in LAYOUTS, ", ".join(map(repr, LAYOUTS))),
+            ("data.layout", d.layout, d.layout == "packed" or m.task == "text", "'packed' for image and video runs"),
         ]
         for name, section in TASK_SECTIONS.items():
             present = getattr(self, name) is not None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ebt.data.batches import sequential_windows
+from ebt.data.tokens import sequential_windows
 from ebt.evaluate import evaluate
 from ebt.files import atomic_write, standard_json
 from ebt.generate import generate

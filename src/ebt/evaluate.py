@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise, timestep
-from ebt.data.batches import sequential_windows
+from ebt.data.tokens import PAD, TokenSplit, split_window
 from ebt.data.images import to_pixels, to_unit_range
 from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
@@ -32,7 +32,7 @@ PRECISION_OPTION = "precision (--precision)"  # how the API's errors name the op
 
 def evaluate(
     model: nn.Module,
-    tokens: Tensor,
+    tokens: Tensor | TokenSplit,
     options: ThinkingOptions | None = None,
     *,
     batch_size: int = 16,
@@ -44,11 +44,11 @@ def evaluate(
     **given,
 ) -> dict[str, float]:
     """Mean loss (nats per token), perplexity, tokens scored and forward passes per token of a
-    text model on token ids (N,).
+    text model on token ids (N,), or on a TokenSplit in its layout (padding is not scored).
 
     `window_losses`: also return each window's mean loss, in stream order, as a list under
-    "window_losses" (what a scaling fit's bootstrap resamples; every window has context_len
-    targets, so their mean is the loss).
+    "window_losses" (what a scaling fit's bootstrap resamples; in the packed layout every window
+    has context_len targets, so their mean is the loss).
 
     `options` (a ThinkingOptions, or its fields as keywords: `steps=3`) go to the EBT's `think`
     (a Transformer++ rejects any that are set). With adaptive
@@ -65,18 +65,17 @@ def evaluate(
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for batch in sequential_windows(tokens, window, batch_size, max_windows):
-            batch = batch.to(device)
-            x, targets = batch[:, :-1], batch[:, 1:]
+        for batch in TokenSplit.of(tokens, "evaluation split").windows(window, batch_size, max_windows):
+            x, targets = split_window(batch.to(device))
             with autocast(precision, device):
                 thought = model.predict(x, options, generator=generator)
-            n = targets.numel()
+            n = int((targets != PAD).sum())
             total_loss += float(model.task.loss(thought.logits, targets)) * n
             if window_losses:
                 per_window += model.task.example_losses(thought.logits, targets).tolist()
             total_passes += thought.forward_passes * n
             if thought.steps_taken is not None:
-                total_steps += float(thought.steps_taken.float().sum())
+                total_steps += float(thought.steps_taken.float()[targets != PAD].sum())  # (B, S)
             total_tokens += n
     model.train(was_training)
     loss = total_loss / max(total_tokens, 1)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ebt import plots
-from ebt.data.batches import encode_documents, sequential_windows
+from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError

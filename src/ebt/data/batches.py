@@ -1,78 +1,24 @@
-"""Batches of token windows for training and evaluation.
+"""Training batches for every task: one global batch per optimizer step, the same whatever the
+number of processes and micro-batches (`TrainingBatches`), each example with its own seed (`Batch`).
 
-A corpus split is encoded once into one 1-D stream of token ids (``encode_documents``). A
-window is ``window = context_len + 1`` consecutive tokens: the model reads the first
-``context_len`` and predicts the last ``context_len`` (each token from the ones before it).
-
-* Training (``random_windows``, a ``TrainingBatches``) draws windows at random positions,
-  endlessly, reproducibly from a seed, the same global batches whatever the number of processes
-  and micro-batches, and can save and restore its random state so a resumed run sees the same batches.
-* Evaluation (``sequential_windows``) walks the stream in order so that every token after the
-  first is predicted exactly once.
+A task's data supplies how many examples it has and how to fetch them by index: token windows
+(`ebt.data.tokens`), noisy images, video clips. Read `TrainingBatches` first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ebt.errors import CheckpointError, ConfigError, DataError
 
-DOCUMENT_SEPARATOR = "\n\n"
 
-
-def encode_documents(documents: Sequence[str], tokenizer: Any) -> torch.Tensor:
-    """Encode documents into one 1-D int64 stream, separated by the encoding of "\\n\\n"."""
-    separator = tokenizer.encode(DOCUMENT_SEPARATOR)
-    # Our tokenizers can encode many documents at once (in parallel for the BPE kinds); any
-    # other object with just `encode` works too.
-    encode_batch = getattr(tokenizer, "encode_batch", None)
-    if encode_batch is not None:
-        encoded = encode_batch(list(documents))
-    else:
-        encoded = [tokenizer.encode(document) for document in documents]
-    ids: list[int] = []
-    for i, document_ids in enumerate(encoded):
-        if i > 0:
-            ids.extend(separator)
-        ids.extend(document_ids)
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-def _check_window(window: int) -> None:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ConfigError(
-            f"window={window!r} is not allowed; it must be an integer >= 2 "
-            "(context_len + 1, with context_len >= 1)"
-        )
-
-
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} is not allowed; it must be an integer >= 1")
-
-
-def _check_stream(tokens: torch.Tensor, window: int, name: str) -> None:
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
-        shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise DataError(f"the {name} must be a 1-D tensor of token ids, got {shape}")
-    if tokens.numel() < window:
-        raise DataError(
-            f"the {name} has {tokens.numel()} tokens, fewer than the context window "
-            f"({window - 1}) + 1 = {window} tokens; use a shorter --model.context_len "
-            "or a corpus with more text"
-        )
-
-
-def count_windows(tokens: torch.Tensor, window: int, name: str = "token stream") -> int:
-    """How many windows ``sequential_windows`` yields for this stream (before ``max_windows``)."""
-    _check_window(window)
-    _check_stream(tokens, window, name)
-    # Consecutive windows share one token, so they advance by window - 1.
-    return (tokens.numel() - 1) // (window - 1)
 
 
 def _generator_seed(seed: int, rank: int) -> int:
@@ -104,15 +50,15 @@ class TrainingBatches:
     each and one process accumulating four quarters see the same examples in the same order, and
     a run saved on one number of processes resumes on another (`state_dict` holds no rank).
 
-    `fetch(indices)` turns example indices (b,) into the batch tensor (b, …): text, windows of a
-    token stream (`windows_of`); images, clean images noised by `seeds`; video, clips. Only this
+    `fetch(indices, seeds)` turns example indices (b,) into the batch tensor (b, …): text, token
+    windows (`ebt.data.tokens.TokenSplit.fetch`); images, clean images noised by `seeds`; video, clips. Only this
     process's examples are fetched.
     Raises ConfigError when batch_size is not divisible by world_size × micro_batches.
     """
 
     def __init__(self, examples: int, fetch: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], batch_size: int,
                  seed: int, rank: int = 0, world_size: int = 1, micro_batches: int = 1) -> None:
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"seed={seed!r} is not allowed; it must be an integer >= 0")
         valid_world_size = isinstance(world_size, int) and world_size >= 1
@@ -166,47 +112,3 @@ class TrainingBatches:
                 "resume with the same train.seed"
             )
         self.generator.set_state(generator_state)
-
-
-def random_windows(tokens: torch.Tensor, window: int, batch_size: int, seed: int, rank: int = 0,
-                   world_size: int = 1, micro_batches: int = 1, name: str = "training split") -> TrainingBatches:
-    """Training batches of `window` consecutive tokens (context + 1) starting anywhere in the 1-D
-    stream `tokens`: each micro-batch is (b, window) int64 (`TrainingBatches`)."""
-    _check_window(window)
-    _check_stream(tokens, window, name)
-    tokens = tokens.to("cpu", torch.int64)  # batches are built on the CPU; the trainer moves them
-    offsets = torch.arange(window)
-    return TrainingBatches(tokens.numel() - window + 1, lambda starts, seeds: tokens[starts[:, None] + offsets],
-                           batch_size, seed, rank, world_size, micro_batches)
-
-
-def sequential_windows(
-    tokens: torch.Tensor,
-    window: int,
-    batch_size: int,
-    max_windows: int | None = None,
-    name: str = "evaluation split",
-) -> Iterator[torch.Tensor]:
-    """Evaluation batches: windows in stream order, each starting on the last token of the previous.
-
-    Window i covers ``tokens[i*(window-1) : i*(window-1) + window]``, so every token after the
-    first is a prediction target exactly once. Batches are ``(batch_size, window)`` int64, the
-    last one possibly smaller; a tail shorter than a window is dropped. ``max_windows`` keeps
-    only the first that many windows.
-    """
-    total = count_windows(tokens, window, name)
-    _check_batch_size(batch_size)
-    if max_windows is not None:
-        if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
-            raise ConfigError(
-                f"max_windows={max_windows!r} is not allowed; it must be None or an integer >= 1"
-            )
-        total = min(total, max_windows)
-    windows = tokens.to("cpu", torch.int64).unfold(0, window, window - 1)[:total]
-
-    # Validation above runs when this function is called; only the batching is lazy.
-    def batches() -> Iterator[torch.Tensor]:
-        for start in range(0, total, batch_size):
-            yield windows[start : start + batch_size].contiguous()
-
-    return batches()

@@ -7,18 +7,24 @@ A corpus source is either a known corpus name or a path:
   with a fixed list of validation plays (``SHAKESPEARE_VALIDATION_PLAYS``).
 * an out-of-distribution set of the thinking evaluation (``probes.OOD_SETS``: ``"kjv"``,
   ``"austen"``, ``"dyck"``, ``"arithmetic"``), split by document like a directory of files.
-* a UTF-8 text file, or a directory searched recursively for ``.txt`` files. Several files
-  are split by file; a single file is split by position (its last part is validation).
+* a UTF-8 text file (one document), a JSON-lines file (``.jsonl``: one document per line, its
+  string field ``"text"``), or a directory searched recursively for both. Several documents are
+  split by document (every k-th to validation); a single one is split by position (its last part
+  is validation).
 
-Every split is deterministic: the same source always gives the same documents.
+Every split is deterministic: the same source always gives the same documents. `split_stream`
+makes the same split while reading documents one at a time (``ebt prepare-data``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ebt.data.probes import OOD_SETS, probe_documents
 from ebt.errors import DataError
@@ -65,8 +71,7 @@ def load_corpus(source: str, validation_fraction: float = 0.1) -> Corpus:
         train = [text for name, text in plays.items() if name not in SHAKESPEARE_VALIDATION_PLAYS]
         return Corpus(name="shakespeare", train=train, validation=validation)
     if source in OOD_SETS:
-        train, validation = _split_documents(probe_documents(source), validation_fraction)
-        return Corpus(name=source, train=train, validation=validation)
+        return _collect(source, split_stream(probe_documents(source), validation_fraction, source))
     path = Path(source).expanduser()
     if path.exists():
         return _load_path(path, validation_fraction)
@@ -161,41 +166,86 @@ def _read_text_file(path: Path) -> str:
     return text.replace("\r\n", "\n")
 
 
-def _load_path(path: Path, validation_fraction: float) -> Corpus:
+def iter_documents(path: Path) -> Iterator[str]:
+    """The documents of a corpus path, one at a time, in a fixed order, blank ones left out: a
+    .txt file is one document; a .jsonl file one per line (its string field "text"); a directory,
+    every .txt and .jsonl file under it, sorted by path. DataError for a directory without such
+    files, a file that is not UTF-8 or a JSON line without a "text" string (naming the line)."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
-            raise DataError(f"corpus directory {str(path)!r} contains no .txt files")
+            raise DataError(f"corpus directory {str(path)!r} contains no .txt or .jsonl files")
     else:
         files = [path]
-    texts = [_read_text_file(p) for p in files]
-    # Whitespace-only files contribute nothing and would only make a split side empty.
-    documents = [t for t in texts if t.strip()]
-    if not documents:
-        raise DataError(
-            f"corpus {str(path)!r} is empty: its {len(files)} file(s) contain no "
-            "non-whitespace text"
-        )
-    name = path.resolve().name or str(path)
-    if len(documents) == 1:
-        train, validation = _split_text(documents[0], validation_fraction)
-        return Corpus(name=name, train=[train], validation=[validation])
-    train_docs, validation_docs = _split_documents(documents, validation_fraction)
-    return Corpus(name=name, train=train_docs, validation=validation_docs)
+    for file in files:
+        if file.suffix == ".jsonl":
+            yield from _jsonl_documents(file)
+        else:
+            text = _read_text_file(file)
+            if text.strip():  # whitespace-only files contribute nothing
+                yield text
 
 
-def _split_documents(
-    documents: list[str], validation_fraction: float
-) -> tuple[list[str], list[str]]:
-    # Every k-th document goes to validation; spreading them over the sorted order avoids
-    # taking one contiguous block (often one author or one source) as validation.
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    try:
+        handle = path.open("rb")
+    except OSError as err:
+        raise DataError(f"cannot read corpus file {str(path)!r}: {err.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where} is not valid JSON ({err.msg}); a .jsonl corpus holds one JSON object "
+                                'per line, with the document in the string field "text"') from None
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise DataError(f'{where} has no string field "text" (a .jsonl corpus holds one JSON object per '
+                                'line, with the document in the string field "text")')
+            if text.strip():
+                yield text.replace("\r\n", "\n")
+
+
+def split_stream(documents: Iterable[str], validation_fraction: float, name: str = "corpus"
+                 ) -> Iterator[tuple[str, str]]:
+    """("train" | "validation", document) pairs, the split `load_corpus` makes, reading the
+    documents once and holding at most k = 1 / validation_fraction of them: every k-th document
+    goes to validation; with fewer than k documents, the last; a single document is split by
+    position. DataError when there are none."""
+    _check_fraction(validation_fraction)
     k = max(2, round(1.0 / validation_fraction))
-    is_validation = [i % k == k - 1 for i in range(len(documents))]
-    if not any(is_validation):
-        is_validation[-1] = True
-    train = [d for d, v in zip(documents, is_validation) if not v]
-    validation = [d for d, v in zip(documents, is_validation) if v]
-    return train, validation
+    documents = iter(documents)
+    head = list(itertools.islice(documents, k))
+    if not head:
+        raise DataError(f"corpus {name!r} is empty: it holds no non-whitespace text")
+    if len(head) == 1:
+        train, validation = _split_text(head[0], validation_fraction)
+        yield "train", train
+        yield "validation", validation
+        return
+    if len(head) < k:  # the whole corpus: its last document is validation
+        yield from (("train", d) for d in head[:-1])
+        yield "validation", head[-1]
+        return
+    for i, document in enumerate(itertools.chain(head, documents)):
+        yield ("validation" if i % k == k - 1 else "train"), document
+
+
+def _load_path(path: Path, validation_fraction: float) -> Corpus:
+    pairs = split_stream(iter_documents(path), validation_fraction, str(path))
+    return _collect(path.resolve().name or str(path), pairs)
+
+
+def _collect(name: str, pairs: Iterable[tuple[str, str]]) -> Corpus:
+    splits: dict[str, list[str]] = {"train": [], "validation": []}
+    for split, document in pairs:
+        splits[split].append(document)
+    return Corpus(name=name, train=splits["train"], validation=splits["validation"])
 
 
 def _split_text(text: str, validation_fraction: float) -> tuple[str, str]:

@@ -1,56 +1,60 @@
-"""A text run's data: a corpus tokenized into two streams, windows for training, perplexity for
-validation, and the tokenizer saved with the run (`tokenizer.json`)."""
+"""A text run's data: a corpus tokenized into two splits (`TokenSplit`: in memory, or memory-mapped
+from a directory made by `ebt prepare-data`), windows for training in the run's data.layout,
+perplexity for validation, and the tokenizer saved with the run (`tokenizer.json`)."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor
 
 from ebt.checkpoint import TOKENIZER
 from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
-from ebt.data.batches import TrainingBatches, count_windows, encode_documents, random_windows
+from ebt.data.batches import TrainingBatches
 from ebt.data.corpus import Corpus, load_corpus
+from ebt.data.prepared import PreparedData, is_prepared, open_prepared
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
-from ebt.errors import CheckpointError
+from ebt.data.tokens import PAD, TokenSplit, encode_split, split_window
+from ebt.errors import CheckpointError, ConfigError, DataError
 from ebt.evaluate import evaluate
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
 
 @dataclass
 class TextData:
-    """A corpus split in two token streams, and how the trainer batches and scores them. Each
-    split is encoded when first used (`ebt eval` needs only the validation split), and a split
-    too short for one window is a DataError then."""
+    """A corpus's two splits, and how the trainer batches and scores them. Each split is read when
+    first used (`ebt eval` needs only the validation split), and a split with no window to read
+    is a DataError then."""
 
     tokenizer: Any
-    corpus: Corpus
+    load_split: Callable[[str], TokenSplit]  # "train" | "validation" → the split, in the run's layout
     context_len: int
     source: str  # the corpus name, or its absolute path
     fingerprint: dict[str, str]
 
     @functools.cached_property
-    def train(self) -> Tensor:
-        """(N,) token ids of the training split."""
-        return self._encode(self.corpus.train, "training split")
+    def train(self) -> TokenSplit:
+        """The training split."""
+        return self._checked("train")
 
     @functools.cached_property
-    def validation(self) -> Tensor:
-        """(N',) token ids of the validation split."""
-        return self._encode(self.corpus.validation, "validation split")
+    def validation(self) -> TokenSplit:
+        """The validation split."""
+        return self._checked("validation")
 
-    def _encode(self, documents: list[str], name: str) -> Tensor:
-        tokens = encode_documents(documents, self.tokenizer)
-        count_windows(tokens, self.context_len + 1, name=f"{name} of {self.source!r}")  # raises if too short
-        return tokens
+    def _checked(self, name: str) -> TokenSplit:
+        split = self.load_split(name)
+        split.check(self.context_len + 1)  # raises if too short
+        return split
 
     @property
     def summary(self) -> str:
-        return f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind})"
+        return (f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind}, "
+                f"layout {self.train.layout})")
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -58,19 +62,19 @@ class TextData:
 
     def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                          micro_batches: int = 1) -> TrainingBatches:
-        """Endless micro-batches of windows (b, context_len + 1) (`random_windows`)."""
-        return random_windows(self.train, self.context_len + 1, batch_size, seed, rank, world_size, micro_batches)
+        """Endless micro-batches of windows (b, context_len + 1) (`TokenSplit.training_batches`)."""
+        return self.train.training_batches(self.context_len + 1, batch_size, seed, rank, world_size, micro_batches)
 
     @staticmethod
     def split(batch: Tensor) -> tuple[Tensor, Tensor]:
-        """A window (B, S+1) → context x (B, S) and next tokens (B, S)."""
-        return batch[:, :-1], batch[:, 1:]
+        """A window (B, S+1) → context x (B, S) and next tokens (B, S), PAD where not predicted."""
+        return split_window(batch)
 
     unit = "tokens"  # what the training speed counts
 
     @staticmethod
     def count(targets: Tensor) -> int:
-        return targets.numel()
+        return int((targets != PAD).sum())
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
         return evaluate(model, self.validation, batch_size=batch_size, max_windows=max_examples, device=device,
@@ -89,18 +93,47 @@ def corpus_fingerprint(corpus: Corpus, source: str) -> dict[str, str]:
 
 
 def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
-    """Read the corpus and build (or, with run_dir, reuse) the tokenizer; a new run encodes both
-    splits at once, so that a corpus too short for a window is refused before anything is written."""
+    """Read the corpus and build (or, with run_dir, reuse) the tokenizer, or open a prepared
+    directory; a new run reads both splits at once, so that a corpus too short for a window is
+    refused before anything is written."""
     source = resolve_source(config.data.corpus)
-    corpus = load_corpus(source, config.data.validation_fraction)
-    if run_dir is not None:
-        tokenizer = load_tokenizer(run_dir)  # a resumed run keeps its vocabulary
+    layout, context_len = config.data.layout, config.model.context_len
+    if is_prepared(source):
+        prepared = open_prepared(source)
+        check_prepared_tokenizer(prepared, config, run_dir)
+        data = TextData(prepared.tokenizer, lambda name: prepared.split(name, layout), context_len, source,
+                        prepared.fingerprint)
     else:
-        tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
-    data = TextData(tokenizer, corpus, config.model.context_len, source, corpus_fingerprint(corpus, source))
+        corpus = load_corpus(source, config.data.validation_fraction)
+        if run_dir is not None:
+            tokenizer = load_tokenizer(run_dir)  # a resumed run keeps its vocabulary
+        else:
+            tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
+
+        def encode(name: str) -> TokenSplit:
+            return encode_split(getattr(corpus, name), tokenizer, layout, f"{name} split of {source!r}")
+
+        data = TextData(tokenizer, encode, context_len, source, corpus_fingerprint(corpus, source))
     if run_dir is None:
-        _ = (data.train, data.validation)  # encoded, and checked to fit a window, now
+        _ = (data.train, data.validation)  # read, and checked to hold a window, now
     return data
+
+
+def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir: Path | None = None) -> None:
+    """A prepared directory's tokens are the run's only if it was tokenized by the run's tokenizer:
+    the one saved in `run_dir` (resume, eval), else the kind config.text.tokenizer names."""
+    if run_dir is not None:
+        saved = load_tokenizer(run_dir)
+        if saved.to_json() != prepared.tokenizer.to_json():
+            raise DataError(
+                f"{prepared.path} was prepared with another tokenizer ({prepared.tokenizer.kind}, "
+                f"{prepared.tokenizer.vocab_size} tokens) than the run {run_dir} ({saved.kind}, {saved.vocab_size} "
+                f"tokens); prepare it again with `ebt prepare-data ... --tokenizer {run_dir}`")
+    elif config.text.tokenizer != prepared.tokenizer.kind:
+        raise ConfigError(
+            f"text.tokenizer = {config.text.tokenizer!r}, but {prepared.path} was prepared with a "
+            f"{prepared.tokenizer.kind!r} tokenizer ({prepared.tokenizer.vocab_size} tokens); pass "
+            f"--text.tokenizer={prepared.tokenizer.kind}, or prepare the data with --tokenizer {config.text.tokenizer}")
 
 
 def load_tokenizer(run_dir: Path, vocab_size: int | None = None):

@@ -19,6 +19,10 @@ from ebt.think import example_normal
 from ebt.errors import ConfigError
 
 
+# A target that is not predicted (padding, `ebt.data.tokens.PAD`): cross_entropy's default ignore_index.
+IGNORE_INDEX = -100
+
+
 class NextToken:
     """The text task object (see ebt.tasks): candidates are V logits per position."""
 
@@ -52,15 +56,18 @@ class NextToken:
         return {"ppl": perplexity(loss)}
 
     def loss(self, y: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy (nats per token) of logits y (..., V) against token ids (...)."""
+        """Mean cross-entropy (nats per token) of logits y (..., V) against token ids (...); targets
+        equal to IGNORE_INDEX (padding) are not predicted and count for nothing."""
         logits = y.reshape(-1, y.shape[-1])
         return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
 
     def example_losses(self, y: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy (nats per token) of each sequence: logits y (B, S, V), ids (B, S) → (B,)."""
+        """Mean cross-entropy (nats per token) of each sequence: logits y (B, S, V), ids (B, S) → (B,),
+        over the positions that are not IGNORE_INDEX."""
         logits = y.to(torch.promote_types(y.dtype, torch.float32))
-        return F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(dim=1)
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, S), 0 where ignored
+        return losses.sum(dim=1) / (targets != IGNORE_INDEX).sum(dim=1).clamp_min(1)
 
 
 def normal_candidates(x: Tensor, samples: int, dim: int, like: Tensor, generator: torch.Generator | None = None,
