@@ -23,8 +23,8 @@ REQUIRED = {"train_ratio", "cache_speedup", "mfu_ebt", "mfu_transformer", "train
 
 @pytest.fixture
 def micro_presets(monkeypatch: pytest.MonkeyPatch) -> None:
-    def micro(kind: str, size: str):
-        config = preset_config(kind, size)
+    def micro(kind: str, size: str, overrides=()):
+        config = preset_config(kind, size, overrides)
         config.model.n_layers, config.model.dim, config.model.n_heads, config.model.context_len = 1, 16, 2, 8
         config.train.batch_size = 2
         return config
@@ -62,3 +62,20 @@ def test_flop_model_follows_the_recipes() -> None:
 def test_bench_rejects_an_unknown_size(capsys: pytest.CaptureFixture) -> None:
     assert cli(["bench", "--preset", "huge"]) == 2
     assert "'huge' is not a size" in capsys.readouterr().err
+
+
+def test_bench_takes_config_overrides_a_device_and_a_precision(capsys: pytest.CaptureFixture) -> None:
+    """`--section.key=value` shrinks (or grows) all three models alike; the JSON names device and precision."""
+    micro = ["--model.n_layers=1", "--model.dim=16", "--model.n_heads=2", "--model.context_len=8",
+             "--train.batch_size=2"]
+    assert cli(["bench", "--repeats", "1", "--prompt-len", "6", "--new-tokens", "2", "--no-memory", "--device", "cpu",
+                "--json", *micro]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["batch_size"], r["context_len"], r["device"], r["precision"]) == (2, 8, "cpu", "fp32")
+    assert r["overrides"]["model.dim"] == "16"
+    assert cli(["bench", "--model.width=16"]) == 2
+    assert "width" in capsys.readouterr().err
+    assert cli(["bench", "--precision", "fp16"]) == 2
+    assert "'fp32' or 'bf16'" in capsys.readouterr().err
+    assert cli(["bench", "--device", "tpu"]) == 2
+    assert "'tpu' is not allowed" in capsys.readouterr().err

@@ -19,7 +19,8 @@ import ebt.nn
 from ebt.think import think
 
 from conftest import tiny_model
-from test_models import V, random_ids, reference_energy, softmax
+from dense_reference import reference_energy
+from test_models import V, random_ids, softmax
 
 
 def unrolled(model, x: Tensor, targets: Tensor, y0: Tensor, energy, steps: int, **options) -> tuple[Tensor, list[Tensor]]:

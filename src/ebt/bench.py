@@ -6,13 +6,15 @@
   the Transformer++ of the same size on the same random batches, alternating them so a noisy
   shared machine slows all alike; `train_ratio` = EBT S1 step / Transformer++ step;
 - FLOPs per training token from the analytical model below, and the achieved fraction of this
-  machine's measured fp32 matmul throughput (`mfu_ebt`, `mfu_transformer`);
+  machine's measured matmul throughput at the same precision (`mfu_ebt`, `mfu_transformer`);
 - generation after a 256-token prompt, with and without the KV cache (`cache_speedup`, EBT),
   seconds per thinking step per generated token against a Transformer++ cached decode step;
 - memory: what a training step of each kind holds for its backward pass and its peak, without
   and with activation checkpointing (`activation_memory`).
 
-Everything runs on the CPU in fp32: the figures this project records are CPU figures.
+By default everything runs on the CPU in fp32, as the figures this project records; `device` and
+`precision` (fp32 or bf16 autocast, as `train.precision`) measure the same on a CUDA device
+(`benchmarks/gpu_check.sh`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import platform
 import statistics
 import time
 import weakref
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,6 +34,7 @@ from ebt.config import RunConfig
 from ebt.generate import generate
 from ebt.models import build_model, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
+from ebt.precision import DTYPES, autocast
 from ebt.presets import preset
 from ebt.train import BETAS, parameter_groups
 
@@ -39,14 +42,19 @@ KINDS = {"ebt": "text-ebt-{}", "ebt_s2": "text-ebt-s2-{}", "transformer": "text-
 VOCAB = 256  # the byte vocabulary of the presets
 
 
-def machine() -> dict:
+def machine(device: torch.device | str = "cpu") -> dict:
+    """The machine a benchmark ran on; `cuda`: the name of the CUDA device measured, or of the first
+    one when the benchmark ran on the CPU (None without CUDA)."""
+    device = torch.device(device)
+    cuda = device if device.type == "cuda" else 0
     return {
         "platform": platform.platform(),
         "processor": _cpu_name(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_device_name(cuda) if torch.cuda.is_available() else None,
+        "cuda_version": torch.version.cuda,
     }
 
 
@@ -60,22 +68,47 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
-    """This machine's fp32 matmul throughput (the MFU denominator), best of `repeats`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best
+CUDA_MATMULS = 10  # products per timing of the CUDA matmul throughput
 
 
-def _timed(fn) -> float:
+def matmul_flops_per_s(n: int | None = None, repeats: int = 10, device: torch.device | str = "cpu",
+                       precision: str = "fp32") -> float:
+    """The device's matmul throughput at `precision` (the MFU denominator), best of `repeats`.
+
+    n × n matrices: 1024 on the CPU; 8192 on CUDA, large enough for the tensor cores to reach their
+    peak. Each timing on CUDA covers `CUDA_MATMULS` products, so launch and sync costs vanish."""
+    device = torch.device(device)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    inner = CUDA_MATMULS if device.type == "cuda" else 1
+    dtype = DTYPES.get(precision, torch.float32)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+
+    def products() -> None:
+        for _ in range(inner):
+            a @ b
+
+    products()  # warm-up: library initialization, clocks
+    best = min(_timed(products, device) for _ in range(repeats))
+    return 2 * n**3 * inner / best
+
+
+def _timed(fn, device: torch.device | str = "cpu") -> float:
+    """Seconds `fn` takes, its queued device work included (CUDA runs asynchronously)."""
+    _synchronize(device)
     start = time.perf_counter()
     fn()
+    _synchronize(device)
     return time.perf_counter() - start
 
 
-def _config(kind: str, size: str) -> RunConfig:
-    config = preset(KINDS[kind].format(size))
+def _synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _config(kind: str, size: str, overrides: Sequence[tuple[str, str]] = ()) -> RunConfig:
+    """The preset of `kind` at `size`, with `(section.key, value)` overrides (ConfigError for a bad one)."""
+    config = preset(KINDS[kind].format(size)).with_overrides(list(overrides))
     config.text.vocab_size = VOCAB
     return config
 
@@ -108,21 +141,22 @@ def train_flops_per_token(config: RunConfig) -> float:
     return replay * (contexts * 3 * (n + attention) + candidate)
 
 
-def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, seed: int = 0) -> dict:
+def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, seed: int = 0,
+                     device: torch.device | str = "cpu", precision: str = "fp32", overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """Median seconds per optimizer step of each model kind at one size, on the same batches."""
     torch.manual_seed(seed)
     setups = {}
     for kind in KINDS:
-        config = _config(kind, size)
-        model = build_model(config)
+        config = _config(kind, size, overrides)
+        model = build_model(config).to(device)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.train, config.think.step_size_lr_mult), betas=BETAS)
         setups[kind] = (config, model, make_objective(model), optimizer)
     b, s = setups["ebt"][0].train.batch_size, setups["ebt"][0].model.context_len
     times: dict[str, list[float]] = {k: [] for k in setups}
     for i in range(warmup + repeats):
-        batch = torch.randint(0, VOCAB, (b, s + 1))
+        batch = torch.randint(0, VOCAB, (b, s + 1)).to(device)
         for kind, (_, model, objective, optimizer) in setups.items():
-            elapsed = _timed(lambda: _train_step(model, objective, optimizer, batch))
+            elapsed = _timed(lambda: _train_step(model, objective, optimizer, batch, precision), device)
             if i >= warmup:
                 times[kind].append(elapsed)
     return {"batch_size": b, "context_len": s, "step_s": {k: statistics.median(v) for k, v in times.items()},
@@ -130,8 +164,9 @@ def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, see
             "non_embedding_params": count_parameters(setups["ebt"][1])}
 
 
-def _train_step(model, objective, optimizer, batch: torch.Tensor) -> None:
-    loss, _ = objective(batch[:, :-1], batch[:, 1:])
+def _train_step(model, objective, optimizer, batch: torch.Tensor, precision: str = "fp32") -> None:
+    with autocast(precision, batch.device):  # as the trainer: the forward under autocast, backward outside
+        loss, _ = objective(batch[:, :-1], batch[:, 1:])
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -139,7 +174,8 @@ def _train_step(model, objective, optimizer, batch: torch.Tensor) -> None:
 
 
 def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, repeats: int = 3,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32",
+                     overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """Seconds per generated token after a `prompt_len`-token prompt, cached and uncached, the
     median of `repeats` runs with the four (model, cache) settings interleaved.
 
@@ -150,16 +186,20 @@ def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int 
     prompt = torch.randint(0, VOCAB, (prompt_len,)).tolist()
     models = {}
     for kind in ("ebt", "transformer"):
-        config = _config(kind, size)
+        config = _config(kind, size, overrides)
         config.model.context_len = prompt_len + new_tokens
-        models[kind] = build_model(config).eval()
+        models[kind] = build_model(config).to(device).eval()
     settings = [(kind, cache) for kind in models for cache in (True, False)]
     times: dict[tuple[str, bool], list[float]] = {s: [] for s in settings}
+
+    def continue_prompt(kind: str, cache: bool, tokens: int) -> list[int]:
+        return generate(models[kind], prompt, tokens, temperature=0, cache=cache, device=device, precision=precision)
+
     for kind, cache in settings:
-        generate(models[kind], prompt, 2, temperature=0, cache=cache)  # warm-up
+        continue_prompt(kind, cache, 2)  # warm-up
     for _ in range(repeats):
         for kind, cache in settings:
-            times[kind, cache].append(_timed(lambda: generate(models[kind], prompt, new_tokens, temperature=0, cache=cache)))
+            times[kind, cache].append(_timed(lambda: continue_prompt(kind, cache, new_tokens), device))
     result = {f"{kind}_{'cached' if cache else 'uncached'}_s_per_token": statistics.median(t) / new_tokens
               for (kind, cache), t in times.items()}
     result["ebt_think_steps"] = models["ebt"].think_config.steps
@@ -206,7 +246,8 @@ def _tensors(tree: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def activation_memory(size: str = "tiny") -> dict:
+def activation_memory(size: str = "tiny", device: torch.device | str = "cpu", precision: str = "fp32",
+                      overrides: Sequence[tuple[str, str]] = ()) -> dict:
     """MiB of memory a training step of each kind allocates beyond weights, optimizer state and
     batch (the activation memory, which dominates training), without and with activation
     checkpointing (`ebt.models.set_activation_checkpointing`; keys `…_checkpointed`):
@@ -221,37 +262,53 @@ def activation_memory(size: str = "tiny") -> dict:
 
     Counted exactly, by storage (`LiveMemory`), on one step after an unmeasured one (which
     allocates System 2's replay buffer and fills it, so the step measured replays half a batch
-    as in training); parameter gradients are freed in between, as the trainer does, and counted."""
+    as in training); parameter gradients are freed in between, as the trainer does, and counted.
+    Under bf16 the weights' 16-bit copies that autocast makes during the forward pass count too.
+    On CUDA, `{kind}_allocator_peak_mib` is the allocator's own peak of the step, as a cross-check."""
     result = {}
     for kind in KINDS:
-        config = _config(kind, size)
+        config = _config(kind, size, overrides)
         torch.manual_seed(0)
-        model = build_model(config)
+        model = build_model(config).to(device)
         objective = make_objective(model)
-        batch = torch.randint(0, VOCAB, (config.train.batch_size, config.model.context_len + 1))
-        objective(batch[:, :-1], batch[:, 1:])[0].backward()
+        batch = torch.randint(0, VOCAB, (config.train.batch_size, config.model.context_len + 1)).to(device)
+        with autocast(precision, device):
+            loss, _ = objective(batch[:, :-1], batch[:, 1:])
+        loss.backward()
         for checkpointed in (False, True):
             set_activation_checkpointing(model, checkpointed)
             model.zero_grad(set_to_none=True)
             torch.manual_seed(1)  # the same System 2 step count and replayed sequences for both
+            cuda = torch.device(device).type == "cuda"
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
             with LiveMemory() as memory:
-                loss, _ = objective(batch[:, :-1], batch[:, 1:])
+                with autocast(precision, device):
+                    loss, _ = objective(batch[:, :-1], batch[:, 1:])
                 held = memory.live
                 loss.backward()
             suffix = "_checkpointed" if checkpointed else ""
             result[f"{kind}_activation_mib{suffix}"] = held / 2**20
             result[f"{kind}_peak_mib{suffix}"] = memory.peak / 2**20
+            if cuda:  # the same peak as the CUDA caching allocator counts it (block rounding included)
+                result[f"{kind}_allocator_peak_mib{suffix}"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
     return result
 
 
-def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens: int = 16, memory: bool = True) -> dict:
-    peak = matmul_flops_per_s()
-    train = train_step_times(size, repeats)
+def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens: int = 16, memory: bool = True,
+        device: torch.device | str = "cpu", precision: str = "fp32", overrides: Sequence[tuple[str, str]] = ()) -> dict:
+    """Every measurement of the module at one size, on `device` at `precision` (fp32 or bf16), with
+    `(section.key, value)` config overrides applied to all three kinds' presets."""
+    peak = matmul_flops_per_s(device=device, precision=precision)
+    train = train_step_times(size, repeats, device=device, precision=precision, overrides=overrides)
     step, flops = train["step_s"], train["flops_per_token"]
     tokens = train["batch_size"] * train["context_len"]
-    gen = generation_times(size, prompt_len, new_tokens)
+    gen = generation_times(size, prompt_len, new_tokens, device=device, precision=precision, overrides=overrides)
     result = {
-        "size": size, "batch_size": train["batch_size"], "context_len": train["context_len"], "vocab_size": VOCAB,
+        "size": size, "device": str(device), "precision": precision, "overrides": dict(overrides),
+        "batch_size": train["batch_size"], "context_len": train["context_len"], "vocab_size": VOCAB,
         "non_embedding_params": train["non_embedding_params"], "repeats": repeats,
         **{f"{k}_step_s": v for k, v in step.items()},
         **{f"{k}_tokens_per_s": tokens / v for k, v in step.items()},
@@ -269,20 +326,22 @@ def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens
         "ebt_s_per_thinking_step_per_token": gen["ebt_cached_s_per_token"] / gen["ebt_think_steps"],
         "thinking_step_vs_decode_step": gen["ebt_cached_s_per_token"] / gen["ebt_think_steps"]
         / gen["transformer_cached_s_per_token"],
-        "machine": machine(),
+        "machine": machine(device),
     }
     if memory:
-        result.update(activation_memory(size))
+        result.update(activation_memory(size, device, precision, overrides))
     return result
 
 
 def report(r: dict) -> str:
     """The readable table of a `run` result."""
     m = r["machine"]
+    precision = r.get("precision", "fp32")  # results recorded before `precision` existed ran in fp32
     lines = []
     lines.append(f"size {r['size']}: batch {r['batch_size']} × {r['context_len']} tokens, V = {r['vocab_size']}, "
                  f"{r['non_embedding_params'] / 1e6:.2f}M non-embedding parameters; {m['processor']}, "
-                 f"{m['torch_threads']} threads, torch {m['torch']}; fp32 matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
+                 f"{m['torch_threads']} threads, torch {m['torch']}; on {_device_name(r)}, "
+                 f"{precision} matmul {r['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s")
     lines.append(f"{'training (median of ' + str(r['repeats']) + ')':<28}{'step':>10}{'tokens/s':>11}{'GFLOP/token':>13}{'MFU':>7}")
     for kind, label in (("ebt", "EBT S1 (2 steps)"), ("ebt_s2", "EBT S2 (3 steps)"), ("transformer", "Transformer++")):
         mfu = r["mfu_transformer"] if kind == "transformer" else r[f"mfu_{kind}"]
@@ -302,3 +361,8 @@ def report(r: dict) -> str:
             lines.append(f"  {label:<26}{r[f'{kind}_activation_mib']:>8.0f} / {r[f'{kind}_peak_mib']:<8.0f}→"
                          f"{r[f'{kind}_activation_mib_checkpointed']:>8.0f} / {r[f'{kind}_peak_mib_checkpointed']:.0f}")
     return "\n".join(lines)
+
+
+def _device_name(r: dict) -> str:
+    device = r.get("device", "cpu")
+    return f"{device} ({r['machine']['cuda']})" if device.startswith("cuda") else device

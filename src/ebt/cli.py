@@ -6,7 +6,7 @@
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
-    ebt bench [--preset tiny] [--json]
+    ebt bench [--preset tiny] [--device cuda] [--precision bf16] [--json] [--section.key=value ...]
     ebt scale run --axis {data,width,depth,batch,params} --out DIR [--size tiny] [--seeds N] [--steps N] [--jobs J]
     ebt scale fit DIR [DIR ...] [--axis params|flops] [--json] [--plots DIR] [--thinking]
 
@@ -98,13 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the index as one JSON object")
 
     p = sub.add_parser("bench", help="training step time, EBT vs Transformer++, side by side",
-                       description="Speed measured side by side in one process (ebt.bench).")
+                       description="Speed measured side by side in one process (ebt.bench). Config overrides "
+                                   "(--section.key=value, e.g. --model.context_len=512) apply to all three models.")
     p.add_argument("--preset", "--size", dest="size", default="tiny",
                    help="model size of the text presets: tiny, 4xs, 3xs, xxs, ... (default tiny)")
     p.add_argument("--repeats", type=int, default=10, help="timed training steps per model")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--no-memory", action="store_true", help="skip the activation-memory count")
+    p.add_argument("--device", default="cpu", help="cpu (default: the recorded figures are CPU figures), auto, "
+                                                   "cuda, cuda:1, ...")
+    p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16: autocast as train.precision; "
+                                                       "MFU is then against the device's bf16 matmul throughput")
     p.add_argument("--json", action="store_true")
 
     scale = sub.add_parser("scale", help="scaling-law sweeps and fits: how much faster an EBT learns than a "
@@ -195,7 +200,7 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 def _command(a: argparse.Namespace, extra: list[str]):
     """The typed arguments of the command line, and the command that takes them."""
-    takes_overrides = a.command == "train" or (a.command == "scale" and a.scale_command == "run")
+    takes_overrides = a.command in ("train", "bench") or (a.command == "scale" and a.scale_command == "run")
     if extra and not takes_overrides:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     if a.command == "scale" and a.scale_command == "run":
@@ -231,7 +236,9 @@ def _command(a: argparse.Namespace, extra: list[str]):
             batch_size=a.batch_size, seed=a.seed, json=a.json, options=_options(a), device=a.device,
             precision=a.precision)
     return commands.bench, commands.BenchArgs(size=a.size, repeats=a.repeats, prompt_len=a.prompt_len,
-                                              new_tokens=a.new_tokens, memory=not a.no_memory, json=a.json)
+                                              new_tokens=a.new_tokens, memory=not a.no_memory, json=a.json,
+                                              device=a.device, precision=a.precision,
+                                              overrides=parse_overrides(extra))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -514,22 +514,32 @@ class BenchArgs:
     new_tokens: int = 16
     memory: bool = True
     json: bool = False
+    device: str = "cpu"  # the figures this project records are CPU figures; "auto" takes CUDA when there is one
+    precision: str = "fp32"  # or "bf16" (autocast, as train.precision)
+    overrides: list[tuple[str, str]] = field(default_factory=list)  # applied to every kind's preset
 
     def __post_init__(self) -> None:
-        from ebt.presets import PRESETS
+        from ebt.presets import PRESETS, preset
 
         if f"text-ebt-{self.size}" not in PRESETS:
             sizes = sorted({name.rsplit("-", 1)[1] for name in PRESETS if name.startswith("text-ebt-")})
             raise ConfigError(f"--preset {self.size!r} is not a size; known: {', '.join(sizes)}")
+        for kind in ("text-ebt-", "text-ebt-s2-", "text-transformer-"):
+            preset(kind + self.size).with_overrides(self.overrides)  # a ConfigError naming a bad override
         _check_int("--repeats", self.repeats, 1, 10_000)
         _check_int("--prompt-len", self.prompt_len, 1, 1_000_000)
         _check_int("--new-tokens", self.new_tokens, 1, 1_000_000)
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"--precision = {self.precision!r} is not allowed for bench; it must be 'fp32' or "
+                              "'bf16' (fp16 training needs loss scaling, which the benchmark's step leaves out)")
+        _device(self.device)  # a ConfigError naming the allowed devices
 
 
 def bench(args: BenchArgs) -> int:
     from ebt.bench import report, run
 
-    result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory)
+    result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory,
+                 device=_device(args.device), precision=args.precision, overrides=args.overrides)
     print(standard_json(result) if args.json else report(result))
     return 0
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ebt import plots
-from ebt.data.tokens import encode_documents, sequential_windows
+from ebt.data.tokens import TokenSplit, encode_split, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
@@ -51,7 +51,7 @@ def suite_datasets(run: Run) -> dict[str, Tensor]:
     streams = {IN_DISTRIBUTION: load_data(run.config, run.path).validation}
     for name in OOD_SETS:
         corpus = load_corpus(name)
-        streams[name] = encode_documents(corpus.train + corpus.validation, run.tokenizer)
+        streams[name] = encode_split(corpus.train + corpus.validation, run.tokenizer, run.config.data.layout, name)
     return streams
 
 
@@ -118,7 +118,7 @@ def paper_suite(
     return result
 
 
-def thinking_budgets(model, tokens: Tensor, options: ThinkingOptions | None = None, **common) -> dict:
+def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOptions | None = None, **common) -> dict:
     """An EBT's perplexity on token ids (N,) at each of the paper's budgets (BUDGETS), and the %
     improvement from thinking longer (3 steps against 2), from self-verification (best-of-10
     against 2 steps) and at the best budget. `options` (step_size, langevin_std) apply to every
@@ -135,7 +135,7 @@ def thinking_budgets(model, tokens: Tensor, options: ThinkingOptions | None = No
             "gain_best_pct": 100 * (ppl[0] - min(ppl)) / ppl[0]}
 
 
-def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: Path | None = None,
+def uncertainty(run: Run, tokens: Tensor | TokenSplit, *, seed: int = 0, device="cpu", out: Path | None = None,
                 windows: int = 8, heatmap_tokens: int = 96, precision: str | None = None) -> dict:
     """Per-token energy against per-token loss, and random characters against real text, thinking
     at `precision` (None: the run's train.precision)."""
@@ -143,7 +143,9 @@ def uncertainty(run: Run, tokens: Tensor, *, seed: int = 0, device="cpu", out: P
     check_precision(precision, device, PRECISION_OPTION)
     model, s = run.model, run.config.model.context_len
     generator = torch.Generator(device=device).manual_seed(seed)
-    batch = next(sequential_windows(tokens, s + 1, windows)).to(device)  # (W, S+1)
+    # Whole windows of text, whatever the run's layout: this compares energies position by position.
+    packed = TokenSplit.of(tokens).with_layout("packed")
+    batch = next(sequential_windows(packed, s + 1, windows)).to(device)  # (W, S+1)
     x, targets = batch[:, :-1], batch[:, 1:]
     with autocast(precision, device):
         thought = model.think(x, score_final=True, generator=generator)

@@ -122,6 +122,10 @@ class TokenSplit:
             raise DataError(f"the {name} must be a 1-D tensor of token ids, got {type(tokens).__name__}")
         return cls([tokens], layout="packed", name=name)
 
+    def with_layout(self, layout: str) -> TokenSplit:
+        """The same shards read in another layout."""
+        return TokenSplit(self.shards, self.documents, layout, self.name, self.files, self.vocab_size)
+
     def __len__(self) -> int:
         """Tokens in all shards."""
         return sum(len(s) for s in self.shards)
