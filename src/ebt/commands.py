@@ -163,7 +163,8 @@ def evaluate(args: EvalArgs) -> int:
                           "use `ebt denoise RUN --vs OTHER --plots DIR`")
     score = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task]
     result, line = score(args, run, device, precision)
-    print(standard_json(result) if args.json else line)
+    result["precision"] = precision
+    print(standard_json(result) if args.json else f"{line}; precision {precision}")
     return 0
 
 

@@ -213,16 +213,16 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         if dist.is_main:
             replaced.set_aside(out, old_run)  # --overwrite: kept until the new run's first checkpoint
             save_run(out, config, data)
-    # Under FSDP2 the trained model's weights are sharded; the main process validates a whole copy.
-    # Built without drawing from torch's generator, which must stay in step on every process (System 2
-    # draws its step count from it, and every process must run as many FSDP2 passes).
-    scored = model
-    if tc.parallel == "fsdp" and dist.enabled and dist.is_main:
-        with torch.random.fork_rng(devices=[]):
-            scored = build_model(config).to(device)
-
     def validate(weights: dict[str, torch.Tensor]) -> dict:
-        if scored is not model:
+        scored = model
+        if tc.parallel == "fsdp" and dist.enabled:
+            # Under FSDP2 the trained model's weights are sharded; the main process validates a whole
+            # copy, built for the validation only (held between validations it would cost a model's
+            # memory on that process all run), and without drawing from torch's generator, which must
+            # stay in step on every process (System 2 draws its step count from it, and every process
+            # must run as many FSDP2 passes).
+            with torch.random.fork_rng(devices=[]):
+                scored = build_model(config).to(device)
             scored.load_state_dict(weights)
         with autocast(tc.precision, device):
             return data.validate(scored, batch_size=tc.batch_size, max_examples=tc.eval_examples, device=device)
