@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -149,18 +149,22 @@ def _byte_level(model: models.Model) -> HFTokenizer:
     return hf
 
 
-def _train_bpe(train_texts: Sequence[str], vocab_size: int) -> HFByteLevelTokenizer:
+def _train_bpe(train_texts: Iterable[str], vocab_size: int) -> HFByteLevelTokenizer:
+    """Train on the texts, read once as they come (an iterator of documents need not fit in memory)."""
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
         raise ConfigError(
             f"tokenizer vocab_size={vocab_size!r} is not allowed for a 'bpe' tokenizer: "
             "it must be an integer >= 257 (256 byte tokens plus at least one merge)"
         )
-    texts = [t for t in train_texts if t.strip()]
-    if not texts:
-        raise DataError(
-            "cannot train a 'bpe' tokenizer: the training texts are empty "
-            f"({len(train_texts)} documents, none with non-whitespace text)"
-        )
+    seen = {"documents": 0, "texts": 0}
+
+    def texts() -> Iterator[str]:
+        for text in train_texts:
+            seen["documents"] += 1
+            if text.strip():
+                seen["texts"] += 1
+                yield text
+
     hf = _byte_level(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -170,7 +174,12 @@ def _train_bpe(train_texts: Sequence[str], vocab_size: int) -> HFByteLevelTokeni
         special_tokens=[],
         show_progress=False,
     )
-    hf.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    hf.train_from_iterator(texts(), trainer=trainer)
+    if not seen["texts"]:
+        raise DataError(
+            "cannot train a 'bpe' tokenizer: the training texts are empty "
+            f"({seen['documents']} documents, none with non-whitespace text)"
+        )
     return HFByteLevelTokenizer("bpe", hf)
 
 
@@ -204,7 +213,7 @@ def _gpt2() -> HFByteLevelTokenizer:
 
 
 def build_tokenizer(
-    kind: str, train_texts: Sequence[str] = (), vocab_size: int = 1024
+    kind: str, train_texts: Iterable[str] = (), vocab_size: int = 1024
 ) -> Tokenizer:
     """Make a tokenizer of the given kind.
 
