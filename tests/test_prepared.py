@@ -84,6 +84,7 @@ def test_padded_layout_predicts_each_documents_own_tokens(tmp_path: Path) -> Non
     split = encode_split(documents, ByteTokenizer(), layout="padded")
     window = 9
     assert split.examples(window) == 3  # "z" has nothing to predict
+    assert split.tokens_read(window) == 6 + 2 + 9 and len(split) > 6 + 2 + 1 + 16
     rows = torch.cat(list(split.windows(window, 8)))
     assert rows.tolist()[0] == list(b"abcdef") + [PAD] * 3
     assert rows.tolist()[1] == list(b"xy") + [PAD] * 7
@@ -214,5 +215,18 @@ def test_bad_input_is_refused(corpus_dir: Path, tmp_path: Path, capsys) -> None:
         assert code == 2 and flag in err and value in err, (flag, err)
     code, _, err = run_cli(["prepare-data", tmp_path / "missing", "--out", tmp_path / "x"], capsys)
     assert code == 2 and "neither a known corpus name" in err
-    with pytest.raises(ConfigError, match=r"data.layout = 'ragged'.*'packed', 'padded'"):
+    (tmp_path / "a-file").write_text("x")
+    code, _, err = run_cli(["prepare-data", corpus_dir, "--out", tmp_path / "a-file", "--overwrite"], capsys)
+    assert code == 2 and "--out" in err and "is a file" in err
+    code, _, err = run_cli(["prepare-data", corpus_dir, "--out", tmp_path / "x", "--tokenizer", "gpt2",
+                            "--bpe-vocab-size", "500"], capsys)
+    assert code == 2 and "--bpe-vocab-size" in err and "--tokenizer bpe" in err
+    with pytest.raises(ConfigError, match="split 'test' is not allowed"):
+        open_prepared(tmp_path / "prep").split("test")
+    headless = tmp_path / "headless"  # shards whose index was lost
+    headless.mkdir()
+    (headless / "train-00000.tokens").write_bytes(b"\0\0")
+    with pytest.raises(DataError, match="token shards but no index.json"):
+        load_corpus(str(headless))
+    with pytest.raises(ConfigError, match=r"data.layout = 'ragged'.*'packed' or 'padded'"):
         tiny_config("ebt", overrides={"data.layout": "ragged"})

@@ -90,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=_path, help="directory to write")
     p.add_argument("--tokenizer", default="byte", help="byte (default), bpe (trained on the training split), gpt2, "
                                                        "or a tokenizer.json / run directory to reuse its tokenizer")
-    p.add_argument("--bpe-vocab-size", type=int, default=2048, help="with --tokenizer bpe (default 2048)")
+    p.add_argument("--bpe-vocab-size", type=int, help="with --tokenizer bpe (default 2048)")
     p.add_argument("--validation-fraction", type=float, default=0.1,
                    help="share of the documents held out for validation (default 0.1)")
-    p.add_argument("--shard-tokens", type=int, default=1 << 28, help="tokens per shard file (default 2^28)")
+    p.add_argument("--shard-tokens", type=int, default=1 << 28, help="a new shard file starts once one holds this "
+                                                                      "many tokens; documents are never split (default 2^28)")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared directory at --out")
     p.add_argument("--json", action="store_true", help="print the index as one JSON object")
 

@@ -467,14 +467,17 @@ class PrepareDataArgs:
     source: str
     out: Path
     tokenizer: str = "byte"
-    bpe_vocab_size: int = 2048
+    bpe_vocab_size: int | None = None  # with tokenizer "bpe" only (default 2048)
     validation_fraction: float = 0.1
     shard_tokens: int = 1 << 28
     overwrite: bool = False
     json: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("--bpe-vocab-size", self.bpe_vocab_size, 257, 1 << 32)
+        _check_int("--bpe-vocab-size", self.bpe_vocab_size, 257, 1 << 32, optional=True)
+        if self.bpe_vocab_size is not None and self.tokenizer != "bpe":
+            raise ConfigError(f"--bpe-vocab-size sizes a BPE trained on the corpus; it goes with --tokenizer bpe, "
+                              f"not {self.tokenizer!r}")
         _check_int("--shard-tokens", self.shard_tokens, 1, 1 << 40)
         _check_real("--validation-fraction", self.validation_fraction, 0.0, "a number in (0, 0.5]")
         if not 0 < self.validation_fraction <= 0.5:
@@ -483,10 +486,22 @@ class PrepareDataArgs:
 
 
 def prepare_data(args: PrepareDataArgs) -> int:
+    import signal
+
     from ebt.data.prepared import prepare
 
-    index = prepare(args.source, args.out, args.tokenizer, args.bpe_vocab_size, args.validation_fraction,
-                    args.shard_tokens, args.overwrite)
+    def stop(signum, frame):  # SIGTERM (kill, slurm) cleans up as Ctrl-C does
+        raise Interrupted("prepare-data: stopped by SIGTERM; nothing was written", 128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        index = prepare(args.source, args.out, args.tokenizer, args.bpe_vocab_size or 2048, args.validation_fraction,
+                        args.shard_tokens, args.overwrite)
+    except Interrupted as e:
+        print(f"ebt {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(standard_json(index))
         return 0

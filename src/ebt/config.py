@@ -315,7 +315,7 @@ class RunConfig:
             ("train.parallel", tr.parallel, tr.parallel in PARALLEL, ", ".join(map(repr, PARALLEL))),
             ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
             ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
-            ("data.layout", d.layout, d.layout in LAYOUTS, ", ".join(map(repr, LAYOUTS))),
+            ("data.layout", d.layout, d.layout in LAYOUTS, "'packed' or 'padded'"),
             ("data.layout", d.layout, d.layout == "packed" or m.task == "text", "'packed' for image and video runs"),
         ]
         for name, section in TASK_SECTIONS.items():

@@ -31,7 +31,8 @@ class TrainingDiverged(EBTError):
 
 
 class Interrupted(EBTError):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint it can resume from.
+    """A command stopped on SIGINT or SIGTERM: training after saving a checkpoint it can resume
+    from, `prepare-data` after removing what it had written.
 
     `exit_code` is what a shell reports for the signal: 128 + its number (SIGINT 130, SIGTERM 143).
     """

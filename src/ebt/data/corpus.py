@@ -174,7 +174,10 @@ def iter_documents(path: Path) -> Iterator[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl") and p.is_file())
         if not files:
-            raise DataError(f"corpus directory {str(path)!r} contains no .txt or .jsonl files")
+            shards = next(path.glob("*.tokens"), None) is not None
+            raise DataError(f"corpus directory {str(path)!r} contains no .txt or .jsonl files"
+                            + ("; it holds token shards but no index.json: a damaged prepared corpus, prepare it "
+                               "again with `ebt prepare-data`" if shards else ""))
     else:
         files = [path]
     for file in files:

@@ -179,18 +179,23 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
 
     `tokenizer`: see `resolve_tokenizer` ("bpe" is trained on the training documents first, a
     second pass over the corpus). The directory is written beside `out` and moved there when
-    complete, so an interrupted run leaves nothing half-written; an existing `out` is refused
-    unless `overwrite`. Raises ConfigError for bad arguments, DataError for bad data.
+    complete, so an interrupted run (an exception, Ctrl-C; `ebt prepare-data` also turns SIGTERM
+    into one) leaves nothing half-written; an existing `out` is refused unless it is a prepared
+    corpus and `overwrite`. Raises ConfigError for bad arguments, DataError for bad data (and for
+    a `validation_fraction` outside (0, 0.5], as `load_corpus` does).
     """
     started = time.monotonic()
     out = Path(out).expanduser()
     if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
         raise ConfigError(f"--shard-tokens = {shard_tokens!r} is not allowed; it must be an integer >= 1")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {str(out)!r} exists; pass --overwrite to replace it, or choose another directory")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a directory to write")
     if out.exists() and not is_prepared(out) and any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} holds files that are not a prepared corpus; --overwrite replaces "
-                          "only a prepared directory (or an empty one)")
+        raise ConfigError(f"--out {str(out)!r} holds files that are not a prepared corpus; choose another directory "
+                          "(--overwrite replaces only a prepared corpus)")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"--out {str(out)!r} holds a prepared corpus; pass --overwrite to replace it, or choose "
+                          "another directory")
     train_documents = (d for split, d in _documents(source, validation_fraction) if split == "train")
     tok = resolve_tokenizer(tokenizer, train_documents if tokenizer == "bpe" else None, bpe_vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
@@ -222,7 +227,8 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
         tokenizer_json = tok.to_json()
         (partial / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         index = {"format": _FORMAT, "version": _VERSION, "source": _source_name(source),
-                 "validation_fraction": validation_fraction,
+                 # Shakespeare's split is fixed by play (ebt.data.corpus).
+                 "validation_fraction": None if source == "shakespeare" else validation_fraction,
                  "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
                                "sha256": hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()},
                  "dtype": dtype.name, "separator": separator.tolist(),
@@ -260,6 +266,8 @@ class PreparedData:
 
     def split(self, name: str, layout: str = "packed") -> TokenSplit:
         """The split `name` ("train" or "validation") as memory-mapped shards, read in `layout`."""
+        if name not in SPLITS:
+            raise ConfigError(f"split {name!r} is not allowed; it must be 'train' or 'validation'")
         dtype = np.dtype(self.index["dtype"]).newbyteorder("<")
         shards, documents, files = [], [], []
         for shard in self.index["splits"][name]["shards"]:

@@ -161,6 +161,13 @@ class TokenSplit:
             return int(first[-1]) if len(first) else 0
         return len(first)
 
+    def tokens_read(self, window: int) -> int:
+        """Tokens that training windows can hold: all (packed), or each document's first `window`
+        (padded: the rest of a longer document is never read)."""
+        if self.layout == "packed":
+            return len(self)
+        return int(self._starts(window)[2].sum())
+
     def _locate(self, indices: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Example indices → (shard, start, length) of each."""
         if self.layout == "packed":

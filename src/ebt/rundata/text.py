@@ -53,8 +53,12 @@ class TextData:
 
     @property
     def summary(self) -> str:
-        return (f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind}, "
-                f"layout {self.train.layout})")
+        line = f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind}"
+        if self.train.layout == "packed":
+            return line + ")"
+        window = self.context_len + 1
+        return (line + f"; layout padded: {self.train.examples(window):,} training documents, of which windows hold "
+                f"{self.train.tokens_read(window):,} tokens, the first {window} of each)")
 
     @property
     def overrides(self) -> dict[str, str]:
