@@ -39,6 +39,28 @@ def synthetic_text(lines: int = 160, seed: int = 0) -> str:
     return "".join(rng.choice(_PHRASES) + "\n" for _ in range(lines))
 
 
+def bar_images_run(root: Path, steps: int) -> Path:
+    """A tiny image EBT (1 block, width 16) trained `steps` steps on twelve 12×12 PNGs of bars
+    written under `root`; returns its run directory."""
+    import numpy as np
+    from PIL import Image
+
+    from ebt.cli import main
+
+    folder = root / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        image = np.full((12, 12), 30, dtype=np.uint8)
+        row, col = rng.integers(0, 9, size=2)
+        image[row:row + 3, :], image[:, col:col + 3] = 220, 160
+        Image.fromarray(image).save(folder / f"{i:02d}.png")
+    assert main(["train", "--preset", "image-ebt-tiny", "--out", str(root / "run"), "--quiet", "--model.n_layers=1",
+                 "--model.dim=16", "--model.n_heads=2", "--image.image_size=12", f"--train.steps={steps}",
+                 "--train.batch_size=4", "--train.eval_examples=4", "--train.device=cpu", "--data", str(folder)]) == 0
+    return root / "run"
+
+
 def tiny_config(
     kind: str = "ebt", corpus: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:

@@ -22,12 +22,11 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import ebt
-from conftest import synthetic_text
+from conftest import bar_images_run, synthetic_text
 from ebt.checkpoint import load_config
 from ebt.cli import main
 from ebt.commands import EvalArgs
@@ -71,21 +70,7 @@ def scored(capsys: pytest.CaptureFixture, *argv) -> dict:
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step image EBT on twelve 12×12 PNGs of bars."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("image-run")
-    folder = root / "pictures"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        image = np.full((12, 12), 30, dtype=np.uint8)
-        row, col = rng.integers(0, 9, size=2)
-        image[row:row + 3, :], image[:, col:col + 3] = 220, 160
-        Image.fromarray(image).save(folder / f"{i:02d}.png")
-    assert main(["train", "--preset", "image-ebt-tiny", "--out", str(root / "run"), "--quiet", "--model.n_layers=1",
-                 "--model.dim=16", "--model.n_heads=2", "--image.image_size=12", "--train.steps=2",
-                 "--train.batch_size=4", "--train.eval_examples=4", "--train.device=cpu", "--data", str(folder)]) == 0
-    return root / "run"
+    return bar_images_run(tmp_path_factory.mktemp("image-run"), steps=2)
 
 
 # --- 1. Every numeric option is checked where it enters ------------------------------------------

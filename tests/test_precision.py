@@ -17,13 +17,12 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import ebt
-from conftest import random_ids, run_cli, tiny_config, tiny_model
+from conftest import bar_images_run, random_ids, run_cli, tiny_config, tiny_model
 from ebt.checkpoint import CONFIG
 from ebt.cli import main
 from ebt.errors import ConfigError, ThinkingDiverged
@@ -237,23 +236,7 @@ def test_the_api_refuses_bad_precisions() -> None:
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 10-step image EBT on twelve 12×12 PNGs of bars."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("image-run")
-    folder = root / "pictures"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        image = np.full((12, 12), 30, dtype=np.uint8)
-        row, col = rng.integers(0, 9, size=2)
-        image[row:row + 3, :], image[:, col:col + 3] = 220, 160
-        Image.fromarray(image).save(folder / f"{i:02d}.png")
-    code = main(["train", "--preset", "image-ebt-tiny", "--out", str(root / "run"), "--quiet",
-                         "--model.n_layers=1", "--model.dim=16", "--model.n_heads=2", "--image.image_size=12",
-                         "--train.steps=10", "--train.batch_size=4", "--train.eval_examples=4", "--train.device=cpu",
-                         "--data", str(folder)])
-    assert code == 0
-    return root / "run"
+    return bar_images_run(tmp_path_factory.mktemp("image-run"), steps=10)
 
 
 def command(name: str, trained_runs, image_run: Path, kind: str = "ebt") -> list:
