@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import ebt.bench
+import ebt.compiled
 from ebt.bench import _config as preset_config
 from ebt.bench import train_flops_per_token
 from ebt.cli import main as cli
@@ -47,6 +49,27 @@ def test_bench_table_output(micro_presets, capsys: pytest.CaptureFixture) -> Non
     assert cli(["bench", "--repeats", "1", "--prompt-len", "6", "--new-tokens", "2", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "train_ratio" in out and "cache_speedup" in out and "activation memory" not in out
+
+
+def test_bench_compile_times_compiled_generation_beside_eager(micro_presets, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip(f"torch.compile does not run on this Python with torch {torch.__version__}")
+    # What is captured, without minutes of C++ compiling (tests/test_compile.py); no compiler needed.
+    monkeypatch.setattr(ebt.compiled, "BACKEND", "aot_eager")
+    monkeypatch.setattr(ebt.compiled, "compile_unavailable", lambda device: None)
+    torch._dynamo.reset()
+    try:
+        assert cli(["bench", "--repeats", "1", "--prompt-len", "6", "--new-tokens", "2", "--no-memory", "--compile",
+                    "--json"]) == 0
+    finally:
+        torch._dynamo.reset()
+    r = json.loads(capsys.readouterr().out)
+    assert r["compile_speedup"] == pytest.approx(r["ebt_cached_s_per_token"] / r["ebt_cached_compiled_s_per_token"])
+    assert r["thinking_step_vs_decode_step_compiled"] == pytest.approx(
+        r["ebt_cached_compiled_s_per_token"] / r["ebt_think_steps"] / r["transformer_cached_compiled_s_per_token"])
+    assert r["ebt_compile_s"] > 0 and r["transformer_compile_s"] > 0
+    assert "generation compiled" in ebt.bench.report(r)
 
 
 def test_flop_model_follows_the_recipes() -> None:

@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the layer of its name.
 LAYERS = [
     ["ebt.errors"],
-    ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision"],
+    ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
     ["ebt.checkpoint", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots"],
     ["ebt.nn", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # task objects

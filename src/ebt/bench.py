@@ -9,6 +9,9 @@
   machine's measured matmul throughput at the same precision (`mfu_ebt`, `mfu_transformer`);
 - generation after a 256-token prompt, with and without the KV cache (`cache_speedup`, EBT),
   seconds per thinking step per generated token against a Transformer++ cached decode step;
+  with `--compile`, the same again with inference compiled (`ebt.compiled`), interleaved with the
+  eager runs: `*_compiled_*` keys, `compile_speedup` (cached EBT token, eager / compiled) and the
+  warm-up that compiles (`*_compile_s`);
 - memory: what a training step of each kind holds for its backward pass and its peak, without
   and with activation checkpointing (`activation_memory`).
 
@@ -32,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ebt.config import RunConfig
 from ebt.generate import generate
-from ebt.models import build_model, count_parameters, set_activation_checkpointing
+from ebt.models import build_model, compiled_inference, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
 from ebt.precision import DTYPES, autocast
 from ebt.presets import preset
@@ -175,9 +178,11 @@ def _train_step(model, objective, optimizer, batch: torch.Tensor, precision: str
 
 def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, repeats: int = 3,
                      seed: int = 0, device: torch.device | str = "cpu", precision: str = "fp32",
-                     overrides: Sequence[tuple[str, str]] = ()) -> dict:
+                     overrides: Sequence[tuple[str, str]] = (), compile: bool = False) -> dict:
     """Seconds per generated token after a `prompt_len`-token prompt, cached and uncached, the
-    median of `repeats` runs with the four (model, cache) settings interleaved.
+    median of `repeats` runs with the four (model, cache) settings interleaved; with `compile`,
+    eight: each also with inference compiled (`ebt.models.compiled_inference`), after a warm-up
+    whose seconds (compiling, for both cache settings) are `{kind}_compile_s`.
 
     The window is widened to hold prompt and continuation, so the cache is never reset by a
     sliding window. Untrained models: speed does not depend on the weights.
@@ -189,20 +194,45 @@ def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int 
         config = _config(kind, size, overrides)
         config.model.context_len = prompt_len + new_tokens
         models[kind] = build_model(config).to(device).eval()
-    settings = [(kind, cache) for kind in models for cache in (True, False)]
-    times: dict[tuple[str, bool], list[float]] = {s: [] for s in settings}
+    settings = [(kind, cache, fast) for kind in models for fast in ((False, True) if compile else (False,))
+                for cache in (True, False)]
+    times: dict[tuple[str, bool, bool], list[float]] = {s: [] for s in settings}
 
-    def continue_prompt(kind: str, cache: bool, tokens: int) -> list[int]:
-        return generate(models[kind], prompt, tokens, temperature=0, cache=cache, device=device, precision=precision)
+    def tokens(kind: str, cache: bool, fast: bool, n: int) -> float:
+        with compiled_inference(models[kind], fast):
+            return _timed(lambda: generate(models[kind], prompt, n, temperature=0, cache=cache, device=device,
+                                            precision=precision), device)
 
-    for kind, cache in settings:
-        continue_prompt(kind, cache, 2)  # warm-up
+    result: dict = {}
+    for kind, cache, fast in settings:
+        warm_up = tokens(kind, cache, fast, 2)
+        if fast:
+            result[f"{kind}_compile_s"] = result.get(f"{kind}_compile_s", 0.0) + warm_up
     for _ in range(repeats):
-        for kind, cache in settings:
-            times[kind, cache].append(_timed(lambda: continue_prompt(kind, cache, new_tokens), device))
-    result = {f"{kind}_{'cached' if cache else 'uncached'}_s_per_token": statistics.median(t) / new_tokens
-              for (kind, cache), t in times.items()}
+        for kind, cache, fast in settings:
+            times[kind, cache, fast].append(tokens(kind, cache, fast, new_tokens))
+    for (kind, cache, fast), t in times.items():
+        key = f"{kind}_{'cached' if cache else 'uncached'}{'_compiled' if fast else ''}_s_per_token"
+        result[key] = statistics.median(t) / new_tokens
     result["ebt_think_steps"] = models["ebt"].think_config.steps
+    return result
+
+
+def compiled_ratios(gen: dict) -> dict:
+    """The compiled generation's ratios, from `generation_times(compile=True)`: eager / compiled
+    per token (`compile_speedup`: the cached EBT; and the others), the cache's speed-up and one
+    thinking step against a Transformer++ decode step, both compiled."""
+    result = {}
+    for kind in ("ebt", "transformer"):
+        prefix = "" if kind == "ebt" else "transformer_"
+        for cache in ("cached", "uncached"):
+            name = f"{prefix}compile_speedup" + ("" if cache == "cached" else "_uncached")
+            result[name] = gen[f"{kind}_{cache}_s_per_token"] / gen[f"{kind}_{cache}_compiled_s_per_token"]
+        result[f"{prefix}cache_speedup_compiled"] = (gen[f"{kind}_uncached_compiled_s_per_token"]
+                                                     / gen[f"{kind}_cached_compiled_s_per_token"])
+    thinking_step = gen["ebt_cached_compiled_s_per_token"] / gen["ebt_think_steps"]
+    result["ebt_s_per_thinking_step_per_token_compiled"] = thinking_step
+    result["thinking_step_vs_decode_step_compiled"] = thinking_step / gen["transformer_cached_compiled_s_per_token"]
     return result
 
 
@@ -298,14 +328,16 @@ def activation_memory(size: str = "tiny", device: torch.device | str = "cpu", pr
 
 
 def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens: int = 16, memory: bool = True,
-        device: torch.device | str = "cpu", precision: str = "fp32", overrides: Sequence[tuple[str, str]] = ()) -> dict:
+        device: torch.device | str = "cpu", precision: str = "fp32", overrides: Sequence[tuple[str, str]] = (),
+        compile: bool = False) -> dict:
     """Every measurement of the module at one size, on `device` at `precision` (fp32 or bf16), with
     `(section.key, value)` config overrides applied to all three kinds' presets."""
     peak = matmul_flops_per_s(device=device, precision=precision)
     train = train_step_times(size, repeats, device=device, precision=precision, overrides=overrides)
     step, flops = train["step_s"], train["flops_per_token"]
     tokens = train["batch_size"] * train["context_len"]
-    gen = generation_times(size, prompt_len, new_tokens, device=device, precision=precision, overrides=overrides)
+    gen = generation_times(size, prompt_len, new_tokens, device=device, precision=precision, overrides=overrides,
+                           compile=compile)
     result = {
         "size": size, "device": str(device), "precision": precision, "overrides": dict(overrides),
         "batch_size": train["batch_size"], "context_len": train["context_len"], "vocab_size": VOCAB,
@@ -328,6 +360,8 @@ def run(size: str = "tiny", repeats: int = 10, prompt_len: int = 256, new_tokens
         / gen["transformer_cached_s_per_token"],
         "machine": machine(device),
     }
+    if compile:
+        result.update(compiled_ratios(gen))
     if memory:
         result.update(activation_memory(size, device, precision, overrides))
     return result
@@ -355,6 +389,17 @@ def report(r: dict) -> str:
                      f"uncached {r[f'{kind}_uncached_s_per_token'] * 1e3:8.1f} ms/token")
     lines.append(f"  cache_speedup (EBT) {r['cache_speedup']:.1f}×, Transformer++ {r['transformer_cache_speedup']:.1f}×; "
                  f"one thinking step = {r['thinking_step_vs_decode_step']:.2f} Transformer++ decode steps")
+    if "compile_speedup" in r:
+        lines.append("generation compiled (torch.compile), measured interleaved with the above:")
+        for kind in ("ebt", "transformer"):
+            prefix = "" if kind == "ebt" else "transformer_"
+            lines.append(f"  {kind:<12} cached {r[f'{kind}_cached_compiled_s_per_token'] * 1e3:8.1f} ms/token   "
+                         f"uncached {r[f'{kind}_uncached_compiled_s_per_token'] * 1e3:8.1f} ms/token   "
+                         f"eager / compiled {r[f'{prefix}compile_speedup']:.2f}× / "
+                         f"{r[f'{prefix}compile_speedup_uncached']:.2f}×   warm-up {r[f'{kind}_compile_s']:.0f} s")
+        lines.append(f"  cache_speedup (EBT) {r['cache_speedup_compiled']:.1f}×, Transformer++ "
+                     f"{r['transformer_cache_speedup_compiled']:.1f}×; one thinking step = "
+                     f"{r['thinking_step_vs_decode_step_compiled']:.2f} Transformer++ decode steps")
     if "ebt_activation_mib" in r:
         lines.append("memory of a training step, MiB held for backward / peak, without → with activation checkpointing:")
         for kind, label in (("ebt", "EBT S1"), ("ebt_s2", "EBT S2"), ("transformer", "Transformer++")):

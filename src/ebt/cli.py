@@ -2,11 +2,11 @@
 
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--overwrite]
     ebt train --resume --out runs/ebt [--train.steps=N --train.lr=LR ...]
-    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--precision bf16] [--json]
-    ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M]
+    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--precision bf16] [--compile] [--json]
+    ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M] [--compile]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
-    ebt bench [--preset tiny] [--device cuda] [--precision bf16] [--json] [--section.key=value ...]
+    ebt bench [--preset tiny] [--device cuda] [--precision bf16] [--compile] [--json] [--section.key=value ...]
     ebt scale run --axis {data,width,depth,batch,params} --out DIR [--size tiny] [--seeds N] [--steps N] [--jobs J]
     ebt scale fit DIR [DIR ...] [--axis params|flops] [--json] [--plots DIR] [--thinking]
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", type=Path, help="with --suite: a Transformer++ run scored alongside")
     p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite); "
                                               "video EBT runs: write the energy along clips there")
+    _compile_arg(p)
 
     p = sub.add_parser("generate", help="continue a prompt (text) or a clip (video)")
     p.add_argument("run", type=Path)
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole window for every token")
     _thinking_args(p)
+    _compile_arg(p)
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("denoise", help="image runs: PSNR of denoising at several noise levels (SPEC §5)")
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "cuda, cuda:1, ...")
     p.add_argument("--precision", default="fp32", help="fp32 (default) or bf16: autocast as train.precision; "
                                                        "MFU is then against the device's bf16 matmul throughput")
+    p.add_argument("--compile", action="store_true", help="also time generation compiled (torch.compile), "
+                                                          "interleaved with the eager runs, and the compiling")
     p.add_argument("--json", action="store_true")
 
     scale = sub.add_parser("scale", help="scaling-law sweeps and fits: how much faster an EBT learns than a "
@@ -177,6 +181,12 @@ def _thinking_args(p: argparse.ArgumentParser) -> None:
                    help="EBT adaptive thinking: a position stops when its energy changes by less than this")
 
 
+def _compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="run inference through torch.compile: the decoding step, the context pass and the "
+                        "first-order thinking step (the first calls compile, which takes a while)")
+
+
 def _options(a: argparse.Namespace) -> ThinkingOptions:
     return ThinkingOptions(steps=a.steps, samples=a.samples, step_size=a.step_size, langevin_std=a.langevin_std,
                            tolerance=a.tolerance)
@@ -225,12 +235,12 @@ def _command(a: argparse.Namespace, extra: list[str]):
         return commands.evaluate, commands.EvalArgs(
             run=a.run, options=_options(a), data=a.data, max_examples=a.max_examples, batch_size=a.batch_size,
             seed=a.seed, json=a.json, suite=a.suite, baseline=a.baseline, plots=a.plots, device=a.device,
-            precision=a.precision)
+            precision=a.precision, compile=a.compile)
     if a.command == "generate":
         return commands.generate, commands.GenerateArgs(
             run=a.run, prompt=a.prompt, max_new_tokens=a.max_new_tokens, temperature=a.temperature,
             cache=not a.no_cache, frames=a.frames, length=a.length, clip=a.clip, out=a.out, options=_options(a),
-            seed=a.seed, device=a.device, precision=a.precision)
+            seed=a.seed, device=a.device, precision=a.precision, compile=a.compile)
     if a.command == "denoise":
         return commands.denoise, commands.DenoiseArgs(
             run=a.run, noise=a.noise, vs=a.vs, plots=a.plots, images=a.images, repeats=a.repeats,
@@ -239,7 +249,7 @@ def _command(a: argparse.Namespace, extra: list[str]):
     return commands.bench, commands.BenchArgs(size=a.size, repeats=a.repeats, prompt_len=a.prompt_len,
                                               new_tokens=a.new_tokens, memory=not a.no_memory, json=a.json,
                                               device=a.device, precision=a.precision,
-                                              overrides=parse_overrides(extra))
+                                              overrides=parse_overrides(extra), compile=a.compile)
 
 
 def main(argv: list[str] | None = None) -> int:

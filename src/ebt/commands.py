@@ -11,10 +11,12 @@ Each argument class checks its values when it is made (ConfigError naming the op
 and what is allowed). Each command prints its report and returns the process's exit code.
 `eval`, `generate` and `denoise` run the model at `precision` (autocast: 'fp32', 'bf16', 'fp16' on
 CUDA; `ebt.precision`), by default the one the run trained at (its config's train.precision).
+`eval` and `generate` with `compile` run inference through torch.compile (`ebt.compiled`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ebt.compiled import check_compile
 from ebt.files import standard_json
 from ebt.errors import ConfigError, Interrupted
 from ebt.precision import check_precision
@@ -53,6 +56,12 @@ def _check_precision(precision: str | None, device: str) -> None:
     """--precision, when given: one of ebt.precision.PRECISIONS, fp16 only on a CUDA device."""
     if precision is not None:
         check_precision(precision, _device(device), "--precision")
+
+
+def _check_compile(compile: bool, device: str) -> None:
+    """--compile, when given: torch.compile must be able to run on the device here."""
+    if compile:
+        check_compile(_device(device))
 
 
 def _precision(precision: str | None, run, device) -> str:
@@ -137,9 +146,11 @@ class EvalArgs:
     plots: Path | None = None
     device: str = "auto"
     precision: str | None = None  # None: the run's train.precision
+    compile: bool = False  # inference through torch.compile (ebt.models.compiled_inference)
 
     def __post_init__(self) -> None:
         _check_precision(self.precision, self.device)
+        _check_compile(self.compile, self.device)
         _check_int("--max-examples", self.max_examples, 1, optional=True)
         _check_int("--batch-size", self.batch_size, 1, 65536)
         _check_int("--seed", self.seed, 0, 2**63 - 1)
@@ -150,6 +161,7 @@ class EvalArgs:
 
 
 def evaluate(args: EvalArgs) -> int:
+    from ebt.models import compiled_inference
     from ebt.runs import load_run
 
     device = _device(args.device)
@@ -162,7 +174,8 @@ def evaluate(args: EvalArgs) -> int:
         raise ConfigError("--plots goes with --suite paper (text runs) or with video EBT runs; for image runs "
                           "use `ebt denoise RUN --vs OTHER --plots DIR`")
     score = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task]
-    result, line = score(args, run, device, precision)
+    with compiled_inference(run.model, args.compile):
+        result, line = score(args, run, device, precision)
     result["precision"] = precision
     print(standard_json(result) if args.json else f"{line}; precision {precision}")
     return 0
@@ -261,6 +274,7 @@ def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
 
 
 def _suite(args: EvalArgs, run, device) -> int:
+    from ebt.models import compiled_inference
     from ebt.runs import load_run
     from ebt.suite import BUDGETS, paper_suite
 
@@ -268,9 +282,12 @@ def _suite(args: EvalArgs, run, device) -> int:
         raise ConfigError("--suite paper sets its own data; drop --data")
     baseline = load_run(args.baseline, device) if args.baseline else None
     plots = args.plots or args.run / "suite"
-    result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
-                         batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
-                         precision=args.precision)
+    with contextlib.ExitStack() as compiled:
+        for model in [run.model] + ([baseline.model] if baseline else []):
+            compiled.enter_context(compiled_inference(model, args.compile))
+        result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
+                             batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
+                             precision=args.precision)
     if args.json:
         print(standard_json(result))
         return 0
@@ -309,9 +326,11 @@ class GenerateArgs:
     seed: int = 0
     device: str = "auto"
     precision: str | None = None  # None: the run's train.precision
+    compile: bool = False  # inference through torch.compile (ebt.models.compiled_inference)
 
     def __post_init__(self) -> None:
         _check_precision(self.precision, self.device)
+        _check_compile(self.compile, self.device)
         _check_int("--max-new-tokens", self.max_new_tokens, 0, 1_000_000)
         _check_real("--temperature", self.temperature, 0.0, "a finite number ≥ 0 (0 = greedy)")
         _check_int("--frames", self.frames, 1)
@@ -321,6 +340,7 @@ class GenerateArgs:
 
 
 def generate(args: GenerateArgs) -> int:
+    from ebt.models import compiled_inference
     from ebt.runs import load_run
 
     device = _device(args.device)
@@ -329,7 +349,8 @@ def generate(args: GenerateArgs) -> int:
     if task == "image":
         raise ConfigError(f"{run.path} is an image run: it denoises rather than generates; use `ebt denoise {run.path}`")
     precision = _precision(args.precision, run, device)
-    print((_generate_text if task == "text" else _generate_video)(args, run, device, precision))
+    with compiled_inference(run.model, args.compile):
+        print((_generate_text if task == "text" else _generate_video)(args, run, device, precision))
     return 0
 
 
@@ -533,6 +554,7 @@ class BenchArgs:
     device: str = "cpu"  # the figures this project records are CPU figures; "auto" takes CUDA when there is one
     precision: str = "fp32"  # or "bf16" (autocast, as train.precision)
     overrides: list[tuple[str, str]] = field(default_factory=list)  # applied to every kind's preset
+    compile: bool = False  # also measure generation compiled, side by side
 
     def __post_init__(self) -> None:
         from ebt.presets import PRESETS, preset
@@ -549,13 +571,14 @@ class BenchArgs:
             raise ConfigError(f"--precision = {self.precision!r} is not allowed for bench; it must be 'fp32' or "
                               "'bf16' (fp16 training needs loss scaling, which the benchmark's step leaves out)")
         _device(self.device)  # a ConfigError naming the allowed devices
+        _check_compile(self.compile, self.device)
 
 
 def bench(args: BenchArgs) -> int:
     from ebt.bench import report, run
 
     result = run(args.size, args.repeats, args.prompt_len, args.new_tokens, memory=args.memory,
-                 device=_device(args.device), precision=args.precision, overrides=args.overrides)
+                 device=_device(args.device), precision=args.precision, overrides=args.overrides, compile=args.compile)
     print(standard_json(result) if args.json else report(result))
     return 0
 

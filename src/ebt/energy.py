@@ -24,18 +24,21 @@ Read next: `think.py` (the descent), `objectives.py` (the training recipes).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
 from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, check_token_ids, init_weights
 from ebt.tasks.image import Denoising
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
-from ebt.think import ThinkingOptions, Thought, lowest_energy_sample, think
+from ebt.think import ThinkingOptions, Thought, first_order, lowest_energy_sample, think
 
 MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
 
@@ -102,6 +105,11 @@ class Landscapes:
     def __call__(self, p: Tensor, step: int) -> Tensor:
         return self.model.candidate_energy(self.context(step), p)
 
+    def gradient(self, p: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Energies (B, M, S) and ∇_p E of a first-order thinking step in one compiled graph
+        (`think`'s `gradient`, when the model runs compiled)."""
+        return compiled(_candidate_first_order)(self.model, self.context(step).kv, p)
+
 
 class AutoregressiveEBT(nn.Module):
     """E_θ(x, y) at every position of a sequence, handed its task (text: next token; video: next
@@ -127,6 +135,8 @@ class AutoregressiveEBT(nn.Module):
         self.step_size = step_size_parameter(think_config)
         # Training recomputes each thinking step in the backward pass (`ebt.models.set_activation_checkpointing`).
         self.activation_checkpointing = False
+        # Inference runs its context passes and first-order thinking steps compiled (`ebt.models.compiled_inference`).
+        self.compiled = False
 
     @property
     def alpha(self) -> Tensor:
@@ -141,22 +151,12 @@ class AutoregressiveEBT(nn.Module):
         stream (generation). Returns the keys/values of every block.
         """
         check_context(x, self.token_embedding, self.config.context_len, seen=past.length - 1 if past is not None else 0)
-        h = self.token_embedding(x)  # (B, N, D)
-        start = past.length if past is not None else 0
-        if past is None:
-            landscape = min(step, self.landscape_embedding.num_embeddings - 1)
-            token = self.landscape_embedding.weight[landscape].expand(x.shape[0], 1, -1)  # (B, 1, D)
-            h = torch.cat((token, h), dim=1)  # (B, N+1, D)
-        rope = self.rotary(torch.arange(start, start + h.shape[1], device=x.device))
-        kv = []
-        *blocks, last = self.blocks
-        for i, block in enumerate(blocks):
-            h, block_kv = block(h, rope, past.kv[i] if past is not None else None)
-            kv.append(block_kv)
-        # Candidates read the context only through keys/values: the last block's attention and
-        # feed-forward outputs would feed nothing, so only its keys/values are computed.
-        kv.append(last.keys_values(h, rope, past.kv[-1] if past is not None else None))
-        return Context(kv)
+        landscape = min(step, self.landscape_embedding.num_embeddings - 1)
+        token = self.landscape_embedding.weight[landscape] if past is None else None  # (D,) starts a stream
+        if not self.compiled:
+            return Context(_context_pass(self, x, token, past.kv if past is not None else None))
+        kv = compiled(_context_pass)(self, x, token, past.kv if past is not None else None)
+        return Context(contiguous(kv))
 
     def candidate_energy(self, context: Context, p: Tensor) -> Tensor:
         """Energies (B, M, S) of prepared candidates p (B, M, S, C) for the last S context tokens."""
@@ -164,7 +164,7 @@ class AutoregressiveEBT(nn.Module):
         # Candidates follow the last S context keys (key 0 is the landscape token): candidate j
         # follows key L−S+j, sits one rotary position after it, and sees keys 0 … L−S+j.
         positions = torch.arange(length - s + 1, length + 1, device=p.device)
-        rope = self.rotary(positions)
+        rope = self.rotary(length - s + 1, length + 1)
         keys = torch.arange(length, device=p.device)
         visible = keys[None, :] <= (positions - 1)[:, None]  # (S, L)
         # In p's dtype, float32 under autocast: adding it promotes the 16-bit scores of the
@@ -227,7 +227,7 @@ class AutoregressiveEBT(nn.Module):
             check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
         return think_samples(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
-                             score_final=score_final)
+                             score_final=score_final, gradient=energy.gradient if self.compiled else None)
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
                 generator: torch.Generator | None = None, **given) -> Thought:
@@ -262,6 +262,7 @@ class BidirectionalEBT(nn.Module):
         nn.init.zeros_(self.energy_head.weight)  # E ≡ 0 at init: the prediction equals the input (SPEC §5)
         self.step_size = step_size_parameter(think_config)
         self.activation_checkpointing = False  # as AutoregressiveEBT's
+        self.compiled = False  # as AutoregressiveEBT's
 
     @property
     def alpha(self) -> Tensor:
@@ -307,7 +308,9 @@ class BidirectionalEBT(nn.Module):
             raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: image "
                               "thinking starts every sample from the noisy image; add Langevin noise "
                               "(--langevin-std) so that they differ, or use samples = 1")
-        return think_samples(self, self.energy, noisy, options, generator=generator, score_final=score_final)
+        gradient = functools.partial(compiled(_image_first_order), self) if self.compiled else None
+        return think_samples(self, self.energy, noisy, options, generator=generator, score_final=score_final,
+                             gradient=gradient)
 
     def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
         """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
@@ -331,10 +334,12 @@ def think_samples(
     *,
     generator: torch.Generator | None,
     score_final: bool,
+    gradient: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
 ) -> Thought:
     """Inference thinking shared by both EBTs: M candidates per position from the task's start
     for input x, descended together on `energy`, the lowest final energy kept per position.
-    `forward_passes` counts every energy evaluation, all samples included."""
+    `forward_passes` counts every energy evaluation, all samples included. `gradient`: the
+    model's compiled E and ∇E (see `think`)."""
     samples = options.samples
     y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
     thought = think(
@@ -347,7 +352,44 @@ def think_samples(
         tolerance=options.tolerance,
         generator=generator,
         score_final=score_final or samples > 1,
+        gradient=gradient,
     )
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
     # With one sample this picks it; with M the one of lowest final energy, per position.
     return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+
+
+# --- The units `--compile` compiles (`ebt.compiled`): plain functions of the model and tensors ------
+
+
+def _context_pass(model: AutoregressiveEBT, x: Tensor, token: Tensor | None,
+                  past: list[tuple[Tensor, Tensor]] | None) -> list[tuple[Tensor, Tensor]]:
+    """The keys/values (B, H, L, K) of every block of a context stream over x (B, N[, C]): a new
+    stream starting with its landscape's token (D,), or one continuing `past`
+    (`AutoregressiveEBT.encode_context`). The token arrives as a tensor, not an index, so one
+    compiled graph serves every landscape."""
+    h = model.token_embedding(x)  # (B, N, D)
+    start = past[0][0].shape[-2] if past is not None else 0
+    if token is not None:
+        h = torch.cat((token.expand(x.shape[0], 1, -1), h), dim=1)  # (B, N+1, D)
+    rope = model.rotary(start, start + h.shape[1])
+    kv = []
+    *blocks, last = model.blocks
+    for i, block in enumerate(blocks):
+        h, block_kv = block(h, rope, past[i] if past is not None else None)
+        kv.append(block_kv)
+    # Candidates read the context only through keys/values: the last block's attention and
+    # feed-forward outputs would feed nothing, so only its keys/values are computed.
+    kv.append(last.keys_values(h, rope, past[-1] if past is not None else None))
+    return kv
+
+
+def _candidate_first_order(model: AutoregressiveEBT, kv: list[tuple[Tensor, Tensor]], p: Tensor
+                           ) -> tuple[Tensor, Tensor]:
+    """Energies (B, M, S) and ∇_p E of prepared candidates p (B, M, S, C) given a context's keys/values."""
+    return first_order(lambda p: model.candidate_energy(Context(kv), p), p)
+
+
+def _image_first_order(model: BidirectionalEBT, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+    """Energies (…,) and ∇_y E of images y (…, C, H, W) in landscape `step`."""
+    return first_order(lambda y: model.energy(y, step), y)

@@ -12,10 +12,14 @@ image model `denoise(noisy, noise_level, options) -> Thought`.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 from torch import nn
 
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
+from ebt.compiled import check_compile
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import ConfigError
@@ -54,6 +58,35 @@ def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
     for module in model.modules():
         if isinstance(module, (Block, AdaLNBlock, AutoregressiveEBT, BidirectionalEBT)):
             module.activation_checkpointing = on
+
+
+@contextlib.contextmanager
+def compiled_inference(model: nn.Module, on: bool = True) -> Iterator[nn.Module]:
+    """Inside the block, `model` runs the hot paths of inference through `torch.compile` (`on`,
+    `--compile`; `ebt.compiled`), or eagerly (`on=False`): an EBT its context passes and
+    first-order thinking steps, a Transformer++ its forward passes. The same results up to float rounding; training is
+    never compiled. The first calls compile (slow); later ones, in later blocks too, and other
+    models of the same architecture reuse what was compiled.
+
+        with compiled_inference(run.model):
+            ids = generate(run.model, prompt, 200)
+
+    Raises ConfigError naming --compile when torch.compile cannot run on the model's device here,
+    or for a DiT (it has nothing compiled)."""
+    supported = hasattr(model, "compiled")
+    if on and not supported:
+        raise ConfigError(f"--compile applies to EBT and Transformer++ runs; a {type(model).__name__} has no "
+                          "compiled path")
+    if on:
+        check_compile(next(model.parameters()).device)
+    if not supported:
+        yield model
+        return
+    before, model.compiled = model.compiled, on
+    try:
+        yield model
+    finally:
+        model.compiled = before
 
 
 def count_parameters(model: nn.Module, embeddings: bool = False) -> int:

@@ -49,10 +49,12 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        if int(positions.max()) >= self.cos.shape[0]:
-            raise ValueError(f"position {int(positions.max())} is past the rotary table ({self.cos.shape[0]})")
-        return self.cos[positions], self.sin[positions]  # (N, K/2) each
+    def forward(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """The tables of positions start … stop − 1: slices, checked on Python ints, so a call
+        never waits for the device (and `torch.compile` traces it without a break)."""
+        if stop > self.cos.shape[0]:
+            raise ValueError(f"position {stop - 1} is past the rotary table ({self.cos.shape[0]})")
+        return self.cos[start:stop], self.sin[start:stop]  # (N, K/2) each
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

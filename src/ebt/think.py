@@ -5,7 +5,8 @@
 One loop serves training (System 1 and System 2 recipes), evaluation and generation, in every
 modality: the energy model arrives as a function `energy(p, step) -> (…, S)` energies and the
 task supplies `prepare`. Training asks for `create_graph=True` so the loss reaches θ through
-∇_p E (Hessian-vector products, never a full Hessian); inference needs first-order gradients only.
+∇_p E (Hessian-vector products, never a full Hessian); inference needs first-order gradients only,
+which a model may compute in one compiled function instead (`gradient`, `first_order`; `ebt.compiled`).
 
 Gradients are always switched on inside (`enable_grad`): callers may wrap inference in
 `torch.no_grad()`, never in `torch.inference_mode()` (gradients cannot be re-enabled there).
@@ -169,6 +170,7 @@ def think(
     generator: torch.Generator | None = None,
     score_final: bool = False,
     recompute_steps: bool = False,
+    gradient: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
 ) -> Thought:
     """Descend the energy from candidate y (…, S, C) for `steps` steps; see the module docstring.
 
@@ -189,6 +191,9 @@ def think(
         recomputes the evaluation it differentiates) and one in the backward pass. `energy` must
         give the same result when called again and keep nothing it computes inside a call
         (`AutoregressiveEBT.landscapes(x, steps=…)` runs its context passes up front).
+    gradient: `gradient(p, step)` → (E (…, S) in the dtype the model ran in, ∇_p E), used for the
+        steps that build no graph in place of autograd on `energy`: a model's compiled one
+        (`first_order` under `torch.compile`, `ebt.compiled`). It must equal `energy`'s.
 
     Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
     """
@@ -211,7 +216,7 @@ def think(
             if graph and recompute_steps:
                 e, g = checkpoint(_energy_and_gradient, energy, p, step, True, ran_in, use_reentrant=False)
             else:
-                e, g = _energy_and_gradient(energy, p, step, graph, ran_in)
+                e, g = _energy_and_gradient(energy, p, step, graph, ran_in, None if graph else gradient)
             model_dtype = ran_in[0]
             thought.forward_passes += 1
             update = p - step_size * g
@@ -243,16 +248,36 @@ def think(
     return thought
 
 
-def _energy_and_gradient(energy: Energy, p: Tensor, step: int, graph: bool,
-                         ran_in: list[torch.dtype]) -> tuple[Tensor, Tensor]:
+def _energy_and_gradient(energy: Energy, p: Tensor, step: int, graph: bool, ran_in: list[torch.dtype],
+                         gradient: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None
+                         ) -> tuple[Tensor, Tensor]:
     """One evaluation of the energy (…, S) at prepared candidates p (…, S, C) and its gradient
     ∇_p E (…, S, C), with the second-order graph when `graph`: the part of a thinking step that
     `recompute_steps` runs again in the backward pass. The energy is summed and returned in the
-    candidate's dtype whatever the model ran in (appended to `ran_in`), and g has p's dtype."""
+    candidate's dtype whatever the model ran in (appended to `ran_in`), and g has p's dtype.
+    `gradient` (first order only): the function that computes both instead of autograd."""
+    if gradient is not None:
+        with torch.no_grad():  # first order: nothing to differentiate again, no autograd graph to build
+            e, g = gradient(p.detach(), step)
+        ran_in.append(e.dtype)
+        return e.to(torch.promote_types(e.dtype, p.dtype)), g
     e = energy(p, step)  # (…, S), in the dtype the model ran in (16 bits under autocast)
     ran_in.append(e.dtype)
     e = e.to(torch.promote_types(e.dtype, p.dtype))
     (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
+    return e, g
+
+
+def first_order(energy: Callable[[Tensor], Tensor], p: Tensor) -> tuple[Tensor, Tensor]:
+    """E (…, S) at prepared candidates p (…, S, C) and ∇_p E, as one function of p
+    (`torch.func.grad`): the form of a first-order step that `torch.compile` turns into one graph
+    of the forward and backward passes (`ebt.compiled`). E is in the dtype the model ran in; the
+    gradient of its sum equals that of the float32 sum autograd takes (a sum's gradient is ones)."""
+    def total(p: Tensor) -> tuple[Tensor, Tensor]:
+        e = energy(p)
+        return e.sum(), e
+
+    g, e = torch.func.grad(total, has_aux=True)(p)
     return e, g
 
 

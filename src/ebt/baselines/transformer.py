@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig
 from ebt.errors import ConfigError
 from ebt.nn import Block, RMSNorm, Rotary, check_context, init_weights
@@ -34,22 +35,21 @@ class TransformerPP(nn.Module):
         self.output = nn.Linear(d, self.task.candidate_dim, bias=False)
         self.rotary = Rotary(d // config.n_heads, config.context_len, config.rope_theta)
         init_weights(self)
+        self.compiled = False  # inference's forward passes through torch.compile (`ebt.models.compiled_inference`)
 
     def forward(self, ids: Tensor, past: list | None = None) -> Tensor:
         """Logits (B, S, V) for token ids (B, S); with `past` (a list of per-block keys/values that
         this call extends in place) ids continue a cached sequence."""
         cached = bool(past)  # an empty list starts a cache
-        start = past[0][0].shape[-2] if cached else 0
-        check_context(ids, self.token_embedding, self.config.context_len, seen=start)
-        rope = self.rotary(torch.arange(start, start + ids.shape[1], device=ids.device))
-        h = self.token_embedding(ids)  # (B, S, D)
-        for i, block in enumerate(self.blocks):
-            h, kv = block(h, rope, past[i] if cached else None)
-            if cached:
-                past[i] = kv
-            elif past is not None:
-                past.append(kv)
-        return self.output(self.norm(h))  # (B, S, V)
+        check_context(ids, self.token_embedding, self.config.context_len, seen=past[0][0].shape[-2] if cached else 0)
+        if not self.compiled:
+            logits, kv = _forward(self, ids, past if cached else None, past is not None)
+        else:
+            logits, kv = compiled(_forward)(self, ids, past if cached else None, past is not None)
+            kv = contiguous(kv)
+        if past is not None:
+            past[:] = kv
+        return logits
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
                 generator: torch.Generator | None = None, **given) -> Thought:
@@ -61,3 +61,19 @@ class TransformerPP(nn.Module):
         with torch.no_grad():
             out = self(x)  # (B, S, C)
         return Thought([out[:, -1:] if last_only else out], forward_passes=1)
+
+
+def _forward(model: TransformerPP, ids: Tensor, past: list[tuple[Tensor, Tensor]] | None, keep: bool
+             ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """Logits (B, S, V) of ids (B, S) continuing `past` keys/values when given, and, when `keep`,
+    every block's keys/values so far (B, H, L, K): `TransformerPP.forward`, the unit `--compile`
+    compiles (`ebt.compiled`)."""
+    start = past[0][0].shape[-2] if past is not None else 0
+    rope = model.rotary(start, start + ids.shape[1])
+    h = model.token_embedding(ids)  # (B, S, D)
+    kept = []
+    for i, block in enumerate(model.blocks):
+        h, kv = block(h, rope, past[i] if past is not None else None)
+        if keep:
+            kept.append(kv)
+    return model.output(model.norm(h)), kept  # (B, S, V)
