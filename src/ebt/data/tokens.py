@@ -96,7 +96,7 @@ class TokenSplit:
     def __init__(self, shards: Sequence, documents: Sequence[np.ndarray] | None = None, layout: str = "packed",
                  name: str = "token stream", files: Sequence[str] | None = None, vocab_size: int | None = None):
         if layout not in LAYOUTS:
-            raise ConfigError(f"data.layout = {layout!r} is not allowed; it must be one of {', '.join(LAYOUTS)}")
+            raise ConfigError(f"data.layout = {layout!r} is not allowed; it must be 'packed' or 'padded'")
         arrays = []
         for shard in shards:
             if isinstance(shard, torch.Tensor):
@@ -111,7 +111,7 @@ class TokenSplit:
         if documents is None:
             documents = [np.array([[0, len(s)]], dtype=np.int64) for s in arrays]
         self.documents = [np.asarray(d, dtype=np.int64).reshape(-1, 2) for d in documents]
-        self._cache: dict[tuple[str, int], Any] = {}
+        self._cache: dict[int, Any] = {}  # window → `_starts`
 
     @classmethod
     def of(cls, tokens, name: str = "token stream") -> TokenSplit:
@@ -136,11 +136,10 @@ class TokenSplit:
         """(shard, start, length) int64 arrays of every training example, in order: packed, every
         position a whole window fits (as one cumulative count per shard, expanded lazily by
         `_locate`); padded, every document of ≥ 2 tokens, its first `window` tokens."""
-        key = (self.layout, window)
-        if key not in self._cache:
+        if window not in self._cache:
             if self.layout == "packed":
                 counts = np.array([max(0, len(s) - window + 1) for s in self.shards], dtype=np.int64)
-                self._cache[key] = (np.cumsum(counts), None, None)
+                self._cache[window] = (np.cumsum(counts), None, None)
             else:
                 shard_ids, starts, lengths = [], [], []
                 for i, spans in enumerate(self.documents):
@@ -149,9 +148,9 @@ class TokenSplit:
                     shard_ids.append(np.full(int(keep.sum()), i, dtype=np.int64))
                     starts.append(spans[keep, 0])
                     lengths.append(np.minimum(length[keep], window))
-                self._cache[key] = tuple(np.concatenate(a) if a else np.zeros(0, np.int64)
+                self._cache[window] = tuple(np.concatenate(a) if a else np.zeros(0, np.int64)
                                          for a in (shard_ids, starts, lengths))
-        return self._cache[key]
+        return self._cache[window]
 
     def examples(self, window: int) -> int:
         """How many training examples there are: windows (packed) or documents (padded)."""
