@@ -2,7 +2,9 @@
 
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--overwrite]
     ebt train --resume --out runs/ebt [--train.steps=N --train.lr=LR ...]
-    ebt eval runs/ebt [--data NAME_OR_PATH] [--steps N] [--samples M] [--precision bf16] [--compile] [--json]
+    ebt finetune runs/ebt --data pairs.jsonl --out runs/ebt-ft [--train.steps=N ...] [--resume]
+    ebt eval runs/ebt [--data NAME_OR_PATH_OR_PAIRS] [--steps N] [--samples M] [--precision bf16] [--compile] [--json]
+    ebt eval runs/ebt --suite paper|downstream [--baseline runs/transformer]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M] [--compile]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
@@ -42,17 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (its files are removed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
 
+    p = sub.add_parser("finetune", help="continue training a run on prompt/answer pairs (loss on the answers) "
+                                        "or on a corpus", description="A new run that starts from RUN's weights, "
+                       "tokenizer and config. Any config field can be set with --section.key=value (e.g. "
+                       "--train.steps=300 --train.lr=3e-4).")
+    p.add_argument("run", type=Path, help="the run to start from")
+    p.add_argument("--data", help="a .jsonl file of {\"prompt\": ..., \"answer\": ...} lines (the loss on the "
+                                  "answers only), or a corpus (continued pretraining)")
+    p.add_argument("--out", required=True, type=_path, help="run directory to write")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or config print-out")
+
     p = sub.add_parser("eval", help="loss and perplexity (text), PSNR (images), frame errors (video)")
     p.add_argument("run", type=Path)
-    p.add_argument("--data", help="corpus name or path, or a prepared directory (its validation split); "
-                                  "default: the run's validation split")
+    p.add_argument("--data", help="corpus name or path, a prepared directory (its validation split), or a .jsonl "
+                                  "of prompt/answer pairs (answer loss, exact match); default: the run's validation split")
     _thinking_args(p)
     p.add_argument("--max-examples", "--max-windows", dest="max_examples", type=int, default=None,
                    help="score at most this many windows (text), images or clips")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--suite", choices=["paper"], help="the paper's thinking / OOD / uncertainty evaluation")
+    p.add_argument("--suite", choices=list(commands.SUITES), help="paper: the thinking / OOD / uncertainty "
+                   "evaluation; downstream: answer perplexity on the paper's downstream sets (make downstream-data)")
     p.add_argument("--baseline", type=Path, help="with --suite: a Transformer++ run scored alongside")
     p.add_argument("--plots", type=Path, help="with --suite: where to write the plots (default: RUN/suite); "
                                               "video EBT runs: write the energy along clips there")
@@ -211,7 +226,7 @@ def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 def _command(a: argparse.Namespace, extra: list[str]):
     """The typed arguments of the command line, and the command that takes them."""
-    takes_overrides = a.command in ("train", "bench") or (a.command == "scale" and a.scale_command == "run")
+    takes_overrides = a.command in ("train", "finetune", "bench") or (a.command == "scale" and a.scale_command == "run")
     if extra and not takes_overrides:
         raise ConfigError(f"unrecognized arguments: {' '.join(extra)}")
     if a.command == "scale" and a.scale_command == "run":
@@ -227,6 +242,10 @@ def _command(a: argparse.Namespace, extra: list[str]):
         return commands.train, commands.TrainArgs(out=a.out, preset=a.preset, data=a.data,
                                                   overrides=parse_overrides(extra), resume=a.resume,
                                                   overwrite=a.overwrite, quiet=a.quiet)
+    if a.command == "finetune":
+        return commands.finetune, commands.FinetuneArgs(run=a.run, out=a.out, data=a.data,
+                                                        overrides=parse_overrides(extra), resume=a.resume,
+                                                        overwrite=a.overwrite, quiet=a.quiet)
     if a.command == "prepare-data":
         return commands.prepare_data, commands.PrepareDataArgs(
             source=a.source, out=a.out, tokenizer=a.tokenizer, bpe_vocab_size=a.bpe_vocab_size,

@@ -32,6 +32,7 @@ from ebt.precision import check_precision
 from ebt.think import ThinkingOptions
 
 MAX_COUNT = 10**9  # far past any useful count; an int beyond it is a typo
+SUITES = ("paper", "downstream")  # ebt eval --suite
 
 
 def _check_int(flag: str, value, low: int, high: int = MAX_COUNT, optional: bool = False) -> None:
@@ -127,6 +128,59 @@ def train(args: TrainArgs) -> int:
     return 0
 
 
+@dataclass
+class FinetuneArgs:
+    """`ebt finetune RUN --data PAIRS --out DIR`: a new run in `out` that starts from the weights,
+    tokenizer and config of the run in `run` (train.init), trained on `data` with `overrides` on
+    top; the same trainer, checkpoints and resume as `ebt train`. On prompt/answer pairs
+    (`ebt.data.pairs`) the layout is set to 'padded' and the loss is on the answers only; on a
+    corpus it is continued pretraining. `resume` continues the fine-tuning run in `out`."""
+
+    run: Path
+    out: Path
+    data: str | None = None
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
+        if self.data is None and not self.resume:
+            raise ConfigError("--data is required: the prompt/answer pairs (.jsonl) or the corpus to fine-tune on")
+        fixed = [key for key, _ in self.overrides if key in ("data.corpus", "train.init")]
+        if fixed:
+            raise ConfigError(f"--{fixed[0]} is set by `ebt finetune` (--data, and the run it starts from); drop it")
+
+
+def finetune(args: FinetuneArgs) -> int:
+    from ebt.checkpoint import load_config
+    from ebt.data.pairs import is_pairs_file
+
+    if args.resume:
+        return train(TrainArgs(out=args.out, data=args.data, overrides=args.overrides, resume=True, quiet=args.quiet))
+    base = load_config(args.run)  # names the directory when it is not a run
+    pairs = is_pairs_file(args.data)
+    fixed = [("data.layout", "padded")] if pairs else []
+    overrides = [("train.init", str(args.run))] + fixed + args.overrides
+    layout = [value for key, value in args.overrides if key == "data.layout"]
+    if pairs and layout and layout[-1] != "padded":
+        raise ConfigError(f"data.layout = {layout[-1]!r}: prompt/answer pairs are one example each ('padded'); drop it")
+    config = base.with_overrides([("data.corpus", args.data)] + overrides)
+    from ebt.train import train as run_training
+
+    try:
+        result = run_training(config, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    except Interrupted as e:
+        print(f"ebt finetune: {e}", file=sys.stderr)
+        return e.exit_code
+    if result:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        print(f"validation {shown}; fine-tuned run saved in {args.out}")
+    return 0
+
+
 # --- eval ----------------------------------------------------------------------------------------
 
 
@@ -154,10 +208,10 @@ class EvalArgs:
         _check_int("--max-examples", self.max_examples, 1, optional=True)
         _check_int("--batch-size", self.batch_size, 1, 65536)
         _check_int("--seed", self.seed, 0, 2**63 - 1)
-        if self.suite not in (None, "paper"):
-            raise ConfigError(f"--suite = {self.suite!r} is not allowed; it must be 'paper'")
+        if self.suite not in (None, *SUITES):
+            raise ConfigError(f"--suite = {self.suite!r} is not allowed; it must be 'paper' or 'downstream'")
         if self.baseline is not None and self.suite is None:
-            raise ConfigError("--baseline goes with --suite paper")
+            raise ConfigError("--baseline goes with --suite paper or --suite downstream")
 
 
 def evaluate(args: EvalArgs) -> int:
@@ -182,7 +236,12 @@ def evaluate(args: EvalArgs) -> int:
 
 
 def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
-    """Loss and perplexity on the run's validation split, or on another corpus whole."""
+    """Loss and perplexity on the run's validation split, or on another corpus whole, or on the
+    answers of prompt/answer pairs (with exact match)."""
+    from ebt.data.pairs import is_pairs_file
+
+    if args.data is not None and is_pairs_file(args.data):
+        return _eval_pairs(args, run, device, precision)
     from ebt.data.corpus import load_corpus
     from ebt.data.prepared import is_prepared, open_prepared
     from ebt.data.tokens import encode_split
@@ -208,6 +267,26 @@ def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
             f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+    return result, line
+
+
+def _eval_pairs(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
+    """Every pair of a pairs file: loss and perplexity of the answers given their prompts, and the
+    share answered exactly by greedy decoding."""
+    from ebt.data.pairs import encode_pairs, read_pairs
+    from ebt.evaluate import evaluate as score
+
+    pairs = read_pairs(args.data)
+    encoded = encode_pairs(pairs, run.tokenizer, run.config.model.context_len + 1, args.data)
+    result = score(run.model, encoded.split, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
+                   seed=args.seed, device=device, precision=precision, exact_match=True)
+    scored = min(len(pairs), args.max_examples or len(pairs))
+    result = {"run": str(args.run), "kind": run.config.model.kind, "data": args.data, "split": "pairs",
+              "pairs": scored, "answers_cut": encoded.cut_answers, **result}
+    line = (f"{args.run} ({run.config.model.kind}) on {args.data} [{scored} pairs]: answer loss {result['loss']:.4f} "
+            f"nats/token, ppl {result['ppl']:.4g}, exact match {result['exact_match']:.3f}, {result['tokens']:,} "
+            f"answer tokens, {result['forward_passes']:g} forward passes per token"
+            + (f"; {encoded.cut_answers} answers cut at the context's end" if encoded.cut_answers else ""))
     return result, line
 
 
@@ -276,20 +355,28 @@ def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
 def _suite(args: EvalArgs, run, device) -> int:
     from ebt.models import compiled_inference
     from ebt.runs import load_run
-    from ebt.suite import BUDGETS, paper_suite
+    from ebt.suite import BUDGETS, downstream_suite, paper_suite
 
     if args.data:
-        raise ConfigError("--suite paper sets its own data; drop --data")
+        raise ConfigError(f"--suite {args.suite} sets its own data; drop --data")
+    if args.suite == "downstream" and args.plots is not None:
+        raise ConfigError("--plots goes with --suite paper; the downstream suite prints a table (--json: all figures)")
     baseline = load_run(args.baseline, device) if args.baseline else None
     plots = args.plots or args.run / "suite"
+    common = dict(baseline=baseline, batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
+                  precision=args.precision)
     with contextlib.ExitStack() as compiled:
         for model in [run.model] + ([baseline.model] if baseline else []):
             compiled.enter_context(compiled_inference(model, args.compile))
-        result = paper_suite(run, baseline=baseline, out=plots, max_windows=args.max_examples or 64,
-                             batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
-                             precision=args.precision)
+        if args.suite == "downstream":
+            result = downstream_suite(run, max_examples=args.max_examples or 200, **common)
+        else:
+            result = paper_suite(run, out=plots, max_windows=args.max_examples or 64, **common)
     if args.json:
         print(standard_json(result))
+        return 0
+    if args.suite == "downstream":
+        _print_downstream(result)
         return 0
     head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS)
     print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
@@ -304,6 +391,32 @@ def _suite(args: EvalArgs, run, device) -> int:
           f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters {u['mean_energy_random_characters']:.4f}")
     print(f"plots in {plots}")
     return 0
+
+
+def _print_downstream(result: dict) -> None:
+    """The downstream suite as a table: perplexity of the answers by thinking budget (EBT), and the
+    Transformer++ beside it."""
+    from ebt.suite import BUDGETS
+
+    entries = result["datasets"]
+    thinking = any("budgets" in e for e in entries.values())
+    print(f"answer perplexity given the question ({result['kind']} {result['run']}; the validation row: the "
+          f"pretraining validation split){'; EBT thinking budgets in forward passes' if thinking else ''}")
+    head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS) if thinking else f"{'ppl':>11}"
+    baseline = result["baseline"] is not None
+    print(f"{'dataset':<20}{'pairs':>7}{head}{'best gain':>11}{'T++':>11}" if thinking else
+          f"{'dataset':<20}{'pairs':>7}{head}")
+    for name, e in entries.items():
+        pairs = f"{e['pairs']:>7}" if e.get("pairs") is not None else f"{'':>7}"
+        if thinking:
+            ppl = "".join(f"{b['ppl']:>11.5g}" for b in e["budgets"])
+            tpp = f"{e['transformer_ppl']:>11.5g}" if baseline else f"{'':>11}"
+            print(f"{name:<20}{pairs}{ppl}{e['gain_best_pct']:>10.3g}%{tpp}")
+        else:
+            print(f"{name:<20}{pairs}{e['ppl']:>11.5g}")
+    cut = [f"{n} {e['prompts_cut']}" for n, e in entries.items() if e.get("prompts_cut")]
+    if cut:
+        print(f"prompts cut from the left to fit the context: {', '.join(cut)} (of their pairs)")
 
 
 # --- generate ------------------------------------------------------------------------------------

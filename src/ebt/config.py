@@ -90,6 +90,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    # A run directory whose weights (and tokenizer or frame encoder) a new run starts from instead of
+    # random ones: fine-tuning (`ebt finetune`). Its model section must equal this run's. "" = none.
+    init: str = ""
     # "fp32"; "bf16": autocast to bfloat16, fp32 master weights (CPU and CUDA); "fp16": autocast to
     # float16 with loss scaling (CUDA only). Thinking's ∇E, the candidate softmax and the loss stay fp32.
     precision: str = "fp32"

@@ -40,6 +40,8 @@ def evaluate(
     seed: int = 0,
     device: torch.device | str = "cpu",
     window_losses: bool = False,
+    exact_match: bool = False,
+    per_window: bool = False,
     precision: str = "fp32",
     **given,
 ) -> dict[str, float]:
@@ -49,6 +51,13 @@ def evaluate(
     `window_losses`: also return each window's mean loss, in stream order, as a list under
     "window_losses" (what a scaling fit's bootstrap resamples; in the packed layout every window
     has context_len targets, so their mean is the loss).
+
+    `exact_match`: also the share of windows whose every target is the model's most likely token
+    given the true tokens before it — for prompt/answer pairs (`ebt.data.pairs`, one window
+    each), whether greedy decoding would give the reference answer. `per_window`: also, under
+    "per_window", lists in window order of "log_likelihood" (the sum of log p of the targets, in
+    nats), "tokens" (targets scored) and "greedy" (whether all were the most likely) — what
+    lm-evaluation-harness asks of a model (`ebt.harness`).
 
     `options` (a ThinkingOptions, or its fields as keywords: `steps=3`) go to the EBT's `think`
     (a Transformer++ rejects any that are set). With adaptive
@@ -60,8 +69,9 @@ def evaluate(
     check_precision(precision, device, PRECISION_OPTION)
     window = model.config.context_len + 1
     generator = torch.Generator(device=device).manual_seed(seed)
-    total_loss, total_tokens, total_passes, total_steps = 0.0, 0, 0.0, 0.0
-    per_window: list[float] = []
+    total_loss, total_tokens, total_passes, total_steps, total_windows = 0.0, 0, 0.0, 0.0, 0
+    losses: list[float] = []
+    windows = {"log_likelihood": [], "tokens": [], "greedy": []}
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -69,10 +79,20 @@ def evaluate(
             x, targets = split_window(batch.to(device))
             with autocast(precision, device):
                 thought = model.predict(x, options, generator=generator)
-            n = int((targets != PAD).sum())
+            scored = targets != PAD  # (B, S)
+            n = int(scored.sum())
             total_loss += float(model.task.loss(thought.logits, targets)) * n
-            if window_losses:
-                per_window += model.task.example_losses(thought.logits, targets).tolist()
+            if window_losses or per_window:
+                mean_losses = model.task.example_losses(thought.logits, targets)  # (B,)
+                losses += mean_losses.tolist()
+            if exact_match or per_window:
+                greedy = ((thought.logits.argmax(dim=-1) == targets) | ~scored).all(dim=1)  # (B,)
+                windows["greedy"] += greedy.tolist()
+            if per_window:
+                counts = scored.sum(dim=1)
+                windows["tokens"] += counts.tolist()
+                windows["log_likelihood"] += (-mean_losses * counts).tolist()
+            total_windows += len(batch)
             total_passes += thought.forward_passes * n
             if thought.steps_taken is not None:
                 total_steps += float(thought.steps_taken.float()[targets != PAD].sum())  # (B, S)
@@ -84,7 +104,11 @@ def evaluate(
     if options.tolerance is not None:
         result["mean_steps"] = total_steps / max(total_tokens, 1)
     if window_losses:
-        result["window_losses"] = per_window
+        result["window_losses"] = losses
+    if exact_match:
+        result["exact_match"] = sum(windows["greedy"]) / max(total_windows, 1)
+    if per_window:
+        result["per_window"] = windows
     return result
 
 

@@ -72,24 +72,9 @@ def paper_suite(
     tolerance is a ConfigError. `precision` ('fp32', 'bf16', 'fp16' on CUDA) applies to both runs;
     None scores each at its own train.precision."""
     options = options or ThinkingOptions()
-    fixed = set(options.given()) & {"steps", "samples", "tolerance"}
-    if fixed:
-        raise ConfigError(f"the paper suite sets its own thinking budgets; drop {', '.join(sorted(fixed))}")
-    if run.config.model.task != "text":
-        raise ConfigError(f"--suite paper scores language models; {run.path} is a {run.config.model.task!r} run")
-    if not is_energy_based(run.model):
+    if not is_energy_based(run.model) and run.config.model.task == "text":
         raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
-    if baseline is not None and (baseline.config.model.task != "text" or is_energy_based(baseline.model)):
-        raise ConfigError(f"--baseline {baseline.path} is a {baseline.config.model.task} {baseline.config.model.kind} "
-                          "run; the baseline must be a text Transformer++ run")
-    if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
-        raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
-    mine = run.config.train.precision if precision is None else precision
-    check_precision(mine, device, PRECISION_OPTION)
-    theirs = None
-    if baseline is not None:
-        theirs = baseline.config.train.precision if precision is None else precision
-        check_precision(theirs, device, PRECISION_OPTION)
+    mine, theirs = _check_suite_runs("paper", run, baseline, options, device, precision)
     streams = suite_datasets(run)
     common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
     datasets: dict[str, dict] = {}
@@ -116,6 +101,87 @@ def paper_suite(
                                  out / "gain_vs_shift.png")
         result["plots"] = sorted(str(p) for p in out.glob("*.png"))
     return result
+
+
+def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: ThinkingOptions, device,
+                      precision: str | None) -> tuple[str, str | None]:
+    """ConfigError unless `run` is a text run and `baseline` (if any) a text Transformer++ run with
+    the same tokenizer, and `options` leave the budgets to the suite; the precision of each."""
+    fixed = set(options.given()) & {"steps", "samples", "tolerance"}
+    if fixed:
+        raise ConfigError(f"the {suite} suite sets its own thinking budgets; drop {', '.join(sorted(fixed))}")
+    if run.config.model.task != "text":
+        raise ConfigError(f"--suite {suite} scores language models; {run.path} is a {run.config.model.task!r} run")
+    if baseline is not None and (baseline.config.model.task != "text" or is_energy_based(baseline.model)):
+        raise ConfigError(f"--baseline {baseline.path} is a {baseline.config.model.task} {baseline.config.model.kind} "
+                          "run; the baseline must be a text Transformer++ run")
+    if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
+        raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
+    mine = run.config.train.precision if precision is None else precision
+    check_precision(mine, device, PRECISION_OPTION)
+    theirs = None
+    if baseline is not None:
+        theirs = baseline.config.train.precision if precision is None else precision
+        check_precision(theirs, device, PRECISION_OPTION)
+    return mine, theirs
+
+
+def downstream_suite(
+    run: Run,
+    *,
+    baseline: Run | None = None,
+    max_examples: int = 200,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    options: ThinkingOptions | None = None,
+    precision: str | None = None,
+    sets: tuple[str, ...] | None = None,
+) -> dict:
+    """The paper's downstream measure (SPEC §7, Table 3): on each downstream set
+    (`ebt.data.downstream`; all of DOWNSTREAM_SETS unless `sets`), the perplexity of the reference
+    answers given their questions, answer tokens only, over the first `max_examples` pairs; an EBT
+    at each budget of the paper suite (BUDGETS), a Transformer++ `run` or `baseline` without
+    thinking; and the same on the run's pretraining validation split (`max_examples` windows).
+
+    A prompt longer than a model's context keeps its last tokens (the question comes last); how
+    many were cut is reported per set. Raises DataError naming `make downstream-data` for a set
+    that is not installed, ConfigError as `paper_suite` for runs that cannot be compared."""
+    from ebt.data.downstream import DOWNSTREAM_SETS, load_downstream
+    from ebt.data.pairs import Pair, encode_pairs
+
+    options = options or ThinkingOptions()
+    mine, theirs = _check_suite_runs("downstream", run, baseline, options, device, precision)
+    if baseline is not None and not is_energy_based(run.model):
+        raise ConfigError("--baseline is the Transformer++ scored beside an EBT run; this run is a Transformer++ itself")
+    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
+        raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
+    common = dict(batch_size=batch_size, max_windows=max_examples, seed=seed, device=device)
+    pairs = {name: [Pair(p, a, f"pair {i + 1} of {name}") for i, (p, a) in
+                    enumerate(load_downstream(name, limit=max_examples))] for name in (sets or DOWNSTREAM_SETS)}
+
+    def score(model, tokens, precision_: str, thinking: bool) -> dict:
+        if thinking:
+            return thinking_budgets(model, tokens, options, precision=precision_, **common)
+        return {"ppl": evaluate(model, tokens, precision=precision_, **common)["ppl"]}
+
+    validation = load_data(run.config, run.path).validation
+    thinking = is_energy_based(run.model)
+    datasets = {IN_DISTRIBUTION: score(run.model, validation, mine, thinking) | {"pairs": None}}
+    if baseline is not None:
+        scored = load_data(baseline.config, baseline.path).validation
+        datasets[IN_DISTRIBUTION]["transformer_ppl"] = evaluate(baseline.model, scored, precision=theirs, **common)["ppl"]
+    for name, examples in pairs.items():
+        encoded = encode_pairs(examples, run.tokenizer, run.config.model.context_len + 1, name, cut_prompts=True)
+        entry = score(run.model, encoded.split, mine, thinking)
+        entry.update(pairs=len(examples), prompts_cut=encoded.cut_prompts, answers_cut=encoded.cut_answers)
+        if baseline is not None:
+            theirs_encoded = encode_pairs(examples, baseline.tokenizer, baseline.config.model.context_len + 1, name,
+                                          cut_prompts=True)
+            entry["transformer_ppl"] = evaluate(baseline.model, theirs_encoded.split, precision=theirs, **common)["ppl"]
+        datasets[name] = entry
+    return {"run": str(run.path), "baseline": str(baseline.path) if baseline else None, "kind": run.config.model.kind,
+            "max_examples": max_examples, "datasets": datasets}
 
 
 def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOptions | None = None, **common) -> dict:

@@ -142,6 +142,13 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     old_run = _claim_run_directory(out, resume, overwrite)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
     config = config.override("data.corpus", resolve_source(config.data.corpus))
+    if config.train.init and not resume:  # saved absolute, like the corpus
+        init = Path(config.train.init).expanduser().resolve()
+        try:
+            load_config(init)
+        except CheckpointError as e:
+            raise ConfigError(f"train.init = {config.train.init!r} must be a run directory to start from: {e}") from None
+        config = config.override("train.init", str(init))
     if resume:
         for name in (WEIGHTS, TRAIN_STATE):
             if not (out / name).is_file():
@@ -186,6 +193,8 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     state = None
     if resume:  # the weights go into the plain model, before FSDP2 shards it
         state = _load_train_state(out, model, device)
+    elif tc.init:
+        say(f"initial weights: {_load_initial_weights(model, config, Path(tc.init))}")
     objective = make_objective(model)
     parallel = wrap(objective, model, tc.parallel, dist, device)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
@@ -356,6 +365,26 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
                 log.write({"step": step, "split": "validation", **result})
             result = {k: v for k, v in result.items() if not isinstance(v, list)}
     return result
+
+
+def _load_initial_weights(model: nn.Module, config: RunConfig, init: Path) -> str:
+    """train.init: copy the weights of the run in `init` into `model` (fine-tuning). ConfigError
+    unless its model and task sections equal this run's (the weights would not fit); the run's
+    files are checked as `ebt.load_run` checks them. Returns a line for the log."""
+    from ebt.runs import load_run
+
+    theirs = load_config(init)
+    mine_flat, theirs_flat = _flat(config), _flat(theirs)
+    sections = ("model", config.model.task)
+    changed = [f"{k} = {mine_flat.get(k)!r} (the initial run has {theirs_flat.get(k)!r})"
+               for k in sorted(set(mine_flat) | set(theirs_flat)) if k.split(".")[0] in sections
+               and mine_flat.get(k) != theirs_flat.get(k)]
+    if changed:
+        raise ConfigError(f"train.init = {str(init)!r}: {'; '.join(changed[:4])}; a run started from another's "
+                          "weights keeps its model: drop those overrides")
+    run = load_run(init)
+    model.load_state_dict(run.model.state_dict())
+    return f"{init} (its step {run.step})"
 
 
 def _load_train_state(out: Path, model: nn.Module, device: torch.device) -> dict:

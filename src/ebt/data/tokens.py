@@ -41,6 +41,14 @@ DOCUMENT_SEPARATOR = "\n\n"
 PAD = -100
 
 
+def context_only(ids):
+    """Token ids (any shape; int tensor or array) → how a window stores them when they are read
+    as context but not predicted (a prompt's tokens, `ebt.data.pairs`): PAD − 1 − id, below PAD,
+    so that one row of a window says both what the model reads and what it is scored on.
+    `split_window` undoes it."""
+    return PAD - 1 - ids
+
+
 def encode_documents(documents: Sequence[str], tokenizer: Any) -> torch.Tensor:
     """Encode documents into one 1-D int64 stream, separated by the encoding of "\\n\\n"."""
     return torch.from_numpy(encode_split(documents, tokenizer).shards[0])
@@ -71,8 +79,9 @@ def encode_split(documents: Sequence[str], tokenizer: Any, layout: str = "packed
 
 def split_window(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows (B, S+1) → context x (B, S), padding read as token 0, and targets (B, S), PAD where
-    nothing is predicted."""
-    return batch[:, :-1].clamp_min(0), batch[:, 1:]
+    nothing is predicted: padding, and tokens stored `context_only` (read as their ids)."""
+    ids = torch.where(batch < PAD, context_only(batch), batch)
+    return ids[:, :-1].clamp_min(0), torch.where(batch < 0, PAD, batch)[:, 1:]
 
 
 def check_window(window: int) -> None:

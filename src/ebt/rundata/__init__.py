@@ -23,7 +23,8 @@ The trainer talks to a task's data object and never sees text, images or frames:
                                 video: encoder.safetensors), and data.json
 
 `load_data(config, run_dir)` builds one for a run; with `run_dir` (resume, eval) it reuses the
-saved tokenizer or frame encoder and checks the data against the saved fingerprint.
+saved tokenizer or frame encoder and checks the data against the saved fingerprint; a new run
+with train.init (fine-tuning) reuses the initial run's.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ __all__ = ["load_data", "load_artifacts", "resolve_source"]
 
 def load_data(config: RunConfig, run_dir: Path | None = None):
     """The task's data for a run; `run_dir` (on resume) reuses the artifacts saved there and
-    refuses data that differs from what the run trained on (DataError naming both)."""
-    data = TASK_DATA[config.model.task].load_data(config, run_dir)
+    refuses data that differs from what the run trained on (DataError naming both). A new run
+    started from another's weights (train.init) reuses that run's artifacts (its tokenizer)."""
+    init = Path(config.train.init) if config.train.init and run_dir is None else None
+    data = TASK_DATA[config.model.task].load_data(config, run_dir, init)
     if run_dir is not None:
         check_fingerprint(run_dir, data.fingerprint)
     return data

@@ -66,7 +66,9 @@ class ImageData:
         save_fingerprint(out, **self.fingerprint)
 
 
-def load_data(config: RunConfig, run_dir: Path | None = None) -> ImageData:
+def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None = None) -> ImageData:
+    """The images of `data.corpus`, split (an image run saves no artifacts to reuse from `run_dir`
+    or `init`)."""
     timestep(config.image.noise_level)  # raises on a level off the schedule
     source = resolve_source(config.data.corpus)
     splits = load_images(source, config.image.image_size, config.data.validation_fraction)

@@ -5,6 +5,7 @@ perplexity for validation, and the tokenizer saved with the run (`tokenizer.json
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +17,7 @@ from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
 from ebt.data.corpus import Corpus, load_corpus
+from ebt.data.pairs import encode_pairs, is_pairs_file, read_pairs, split_pairs
 from ebt.data.prepared import PreparedData, is_prepared, open_prepared
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import PAD, TokenSplit, encode_split, split_window
@@ -35,6 +37,7 @@ class TextData:
     context_len: int
     source: str  # the corpus name, or its absolute path
     fingerprint: dict[str, str]
+    examples: str = "windows"  # or "pairs": prompt/answer pairs, one per example, scored on the answer
 
     @functools.cached_property
     def train(self) -> TokenSplit:
@@ -53,6 +56,10 @@ class TextData:
 
     @property
     def summary(self) -> str:
+        if self.examples == "pairs":
+            window = self.context_len + 1
+            return (f"{self.train.examples(window):,} training / {self.validation.examples(window):,} validation "
+                    f"prompt/answer pairs ({self.tokenizer.kind}), the loss on the answer's tokens only")
         line = f"{len(self.train):,} training / {len(self.validation):,} validation tokens ({self.tokenizer.kind}"
         if self.train.layout == "packed":
             return line + ")"
@@ -96,21 +103,26 @@ def corpus_fingerprint(corpus: Corpus, source: str) -> dict[str, str]:
     return {"source": source, "sha256": content_hash(parts)}
 
 
-def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
-    """Read the corpus and build (or, with run_dir, reuse) the tokenizer, or open a prepared
-    directory; a new run reads both splits at once, so that a corpus too short for a window is
+def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None = None) -> TextData:
+    """Read the corpus and build the tokenizer (or reuse the one of `run_dir`: resume, eval; or of
+    `init`: a run started from that one's weights), or open a prepared directory, or read a pairs
+    file (`ebt.data.pairs`: prompt/answer examples, the loss on the answers; data.layout must be
+    'padded'); a new run reads both splits at once, so that a corpus too short for a window is
     refused before anything is written."""
     source = resolve_source(config.data.corpus)
     layout, context_len = config.data.layout, config.model.context_len
+    saved = run_dir if run_dir is not None else init  # whose tokenizer to keep
     if is_prepared(source):
         prepared = open_prepared(source)
-        check_prepared_tokenizer(prepared, config, run_dir)
+        check_prepared_tokenizer(prepared, config, saved)
         data = TextData(prepared.tokenizer, lambda name: prepared.split(name, layout), context_len, source,
                         prepared.fingerprint)
+    elif is_pairs_file(source):
+        data = _pairs_data(config, source, saved)
     else:
         corpus = load_corpus(source, config.data.validation_fraction)
-        if run_dir is not None:
-            tokenizer = load_tokenizer(run_dir)  # a resumed run keeps its vocabulary
+        if saved is not None:
+            tokenizer = load_tokenizer(saved)  # a resumed or fine-tuned run keeps its vocabulary
         else:
             tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
 
@@ -121,6 +133,28 @@ def load_data(config: RunConfig, run_dir: Path | None = None) -> TextData:
     if run_dir is None:
         _ = (data.train, data.validation)  # read, and checked to hold a window, now
     return data
+
+
+def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
+    """A pairs file as a run's data: its pairs split as a corpus's documents are, one example each."""
+    if config.data.layout != "padded":
+        raise ConfigError(f"data.layout = {config.data.layout!r}, but {source} holds prompt/answer pairs, one "
+                          "example each: pass --data.layout=padded (`ebt finetune` sets it)")
+    pairs = read_pairs(source)
+    splits = split_pairs(pairs, config.data.validation_fraction, source)
+    if saved is not None:
+        tokenizer = load_tokenizer(saved)
+    else:
+        tokenizer = build_tokenizer(config.text.tokenizer, [p.prompt + p.answer for p in splits["train"]],
+                                    config.text.bpe_vocab_size)
+    window = config.model.context_len + 1
+
+    def encode(name: str) -> TokenSplit:
+        return encode_pairs(splits[name], tokenizer, window, f"{name} pairs of {source!r}").split
+
+    fingerprint = {"source": source, "sha256": content_hash(
+        [json.dumps([p.prompt, p.answer]).encode("utf-8", "surrogatepass") for p in pairs])}
+    return TextData(tokenizer, encode, config.model.context_len, source, fingerprint, examples="pairs")
 
 
 def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir: Path | None = None) -> None:

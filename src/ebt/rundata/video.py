@@ -85,12 +85,13 @@ def encode(encoder: FrameEncoder, frames: np.ndarray) -> Tensor:
     return encoder.encode(torch.from_numpy(frames).float() / 255)  # (N, T, C)
 
 
-def load_data(config: RunConfig, run_dir: Path | None = None) -> VideoData:
-    """Generate the clips and fit the frame encoder on the training frames (or reuse a run's encoder)."""
+def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None = None) -> VideoData:
+    """Generate the clips and fit the frame encoder on the training frames, or reuse the encoder of
+    `run_dir` (resume, eval) or `init` (a run started from that one's weights)."""
     train, _ = clips(config, "train")
     validation, _ = clips(config, "validation")
-    if run_dir is not None:
-        encoder = load_encoder(run_dir)
+    if run_dir is not None or init is not None:
+        encoder = load_encoder(run_dir or init)
     else:
         frames = torch.from_numpy(train).reshape(-1, FRAME_SIZE, FRAME_SIZE).float() / 255
         encoder = fit_encoder(frames, config.video.frame_encoder, config.video.encoder_dim)

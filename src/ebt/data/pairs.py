@@ -1,0 +1,160 @@
+"""Prompt/answer pairs: fine-tuning data and the downstream sets, scored on the answer only.
+
+A pairs file holds JSON lines, each an object with the string fields "prompt" and "answer":
+
+    {"prompt": "Question: 12+7=?\\nAnswer:", "answer": " 19"}
+
+The model reads the prompt's tokens followed by the answer's and is trained and scored on the
+answer's tokens only: the paper's downstream measure (SPEC §7, Table 3) is the perplexity of the
+reference answer given its question. The answer's text follows the prompt's directly, so any
+separator (a newline, "Answer:", a leading space) belongs in the texts. Prompt and answer are
+tokenized separately: the answer's tokens are exactly its own.
+
+`encode_pairs` turns pairs into a `TokenSplit` in the "padded" layout: one example per pair, the
+prompt's tokens stored `context_only` (read, not predicted), the answer's as they are. Everything
+that reads token windows (the trainer, `ebt.evaluate.evaluate`) then takes the loss on answer
+tokens only, with no special case.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ebt.data.tokens import TokenSplit, check_window, context_only
+from ebt.errors import DataError
+
+FIELDS = ("prompt", "answer")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One example: the model reads `prompt` + `answer` and is scored on the answer."""
+
+    prompt: str
+    answer: str
+    where: str = field(default="", compare=False)  # where it came from, for errors: "FILE, line N"
+
+
+def is_pairs_file(source: str | Path) -> bool:
+    """Whether `source` is a .jsonl file whose first record has a "prompt" field (a pairs file,
+    not a corpus of "text" documents)."""
+    path = Path(source).expanduser()
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            for raw in handle:
+                if raw.strip():
+                    record = json.loads(raw.decode("utf-8-sig"))
+                    return isinstance(record, dict) and "prompt" in record
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False  # read_pairs or the corpus reader names the problem
+    return False
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    """The pairs of a JSON-lines file, blank lines skipped. DataError naming the file and line for
+    a line that is not a JSON object, a missing or non-string "prompt" or "answer", an empty
+    prompt or answer (blank text), and for a file with no pairs."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read pairs file {str(path)!r}: {err.strerror}") from None
+    pairs = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
+        except json.JSONDecodeError as err:
+            raise DataError(f"{where} is not valid JSON ({err.msg}); a pairs file holds one JSON object per line "
+                            'with the string fields "prompt" and "answer"') from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where} is a JSON {type(record).__name__}, not an object with the string fields "
+                            '"prompt" and "answer"')
+        for name in FIELDS:
+            value = record.get(name)
+            if not isinstance(value, str):
+                problem = "has no field" if name not in record else f"has a {type(value).__name__} in the field"
+                raise DataError(f'{where} {problem} "{name}"; each line needs the string fields "prompt" and "answer"')
+            if not value.strip():
+                raise DataError(f'{where} has an empty "{name}"; a pair needs a prompt to read and an answer to score')
+        pairs.append(Pair(record["prompt"].replace("\r\n", "\n"), record["answer"].replace("\r\n", "\n"), where))
+    if not pairs:
+        raise DataError(f"pairs file {str(path)!r} holds no pairs (one JSON object per line with the string fields "
+                        '"prompt" and "answer")')
+    return pairs
+
+
+def split_pairs(pairs: Sequence[Pair], validation_fraction: float, name: str = "pairs") -> dict[str, list[Pair]]:
+    """{"train", "validation"}: every k-th pair (k = round(1 / validation_fraction)) to validation,
+    as corpora split their documents (`ebt.data.corpus.split_stream`); with fewer than k pairs the
+    last one. DataError for fewer than 2 pairs."""
+    if len(pairs) < 2:
+        raise DataError(f"{name} holds {len(pairs)} pair(s); training needs at least 2 (one is held out for validation)")
+    k = max(2, round(1.0 / validation_fraction))
+    if len(pairs) < k:
+        return {"train": list(pairs[:-1]), "validation": [pairs[-1]]}
+    return {"train": [p for i, p in enumerate(pairs) if i % k != k - 1],
+            "validation": [p for i, p in enumerate(pairs) if i % k == k - 1]}
+
+
+@dataclass
+class EncodedPairs:
+    """Pairs as a padded `TokenSplit` (one example each, the prompt `context_only`), and how many
+    prompts were cut from the left and answers cut at the window's end to fit."""
+
+    split: TokenSplit
+    cut_prompts: int
+    cut_answers: int
+
+
+def encode_pairs(pairs: Sequence[Pair], tokenizer: Any, window: int, name: str = "pairs",
+                 cut_prompts: bool = False) -> EncodedPairs:
+    """Encode pairs for windows of `window` = context_len + 1 tokens.
+
+    A prompt must leave room for at least one answer token (≤ context_len tokens); a longer one is
+    a DataError naming the pair (its `where`, e.g. "pairs.jsonl, line 7") unless `cut_prompts`,
+    which keeps the prompt's last tokens that fit beside the answer (the downstream sets: a
+    question after a long paragraph). An answer longer than the rest of the window is cut there
+    and counted. An answer or prompt that encodes to no tokens is a DataError."""
+    check_window(window)
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    texts = [p.prompt for p in pairs] + [p.answer for p in pairs]
+    encoded = encode_batch(texts) if encode_batch is not None else [tokenizer.encode(t) for t in texts]
+    prompts, answers = encoded[:len(pairs)], encoded[len(pairs):]
+    ids: list[np.ndarray] = []
+    spans, cut_prompt, cut_answer, at = [], 0, 0, 0
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        where = pairs[i].where or f"pair {i + 1} of {name}"
+        if not prompt or not answer:
+            raise DataError(f"{where}: its {'prompt' if not prompt else 'answer'} encodes to no tokens")
+        if len(prompt) >= window and not cut_prompts:
+            raise DataError(f"{where}: the prompt is {len(prompt)} tokens, more than the model's context of "
+                            f"{window - 1} (model.context_len) that must also predict the answer's first token; "
+                            "shorten the prompt")
+        keep = max(1, window - len(answer))  # the prompt's last tokens that fit beside the whole answer
+        if cut_prompts and len(prompt) > keep:
+            cut_prompt += 1
+            prompt = prompt[len(prompt) - keep:]
+        if len(prompt) + len(answer) > window:
+            cut_answer += 1
+            answer = answer[:window - len(prompt)]
+        row = np.concatenate([context_only(np.asarray(prompt, dtype=np.int64)), np.asarray(answer, dtype=np.int64)])
+        ids.append(row)
+        spans.append((at, at + len(row)))
+        at += len(row)
+    tokens = torch.from_numpy(np.concatenate(ids)) if ids else torch.zeros(0, dtype=torch.int64)
+    documents = np.array(spans, dtype=np.int64).reshape(-1, 2)
+    return EncodedPairs(TokenSplit([tokens], [documents], "padded", name), cut_prompt, cut_answer)
+
