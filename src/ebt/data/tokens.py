@@ -17,6 +17,9 @@ Two layouts (config ``data.layout``):
   text loss skips it) and is read as token 0 after the document's end, which causal attention
   keeps from every real position. Documents of one token predict nothing and are left out.
 
+A window may also hold tokens that are read but not predicted, stored `context_only` (below PAD):
+the prompts of prompt/answer pairs (`ebt.data.pairs`), so that the loss is on the answers alone.
+
 `TokenSplit.training_batches` draws random windows (packed) or documents (padded) as a
 `TrainingBatches`: the same global batches whatever the number of processes and micro-batches.
 `TokenSplit.windows` gives the evaluation windows in order. `split_window` turns a window into

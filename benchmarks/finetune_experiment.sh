@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The fine-tuning experiment (docs/results.md, "Fine-tuning on arithmetic"): a Transformer++ and an
+# EBT (System 1, tiny preset, context 64) pretrained PRE_STEPS on byte-level Shakespeare, then each
+# fine-tuned FT_STEPS on generated arithmetic problems (prompt "Question: …\nAnswer:", answer " N";
+# `make downstream-data` writes them with reasoning-gym), the loss on the answers only. Scored on
+# the held-out problems: answer perplexity and exact match (greedy answers), the EBT at the paper
+# suite's thinking budgets. Needs `make downstream-data`. Results: $OUT/*.json and a markdown
+# table on stdout. ≈ 25 min on 2 idle CPU cores at the defaults.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EBT=.venv/bin/ebt
+OUT=${OUT:-runs/finetune}
+PRE_STEPS=${PRE_STEPS:-600}
+FT_STEPS=${FT_STEPS:-600}
+FT_LR=${FT_LR:-1e-3}
+DATA=${EBT_DOWNSTREAM_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ebt/downstream}
+TRAIN_PAIRS=$DATA/arithmetic_train.jsonl
+TEST_PAIRS=$DATA/arithmetic_test.jsonl
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+[ -f "$TRAIN_PAIRS" ] && [ -f "$TEST_PAIRS" ] || { echo "no arithmetic pairs in $DATA: run make downstream-data" >&2; exit 2; }
+mkdir -p "$OUT"
+
+for kind in transformer ebt; do
+  [ -f "$OUT/$kind/model.safetensors" ] || $EBT train --preset "text-$kind-tiny" --out "$OUT/$kind" --overwrite \
+    --quiet --model.context_len=64 --train.steps="$PRE_STEPS" --train.eval_every=0 --train.log_every=50 > /dev/null
+  [ -f "$OUT/$kind-ft/model.safetensors" ] || $EBT finetune "$OUT/$kind" --data "$TRAIN_PAIRS" --out "$OUT/$kind-ft" \
+    --overwrite --quiet --train.steps="$FT_STEPS" --train.lr="$FT_LR" --train.eval_every=0 --train.log_every=50 > /dev/null
+done
+
+score() {  # name run [thinking options]
+  local name=$1 run=$2; shift 2
+  [ -f "$OUT/$name.json" ] || $EBT eval "$run" --data "$TEST_PAIRS" --json "$@" > "$OUT/$name.json"
+}
+score transformer-pretrained "$OUT/transformer"
+score transformer-finetuned "$OUT/transformer-ft"
+score ebt-pretrained "$OUT/ebt"
+for budget in "2 1" "3 1" "3 2" "3 5" "3 10"; do
+  set -- $budget
+  score "ebt-finetuned-$1x$2" "$OUT/ebt-ft" --steps "$1" --samples "$2"
+done
+
+.venv/bin/python - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+print("| model | thinking | forward passes | answer ppl | exact match |")
+print("|---|---|---|---|---|")
+for path in sorted(out.glob("*.json"), key=lambda p: (p.stem.split("-")[0], "finetuned" in p.stem, p.stem)):
+    r = json.loads(path.read_text())
+    kind, stage, *budget = path.stem.split("-")
+    print(f"| {kind} {stage} | {budget[0] if budget else '—'} | {r['forward_passes']:g} | {r['ppl']:.3f} | "
+          f"{100 * r['exact_match']:.1f}% of {r['pairs']} |")
+EOF
