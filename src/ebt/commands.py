@@ -414,9 +414,24 @@ def _print_downstream(result: dict) -> None:
             print(f"{name:<20}{pairs}{ppl}{e['gain_best_pct']:>10.3g}%{tpp}")
         else:
             print(f"{name:<20}{pairs}{e['ppl']:>11.5g}")
-    cut = [f"{n} {e['prompts_cut']}" for n, e in entries.items() if e.get("prompts_cut")]
-    if cut:
-        print(f"prompts cut from the left to fit the context: {', '.join(cut)} (of their pairs)")
+    for what, key, where in (("prompts", "prompts_cut", "their start"), ("answers", "answers_cut", "their end")):
+        cut = [f"{n} {e[key]}/{e['pairs']}" for n, e in entries.items() if e.get(key)]
+        if cut:
+            print(f"{what} cut at {where} to fit the context: {', '.join(cut)}")
+
+
+@dataclass
+class DownstreamDataArgs:
+    """`ebt downstream-data [--dir DIR]`: install the paper's downstream sets (`ebt.data.downstream`)."""
+
+    dir: Path | None = None
+
+
+def downstream_data(args: DownstreamDataArgs) -> int:
+    from ebt.data.downstream import install
+
+    install(args.dir)
+    return 0
 
 
 # --- generate ------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def downstream_suite(
     many were cut is reported per set. Raises DataError naming `make downstream-data` for a set
     that is not installed, ConfigError as `paper_suite` for runs that cannot be compared."""
     from ebt.data.downstream import DOWNSTREAM_SETS, load_downstream
-    from ebt.data.pairs import Pair, encode_pairs
+    from ebt.data.pairs import encode_pairs
 
     options = options or ThinkingOptions()
     mine, theirs = _check_suite_runs("downstream", run, baseline, options, device, precision)
@@ -157,8 +157,7 @@ def downstream_suite(
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
     common = dict(batch_size=batch_size, max_windows=max_examples, seed=seed, device=device)
-    pairs = {name: [Pair(p, a, f"pair {i + 1} of {name}") for i, (p, a) in
-                    enumerate(load_downstream(name, limit=max_examples))] for name in (sets or DOWNSTREAM_SETS)}
+    pairs = {name: load_downstream(name, limit=max_examples) for name in (sets or DOWNSTREAM_SETS)}
 
     def score(model, tokens, precision_: str, thinking: bool) -> dict:
         if thinking:
