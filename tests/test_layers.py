@@ -21,13 +21,14 @@ LAYERS = [
     ["ebt.errors"],
     ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
     ["ebt.checkpoint", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
-     "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots"],
+     "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",
+     "ebt.data.pairs", "ebt.data.downstream"],
     ["ebt.nn", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # task objects
     ["ebt.energy", "ebt.baselines", "ebt.baselines.transformer", "ebt.baselines.diffusion", "ebt.baselines.dit",
      "ebt.models"],  # the models, handed a task
     ["ebt.objectives", "ebt.evaluate", "ebt.generate"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
-    ["ebt.train", "ebt.runs", "ebt.parallel"],
+    ["ebt.train", "ebt.runs", "ebt.parallel", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands"],  # typed arguments, never an argparse Namespace

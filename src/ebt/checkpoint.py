@@ -6,6 +6,9 @@
                         --resume); plain data only, loaded with torch.load(weights_only=True)
     metrics.jsonl       one JSON object per logged step and per validation
     checkpoints/        with train.keep_checkpoints: step-N.safetensors, the weights at each validation
+    tensorboard/        with train.log_to = "tensorboard": the event files (`ebt.trackers`)
+    wandb-run.json      with train.log_to = "wandb": the W&B run's id and project, which --resume
+                        continues; W&B's own files go to wandb/
     + the task data's files (text: tokenizer.json; video: encoder.safetensors) and data.json
 
 Every file is written to a temporary name in the same directory and renamed into place, so a
@@ -32,9 +35,11 @@ from ebt.files import atomic_write, read_json
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
 ENCODER, DATA, CHECKPOINTS = "encoder.safetensors", "data.json", "checkpoints"
-# The files (and the one folder) a run writes into its directory. Any of them there means the
-# directory holds a run; config.json last, so that a half-removed run still reads as one.
-RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, CONFIG)
+TENSORBOARD, WANDB_RUN = "tensorboard", "wandb-run.json"
+# The files (and folders) a run writes into its directory. Any of them there means the directory
+# holds a run; config.json last, so that a half-removed run still reads as one. W&B's own wandb/
+# is not one: a new run there gets a new W&B run and folder of its own (and wandb/ may be anyone's).
+RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, TENSORBOARD, WANDB_RUN, CONFIG)
 # What every training state holds; optional: "cuda_rng", "replay" (System 2), "schedule_steps".
 TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
 

@@ -21,6 +21,7 @@ CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on lo
 LR_SCHEDULES = ("cosine", "constant", "wsd")  # train.lr_schedule
 LAYOUTS = ("packed", "padded")  # data.layout of text windows (ebt.data.tokens)
 PARALLEL = ("ddp", "fsdp")  # train.parallel
+LOG_TO = ("none", "tensorboard", "wandb")  # train.log_to (ebt.trackers)
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
 
 
@@ -88,6 +89,9 @@ class TrainConfig:
     keep_checkpoints: bool = False  # also keep the weights of every validation in checkpoints/step-N.safetensors
     eval_examples: int = 64  # validation examples per validation: windows (text), images or clips
     log_every: int = 10
+    # Where the rows of metrics.jsonl also go: "none", "tensorboard" (event files in RUN_DIR/tensorboard/)
+    # or "wandb" (Weights & Biases; WANDB_MODE and WANDB_PROJECT from the environment). ebt.trackers.
+    log_to: str = "none"
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     # A run directory whose weights (and tokenizer or frame encoder) a new run starts from instead of
@@ -309,6 +313,7 @@ class RunConfig:
              "≥ 1 with train.eval_spacing = 'log' (the first validation step)"),
             ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
+            ("train.log_to", tr.log_to, tr.log_to in LOG_TO, ", ".join(map(repr, LOG_TO))),
             ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
             ("train.precision", tr.precision, tr.precision in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
             ("train.grad_accum", tr.grad_accum, tr.grad_accum >= 1, "≥ 1"),

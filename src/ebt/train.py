@@ -9,7 +9,8 @@ clipping, α in its own parameter group (no weight decay, lr × multiplier).
 Outputs in the run directory: config.json, the task's files (text: tokenizer.json),
 model.safetensors and train_state.pt (for --resume) at every validation, at the end and on
 SIGINT/SIGTERM, all written atomically, and metrics.jsonl (one standard-JSON object per logged
-step and per validation, appended a line at a time).
+step and per validation, appended a line at a time), whose rows also go to the experiment tracker
+`train.log_to` names (`ebt.trackers`: TensorBoard, Weights & Biases).
 
 A run directory belongs to one run: starting a new run over another needs overwrite=True
 (`--overwrite`), and the old run is kept aside until the new one writes its first checkpoint. A resumed run continues exactly (weights, optimizer, schedule, RNGs, data
@@ -48,6 +49,7 @@ from ebt.objectives import make_objective
 from ebt.parallel import check as check_parallel, full_tensor, wrap
 from ebt.precision import autocast, check_precision, grad_scaler
 from ebt.rundata import load_data, resolve_source
+from ebt.trackers import Tracker, check as check_tracker, open_tracker
 
 MIN_LR_RATIO = 0.1  # cosine decays to peak/10 (SPEC §3)
 BETAS = (0.9, 0.999)
@@ -125,10 +127,13 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
-    stop, replaced = StopSignals(), _Replaced()
+    stop, replaced, log = StopSignals(), _Replaced(), _MetricsLog(out / METRICS, dist.is_main)
     try:
-        return _train(config, out, resume, overwrite, quiet, dist, stop, replaced)
-    except BaseException:
+        result = _train(config, out, resume, overwrite, quiet, dist, stop, replaced, log)
+        log.close()
+        return result
+    except BaseException as e:
+        log.close(getattr(e, "exit_code", 1))  # flushed, and done with its files before the old run comes back
         replaced.restore()  # the new run wrote no checkpoint: the run it was to replace comes back
         raise
     finally:
@@ -137,8 +142,9 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
 
 
 def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bool, dist: distributed.Distributed,
-           stop: StopSignals, replaced: _Replaced) -> dict:
+           stop: StopSignals, replaced: _Replaced, log: _MetricsLog) -> dict:
     say = (lambda *a: None) if (quiet or not dist.is_main) else print
+    check_tracker(config.train.log_to)  # a tracker's missing package stops the run before it writes anything
     old_run = _claim_run_directory(out, resume, overwrite)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
     config = config.override("data.corpus", resolve_source(config.data.corpus))
@@ -217,11 +223,15 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
         say(f"resumed from step {step}; {schedule_line}")
         if dist.is_main:
             _keep_metrics_until(out / METRICS, step)
+            log.tracker = open_tracker(tc.log_to, out, config, step)
     else:
         out.mkdir(parents=True, exist_ok=True)
         if dist.is_main:
             replaced.set_aside(out, old_run)  # --overwrite: kept until the new run's first checkpoint
+            # The tracker before the run's files: one that cannot start (W&B without a login) leaves none.
+            log.tracker = open_tracker(tc.log_to, out, config, step)
             save_run(out, config, data)
+
     def validate(weights: dict[str, torch.Tensor]) -> dict:
         scored = model
         if tc.parallel == "fsdp" and dist.enabled:
@@ -272,7 +282,6 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
             replaced.drop()
         saved_step = step
 
-    log = _MetricsLog(out / METRICS, dist.is_main)
     bar = tqdm(total=tc.steps, initial=step, disable=quiet or not dist.is_main, dynamic_ncols=True, desc="train")
     result: dict = {}
     validated = False  # on every process (only the main one has a result)
@@ -587,8 +596,10 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 class _MetricsLog:
+    """metrics.jsonl, written by the main process only, and the experiment tracker fed the same rows."""
+
     def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+        self.path, self.enabled, self.tracker = path, enabled, Tracker()
 
     def write(self, row: dict) -> None:
         if self.enabled:
@@ -596,3 +607,9 @@ class _MetricsLog:
             with open(self.path, "a") as f:
                 f.write(line)
                 f.flush()
+            self.tracker.log(row, row["step"])
+
+    def close(self, exit_code: int = 0) -> None:
+        """Close the tracker (once: later calls do nothing)."""
+        tracker, self.tracker = self.tracker, Tracker()
+        tracker.close(exit_code)
