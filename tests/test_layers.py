@@ -28,6 +28,7 @@ LAYERS = [
      "ebt.models"],  # the models, handed a task
     ["ebt.objectives", "ebt.evaluate", "ebt.generate"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
+    ["ebt.hub"],  # Hub ids, exported run directories, model cards
     ["ebt.train", "ebt.runs", "ebt.parallel", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.curves", "ebt.scaling.worker"],

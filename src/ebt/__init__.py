@@ -1,13 +1,14 @@
 """Energy-Based Transformers (Gladstone et al., arXiv 2507.02092) in PyTorch.
 
     import ebt
-    model = ebt.load("runs/ebt")                  # a trained EBT or Transformer++
+    model = ebt.load("runs/ebt")                  # a trained EBT or Transformer++ (or a Hub id "user/name")
     thought = model.think(ids, steps=3, samples=5)  # EBT: logits (B, S, V), per-step energies
+    model.save_pretrained("export/ebt")           # a loadable run directory with a model card; push_to_hub(id)
 
 Start reading at `ebt/think.py` (energy descent), then `ebt/energy.py` (the energy transformer).
 """
 
-from ebt.runs import Run, load, load_run
+from ebt.runs import Pretrained, Run, load, load_run
 from ebt.think import ThinkingOptions, Thought, think
 
-__all__ = ["load", "load_run", "Run", "think", "Thought", "ThinkingOptions"]
+__all__ = ["load", "load_run", "Run", "Pretrained", "think", "Thought", "ThinkingOptions"]

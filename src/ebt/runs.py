@@ -1,7 +1,13 @@
 """Load a trained run: its config, the model with its weights, and the task's saved files.
 
     run = ebt.load_run("runs/ebt")     # Run(config, model, step, path, tokenizer, frame_encoder)
-    model = ebt.load("runs/ebt")       # just the model, in eval mode
+    model = ebt.load("runs/ebt")       # just the model, in eval mode; model.run is its Run
+    model = ebt.load("user/ebt-tiny")  # a Hub id: fetched into the Hugging Face cache (`ebt.hub`)
+    model.save_pretrained("export")    # a loadable run directory with a model card; push_to_hub(id)
+
+Every model loaded here is its kind (an AutoregressiveEBT, ...) with `Pretrained`, the
+huggingface_hub ModelHubMixin, mixed in: the Hub methods live here, above the models, which
+never see files or runs.
 """
 
 from __future__ import annotations
@@ -11,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelCard, ModelHubMixin
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from ebt import hub
+from ebt.baselines.dit import DiT
+from ebt.baselines.transformer import TransformerPP
 from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config, snapshot_path, snapshot_steps, weights_step
 from ebt.config import RunConfig
+from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import CheckpointError
 from ebt.models import build_model
 from ebt.rundata import load_artifacts
@@ -34,16 +45,23 @@ class Run:
     frame_encoder: Any = None
 
 
-def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: int | None = None) -> Run:
+def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: int | None = None,
+             revision: str | None = None) -> Run:
     """The run in directory `path`, its model on `map_location` in eval mode: its last weights, or
     with `step` those kept at that step (train.keep_checkpoints: checkpoints/step-N.safetensors).
 
+    `path` may also be a Hub id: a string `owner/name` that is no local path is fetched from the
+    Hugging Face Hub at `revision` (default main) into its cache, or found there when
+    HF_HUB_OFFLINE=1 (`ebt.hub.local_directory`); `run.path` is then the cached snapshot. The
+    model is a `Pretrained` (save_pretrained, push_to_hub) whose `run` is the returned Run.
+
     Raises CheckpointError naming the file when a file is missing, damaged or does not match the
-    config (a config.json of an earlier version is migrated, not refused)."""
-    path = Path(path)
-    config = load_config(path)
+    config (a config.json of an earlier version is migrated, not refused), and naming the id when
+    a Hub model cannot be had (offline and not cached, no such repository or revision)."""
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
+    path = hub.local_directory(path, revision, step=step)
+    config = load_config(path)
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
     if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:
         weights = path / WEIGHTS  # the last weights are that step's
@@ -76,9 +94,121 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     step = metadata.get("step", "0")
     if not step.isdigit():
         raise CheckpointError(f"{weights} has metadata step = {step!r}; it must be a count of training steps")
-    return Run(config, model, int(step), path, **artifacts)
+    # The model gains the Hub methods in place, as torch.nn.utils.parametrize swaps in a subclass:
+    # build_model stays ignorant of runs, and the model is still its own kind.
+    model.__class__ = PRETRAINED[type(model)]
+    run = Run(config, model, int(step), path, **artifacts)
+    model.run = run
+    return run
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """The trained model of a run directory (an EBT, a Transformer++ or a DiT), in eval mode."""
-    return load_run(path, map_location).model
+def load(path: str | Path, map_location: str | torch.device = "cpu", revision: str | None = None) -> nn.Module:
+    """The trained model of a run directory or Hub id (an EBT, a Transformer++ or a DiT), in eval
+    mode; `model.run` is its Run (config, step, tokenizer or frame encoder). See `load_run`."""
+    return load_run(path, map_location, revision=revision).model
+
+
+class Pretrained(ModelHubMixin, library_name=hub.LIBRARY, license=hub.LICENSE, paper_url=hub.PAPER_URL,
+                 tags=["energy-based-transformers", "pytorch"]):
+    """The Hub methods of a loaded model (huggingface_hub's ModelHubMixin, written for our files):
+
+        model.save_pretrained(dir)                  # an exported run directory (`ebt.hub`): ebt.load reads it
+        model.push_to_hub("user/ebt-tiny")           # the same files, uploaded in one commit
+        Pretrained.from_pretrained("user/ebt-tiny")  # = ebt.load; a kind's class also checks the kind
+
+    `run` is the Run the model was loaded with: its config, step and tokenizer or frame encoder
+    are what save_pretrained writes beside the model's current weights."""
+
+    run: Run
+
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict[str, Any] | None = None,
+                        **push_to_hub_kwargs) -> str | None:
+        """Write the model into directory `save_directory` as an exported run directory (config.json,
+        model.safetensors with the run's step, tokenizer.json or encoder.safetensors, data.json and
+        metrics.jsonl when the run has them, README.md: the model card), which `ebt.load` and
+        `ebt.load_run` read back. With `push_to_hub`, then upload it to `repo_id` (default: the
+        directory's name). Returns the commit URL when pushed, else None.
+
+        Files of the export are overwritten and the export's files this model does not have
+        (another task's artifact) removed; other files are left alone. Raises CheckpointError for a
+        file or a training run (train_state.pt, checkpoints/) at `save_directory`, and for `config`:
+        the saved config is always the run's (`model.run.config`)."""
+        if config is not None:
+            raise CheckpointError("save_pretrained writes the model's own RunConfig (model.run.config); "
+                                  "config= is not accepted")
+        out = Path(save_directory)
+        hub.check_destination(out)
+        self._save_pretrained(out, **(model_card_kwargs or {}))
+        if push_to_hub:
+            return self.push_to_hub(repo_id or out.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
+        return None
+
+    def _save_pretrained(self, save_directory: Path, **model_card_kwargs) -> None:
+        run = self._run()
+        artifacts = {"tokenizer": run.tokenizer, "frame_encoder": run.frame_encoder}
+        card = self.generate_model_card(name=Path(save_directory).name, **model_card_kwargs)
+        hub.export(save_directory, run.config, self, run.step, artifacts, run.path, str(card))
+
+    def push_to_hub(self, repo_id: str, *, model_card_kwargs: dict[str, Any] | None = None, **kwargs) -> str:
+        """Upload the model's exported directory (see save_pretrained) to Hub repository `repo_id`,
+        creating it if needed, in one commit; returns the commit's URL. The other keywords are
+        ModelHubMixin.push_to_hub's (private, token, branch, create_pr, commit_message, ...); its
+        errors (not logged in, no access) are huggingface_hub's."""
+        card = {"repo_id": repo_id, **(model_card_kwargs or {})}
+        return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+
+    def generate_model_card(self, name: str | None = None, repo_id: str | None = None) -> ModelCard:
+        """The model card (`ebt.hub.model_card`) titled `name` (default: the repository's or the run's
+        name), whose loading example names `repo_id` when given (an `owner/name` Hub id)."""
+        run = self._run()
+        title = repo_id.split("/")[-1] if repo_id else name or run.path.name
+        load_as = repo_id if repo_id and "/" in repo_id else f"OWNER/{title}"
+        data = hub.card_data(self._hub_mixin_info.model_card_data, run.config)
+        return hub.model_card(run.config, self, run.step, hub.last_validation(run.path, run.step), data, title,
+                              load_as)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        map_location: str | torch.device = "cpu") -> Pretrained:
+        """The model of a run directory or Hub id, as `ebt.load` (the Hub keywords are
+        snapshot_download's). On a kind's class (`type(model).from_pretrained`), a run of another
+        kind is a CheckpointError naming both."""
+        path = hub.local_directory(pretrained_model_name_or_path, revision, cache_dir=cache_dir, token=token,
+                                   force_download=force_download, local_files_only=local_files_only)
+        model = load_run(path, map_location).model
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{str(pretrained_model_name_or_path)!r} holds a {type(model).__name__} "
+                                  f"(model.kind = {model.run.config.model.kind!r}), not a {cls.__name__}; "
+                                  "load it with ebt.load or Pretrained.from_pretrained")
+        return model
+
+    def _run(self) -> Run:
+        run = self.__dict__.get("run")
+        if run is None:
+            raise CheckpointError(f"this {type(self).__name__} has no run (config, step, tokenizer) to save with "
+                                  "it; models loaded with ebt.load or from_pretrained have one")
+        return run
+
+
+class PretrainedAutoregressiveEBT(AutoregressiveEBT, Pretrained):
+    """A loaded autoregressive EBT (text or video) with the Hub methods."""
+
+
+class PretrainedBidirectionalEBT(BidirectionalEBT, Pretrained):
+    """A loaded image EBT with the Hub methods."""
+
+
+class PretrainedTransformerPP(TransformerPP, Pretrained):
+    """A loaded Transformer++ (text or video) with the Hub methods."""
+
+
+class PretrainedDiT(DiT, Pretrained):
+    """A loaded DiT with the Hub methods."""
+
+
+# Each class build_model makes → its loaded form.
+PRETRAINED = {c.__bases__[0]: c for c in (PretrainedAutoregressiveEBT, PretrainedBidirectionalEBT,
+                                          PretrainedTransformerPP, PretrainedDiT)}

@@ -24,7 +24,8 @@ The trainer talks to a task's data object and never sees text, images or frames:
 
 `load_data(config, run_dir)` builds one for a run; with `run_dir` (resume, eval) it reuses the
 saved tokenizer or frame encoder and checks the data against the saved fingerprint; a new run
-with train.init (fine-tuning) reuses the initial run's.
+with train.init (fine-tuning) reuses the initial run's. `load_artifacts` / `save_artifacts` read
+and write those files alone, for a trained model (`ebt.load_run`, `save_pretrained`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ebt.checkpoint import ENCODER, TOKENIZER
 from ebt.config import RunConfig
+from ebt.errors import CheckpointError
 from ebt.rundata import image, text, video
 from ebt.rundata.fingerprint import check_fingerprint, resolve_source
 
 TASK_DATA = {"text": text, "image": image, "video": video}  # model.task → its module
 
-__all__ = ["load_data", "load_artifacts", "resolve_source"]
+__all__ = ["load_data", "load_artifacts", "save_artifacts", "resolve_source"]
 
 
 def load_data(config: RunConfig, run_dir: Path | None = None):
@@ -60,3 +63,20 @@ def load_artifacts(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     if config.model.task == "video":
         return {"frame_encoder": video.load_encoder(run_dir, config.video.latent_dim)}
     return {}
+
+
+def save_artifacts(config: RunConfig, out: Path, tokenizer: Any = None, frame_encoder: Any = None) -> list[str]:
+    """Write into directory `out` what `load_artifacts` reads back (text: tokenizer.json; video:
+    encoder.safetensors; images: nothing), atomically; returns the file names written. Raises
+    CheckpointError when the task's artifact is not given."""
+    given = {"text": ("tokenizer", tokenizer), "video": ("frame_encoder", frame_encoder)}.get(config.model.task)
+    if given is None:
+        return []
+    name, artifact = given
+    if artifact is None:
+        raise CheckpointError(f"a {config.model.task} run needs its {name} to be saved; none was given")
+    if config.model.task == "text":
+        text.save_tokenizer(out, artifact)
+        return [TOKENIZER]
+    video.save_encoder(out, artifact)
+    return [ENCODER]

@@ -92,7 +92,7 @@ class TextData:
                         window_losses=True)
 
     def save(self, out: Path) -> None:
-        atomic_write(out / TOKENIZER, lambda p: p.write_text(self.tokenizer.to_json()))
+        save_tokenizer(out, self.tokenizer)
         save_fingerprint(out, **self.fingerprint)
 
 
@@ -172,6 +172,11 @@ def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir:
             f"text.tokenizer = {config.text.tokenizer!r}, but {prepared.path} was prepared with a "
             f"{prepared.tokenizer.kind!r} tokenizer ({prepared.tokenizer.vocab_size} tokens); pass "
             f"--text.tokenizer={prepared.tokenizer.kind}, or prepare the data with --tokenizer {config.text.tokenizer}")
+
+
+def save_tokenizer(out: Path, tokenizer) -> None:
+    """tokenizer.json in directory `out`, what `load_tokenizer` reads back."""
+    atomic_write(Path(out) / TOKENIZER, lambda p: p.write_text(tokenizer.to_json()))
 
 
 def load_tokenizer(run_dir: Path, vocab_size: int | None = None):

@@ -67,7 +67,7 @@ class VideoData:
                               max_clips=max_examples, device=device)
 
     def save(self, out: Path) -> None:
-        atomic_write(out / ENCODER, self.encoder.save)
+        save_encoder(out, self.encoder)
         save_fingerprint(out, **self.fingerprint)
 
 
@@ -98,6 +98,11 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     # The clips are drawn in code from the digits; the digits are the data to recognise.
     fingerprint = {"source": CORPUS, "sha256": content_hash([mnist_digits().tobytes()])}
     return VideoData(encoder, encode(encoder, train), encode(encoder, validation), fingerprint)
+
+
+def save_encoder(out: Path, encoder: FrameEncoder) -> None:
+    """encoder.safetensors in directory `out`, what `load_encoder` reads back."""
+    atomic_write(Path(out) / ENCODER, encoder.save)
 
 
 def load_encoder(run_dir: Path, latent_dim: int | None = None) -> FrameEncoder:
