@@ -23,10 +23,11 @@ system:
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; }; \
 	fi
 
-$(STAMP): pyproject.toml requirements.txt requirements-data.txt
+$(STAMP): pyproject.toml requirements.txt requirements-data.txt requirements-eval.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-eval.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-data.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)

@@ -2,8 +2,8 @@
 
 Every `ebt` import of every module, at the top or inside a function, goes to a module of the
 same or a lower layer; the import graph has no cycle; `think.py` knows nothing of the package
-but its errors; only the command line (`cli.py`, and `demo.py`, `make demo`'s own entry point)
-sees argparse.
+but its errors; only the command lines (`cli.py`; `demo.py`, `make demo`'s own entry point;
+`harness.py`, lm-evaluation-harness's model type and `python -m ebt.harness`) see argparse.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ LAYERS = [
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands"],  # typed arguments, never an argparse Namespace
-    ["ebt.cli", "ebt.demo", "ebt"],  # the command line and the package's front door
+    ["ebt.cli", "ebt.demo", "ebt.harness", "ebt"],  # the command lines and the package's front door
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
-COMMAND_LINE = {"ebt.cli", "ebt.demo"}
+COMMAND_LINE = {"ebt.cli", "ebt.demo", "ebt.harness"}
 
 
 def module_name(path: Path) -> str:

@@ -13,6 +13,7 @@ the uncached path computes, so both give the same tokens. temperature 0 is greed
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,9 +36,13 @@ def generate(
     cache: bool = True,
     options: ThinkingOptions | None = None,
     precision: str = "fp32",
+    stop: Callable[[list[int]], bool] | None = None,
     **given,
 ) -> list[int]:
     """The prompt's token ids continued by `max_new_tokens` generated ids (returned without the prompt).
+
+    `stop`, when given, is called with the generated ids after each new token; generation ends
+    early, that token kept, as soon as it returns True (`ebt.harness` stops at a stop string).
 
     `options` (a ThinkingOptions, or its fields as keywords) go to the EBT's `think`; a
     Transformer++ rejects any that are set. Raises ConfigError for an empty prompt, ids outside
@@ -75,6 +80,8 @@ def generate(
                 probs = torch.softmax(logits / temperature, dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             ids.append(token)
+            if stop is not None and stop(ids[len(prompt):]):
+                break
     return ids[len(prompt):]
 
 
