@@ -45,9 +45,8 @@ from pathlib import Path
 out = Path(sys.argv[1])
 print("| model | thinking | forward passes | answer ppl | exact match |")
 print("|---|---|---|---|---|")
-for path in sorted(out.glob("*.json"), key=lambda p: (p.stem.split("-")[0], "finetuned" in p.stem, p.stem)):
-    r = json.loads(path.read_text())
-    kind, stage, *budget = path.stem.split("-")
+rows = [(path.stem.split("-"), json.loads(path.read_text())) for path in out.glob("*.json")]
+for (kind, stage, *budget), r in sorted(rows, key=lambda x: (x[0][0], x[0][1] == "finetuned", x[1]["forward_passes"])):
     print(f"| {kind} {stage} | {budget[0] if budget else '—'} | {r['forward_passes']:g} | {r['ppl']:.3f} | "
           f"{100 * r['exact_match']:.1f}% of {r['pairs']} |")
 EOF

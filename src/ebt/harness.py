@@ -52,8 +52,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
 
 try:
     import lm_eval.models  # noqa: F401  lm_eval's own models: get_model adds them only to an empty registry
@@ -65,8 +63,8 @@ except ImportError as error:  # an optional extra: say how to get it
                       "(`make venv` installs it from requirements-eval.txt)") from error
 
 from ebt.data.downstream import DOWNSTREAM_SETS, downstream_dir
-from ebt.data.pairs import Pair, encode_pairs
-from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit, context_only
+from ebt.data.pairs import Pair, encode_pairs, rows_split
+from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.distributed import Distributed, pick_device
 from ebt.errors import ConfigError, EBTError
 from ebt.evaluate import evaluate
@@ -291,20 +289,6 @@ def rolling_rows(ids: Sequence[int], context: Sequence[int], window: int) -> lis
         rows.append((full[max(0, end - window):start], full[start:end]))
         start, end = end, min(len(full), end + window - 1)
     return rows
-
-
-def rows_split(rows: Sequence[tuple[Sequence[int], Sequence[int]]], name: str) -> TokenSplit:
-    """Rows (read, scored) of ≤ window tokens, read ≥ 1 → a padded TokenSplit, one example each:
-    the read tokens stored `context_only`, the scored as they are (what `encode_pairs` builds)."""
-    spans, at = [], 0
-    pieces = []
-    for read, scored in rows:
-        row = np.concatenate([context_only(np.asarray(read, dtype=np.int64)), np.asarray(scored, dtype=np.int64)])
-        pieces.append(row)
-        spans.append((at, at + len(row)))
-        at += len(row)
-    tokens = torch.from_numpy(np.concatenate(pieces)) if pieces else torch.zeros(0, dtype=torch.int64)
-    return TokenSplit([tokens], [np.array(spans, dtype=np.int64).reshape(-1, 2)], "padded", name)
 
 
 def _generation(gen_kwargs: dict[str, Any] | None) -> tuple[list[str], int, float]:

@@ -133,8 +133,8 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer: Any, window: int, name: str =
     texts = [p.prompt for p in pairs] + [p.answer for p in pairs]
     encoded = encode_batch(texts) if encode_batch is not None else [tokenizer.encode(t) for t in texts]
     prompts, answers = encoded[:len(pairs)], encoded[len(pairs):]
-    ids: list[np.ndarray] = []
-    spans, cut_prompt, cut_answer, at = [], 0, 0, 0
+    rows: list[tuple[list[int], list[int]]] = []  # (prompt, answer) ids
+    cut_prompt, cut_answer = 0, 0
     for i, (prompt, answer) in enumerate(zip(prompts, answers)):
         where = pairs[i].where or f"pair {i + 1} of {name}"
         if not prompt or not answer:
@@ -150,11 +150,16 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer: Any, window: int, name: str =
         if len(prompt) + len(answer) > window:
             cut_answer += 1
             answer = answer[:window - len(prompt)]
-        row = np.concatenate([context_only(np.asarray(prompt, dtype=np.int64)), np.asarray(answer, dtype=np.int64)])
-        ids.append(row)
-        spans.append((at, at + len(row)))
-        at += len(row)
-    tokens = torch.from_numpy(np.concatenate(ids)) if ids else torch.zeros(0, dtype=torch.int64)
-    documents = np.array(spans, dtype=np.int64).reshape(-1, 2)
-    return EncodedPairs(TokenSplit([tokens], [documents], "padded", name), cut_prompt, cut_answer)
+        rows.append((prompt, answer))
+    return EncodedPairs(rows_split(rows, name), cut_prompt, cut_answer)
 
+
+def rows_split(rows: Sequence[tuple[Sequence[int], Sequence[int]]], name: str = "pairs") -> TokenSplit:
+    """Rows (read ids, scored ids), each ≤ one window and read ≥ 1 token → a padded `TokenSplit`,
+    one example per row: the read ids stored `context_only`, the scored ones as they are."""
+    pieces = [np.concatenate([context_only(np.asarray(read, dtype=np.int64)), np.asarray(scored, dtype=np.int64)])
+              for read, scored in rows]
+    lengths = np.array([len(piece) for piece in pieces], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    tokens = torch.from_numpy(np.concatenate(pieces)) if pieces else torch.zeros(0, dtype=torch.int64)
+    return TokenSplit([tokens], [np.stack([ends - lengths, ends], axis=1)], "padded", name)
