@@ -223,5 +223,13 @@ def test_downstream_suite_refuses_what_it_cannot_score(monkeypatch, tmp_path, tr
     code, _, err = run_cli(["eval", trained_runs["transformer"]["dir"], "--suite", "downstream", "--baseline",
                             trained_runs["transformer"]["dir"]], capsys)
     assert code == 2 and "this run is a Transformer++ itself" in err
+    longer = tmp_path / "longer"  # a Transformer++ that reads more of each prompt is no fair baseline
+    import ebt.train
+    from conftest import tiny_config
+
+    ebt.train.train(tiny_config("transformer", trained_runs["transformer"]["config"].data.corpus,
+                                {"train.steps": 1, "model.context_len": 24}), longer, quiet=True)
+    code, _, err = run_cli(["eval", trained_runs["ebt"]["dir"], "--suite", "downstream", "--baseline", longer], capsys)
+    assert code == 2 and "reads 24 tokens (model.context_len)" in err
     code, out, err = run_cli(["eval", trained_runs["transformer"]["dir"], "--suite", "downstream", "--json"], capsys)
     assert code == 0 and json.loads(out)["datasets"]["squad"]["ppl"] > 1

@@ -65,12 +65,15 @@ def test_encode_pairs_cuts_and_refuses(byte_tokenizer):
     long = Pair("x" * 20, " yes", "pairs.jsonl, line 7")
     with pytest.raises(DataError, match=r"pairs.jsonl, line 7: the prompt is 20 tokens, more than the model's context of 16"):
         encode_pairs([long], byte_tokenizer, 17)
-    encoded = encode_pairs([long, Pair("ab", "c" * 30)], byte_tokenizer, 17, cut_prompts=True)
-    assert (encoded.cut_prompts, encoded.cut_answers) == (2, 1)
-    rows = next(encoded.split.windows(17, 2))
+    both_long = Pair("q" * 40 + "?", "a" * 40)
+    encoded = encode_pairs([long, Pair("ab", "c" * 30), both_long], byte_tokenizer, 17, cut_prompts=True)
+    assert (encoded.cut_prompts, encoded.cut_answers) == (2, 2)
+    rows = next(encoded.split.windows(17, 3))
     x, targets = split_window(rows)
     assert (targets[0] != PAD).sum() == 4 and bytes(x[0, :13].tolist()) == b"x" * 13  # the prompt's last 13
-    assert (targets[1] != PAD).sum() == 16  # "c" * 30 cut to the 16 the window holds after one prompt token
+    assert (targets[1] != PAD).sum() == 15  # a short prompt stays whole: "c" * 30 cut to the 15 after it
+    # a long prompt keeps at least half a window, its end (the question), before a long answer
+    assert bytes(x[2, :8].tolist()) == b"q" * 7 + b"?" and (targets[2] != PAD).sum() == 9
     # a prompt of exactly context_len tokens leaves one answer token
     one = encode_pairs([Pair("y" * 16, "zz")], byte_tokenizer, 17)
     assert one.cut_answers == 1 and int((split_window(next(one.split.windows(17, 1)))[1] != PAD).sum()) == 1
@@ -80,7 +83,7 @@ def test_encode_pairs_cuts_and_refuses(byte_tokenizer):
     ('{"prompt": "a"}', r'line 2 has no field "answer"'),
     ('{"prompt": "a", "answer": "  "}', r'line 2 has an empty "answer"'),
     ('{"prompt": "", "answer": "b"}', r'line 2 has an empty "prompt"'),
-    ('{"prompt": 3, "answer": "b"}', r'line 2 has a int in the field "prompt"'),
+    ('{"prompt": 3, "answer": "b"}', r'line 2 has a value of type int in the field "prompt"'),
     ('["a", "b"]', r"line 2 is a JSON list"),
     ("{oops", r"line 2 is not valid JSON"),
 ])
@@ -137,13 +140,19 @@ def test_finetune_lowers_answer_loss_and_resumes(trained_runs, tmp_path, capsys,
     saved = load_config(out)
     assert saved.train.init == str(Path(base).resolve()) and saved.data.layout == "padded"
     assert saved.model == load_config(base).model
-    code, after, err = run_cli(["eval", out, "--data", pairs, "--json"], capsys)
+    held = write_pairs(tmp_path / "held.jsonl", phrase_pairs(), repeat=8)  # the same pairs, not the run's data
+    code, after, err = run_cli(["eval", out, "--data", held, "--json"], capsys)
     assert code == 0, err
     before, after = json.loads(before), json.loads(after)
     assert after["loss"] < before["loss"] - 0.1, (before["loss"], after["loss"])
     answer_tokens = sum(min(len(r["answer"]), 17 - len(r["prompt"])) for r in phrase_pairs())  # cut at the window
     assert after["tokens"] == before["tokens"] == answer_tokens * 8
     assert after["answers_cut"] == 8 * sum(len(r["prompt"]) + len(r["answer"]) > 17 for r in phrase_pairs())
+    # without --data (or with its own data), the run's validation pairs
+    code, own, err = run_cli(["eval", out, "--json"], capsys)
+    assert code == 0, err
+    own = json.loads(own)
+    assert (own["split"], own["pairs"]) == ("validation", 4) and 0 <= own["exact_match"] <= 1
     # the same trainer's resume: continue to step 20
     code, _, err = run_cli(["finetune", base, "--out", out, "--resume", "--quiet", "--train.steps=20"], capsys)
     assert code == 0, err
@@ -170,6 +179,21 @@ def test_finetune_refuses_bad_input(trained_runs, tmp_path, capsys):
         assert __import__("re").search(message, err), (message, err)
     code, _, err = run_cli(["finetune", tmp_path / "nowhere", "--data", pairs, "--out", tmp_path / "out"], capsys)
     assert code == 2 and "does not exist" in err
+    before = {p.name: p.read_bytes() for p in Path(base).iterdir() if p.is_file()}
+    code, _, err = run_cli(["finetune", base, "--data", pairs, "--out", base, "--overwrite", "--quiet"], capsys)
+    assert code == 2 and "is the run directory this run writes (--out)" in err
+    assert {p.name: p.read_bytes() for p in Path(base).iterdir() if p.is_file()} == before  # the source is intact
+    out = tmp_path / "ft"
+    code, _, err = run_cli(["finetune", base, "--data", pairs, "--out", out, "--quiet", "--train.steps=2"], capsys)
+    assert code == 0, err
+    other = trained_runs["ebt"]["dir"]
+    code, _, err = run_cli(["finetune", other, "--out", out, "--resume", "--quiet", "--train.steps=3"], capsys)
+    assert code == 2 and f"was fine-tuned from {Path(base).resolve()}, not from {other}" in err
+    # a pairs file named .json is read as pairs too
+    as_json = tmp_path / "pairs.json"
+    as_json.write_bytes(pairs.read_bytes())
+    code, out_text, err = run_cli(["eval", base, "--data", as_json, "--json"], capsys)
+    assert code == 0 and "exact_match" in json.loads(out_text), err
     code, _, err = run_cli(["eval", base, "--data", tmp_path / "long.jsonl"], capsys)
     assert code == 2 and "long.jsonl, line 1: the prompt is 40 tokens" in err
 

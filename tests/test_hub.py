@@ -246,6 +246,17 @@ def test_save_pretrained_refuses_a_training_run_a_file_and_a_config(runs, tmp_pa
     with pytest.raises(CheckpointError, match="config= is not accepted"):
         model.save_pretrained(tmp_path / "export", config={"model": {}})
     assert not (tmp_path / "export").exists()
+    mine = tmp_path / "my-project"  # a folder of the user's own files is not written over
+    mine.mkdir()
+    (mine / "README.md").write_text("# my project\n")
+    (mine / CONFIG).write_text('{"mine": true}\n')
+    with pytest.raises(CheckpointError, match=r"holds files that are not an export of a model \(README.md, config"):
+        model.save_pretrained(mine)
+    assert (mine / "README.md").read_text() == "# my project\n"
+    (mine / "README.md").unlink(), (mine / CONFIG).unlink()
+    (mine / ".git").mkdir()  # a clone of an empty Hub repository: only hidden files
+    model.save_pretrained(mine)
+    assert ebt.load(mine).run.step == model.run.step
     del model.run
     with pytest.raises(CheckpointError, match="has no run"):
         model.save_pretrained(tmp_path / "export")

@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "tokenizer and config. Any config field can be set with --section.key=value (e.g. "
                        "--train.steps=300 --train.lr=3e-4).")
     p.add_argument("run", type=Path, help="the run to start from")
-    p.add_argument("--data", help="a .jsonl file of {\"prompt\": ..., \"answer\": ...} lines (the loss on the "
-                                  "answers only), or a corpus (continued pretraining)")
+    p.add_argument("--data", help="required unless --resume: a .jsonl file of {\"prompt\": ..., \"answer\": ...} "
+                                  "lines (the loss on the answers only), or a corpus (continued pretraining)")
     p.add_argument("--out", required=True, type=_path, help="run directory to write")
     p.add_argument("--resume", action="store_true", help="continue the fine-tuning run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "of prompt/answer pairs (answer loss, exact match); default: the run's validation split")
     _thinking_args(p)
     p.add_argument("--max-examples", "--max-windows", dest="max_examples", type=int, default=None,
-                   help="score at most this many windows (text), images or clips")
+                   help="score at most this many windows (text), pairs, images or clips; with --suite "
+                        "downstream, pairs per set (default 200)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")

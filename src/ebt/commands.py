@@ -159,6 +159,11 @@ def finetune(args: FinetuneArgs) -> int:
     from ebt.data.pairs import is_pairs_file
 
     if args.resume:
+        init = load_config(args.out).train.init
+        if not init or Path(init) != args.run.expanduser().resolve():
+            raise ConfigError(f"--resume: the run in {args.out} was " + (f"fine-tuned from {init}" if init else
+                              "not fine-tuned from a run") + f", not from {args.run}; pass that run, or resume "
+                              f"with `ebt train --resume --out {args.out}`")
         return train(TrainArgs(out=args.out, data=args.data, overrides=args.overrides, resume=True, quiet=args.quiet))
     base = load_config(args.run)  # names the directory when it is not a run
     pairs = is_pairs_file(args.data)
@@ -238,11 +243,8 @@ def evaluate(args: EvalArgs) -> int:
 def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     """Loss and perplexity on the run's validation split, or on another corpus whole, or on the
     answers of prompt/answer pairs (with exact match)."""
-    from ebt.data.pairs import is_pairs_file
-
-    if args.data is not None and is_pairs_file(args.data):
-        return _eval_pairs(args, run, device, precision)
     from ebt.data.corpus import load_corpus
+    from ebt.data.pairs import is_pairs_file
     from ebt.data.prepared import is_prepared, open_prepared
     from ebt.data.tokens import encode_split
     from ebt.evaluate import evaluate as score
@@ -250,7 +252,10 @@ def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
     from ebt.rundata.text import check_prepared_tokenizer
 
     cfg = run.config
-    if args.data is None or resolve_source(args.data) == cfg.data.corpus:
+    own = args.data is None or resolve_source(args.data) == cfg.data.corpus
+    if is_pairs_file(cfg.data.corpus if own else args.data):
+        return _eval_pairs(args, run, device, precision, own)
+    if own:
         source, split = cfg.data.corpus, "validation"  # never score the text a run trained on
         tokens = load_data(cfg, run.path).validation
     elif is_prepared(args.data):  # a prepared corpus may be large: its held-out split only
@@ -266,28 +271,43 @@ def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
                    seed=args.seed, device=device, precision=precision)
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
-            f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {result['forward_passes']:g} forward passes per token")
+            f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {_passes(result, 'token')}")
     return result, line
 
 
-def _eval_pairs(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
-    """Every pair of a pairs file: loss and perplexity of the answers given their prompts, and the
-    share answered exactly by greedy decoding."""
+def _eval_pairs(args: EvalArgs, run, device, precision: str, own: bool) -> tuple[dict, str]:
+    """Loss and perplexity of the answers given their prompts, and the share answered exactly by
+    greedy decoding: every pair of a pairs file, or (`own`) the validation pairs of a run trained
+    on pairs."""
     from ebt.data.pairs import encode_pairs, read_pairs
     from ebt.evaluate import evaluate as score
+    from ebt.rundata import load_data
 
-    pairs = read_pairs(args.data)
-    encoded = encode_pairs(pairs, run.tokenizer, run.config.model.context_len + 1, args.data)
-    result = score(run.model, encoded.split, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
+    window = run.config.model.context_len + 1
+    if own:
+        source, split, cut = run.config.data.corpus, "validation", None
+        tokens = load_data(run.config, run.path).validation
+    else:
+        source, split = args.data, "all"
+        encoded = encode_pairs(read_pairs(args.data), run.tokenizer, window, args.data)
+        tokens, cut = encoded.split, encoded.cut_answers
+    result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
                    seed=args.seed, device=device, precision=precision, exact_match=True)
-    scored = min(len(pairs), args.max_examples or len(pairs))
-    result = {"run": str(args.run), "kind": run.config.model.kind, "data": args.data, "split": "pairs",
-              "pairs": scored, "answers_cut": encoded.cut_answers, **result}
-    line = (f"{args.run} ({run.config.model.kind}) on {args.data} [{scored} pairs]: answer loss {result['loss']:.4f} "
-            f"nats/token, ppl {result['ppl']:.4g}, exact match {result['exact_match']:.3f}, {result['tokens']:,} "
-            f"answer tokens, {result['forward_passes']:g} forward passes per token"
-            + (f"; {encoded.cut_answers} answers cut at the context's end" if encoded.cut_answers else ""))
+    pairs = min(tokens.examples(window), args.max_examples or tokens.examples(window))
+    result = {"run": str(args.run), "kind": run.config.model.kind, "data": source, "split": split, "pairs": pairs,
+              **({"answers_cut": cut} if cut is not None else {}), **result}
+    line = (f"{args.run} ({run.config.model.kind}) on {source} [{split}, {pairs} pairs]: answer loss "
+            f"{result['loss']:.4f} nats/token, ppl {result['ppl']:.4g}, exact match {result['exact_match']:.3f}, "
+            f"{result['tokens']:,} answer tokens, {_passes(result, 'token')}"
+            + (f"; {cut} answers cut at the context's end" if cut else ""))
     return result, line
+
+
+def _passes(result: dict, unit: str) -> str:
+    """"N forward passes per token" (and, with adaptive thinking, the mean steps taken)."""
+    passes = result["forward_passes"]
+    text = f"{passes:g} forward pass{'' if passes == 1 else 'es'} per {unit}"
+    return text + (f" ({result['mean_steps']:.3g} steps on average)" if "mean_steps" in result else "")
 
 
 def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
@@ -312,7 +332,7 @@ def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     result = {"run": str(run.path), "kind": cfg.model.kind, "data": source, "split": split, "noise": level, **result}
     line = (f"{run.path} ({cfg.model.kind}) on {source} [{split}], noise {level}: "
             f"PSNR {result['psnr']:.2f} dB (noisy {result['noisy_psnr']:.2f}), MSE {result['mse']:.2f}, "
-            f"loss {result['loss']:.4f}, {result['images']} images, {result['forward_passes']:g} forward passes per image")
+            f"loss {result['loss']:.4f}, {result['images']} images, {_passes(result, 'image')}")
     return result, line
 
 
@@ -339,7 +359,7 @@ def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     line = (f"{args.run} ({kind}) on {CORPUS} [validation]: smooth_l1 {result['smooth_l1']:.4f} "
             f"(copy-last-frame {result['copy_smooth_l1']:.4f}), mse {result['mse']:.4f} "
             f"(copy {result['copy_mse']:.4f}), {result['frames']:,} frames, "
-            f"{result['forward_passes']:g} forward passes per frame")
+            f"{_passes(result, 'frame')}")
     if args.plots is not None:
         from ebt.plots import plot_energy_by_frame
 
@@ -400,8 +420,9 @@ def _print_downstream(result: dict) -> None:
 
     entries = result["datasets"]
     thinking = any("budgets" in e for e in entries.values())
-    print(f"answer perplexity given the question ({result['kind']} {result['run']}; the validation row: the "
-          f"pretraining validation split){'; EBT thinking budgets in forward passes' if thinking else ''}")
+    print(f"answer perplexity given the question, {result['run']} ({result['kind']}); the validation row: the "
+          "pretraining validation split" + ("; columns: thinking steps, then best of M candidates at 3 steps"
+                                            if thinking else ""))
     head = "".join(f"{f'{s}x{m}' if m > 1 else f'{s} steps':>11}" for s, m in BUDGETS) if thinking else f"{'ppl':>11}"
     baseline = result["baseline"] is not None
     print(f"{'dataset':<20}{'pairs':>7}{head}{'best gain':>11}{'T++':>11}" if thinking else

@@ -313,7 +313,7 @@ class RunConfig:
              "≥ 1 with train.eval_spacing = 'log' (the first validation step)"),
             ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
             ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
-            ("train.log_to", tr.log_to, tr.log_to in LOG_TO, ", ".join(map(repr, LOG_TO))),
+            ("train.log_to", tr.log_to, tr.log_to in LOG_TO, "one of " + ", ".join(map(repr, LOG_TO))),
             ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
             ("train.precision", tr.precision, tr.precision in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
             ("train.grad_accum", tr.grad_accum, tr.grad_accum >= 1, "≥ 1"),

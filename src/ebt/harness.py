@@ -18,9 +18,9 @@ Log-likelihoods are natural logarithms (nats).
 - `loglikelihood`: each (context, continuation) is an `ebt.data.pairs.Pair`, encoded by
   `encode_pairs(..., cut_prompts=True)`: one window per request, the context read, the
   continuation scored, as `ebt eval --data PAIRS.jsonl` scores its pairs. A context too long for
-  the window keeps its last tokens (`ebt eval` refuses it). A continuation longer than the window
-  (max_length tokens after at least one context token) is scored on its first tokens that fit,
-  with a warning: a log-likelihood of part of it.
+  the window keeps its last tokens (`ebt eval` refuses it), at least half a window's; a
+  continuation longer than the rest of the window is scored on its first tokens that fit, with a
+  warning: a log-likelihood of part of it.
 - `loglikelihood_rolling`: a text's tokens in windows of max_length + 1, as `ebt eval` walks a
   corpus (each window starts on the last token of the previous, so every token is predicted
   once), except the last, moved back to end on the text's end: the tokens it shares with the one
@@ -198,9 +198,9 @@ class EBTLM(LM):
             for i, log_likelihood, greedy in zip(group, windows["log_likelihood"], windows["greedy"]):
                 results[i] = (float(log_likelihood), bool(greedy))
         if cut:
-            warnings.warn(f"{cut} of {scored} continuations are longer than the {self.max_length} tokens a window "
-                          "holds after one context token: each is scored on its first tokens only, so its "
-                          "log-likelihood covers part of it", stacklevel=2)
+            warnings.warn(f"{cut} of {scored} continuations do not fit the window ({self.max_length} tokens) beside "
+                          "their context: each is scored on its first tokens only, so its log-likelihood covers "
+                          "part of it", stacklevel=2)
         for request, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", request.args, result)
         return results
@@ -299,8 +299,8 @@ def _generation(gen_kwargs: dict[str, Any] | None) -> tuple[list[str], int, floa
         raise ConfigError(f"gen_kwargs {', '.join(map(repr, unknown))} are not supported by --model ebt; "
                           f"it takes {', '.join(GENERATION_ARGS)}")
     until = gen_kwargs.get("until") or []
-    until = [until] if isinstance(until, str) else list(until)
-    if not all(isinstance(s, str) for s in until):
+    until = [until] if isinstance(until, str) else until
+    if not isinstance(until, (list, tuple)) or not all(isinstance(s, str) for s in until):
         raise ConfigError(f"gen_kwargs until = {gen_kwargs['until']!r} is not allowed; it must be a string or a list "
                           "of strings")
     until = [s for s in until if s]
@@ -326,13 +326,14 @@ def _check_int(name: str, value: Any, low: int, high: int, note: str = "", kind:
 
 def answer_metrics(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, Any]:
     """The downstream tasks' `process_results`: one loglikelihood result (log p(answer | prompt)
-    in nats, greedy) → lm_eval's `perplexity` (per answer: exp(−mean log p)), `acc` (the share of
-    answers greedy decoding gives, `ebt eval`'s exact_match), and per byte of the answers'
-    UTF-8 text, tokenizer-free: `byte_perplexity` (exp(−Σ log p / Σ bytes)), `bits_per_byte`."""
+    in nats, greedy) → `acc` (the share of answers greedy decoding gives, `ebt eval`'s exact_match),
+    and per byte of the answers' UTF-8 text, tokenizer-free: `byte_perplexity` (exp(−Σ log p /
+    Σ bytes)), `bits_per_byte`. (lm_eval's own `perplexity` is per answer, exp(−mean log p): for
+    answers of hundreds of tokens, a number of hundreds of digits; the per-token figure is `ebt
+    eval RUN --data SET.jsonl`'s.)"""
     (log_likelihood, greedy), = results
     size = len(doc["answer"].encode("utf-8"))
-    return {"perplexity": log_likelihood, "acc": int(greedy), "byte_perplexity": (log_likelihood, size),
-            "bits_per_byte": (log_likelihood, size)}
+    return {"acc": int(greedy), "byte_perplexity": (log_likelihood, size), "bits_per_byte": (log_likelihood, size)}
 
 
 def write_tasks(out: str | Path, data_dir: str | Path | None = None) -> tuple[list[Path], list[Path]]:

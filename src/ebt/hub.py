@@ -34,7 +34,7 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from ebt.checkpoint import (CHECKPOINTS, CONFIG, DATA, ENCODER, METRICS, TOKENIZER, TRAIN_STATE, WEIGHTS,
-                            save_config, save_weights, snapshot_path, validation_rows)
+                            load_config, save_config, save_weights, snapshot_path, validation_rows)
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError
 from ebt.files import atomic_write
@@ -137,6 +137,24 @@ def check_destination(out: Path) -> None:
         raise CheckpointError(f"{str(out)!r} holds a training run ({', '.join(training)}); save_pretrained does not "
                               "write into one, since its training state would no longer match the weights: "
                               "choose a new or empty directory")
+    # Anything else there must be an earlier export (hidden files, such as a clone's .git, aside):
+    # a folder of the user's own files is not written over.
+    others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if others and not _is_export(out):
+        raise CheckpointError(f"{str(out)!r} holds files that are not an export of a model ({', '.join(others[:4])}"
+                              f"{', ...' if len(others) > 4 else ''}); save_pretrained writes only into a new or "
+                              "empty directory or over an earlier export: choose another")
+
+
+def _is_export(out: Path) -> bool:
+    """Whether `out` holds a loadable export: our config.json and model.safetensors."""
+    if not (out / WEIGHTS).is_file():
+        return False
+    try:
+        load_config(out)
+    except CheckpointError:
+        return False
+    return True
 
 
 def export(out: Path, config: RunConfig, model: nn.Module, step: int, artifacts: dict[str, Any],

@@ -154,6 +154,10 @@ def downstream_suite(
     mine, theirs = _check_suite_runs("downstream", run, baseline, options, device, precision)
     if baseline is not None and not is_energy_based(run.model):
         raise ConfigError("--baseline is the Transformer++ scored beside an EBT run; this run is a Transformer++ itself")
+    if baseline is not None and baseline.config.model.context_len != run.config.model.context_len:
+        raise ConfigError(f"--baseline {baseline.path} reads {baseline.config.model.context_len} tokens "
+                          f"(model.context_len) and {run.path} {run.config.model.context_len}: their answers would be "
+                          "scored given different parts of the prompts; compare runs of one context length")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
     common = dict(batch_size=batch_size, max_windows=max_examples, seed=seed, device=device)

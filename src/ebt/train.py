@@ -150,6 +150,9 @@ def _train(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: b
     config = config.override("data.corpus", resolve_source(config.data.corpus))
     if config.train.init and not resume:  # saved absolute, like the corpus
         init = Path(config.train.init).expanduser().resolve()
+        if init == out.resolve():
+            raise ConfigError(f"train.init = {config.train.init!r} is the run directory this run writes (--out); "
+                              "a run starts from another run's weights: choose another --out")
         try:
             load_config(init)
         except CheckpointError as e:

@@ -189,6 +189,10 @@ def iter_documents(path: Path) -> Iterator[str]:
                 yield text
 
 
+_JSONL_FORMS = ('a .jsonl corpus holds one JSON object per line, with the document in the string field "text" '
+                '(prompt/answer pairs, from the first line on: the string fields "prompt" and "answer")')
+
+
 def _jsonl_documents(path: Path) -> Iterator[str]:
     try:
         handle = path.open("rb")
@@ -204,12 +208,10 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
             except UnicodeDecodeError as err:
                 raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
             except json.JSONDecodeError as err:
-                raise DataError(f"{where} is not valid JSON ({err.msg}); a .jsonl corpus holds one JSON object "
-                                'per line, with the document in the string field "text"') from None
+                raise DataError(f"{where} is not valid JSON ({err.msg}); {_JSONL_FORMS}") from None
             text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
-                raise DataError(f'{where} has no string field "text" (a .jsonl corpus holds one JSON object per '
-                                'line, with the document in the string field "text")')
+                raise DataError(f'{where} has no string field "text"; {_JSONL_FORMS}')
             if text.strip():
                 yield text.replace("\r\n", "\n")
 

@@ -42,10 +42,10 @@ class Pair:
 
 
 def is_pairs_file(source: str | Path) -> bool:
-    """Whether `source` is a .jsonl file whose first record has a "prompt" field (a pairs file,
-    not a corpus of "text" documents)."""
+    """Whether `source` is a .jsonl (or .json) file whose first record is an object with a "prompt"
+    field: a pairs file, not a corpus of "text" documents."""
     path = Path(source).expanduser()
-    if path.suffix != ".jsonl" or not path.is_file():
+    if path.suffix not in (".jsonl", ".json") or not path.is_file():
         return False
     try:
         with path.open("rb") as handle:
@@ -85,7 +85,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
         for name in FIELDS:
             value = record.get(name)
             if not isinstance(value, str):
-                problem = "has no field" if name not in record else f"has a {type(value).__name__} in the field"
+                problem = "has no field" if name not in record else f"has a value of type {type(value).__name__} in the field"
                 raise DataError(f'{where} {problem} "{name}"; each line needs the string fields "prompt" and "answer"')
             if not value.strip():
                 raise DataError(f'{where} has an empty "{name}"; a pair needs a prompt to read and an answer to score')
@@ -125,9 +125,11 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer: Any, window: int, name: str =
 
     A prompt must leave room for at least one answer token (≤ context_len tokens); a longer one is
     a DataError naming the pair (its `where`, e.g. "pairs.jsonl, line 7") unless `cut_prompts`,
-    which keeps the prompt's last tokens that fit beside the answer (the downstream sets: a
-    question after a long paragraph). An answer longer than the rest of the window is cut there
-    and counted. An answer or prompt that encodes to no tokens is a DataError."""
+    which keeps the prompt's last tokens (the downstream sets: a question after a long paragraph):
+    those that fit beside the whole answer, but at least half a window's (or the whole prompt if
+    shorter), so that a long answer is still scored given its question. An answer longer than the
+    rest of the window is cut there and counted. An answer or prompt that encodes to no tokens is
+    a DataError."""
     check_window(window)
     encode_batch = getattr(tokenizer, "encode_batch", None)
     texts = [p.prompt for p in pairs] + [p.answer for p in pairs]
@@ -143,7 +145,8 @@ def encode_pairs(pairs: Sequence[Pair], tokenizer: Any, window: int, name: str =
             raise DataError(f"{where}: the prompt is {len(prompt)} tokens, more than the model's context of "
                             f"{window - 1} (model.context_len) that must also predict the answer's first token; "
                             "shorten the prompt")
-        keep = max(1, window - len(answer))  # the prompt's last tokens that fit beside the whole answer
+        # The prompt's last tokens that fit beside the whole answer, or at least half a window's.
+        keep = max(window - len(answer), min(len(prompt), window // 2))
         if cut_prompts and len(prompt) > keep:
             cut_prompt += 1
             prompt = prompt[len(prompt) - keep:]
