@@ -239,6 +239,8 @@ def model_card(config: RunConfig, model: nn.Module, step: int, validation: dict 
                                   f"weight decay {tr.weight_decay:g}"),
                 ("precision", tr.precision), ("data", corpus + (f", {config.data.layout} windows"
                                                                         if m.task == "text" else ""))]
+    if tr.init:  # fine-tuned: these steps came after another run's
+        training.insert(0, ("started from", f"the weights of `{Path(tr.init).name}` (fine-tuning, `ebt finetune`)"))
     if m.kind == "ebt":
         training.append(("thinking", thinking_recipe(config, model)))
     article = "An" if KINDS[m.kind][0] in "AEIOU" else "A"
