@@ -83,7 +83,7 @@ def test_encode_pairs_cuts_and_refuses(byte_tokenizer):
     ('{"prompt": "a"}', r'line 2 has no field "answer"'),
     ('{"prompt": "a", "answer": "  "}', r'line 2 has an empty "answer"'),
     ('{"prompt": "", "answer": "b"}', r'line 2 has an empty "prompt"'),
-    ('{"prompt": 3, "answer": "b"}', r'line 2 has a value of type int in the field "prompt"'),
+    ('{"prompt": 3, "answer": "b"}', r'line 2 has the int 3 in the field "prompt"'),
     ('["a", "b"]', r"line 2 is a JSON list"),
     ("{oops", r"line 2 is not valid JSON"),
 ])

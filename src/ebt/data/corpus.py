@@ -193,27 +193,34 @@ _JSONL_FORMS = ('a .jsonl corpus holds one JSON object per line, with the docume
                 '(prompt/answer pairs, from the first line on: the string fields "prompt" and "answer")')
 
 
-def _jsonl_documents(path: Path) -> Iterator[str]:
+def json_lines(path: Path, form: str, what: str = "corpus file") -> Iterator[tuple[str, object]]:
+    """("FILE, line N", the parsed value) of every non-blank line of a JSON-lines file. DataError
+    naming the file (`what`: how to call it) when it cannot be read, and the line when it is not
+    UTF-8 or not JSON (`form`: what the file should hold, for the message)."""
     try:
         handle = path.open("rb")
     except OSError as err:
-        raise DataError(f"cannot read corpus file {str(path)!r}: {err.strerror}") from None
+        raise DataError(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
     with handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             where = f"{path}, line {number}"
             try:
-                record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                yield where, json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError as err:
                 raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
             except json.JSONDecodeError as err:
-                raise DataError(f"{where} is not valid JSON ({err.msg}); {_JSONL_FORMS}") from None
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                raise DataError(f'{where} has no string field "text"; {_JSONL_FORMS}')
-            if text.strip():
-                yield text.replace("\r\n", "\n")
+                raise DataError(f"{where} is not valid JSON ({err.msg}); {form}") from None
+
+
+def _jsonl_documents(path: Path) -> Iterator[str]:
+    for where, record in json_lines(path, _JSONL_FORMS):
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise DataError(f'{where} has no string field "text"; {_JSONL_FORMS}')
+        if text.strip():
+            yield text.replace("\r\n", "\n")
 
 
 def split_stream(documents: Iterable[str], validation_fraction: float, name: str = "corpus"

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ebt.data.corpus import json_lines
 from ebt.data.tokens import TokenSplit, check_window, context_only
 from ebt.errors import DataError
 
@@ -63,36 +64,21 @@ def read_pairs(path: str | Path) -> list[Pair]:
     a line that is not a JSON object, a missing or non-string "prompt" or "answer", an empty
     prompt or answer (blank text), and for a file with no pairs."""
     path = Path(path).expanduser()
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read pairs file {str(path)!r}: {err.strerror}") from None
+    form = 'a pairs file holds one JSON object per line with the string fields "prompt" and "answer"'
     pairs = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
-        except json.JSONDecodeError as err:
-            raise DataError(f"{where} is not valid JSON ({err.msg}); a pairs file holds one JSON object per line "
-                            'with the string fields "prompt" and "answer"') from None
+    for where, record in json_lines(path, form, "pairs file"):
         if not isinstance(record, dict):
-            raise DataError(f"{where} is a JSON {type(record).__name__}, not an object with the string fields "
-                            '"prompt" and "answer"')
+            raise DataError(f"{where} is a JSON {type(record).__name__}, not an object; {form}")
         for name in FIELDS:
             value = record.get(name)
             if not isinstance(value, str):
-                problem = "has no field" if name not in record else f"has a value of type {type(value).__name__} in the field"
-                raise DataError(f'{where} {problem} "{name}"; each line needs the string fields "prompt" and "answer"')
+                problem = "has no field" if name not in record else f"has the {type(value).__name__} {str(value)[:20]} in the field"
+                raise DataError(f'{where} {problem} "{name}"; {form}')
             if not value.strip():
                 raise DataError(f'{where} has an empty "{name}"; a pair needs a prompt to read and an answer to score')
         pairs.append(Pair(record["prompt"].replace("\r\n", "\n"), record["answer"].replace("\r\n", "\n"), where))
     if not pairs:
-        raise DataError(f"pairs file {str(path)!r} holds no pairs (one JSON object per line with the string fields "
-                        '"prompt" and "answer")')
+        raise DataError(f"pairs file {str(path)!r} holds no pairs; {form}")
     return pairs
 
 
