@@ -243,7 +243,8 @@ def test_tasks_command_writes_absolute_data_paths(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize("args, message", [
     ("stepz=3", r"unknown model_args 'stepz' for --model ebt; allowed: pretrained, steps, samples, step_size, "
-                r"langevin_std, tolerance, batch_size, device, precision, seed, max_length"),
+                r"langevin_std, tolerance, momentum, nesterov, spectral_step, max_step_norm, batch_size, device, "
+                r"precision, seed, max_length"),
     ("steps=0", r"model_args: thinking option steps \(--steps\) = 0 is not allowed; it must be an integer in \[1, "),
     ("samples=two", r"samples \(--samples\) = 'two' is not allowed"),
     ("batch_size=0", r"model_args batch_size = 0 is not allowed; it must be an integer in \[1, 65536\]"),

@@ -202,6 +202,14 @@ def _thinking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--langevin-std", type=float, default=0.0, help="EBT: noise σ added before each step")
     p.add_argument("--tolerance", type=float, default=None,
                    help="EBT adaptive thinking: a position stops when its energy changes by less than this")
+    p.add_argument("--momentum", type=float, default=None, help="EBT inner optimizer: momentum μ in [0, 1) "
+                   "(default: as trained, think.momentum)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="EBT inner optimizer: Nesterov's form of the momentum (default: as trained)")
+    p.add_argument("--spectral-step", type=float, default=None, help="EBT inner optimizer: α = C / λ_max of ∇²E per "
+                   "position, by power iteration (0 = off; default: as trained)")
+    p.add_argument("--max-step-norm", type=float, default=None, help="EBT: bound each position's step to this L2 "
+                   "norm (0 = off; default: as trained)")
 
 
 def _compile_arg(p: argparse.ArgumentParser) -> None:
@@ -212,7 +220,8 @@ def _compile_arg(p: argparse.ArgumentParser) -> None:
 
 def _options(a: argparse.Namespace) -> ThinkingOptions:
     return ThinkingOptions(steps=a.steps, samples=a.samples, step_size=a.step_size, langevin_std=a.langevin_std,
-                           tolerance=a.tolerance)
+                           tolerance=a.tolerance, momentum=a.momentum, nesterov=a.nesterov,
+                           spectral_step=a.spectral_step, max_step_norm=a.max_step_norm)
 
 
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:

@@ -64,6 +64,12 @@ class ThinkConfig:
     langevin_std: float = 0.0  # σ of Gaussian noise added to the candidate before each training step
     replay_buffer_size: int = 0  # sequences whose final candidates are replayed (FIFO); memory =
     # size × context_len × (candidate_dim × 4 + 16) bytes, e.g. 256 × 128 × 256 logits ≈ 34 MB; 0 = off
+    # The inner optimizer of thinking (ebt.think.InnerOptimizer), in training and by default at inference.
+    momentum: float = 0.0  # μ in [0, 1): a velocity per candidate (heavy ball); 0 = plain descent
+    nesterov: bool = False  # with momentum: Nesterov's look-ahead form
+    spectral_step: float = 0.0  # c > 0: α = c / λ_max(∇²_p E) per position (power iteration); 0 = off
+    power_iterations: int = 3  # Hessian-vector products per spectral estimate
+    max_step_norm: float = 0.0  # > 0: each position's step scaled down to this L2 norm; 0 = off
 
     @property
     def num_landscapes(self) -> int:
@@ -293,6 +299,13 @@ class RunConfig:
             ("think.min_steps", t.min_steps, 0 <= t.min_steps <= t.steps, f"in [0, think.steps = {t.steps}]"),
             ("think.langevin_std", t.langevin_std, _finite(t.langevin_std) and t.langevin_std >= 0, "finite and ≥ 0"),
             ("think.replay_buffer_size", t.replay_buffer_size, t.replay_buffer_size >= 0, "≥ 0"),
+            ("think.momentum", t.momentum, _finite(t.momentum) and 0 <= t.momentum < 1, "in [0, 1)"),
+            ("think.nesterov", t.nesterov, not t.nesterov or t.momentum > 0, "false unless think.momentum > 0"),
+            ("think.spectral_step", t.spectral_step, _finite(t.spectral_step) and t.spectral_step >= 0,
+             "finite and ≥ 0 (0 = off)"),
+            ("think.power_iterations", t.power_iterations, 1 <= t.power_iterations <= 100, "in [1, 100]"),
+            ("think.max_step_norm", t.max_step_norm, _finite(t.max_step_norm) and t.max_step_norm >= 0,
+             "finite and ≥ 0 (0 = off)"),
             ("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
              "false when think.truncate_graph is true (earlier steps have no graph to learn through)"),
             ("train.steps", tr.steps, tr.steps >= 1, "≥ 1"),

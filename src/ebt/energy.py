@@ -38,9 +38,15 @@ from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, chec
 from ebt.tasks.image import Denoising
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
-from ebt.think import ThinkingOptions, Thought, first_order, lowest_energy_sample, think
+from ebt.think import InnerOptimizer, ThinkingOptions, Thought, first_order, lowest_energy_sample, think
 
 MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
+
+
+def inner_optimizer(think_config: ThinkConfig) -> InnerOptimizer:
+    """The inner optimizer the config trains (and by default thinks) with (`ebt.think.InnerOptimizer`)."""
+    c = think_config
+    return InnerOptimizer(c.momentum, c.nesterov, c.spectral_step, c.power_iterations, c.max_step_norm)
 
 
 def step_size_parameter(think_config: ThinkConfig) -> nn.Parameter:
@@ -353,6 +359,7 @@ def think_samples(
         generator=generator,
         score_final=score_final or samples > 1,
         gradient=gradient,
+        optimizer=options.optimizer(inner_optimizer(model.think_config)),
     )
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
     # With one sample this picks it; with M the one of lowest final energy, per position.

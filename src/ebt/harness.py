@@ -91,8 +91,8 @@ class EBTLM(LM):
     """A trained text run (EBT or Transformer++) as an lm_eval model.
 
     pretrained: the run directory (`ebt train --out`).
-    steps, samples, step_size, langevin_std, tolerance: the EBT's thinking (`ThinkingOptions`; a
-        Transformer++ run refuses them).
+    steps, samples, step_size, langevin_std, tolerance, momentum, nesterov, spectral_step,
+        max_step_norm: the EBT's thinking (`ThinkingOptions`; a Transformer++ run refuses them).
     batch_size: windows per forward pass (16, as `ebt eval`). device: 'auto' (CUDA when available),
         'cpu', 'cuda', 'cuda:N'. precision: 'fp32', 'bf16', 'fp16' (CUDA), or None for the run's
         train.precision. seed: of the EBT's initial candidates and of sampling.
@@ -105,14 +105,17 @@ class EBTLM(LM):
 
     def __init__(self, pretrained: str | Path | None = None, *, steps: int | None = None, samples: int = 1,
                  step_size: float | None = None, langevin_std: float = 0.0, tolerance: float | None = None,
-                 batch_size: int | str = 16, device: str = "auto", precision: str | None = None, seed: int = 0,
+                 momentum: float | None = None, nesterov: bool | None = None, spectral_step: float | None = None,
+                 max_step_norm: float | None = None, batch_size: int | str = 16, device: str = "auto", precision: str | None = None, seed: int = 0,
                  max_length: int | None = None) -> None:
         super().__init__()
         if pretrained is None or pretrained == "":
             raise ConfigError("model_args needs pretrained=RUN_DIR, a run directory of `ebt train`")
         try:
             self.options = ThinkingOptions(steps=steps, samples=samples, step_size=step_size,
-                                           langevin_std=langevin_std, tolerance=tolerance)
+                                           langevin_std=langevin_std, tolerance=tolerance, momentum=momentum,
+                                           nesterov=nesterov, spectral_step=spectral_step,
+                                           max_step_norm=max_step_norm)
         except ConfigError as error:
             raise ConfigError(f"model_args: {error}") from None
         if isinstance(batch_size, str) and batch_size.isdigit():  # lm_eval's --batch_size is a string

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
+from ebt.energy import inner_optimizer
 from ebt.errors import CheckpointError
 from ebt.think import example_normal, example_randint, think
 
@@ -62,6 +63,7 @@ class UnrolledThinking(nn.Module):
             detach_steps=cfg.detach_steps,
             langevin_std=cfg.langevin_std,
             recompute_steps=model.activation_checkpointing and model.training,
+            optimizer=inner_optimizer(cfg),
         )
         final = thought.y.squeeze(1)  # (B, S, C)
         if self.replay is not None:

@@ -29,6 +29,7 @@ So E and ∇E carry the rounding of 16-bit matmuls (bf16: about 1e-2 relative), 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
@@ -57,6 +58,8 @@ class ThinkingOptions:
     step_size: α (None: as trained).
     langevin_std: σ of the Gaussian noise added to the candidate before each step.
     tolerance: adaptive thinking, a position stops once its energy changes by less than this.
+    momentum, nesterov, spectral_step, max_step_norm: the inner optimizer (`InnerOptimizer`),
+        each None for the value the model trained with (think.*).
 
     Raises ConfigError naming the option (and its command-line flag), the value and what is allowed.
     """
@@ -66,6 +69,11 @@ class ThinkingOptions:
     step_size: float | None = None
     langevin_std: float = 0.0
     tolerance: float | None = None
+    # The inner optimizer (`InnerOptimizer`); None: as trained.
+    momentum: float | None = None
+    nesterov: bool | None = None
+    spectral_step: float | None = None
+    max_step_norm: float | None = None
 
     def __post_init__(self) -> None:
         _check_count("steps", self.steps, MAX_THINKING_STEPS, optional=True)
@@ -73,6 +81,23 @@ class ThinkingOptions:
         _check_real("step_size", self.step_size, positive=True, optional=True)
         _check_real("langevin_std", self.langevin_std)
         _check_real("tolerance", self.tolerance, optional=True)
+        if self.momentum is not None:
+            _check_real("momentum", self.momentum)
+            if self.momentum >= 1:
+                raise ConfigError(f"thinking option {_flag('momentum')} = {self.momentum!r} is not allowed; it must "
+                                  "be in [0, 1) (the share of the last update kept)")
+        if self.nesterov is not None and not isinstance(self.nesterov, bool):
+            raise ConfigError(f"thinking option {_flag('nesterov')} = {self.nesterov!r} is not allowed; it must be "
+                              "true or false")
+        _check_real("spectral_step", self.spectral_step, optional=True)
+        _check_real("max_step_norm", self.max_step_norm, optional=True)
+
+    def optimizer(self, trained: InnerOptimizer) -> InnerOptimizer:
+        """The inner optimizer a model trained with `trained` thinks with under these options."""
+        given = {name: getattr(self, name) for name in ("momentum", "nesterov", "spectral_step", "max_step_norm")
+                 if getattr(self, name) is not None}
+        return dataclasses.replace(trained, **given)
+
 
     @classmethod
     def of(cls, options: ThinkingOptions | None = None, **given: Any) -> ThinkingOptions:
@@ -98,6 +123,46 @@ class ThinkingOptions:
         """The options set, as 'steps = 3, samples = 2' (only `names`, when given)."""
         return ", ".join(f"{k} = {v!r}" for k, v in self.given().items() if names is None or k in names)
 
+
+@dataclass(frozen=True)
+class InnerOptimizer:
+    """How a thinking step turns ∇E into the update of the candidate (plain: p − α∇E).
+
+    momentum μ: a velocity per candidate, v ← μ v + α∇E, the step −v (heavy ball); with
+        `nesterov`, the step −(α∇E + μ v) (PyTorch's SGD form of Nesterov's look-ahead).
+    spectral_step c > 0: α = c / λ_max per position, λ_max the largest eigenvalue of ∇²_p E there,
+        estimated by `power_iterations` Hessian-vector products (each a forward-and-backward pass,
+        counted in `forward_passes`); where the estimate is not finite or not positive (no
+        curvature to scale by), the given α is used and the step counted in
+        `Thought.spectral_fallbacks`. 0: off.
+    max_step_norm b > 0: each position's step scaled down to L2 norm ≤ b (a cheap guard). 0: off.
+
+    Raises ConfigError naming the field for a value out of range.
+    """
+
+    momentum: float = 0.0
+    nesterov: bool = False
+    spectral_step: float = 0.0
+    power_iterations: int = 3
+    max_step_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = [("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+                  ("spectral_step", self.spectral_step, self.spectral_step >= 0, "≥ 0 (0 = off)"),
+                  ("max_step_norm", self.max_step_norm, self.max_step_norm >= 0, "≥ 0 (0 = off)")]
+        for name, value, ok, allowed in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
+                raise ConfigError(f"{name} = {value!r} is not allowed; it must be a finite number {allowed}")
+        if not isinstance(self.power_iterations, int) or isinstance(self.power_iterations, bool) \
+                or not 1 <= self.power_iterations <= 100:
+            raise ConfigError(f"power_iterations = {self.power_iterations!r} is not allowed; it must be an integer "
+                              "in [1, 100]")
+        if self.nesterov and not self.momentum:
+            raise ConfigError("nesterov = true needs a momentum > 0 (Nesterov's look-ahead is along the velocity)")
+
+    @property
+    def plain(self) -> bool:
+        return not (self.momentum or self.spectral_step or self.max_step_norm)
 
 def _flag(name: str) -> str:
     return f"{name} (--{name.replace('_', '-')})"
@@ -135,6 +200,7 @@ class Thought:
     energies: list[Tensor] = field(default_factory=list)
     forward_passes: int = 0
     steps_taken: Tensor | None = None  # (…, S) per-position steps, when thinking adaptively
+    spectral_fallbacks: int = 0  # positions × steps where the spectral step size fell back to α
 
     @property
     def y(self) -> Tensor:
@@ -152,6 +218,7 @@ class Thought:
             [take_sample(e, index) for e in self.energies],
             self.forward_passes,
             None if self.steps_taken is None else take_sample(self.steps_taken, index),
+            self.spectral_fallbacks,
         )
 
 
@@ -171,6 +238,7 @@ def think(
     score_final: bool = False,
     recompute_steps: bool = False,
     gradient: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
+    optimizer: InnerOptimizer | None = None,
 ) -> Thought:
     """Descend the energy from candidate y (…, S, C) for `steps` steps; see the module docstring.
 
@@ -194,6 +262,9 @@ def think(
     gradient: `gradient(p, step)` → (E (…, S) in the dtype the model ran in, ∇_p E), used for the
         steps that build no graph in place of autograd on `energy`: a model's compiled one
         (`first_order` under `torch.compile`, `ebt.compiled`). It must equal `energy`'s.
+    optimizer: how ∇E becomes the update (`InnerOptimizer`: momentum, Nesterov, a spectral step
+        size, a bound on the step); None or the default: plain descent, p − α∇E. The velocity
+        and the spectral α are detached: a loss reaches θ through each step's own ∇E only.
 
     Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
     """
@@ -202,6 +273,8 @@ def think(
                           "torch.no_grad() instead (thinking enables gradients inside it)")
     thought = Thought()
     active = None  # (…, S) positions still thinking, when adaptive
+    optimizer = optimizer or InnerOptimizer()
+    velocity = None  # (…, S, C): the momentum of each candidate
     with torch.enable_grad():
         for step in range(steps):
             graph = create_graph and (not truncate_graph or step == steps - 1)
@@ -219,7 +292,12 @@ def think(
                 e, g = _energy_and_gradient(energy, p, step, graph, ran_in, None if graph else gradient)
             model_dtype = ran_in[0]
             thought.forward_passes += 1
-            update = p - step_size * g
+            if optimizer.plain:
+                update = p - step_size * g
+            else:
+                delta, velocity = _optimizer_step(optimizer, energy, p, step, e, g, step_size, velocity, thought,
+                                                  generator)
+                update = p - delta
             # One check (one device sync) per step: the candidate it makes and the energy it saw.
             # Which part went wrong is worked out only once something has.
             if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
@@ -266,6 +344,52 @@ def _energy_and_gradient(energy: Energy, p: Tensor, step: int, graph: bool, ran_
     e = e.to(torch.promote_types(e.dtype, p.dtype))
     (g,) = torch.autograd.grad(e.sum(), p, create_graph=graph)
     return e, g
+
+
+def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: int, e: Tensor, g: Tensor,
+                    step_size: Tensor | float, velocity: Tensor | None, thought: Thought,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    """The step δ (p's shape; the update is p − δ) under `optimizer`, and the new velocity."""
+    per = tuple(range(e.dim(), p.dim()))  # a position's candidate dimensions
+    alpha = step_size
+    if optimizer.spectral_step:
+        lam = lambda_max(energy, p, step, optimizer.power_iterations, generator)  # (…, S)
+        thought.forward_passes += 1 + optimizer.power_iterations
+        usable = torch.isfinite(lam) & (lam > 0)
+        thought.spectral_fallbacks += int((~usable).sum())
+        spectral = optimizer.spectral_step / torch.where(usable, lam, torch.ones_like(lam))
+        given = torch.as_tensor(step_size, dtype=p.dtype, device=p.device).detach()
+        shape = (*e.shape, *(1,) * len(per))
+        alpha = torch.where(usable.view(shape), spectral.view(shape).to(p.dtype), given)
+    delta = alpha * g
+    if optimizer.momentum:
+        velocity = delta.detach() if velocity is None else optimizer.momentum * velocity + delta.detach()
+        delta = delta + optimizer.momentum * velocity if optimizer.nesterov else delta + (velocity - delta.detach())
+    if optimizer.max_step_norm:
+        norm = delta.detach().norm(dim=per, keepdim=True)
+        delta = delta * (optimizer.max_step_norm / norm.clamp_min(optimizer.max_step_norm))
+    return delta, velocity
+
+
+def lambda_max(energy: Energy, p: Tensor, step: int, iterations: int = 3,
+               generator: torch.Generator | None = None) -> Tensor:
+    """The largest-magnitude eigenvalue of ∇²_p E at each position, (…, S), by `iterations` of power
+    iteration on Hessian-vector products (SPEC §1: ∇²E is never formed). A position's energy
+    depends on its own candidate only, so the Hessian is block-diagonal and one product serves
+    every position. Detached; may be negative where E curves down, and not finite where E is."""
+    p = p.detach().requires_grad_()
+    with torch.enable_grad():
+        e = energy(p, step)
+        per = tuple(range(e.dim(), p.dim()))
+        (g,) = torch.autograd.grad(e.to(p.dtype).sum(), p, create_graph=True)
+        v = _normal(p, generator)
+        v = v / v.norm(dim=per, keepdim=True).clamp_min(1e-30)
+        lam = torch.zeros(e.shape, dtype=p.dtype, device=p.device)
+        for _ in range(iterations):
+            (hv,) = torch.autograd.grad((g * v).sum(), p, retain_graph=True)
+            lam = (hv * v).sum(dim=per)  # the Rayleigh quotient of a unit vector
+            v = hv / hv.norm(dim=per, keepdim=True).clamp_min(1e-30)
+    return lam.detach()
 
 
 def first_order(energy: Callable[[Tensor], Tensor], p: Tensor) -> tuple[Tensor, Tensor]:
