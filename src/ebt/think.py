@@ -358,9 +358,9 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
         usable = torch.isfinite(lam) & (lam > 0)
         thought.spectral_fallbacks += int((~usable).sum())
         spectral = optimizer.spectral_step / torch.where(usable, lam, torch.ones_like(lam))
-        given = torch.as_tensor(step_size, dtype=p.dtype, device=p.device).detach()
+        given = step_size if isinstance(step_size, Tensor) else torch.tensor(step_size, dtype=p.dtype, device=p.device)
         shape = (*e.shape, *(1,) * len(per))
-        alpha = torch.where(usable.view(shape), spectral.view(shape).to(p.dtype), given)
+        alpha = torch.where(usable.view(shape), spectral.view(shape).to(p.dtype), given.to(p.dtype))
     delta = alpha * g
     if optimizer.momentum:
         velocity = delta.detach() if velocity is None else optimizer.momentum * velocity + delta.detach()
