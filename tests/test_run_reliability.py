@@ -342,3 +342,24 @@ def test_a_non_finite_validation_loss_is_logged_as_null_and_not_saved(corpus_fil
 def test_standard_json_writes_non_finite_numbers_as_null() -> None:
     assert standard_json({"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": "nan"}) == \
         '{"a": null, "b": [null, null, 1.5], "c": "nan"}'
+
+
+def test_a_run_saved_with_a_scalar_step_size_still_loads(trained_runs, tmp_path):
+    """Runs saved before FSDP2 kept α as a 0-d tensor; it is (1,) now. Such a run loads as it was."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ebt.runs import load_run
+
+    old = tmp_path / "old"
+    shutil.copytree(trained_runs["ebt"]["dir"], old)
+    with safe_open(str(old / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(str(old / "model.safetensors"))
+    state["step_size"] = state["step_size"].reshape(())
+    save_file(state, str(old / "model.safetensors"), metadata=metadata)
+    run = load_run(old)
+    assert run.model.step_size.shape == (1,)
+    assert torch.equal(run.model.step_size, load_run(trained_runs["ebt"]["dir"]).model.step_size)

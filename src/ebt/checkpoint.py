@@ -44,6 +44,14 @@ RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINT
 TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
 
 
+def migrate_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved by an earlier version, in today's shapes: the step size α was a 0-d tensor
+    before FSDP2 (which shards no scalar) made it (1,). Anything else is left for the caller's
+    checks."""
+    return {k: v.reshape(expected[k].shape) if k in expected and v.dim() == 0 and expected[k].shape == (1,) else v
+            for k, v in state.items()}
+
+
 def check_weights(state: dict[str, torch.Tensor], file: Path) -> None:
     """Refuse tensors no model can use: load_state_dict would silently cast integers into the
     weights, and NaN/Inf weights only surface later as a diverged thought."""

@@ -25,7 +25,8 @@ from torch import nn
 from ebt import hub
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
-from ebt.checkpoint import CONFIG, WEIGHTS, check_weights, load_config, snapshot_path, snapshot_steps, weights_step
+from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, snapshot_path, snapshot_steps,
+                            weights_step)
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import CheckpointError
@@ -82,6 +83,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
         raise CheckpointError(f"{weights} is corrupt or unreadable: {e}") from None
     check_weights(state, weights)
     expected = model.state_dict()
+    state = migrate_weights(state, expected)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ebt import distributed
 from ebt.checkpoint import (METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config, load_train_state,
-                            save_config, save_run, save_snapshot, save_weights, validation_rows)
+                            migrate_weights, save_config, save_run, save_snapshot, save_weights, validation_rows)
 from ebt.files import atomic_write, standard_json
 from ebt.config import RunConfig, TrainConfig
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
@@ -412,7 +412,7 @@ def _load_train_state(out: Path, model: nn.Module, device: torch.device) -> dict
         raise CheckpointError(f"{out / WEIGHTS} is from step {weights_step} but {out / TRAIN_STATE} from step "
                               f"{state['step']} (a save was cut short); the run cannot continue exactly")
     try:
-        model.load_state_dict(weights)
+        model.load_state_dict(migrate_weights(weights, model.state_dict()))
     except RuntimeError as e:
         raise CheckpointError(f"cannot resume from {out}: {e}") from None
     return state
