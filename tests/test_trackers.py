@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -255,12 +256,19 @@ def test_wandb_offline_writes_its_run_in_the_run_directory(corpus_file: Path, tm
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
     out = tmp_path / "run"
     assert train(corpus_file, out, "--train.log_to=wandb", "--train.steps=2") == 0
+    time.sleep(1.1)  # W&B names a session's folder to the second: two sessions in one second would share one
     assert main(["train", "--resume", "--out", str(out), "--quiet", "--train.steps=3"]) == 0
     run_id = json.loads((out / "wandb-run.json").read_text())["id"]
-    # One folder per session, offline-run-DATE_TIME-ID (two sessions in one second share it):
-    # every one is of the saved id, so the resumed run continued the same W&B run.
+    # One folder per session, offline-run-DATE_TIME-ID, every one of the saved id: the resumed run
+    # continued the same W&B run.
     sessions = sorted((out / "wandb").glob("offline-run-*"))
-    assert sessions and all(session.name.endswith(f"-{run_id}") for session in sessions), sessions
-    for session in sessions:
-        history = (session / f"run-{run_id}.wandb").read_bytes()
+    assert len(sessions) == 2 and all(session.name.endswith(f"-{run_id}") for session in sessions), sessions
+    # W&B's own process writes the history; it may still be flushing it when finish() returns.
+    deadline = time.monotonic() + 30
+    while True:
+        histories = [(session / f"run-{run_id}.wandb").read_bytes() for session in sessions]
+        if all(b"train/loss" in h and b"validation/loss" in h for h in histories) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for history in histories:
         assert b"train/loss" in history and b"validation/loss" in history
