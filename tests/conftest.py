@@ -109,8 +109,11 @@ def run_cli(argv: list[Any], capsys: pytest.CaptureFixture) -> tuple[int, str, s
 
 def tiny_model(kind: str = "ebt", vocab_size: int = TINY_VOCAB, dtype: torch.dtype = torch.float64, seed: int = 0,
                overrides: dict[str, Any] | None = None) -> nn.Module:
-    """A freshly initialized model too small to need a corpus (width 16, 2 heads, context 8)."""
-    config = tiny_config(kind, overrides={"model.dim": 16, "model.context_len": 8, **(overrides or {})})
+    """A freshly initialized model too small to need a corpus (width 16, 2 heads, context 8). An
+    EBT's energy head starts Xavier-initialized (not the presets' zero), so that its untrained
+    energy landscape is not flat."""
+    settings = {"model.dim": 16, "model.context_len": 8, "model.energy_head_init": "xavier"}
+    config = tiny_config(kind, overrides={**settings, **(overrides or {})})
     config.text.vocab_size = vocab_size
     torch.manual_seed(seed)
     return build_model(config).to(dtype)

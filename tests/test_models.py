@@ -9,6 +9,8 @@ Legend: B batch, S positions, V vocabulary, M samples, D width.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,9 @@ import ebt
 from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.errors import ThinkingDiverged
+from ebt.models import build_model
 from ebt.objectives import make_objective
+from ebt.presets import preset
 from ebt.think import think
 
 from conftest import random_ids, softmax, tiny_model
@@ -299,3 +303,25 @@ def test_non_finite_gradient_stops_thinking_with_the_step_and_alpha() -> None:
         model.candidate_embedding.weight[0, 0] = float("inf")
     with pytest.raises(ThinkingDiverged, match=rf"step 0\b.*α = {float(model.alpha.detach()):.4g}\)"):
         model.think(random_ids(1, 4))
+
+
+@pytest.mark.parametrize("vocab", [256, 2048, 8192])
+@pytest.mark.parametrize("dim", [32, 128, 256])
+@pytest.mark.parametrize("recipe", ["text-ebt-tiny", "text-ebt-s2-tiny"])
+def test_text_presets_start_from_the_uniform_guess(recipe: str, dim: int, vocab: int) -> None:
+    """The text EBT presets start their energy head at zero (model.energy_head_init): the first
+    training loss is the uniform guess, ln V, at every width and vocabulary. With a Xavier head,
+    System 1's first step (α₀ = 80) lands on a confident wrong guess of thousands of nats
+    (docs/results.md, "Where thinking starts"); System 2's α = 0.3 starts near ln V either way."""
+    losses = {}
+    for init in ("zero", "xavier"):
+        config = preset(recipe)
+        config.model.dim, config.model.n_heads, config.model.energy_head_init = dim, 4, init
+        config.text.vocab_size = vocab
+        torch.manual_seed(0)
+        objective = make_objective(build_model(config.validated()))
+        x, targets = random_ids(2, 32, seed=1, high=vocab), random_ids(2, 32, seed=2, high=vocab)
+        losses[init] = float(objective(x, targets)[0].detach())
+    assert losses["zero"] == pytest.approx(math.log(vocab), abs=0.01)
+    if recipe == "text-ebt-tiny":
+        assert losses["xavier"] > 10 * math.log(vocab)

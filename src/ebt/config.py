@@ -38,6 +38,12 @@ class ModelConfig:
     context_len: int = 256  # tokens (text) or frames (video) a prediction sees
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    # How an EBT's energy head starts (text and video; the image EBT's always starts at zero):
+    # "xavier" as every other linear (SPEC §2), or "zero": E is constant at initialization, so the
+    # first thinking step returns its start unchanged (text: the uniform guess, ln V nats) at any
+    # width and vocabulary, and α·(head weights) grows from zero at the rate α sets (docs/results.md,
+    # "Where thinking starts").
+    energy_head_init: str = "xavier"
 
     @property
     def ffn_width(self) -> int:
@@ -290,6 +296,8 @@ class RunConfig:
             ("model.context_len", m.context_len, m.context_len >= 1, "≥ 1"),
             ("model.rope_theta", m.rope_theta, _finite(m.rope_theta) and m.rope_theta > 0, "finite and > 0"),
             ("model.norm_eps", m.norm_eps, _finite(m.norm_eps) and m.norm_eps > 0, "finite and > 0"),
+            ("model.energy_head_init", m.energy_head_init, m.energy_head_init in ("xavier", "zero"),
+             "'xavier' or 'zero'"),
             ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
             # α is a float32 parameter: past float32's range it would be inf.
             ("think.step_size", t.step_size, _finite(t.step_size) and 0 < t.step_size < 3.4e38,

@@ -137,6 +137,8 @@ class AutoregressiveEBT(nn.Module):
         self.energy_head = nn.Linear(d, 1, bias=False)
         self.rotary = Rotary(d // config.n_heads, config.context_len + 2, config.rope_theta)
         init_weights(self)
+        if config.energy_head_init == "zero":  # E constant at init: thinking starts from a uniform guess
+            nn.init.zeros_(self.energy_head.weight)
         # α: learned by System 1 (its own optimizer group), fixed otherwise.
         self.step_size = step_size_parameter(think_config)
         # Training recomputes each thinking step in the backward pass (`ebt.models.set_activation_checkpointing`).

@@ -33,7 +33,10 @@ BYTE_STEP_SIZE = 80.0
 
 def _text(kind: str, layers: int, dim: int, heads: int, lr: float, context: int, batch: int) -> RunConfig:
     return RunConfig(
-        model=ModelConfig(kind=kind, task="text", n_layers=layers, dim=dim, n_heads=heads, context_len=context),
+        # The energy head starts at zero: the first thinking step is the uniform guess at any width
+        # and vocabulary (ModelConfig.energy_head_init; docs/results.md, "Where thinking starts").
+        model=ModelConfig(kind=kind, task="text", n_layers=layers, dim=dim, n_heads=heads, context_len=context,
+                          energy_head_init="zero" if kind == "ebt" else "xavier"),
         # System 1 (SPEC §3); the multiplier follows the rule of thumb ≈ 3 × α₀.
         think=ThinkConfig(steps=2, step_size=BYTE_STEP_SIZE, step_size_lr_mult=3 * BYTE_STEP_SIZE),
         train=TrainConfig(lr=lr, batch_size=batch),
@@ -66,6 +69,7 @@ for _kind in ("ebt", "transformer"):
     for _size, (_l, _d, _h, _lr) in PAPER_SIZES.items():
         PRESETS[f"text-{_kind}-{_size}"] = lambda k=_kind, l=_l, d=_d, h=_h, lr=_lr: _text(k, l, d, h, lr, 256, 32)
 for _size in ("tiny", *PAPER_SIZES):
+    PRESETS[f"text-ebt-s2paper-{_size}"] = lambda size=_size: _system2(PRESETS[f"text-ebt-{size}"]())
     PRESETS[f"text-ebt-s2-{_size}"] = lambda size=_size: _system2(PRESETS[f"text-ebt-{size}"]())
 
 
