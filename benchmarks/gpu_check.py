@@ -83,9 +83,11 @@ class Comparison:
 
 
 def tiny_model(kind: str, device: torch.device, overrides: dict | None = None) -> torch.nn.Module:
-    """tests/conftest.py's `tiny_model`: the tiny preset at width 16, 2 layers, context 8, V = 11, float64."""
+    """tests/conftest.py's `tiny_model`: the tiny preset at width 16, 2 layers, context 8, V = 11, float64,
+    an EBT's energy head Xavier-initialized (its untrained landscape is not flat)."""
     config = preset(f"text-{kind}-tiny").with_overrides(
         [("model.n_layers", "2"), ("model.dim", "16"), ("model.n_heads", "2"), ("model.context_len", "8"),
+         *([("model.energy_head_init", "xavier")] if kind == "ebt" else []),
          *(overrides or {}).items()])
     config.text.vocab_size = V
     torch.manual_seed(0)

@@ -24,6 +24,9 @@ sigma0 $PAPER 1000 --think.langevin_std=0
 sigma0-nesterov $PAPER 1000 --think.langevin_std=0 --think.momentum=0.5 --think.nesterov=true
 sigma0-spectral $PAPER 1000 --think.langevin_std=0 --think.spectral_step=1 --think.power_iterations=2
 sigma0-steps5 $PAPER 1000 --think.langevin_std=0 --think.steps=5
+mirror $PAPER 1000 --think.mirror_descent=true
+mirror-sigma1 $PAPER 1000 --think.mirror_descent=true --think.langevin_std=1
+mirror-sigma0 $PAPER 1000 --think.mirror_descent=true --think.langevin_std=0
 transformer-bpe text-transformer-tiny 1000 $BPE
 paper-bpe $PAPER 1000 $BPE
 sigma0-bpe $PAPER 1000 $BPE --think.langevin_std=0

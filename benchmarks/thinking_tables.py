@@ -1,6 +1,8 @@
-"""Markdown tables of the thinking experiment from its JSON files (benchmarks/thinking_experiment.sh).
+"""Markdown tables of the thinking experiment (benchmarks/thinking_experiment.sh) or of the recipe
+study (benchmarks/thinking_recipes.sh) from their JSON files.
 
     python benchmarks/thinking_tables.py runs/thinking
+    python benchmarks/thinking_tables.py --recipes runs/recipes
 """
 
 import json
@@ -43,5 +45,24 @@ def main(out: Path) -> None:
         print(f"| {label} | {cells} | {r['validation']['budgets'][0]['ppl']:.3f} |")
 
 
+PROSE = ("validation", "kjv", "austen")
+
+
+def recipes(out: Path) -> None:
+    """One row per cell of the recipe study: 2-pass perplexity and the % gains from thinking longer
+    (3 steps) and from thinking longer + self-verification (best-of-10 at 3 steps, 30 passes), on
+    validation and the prose OOD sets, in the order the cells finished."""
+    print("| cell | " + " | ".join(f"{d}: ppl @2 | longer | + verify" for d in PROSE) + " |")
+    print("|---|" + "---|---|---|" * len(PROSE))
+    for path in sorted(out.glob("*.json"), key=lambda p: p.stat().st_mtime):
+        r = json.loads(path.read_text())["datasets"]
+        cells = " | ".join(f"{r[d]['budgets'][0]['ppl']:.3f} | {r[d]['gain_think_longer_pct']:+.1f}% | "
+                           f"{r[d]['gain_self_verify_pct']:+.1f}%" for d in PROSE)
+        print(f"| {path.stem} | {cells} |")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/thinking"))
+    if sys.argv[1:2] == ["--recipes"]:
+        recipes(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/recipes"))
+    else:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/thinking"))

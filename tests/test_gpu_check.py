@@ -59,7 +59,7 @@ def test_dry_run_on_the_cpu_writes_every_part(tmp_path: Path, check_module) -> N
 
     for kind in ("ebt", "ebt_s2", "transformer"):
         run = r["parts"][f"train_{kind}"]
-        assert run["precision"] == "fp32" and run["steps"] == r["settings"]["steps"] == 12
+        assert run["precision"] == "fp32" and run["steps"] == r["settings"]["steps"] == 24
         assert run["finite"] and run["falling"] and run["last_loss"] < run["first_loss"]
         assert math.isfinite(run["validation_loss"]) and run["flops_per_token"] > 0
         assert r["summary"][f"train_{kind}"]["mfu"] > 0

@@ -328,7 +328,7 @@ def test_the_default_precision_is_the_runs_own(trained_runs, tmp_path: Path, cap
 def test_the_paper_suite_in_bf16(trained_runs, tmp_path: Path, capsys) -> None:
     """In distribution the losses agree; on the OOD sets a tiny run's losses (10–40 nats) are so far
     out that rounding its weights alone to bfloat16 moves them by up to 14%: finite is checked."""
-    argv = ["eval", trained_runs["ebt"]["dir"], "--suite", "paper", "--max-examples", "1", "--batch-size", "1",
+    argv = ["eval", trained_runs["ebt"]["dir"], "--suite", "paper", "--max-examples", "4", "--batch-size", "4",
             "--baseline", trained_runs["transformer"]["dir"], "--plots", tmp_path]
     fp32, bf16 = (scored(capsys, argv + ["--precision", p]) for p in ("fp32", "bf16"))
 

@@ -210,6 +210,9 @@ def _thinking_args(p: argparse.ArgumentParser) -> None:
                    "position, by power iteration (0 = off; default: as trained)")
     p.add_argument("--max-step-norm", type=float, default=None, help="EBT: bound each position's step to this L2 "
                    "norm (0 = off; default: as trained)")
+    p.add_argument("--mirror-descent", action=argparse.BooleanOptionalAction, default=None,
+                   help="EBT inner optimizer: step from the candidate y (y − α∇E; text: the logits accumulate) "
+                        "instead of from p = softmax(y) (default: as trained)")
 
 
 def _compile_arg(p: argparse.ArgumentParser) -> None:
@@ -221,7 +224,8 @@ def _compile_arg(p: argparse.ArgumentParser) -> None:
 def _options(a: argparse.Namespace) -> ThinkingOptions:
     return ThinkingOptions(steps=a.steps, samples=a.samples, step_size=a.step_size, langevin_std=a.langevin_std,
                            tolerance=a.tolerance, momentum=a.momentum, nesterov=a.nesterov,
-                           spectral_step=a.spectral_step, max_step_norm=a.max_step_norm)
+                           spectral_step=a.spectral_step, max_step_norm=a.max_step_norm,
+                           mirror_descent=a.mirror_descent)
 
 
 def parse_overrides(extra: list[str]) -> list[tuple[str, str]]:

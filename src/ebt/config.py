@@ -76,6 +76,9 @@ class ThinkConfig:
     spectral_step: float = 0.0  # c > 0: α = c / λ_max(∇²_p E) per position (power iteration); 0 = off
     power_iterations: int = 3  # Hessian-vector products per spectral estimate
     max_step_norm: float = 0.0  # > 0: each position's step scaled down to this L2 norm; 0 = off
+    # y ← y − α∇_p E instead of the paper's p − α∇_p E (text: mirror descent on the simplex, the
+    # logits accumulate over steps; the same update for video and images). InnerOptimizer.mirror_descent.
+    mirror_descent: bool = False
 
     @property
     def num_landscapes(self) -> int:

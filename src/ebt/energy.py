@@ -46,7 +46,8 @@ MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
 def inner_optimizer(think_config: ThinkConfig) -> InnerOptimizer:
     """The inner optimizer the config trains (and by default thinks) with (`ebt.think.InnerOptimizer`)."""
     c = think_config
-    return InnerOptimizer(c.momentum, c.nesterov, c.spectral_step, c.power_iterations, c.max_step_norm)
+    return InnerOptimizer(c.momentum, c.nesterov, c.spectral_step, c.power_iterations, c.max_step_norm,
+                          c.mirror_descent)
 
 
 def step_size_parameter(think_config: ThinkConfig) -> nn.Parameter:

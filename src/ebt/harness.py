@@ -92,7 +92,7 @@ class EBTLM(LM):
 
     pretrained: the run directory (`ebt train --out`).
     steps, samples, step_size, langevin_std, tolerance, momentum, nesterov, spectral_step,
-        max_step_norm: the EBT's thinking (`ThinkingOptions`; a Transformer++ run refuses them).
+        max_step_norm, mirror_descent: the EBT's thinking (`ThinkingOptions`; a Transformer++ run refuses them).
     batch_size: windows per forward pass (16, as `ebt eval`). device: 'auto' (CUDA when available),
         'cpu', 'cuda', 'cuda:N'. precision: 'fp32', 'bf16', 'fp16' (CUDA), or None for the run's
         train.precision. seed: of the EBT's initial candidates and of sampling.
@@ -106,8 +106,8 @@ class EBTLM(LM):
     def __init__(self, pretrained: str | Path | None = None, *, steps: int | None = None, samples: int = 1,
                  step_size: float | None = None, langevin_std: float = 0.0, tolerance: float | None = None,
                  momentum: float | None = None, nesterov: bool | None = None, spectral_step: float | None = None,
-                 max_step_norm: float | None = None, batch_size: int | str = 16, device: str = "auto", precision: str | None = None, seed: int = 0,
-                 max_length: int | None = None) -> None:
+                 max_step_norm: float | None = None, mirror_descent: bool | None = None, batch_size: int | str = 16,
+                 device: str = "auto", precision: str | None = None, seed: int = 0, max_length: int | None = None) -> None:
         super().__init__()
         if pretrained is None or pretrained == "":
             raise ConfigError("model_args needs pretrained=RUN_DIR, a run directory of `ebt train`")
@@ -115,7 +115,7 @@ class EBTLM(LM):
             self.options = ThinkingOptions(steps=steps, samples=samples, step_size=step_size,
                                            langevin_std=langevin_std, tolerance=tolerance, momentum=momentum,
                                            nesterov=nesterov, spectral_step=spectral_step,
-                                           max_step_norm=max_step_norm)
+                                           max_step_norm=max_step_norm, mirror_descent=mirror_descent)
         except ConfigError as error:
             raise ConfigError(f"model_args: {error}") from None
         if isinstance(batch_size, str) and batch_size.isdigit():  # lm_eval's --batch_size is a string

@@ -25,9 +25,12 @@ PAPER_SIZES = {
     "xl": (24, 2048, 32, 2e-4),
 }
 
-# α₀ for the 256-symbol byte vocabulary. The paper's α₀ = 500 was tuned for V ≈ 50k: ∂E/∂p scales
-# with the candidate embedding's Xavier std √(2/(V+D)), ~10× larger at V = 256, and α₀ = 500 then
-# overshoots by orders of magnitude (SPEC §9). Found by the sweep in docs/results.md.
+# α₀ of System 1 for byte-level text, found by the sweep in docs/results.md (with a Xavier energy
+# head; the paper's α₀ = 500 was tuned for V ≈ 50k and overshoots at first, SPEC §9). It needs no
+# rescaling for another width or vocabulary: at initialization ∇_p E has about the same size at
+# widths 32–256 and vocabularies 256–8192 (measured, docs/results.md "Where thinking starts"), and
+# with the presets' zero energy head the first step is the uniform guess whatever α₀ is; α₀ then
+# sets how fast the step α·∇E grows from zero.
 BYTE_STEP_SIZE = 80.0
 
 

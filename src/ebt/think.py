@@ -2,6 +2,10 @@
 
     y_{i+1} = p_i − α ∇_p E(x, p_i),   p_i = prepare(y_i)
 
+or, with mirror descent (`InnerOptimizer.mirror_descent`), y_{i+1} = y_i − α ∇_p E(x, p_i): the
+step accumulates in y instead of restarting from p_i (text: the logits keep what earlier steps
+found; the same update for tasks whose `prepare` is the identity).
+
 One loop serves training (System 1 and System 2 recipes), evaluation and generation, in every
 modality: the energy model arrives as a function `energy(p, step) -> (…, S)` energies and the
 task supplies `prepare`. Training asks for `create_graph=True` so the loss reaches θ through
@@ -58,7 +62,7 @@ class ThinkingOptions:
     step_size: α (None: as trained).
     langevin_std: σ of the Gaussian noise added to the candidate before each step.
     tolerance: adaptive thinking, a position stops once its energy changes by less than this.
-    momentum, nesterov, spectral_step, max_step_norm: the inner optimizer (`InnerOptimizer`),
+    momentum, nesterov, spectral_step, max_step_norm, mirror_descent: the inner optimizer (`InnerOptimizer`),
         each None for the value the model trained with (think.*).
 
     Raises ConfigError naming the option (and its command-line flag), the value and what is allowed.
@@ -74,6 +78,7 @@ class ThinkingOptions:
     nesterov: bool | None = None
     spectral_step: float | None = None
     max_step_norm: float | None = None
+    mirror_descent: bool | None = None
 
     def __post_init__(self) -> None:
         _check_count("steps", self.steps, MAX_THINKING_STEPS, optional=True)
@@ -86,15 +91,17 @@ class ThinkingOptions:
             if self.momentum >= 1:
                 raise ConfigError(f"thinking option {_flag('momentum')} = {self.momentum!r} is not allowed; it must "
                                   "be in [0, 1) (the share of the last update kept)")
-        if self.nesterov is not None and not isinstance(self.nesterov, bool):
-            raise ConfigError(f"thinking option {_flag('nesterov')} = {self.nesterov!r} is not allowed; it must be "
-                              "true or false")
+        for name in ("nesterov", "mirror_descent"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be true or false")
         _check_real("spectral_step", self.spectral_step, optional=True)
         _check_real("max_step_norm", self.max_step_norm, optional=True)
 
     def optimizer(self, trained: InnerOptimizer) -> InnerOptimizer:
         """The inner optimizer a model trained with `trained` thinks with under these options."""
-        given = {name: getattr(self, name) for name in ("momentum", "nesterov", "spectral_step", "max_step_norm")
+        given = {name: getattr(self, name) for name in ("momentum", "nesterov", "spectral_step", "max_step_norm",
+                                                        "mirror_descent")
                  if getattr(self, name) is not None}
         return dataclasses.replace(trained, **given)
 
@@ -136,6 +143,12 @@ class InnerOptimizer:
         curvature to scale by), the given α is used and the step counted in
         `Thought.spectral_fallbacks`. 0: off.
     max_step_norm b > 0: each position's step scaled down to L2 norm ≤ b (a cheap guard). 0: off.
+    mirror_descent: the step is taken from the candidate y, not from p = prepare(y): y ← y − δ.
+        For text, where p = softmax(y), this is mirror descent on the simplex (exponentiated
+        gradient: p ∝ p·exp(−α∇_p E)): the logits accumulate, so each step continues the last
+        and more steps keep lowering E, where the paper's p − δ restarts every step from
+        probabilities ≤ 1 and so converges to a fixed point of p ↦ softmax(p − α∇E) within a few
+        steps (docs/results.md, "Which System 2 recipe thinks best"). Off: the paper's update.
 
     Raises ConfigError naming the field for a value out of range.
     """
@@ -145,6 +158,7 @@ class InnerOptimizer:
     spectral_step: float = 0.0
     power_iterations: int = 3
     max_step_norm: float = 0.0
+    mirror_descent: bool = False
 
     def __post_init__(self) -> None:
         checks = [("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
@@ -157,6 +171,8 @@ class InnerOptimizer:
                 or not 1 <= self.power_iterations <= 100:
             raise ConfigError(f"power_iterations = {self.power_iterations!r} is not allowed; it must be an integer "
                               "in [1, 100]")
+        if not isinstance(self.mirror_descent, bool):
+            raise ConfigError(f"mirror_descent = {self.mirror_descent!r} is not allowed; it must be true or false")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov = true needs a momentum > 0 (Nesterov's look-ahead is along the velocity)")
 
@@ -292,12 +308,13 @@ def think(
                 e, g = _energy_and_gradient(energy, p, step, graph, ran_in, None if graph else gradient)
             model_dtype = ran_in[0]
             thought.forward_passes += 1
+            base = y if optimizer.mirror_descent else p
             if optimizer.plain:
-                update = p - step_size * g
+                update = base - step_size * g
             else:
                 delta, velocity = _optimizer_step(optimizer, energy, p, step, e, g, step_size, velocity, thought,
                                                   generator)
-                update = p - delta
+                update = base - delta
             # One check (one device sync) per step: the candidate it makes and the energy it saw.
             # Which part went wrong is worked out only once something has.
             if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
