@@ -3,6 +3,8 @@ quadratic E(p) = ½ Σ_c λ_c p_c² per position, whose Hessian is diag(λ)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -101,7 +103,7 @@ def test_the_default_optimizer_is_plain_descent_bit_for_bit():
 def test_training_through_the_optimizers_reaches_the_energy_parameters():
     """With create_graph, a loss on the result trains θ (here the curvature) through every optimizer."""
     for optimizer in (InnerOptimizer(momentum=0.5, nesterov=True), InnerOptimizer(spectral_step=0.5),
-                      InnerOptimizer(max_step_norm=0.1)):
+                      InnerOptimizer(max_step_norm=0.1), InnerOptimizer(mirror_descent=True)):
         curvature = CURVATURE.clone().requires_grad_()
         thought = think(quadratic(curvature), start(), steps=3, step_size=0.005, create_graph=True,
                         optimizer=optimizer)
@@ -116,6 +118,7 @@ def test_training_through_the_optimizers_reaches_the_energy_parameters():
     (dict(max_step_norm=-1.0), "max_step_norm = -1.0"),
     (dict(power_iterations=0), "power_iterations = 0"),
     (dict(nesterov=True), "nesterov = true needs a momentum > 0"),
+    (dict(mirror_descent=1), "mirror_descent = 1 is not allowed; it must be true or false"),
 ])
 def test_bad_optimizer_fields_are_clear_errors(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -128,6 +131,7 @@ def test_bad_optimizer_fields_are_clear_errors(fields, message):
     (dict(spectral_step=-2.0), r"spectral_step \(--spectral-step\) = -2.0"),
     (dict(max_step_norm=math.nan), r"max_step_norm \(--max-step-norm\) = nan"),
     (dict(nesterov="yes"), r"nesterov \(--nesterov\) = 'yes'"),
+    (dict(mirror_descent="no"), r"mirror_descent \(--mirror-descent\) = 'no' is not allowed; it must be true or false"),
 ])
 def test_bad_thinking_options_are_clear_errors(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -160,3 +164,48 @@ def test_the_options_reach_a_trained_model_from_the_command_line(trained_runs, c
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", "/tmp/never", "--think.nesterov=true"],
                            capsys)
     assert code == 2 and "think.nesterov" in err
+
+
+def linear_energy(costs: torch.Tensor):
+    """E(p) = costs · p per position: on the simplex its minimum is the one-hot of the cheapest entry."""
+    def energy(p: torch.Tensor, step: int) -> torch.Tensor:
+        return (costs * p).sum(dim=-1)
+    return energy
+
+
+def test_mirror_descent_keeps_descending_where_the_papers_update_stops_at_a_fixed_point():
+    """With p = softmax(y), mirror descent is exponentiated gradient: after k steps softmax(y_0 −
+    kα·costs), so every step lowers E towards the simplex's minimum. The paper's p − α∇E restarts
+    from probabilities each step: its prediction stops changing (a fixed point) short of it."""
+    costs = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=torch.float64)
+    y0 = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    softmax = lambda y: torch.softmax(y, dim=-1)  # noqa: E731
+    kwargs = dict(steps=20, step_size=0.5, prepare=softmax, score_final=True)
+    mirror = think(linear_energy(costs), y0, optimizer=InnerOptimizer(mirror_descent=True), **kwargs)
+    paper = think(linear_energy(costs), y0, **kwargs)
+    assert torch.allclose(softmax(mirror.y), softmax(y0 - 20 * 0.5 * costs))
+    m = [float(e.mean()) for e in mirror.energies]
+    assert all(b < a for a, b in zip(m, m[1:])) and m[-1] < 0.01  # every step lower, close to min E = 0
+    p = [float(e.mean()) for e in paper.energies]
+    assert abs(p[-1] - p[-2]) < 1e-9 and p[-1] > 0.3  # converged, far from the minimum
+
+
+def test_mirror_descent_is_the_plain_update_when_prepare_is_the_identity():
+    y = start()
+    for optimizer in (InnerOptimizer(), InnerOptimizer(momentum=0.5)):
+        mirrored = dataclasses.replace(optimizer, mirror_descent=True)
+        assert torch.equal(think(quadratic(), y, steps=5, step_size=0.01, optimizer=optimizer).y,
+                           think(quadratic(), y, steps=5, step_size=0.01, optimizer=mirrored).y)
+
+
+def test_mirror_descent_reaches_a_trained_model_from_the_command_line(trained_runs, capsys):
+    run = trained_runs["ebt"]["dir"]
+    scores = []
+    for flags in ([], ["--mirror-descent"], ["--no-mirror-descent"]):
+        code, out, err = run_cli(["eval", run, "--json", "--max-examples", "2", *flags], capsys)
+        assert code == 0, err
+        scores.append(json.loads(out)["loss"])
+    assert scores[1] != scores[0] == scores[2]  # S1 trained with the paper's update: --no- is as trained
+    code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", "/tmp/never",
+                            "--think.mirror_descent=maybe"], capsys)
+    assert code == 2 and "think.mirror_descent" in err
