@@ -27,13 +27,14 @@ sigma0-steps5 $PAPER 1000 --think.langevin_std=0 --think.steps=5
 mirror $PAPER 1000 --think.mirror_descent=true
 mirror-sigma1 $PAPER 1000 --think.mirror_descent=true --think.langevin_std=1
 mirror-sigma0 $PAPER 1000 --think.mirror_descent=true --think.langevin_std=0
+mirror-sigma0-steps5 $PAPER 1000 --think.mirror_descent=true --think.langevin_std=0 --think.steps=5
 transformer-bpe text-transformer-tiny 1000 $BPE
 paper-bpe $PAPER 1000 $BPE
-sigma0-bpe $PAPER 1000 $BPE --think.langevin_std=0
+sigma0-nesterov-bpe $PAPER 1000 $BPE --think.langevin_std=0 --think.momentum=0.5 --think.nesterov=true
 paper-3000 $PAPER 3000
-sigma0-3000 $PAPER 3000 --think.langevin_std=0
-sigma0-seed1 $PAPER 1000 --think.langevin_std=0 --train.seed=1
-sigma0-seed2 $PAPER 1000 --think.langevin_std=0 --train.seed=2
+sigma0-nesterov-3000 $PAPER 3000 --think.langevin_std=0 --think.momentum=0.5 --think.nesterov=true
+sigma0-nesterov-seed1 $PAPER 1000 --think.langevin_std=0 --think.momentum=0.5 --think.nesterov=true --train.seed=1
+sigma0-nesterov-seed2 $PAPER 1000 --think.langevin_std=0 --think.momentum=0.5 --think.nesterov=true --train.seed=2
 paper-seed1 $PAPER 1000 --train.seed=1
 paper-seed2 $PAPER 1000 --train.seed=2
 CELLS
@@ -46,11 +47,20 @@ cells() {
 
 cell() {  # name preset steps overrides...: train, then score with the suite
   local name=$1 preset=$2 steps=$3; shift 3
-  [ -f "$OUT/$name/model.safetensors" ] || $EBT train --preset "$preset" --out "$OUT/$name" --overwrite --quiet \
-    --train.steps="$steps" --train.eval_every=0 --train.log_every=25 "$@" > /dev/null
+  # A run cut short leaves a checkpoint but no "done" mark; it is resumed.
+  if [ ! -f "$OUT/$name/done" ]; then
+    if [ -f "$OUT/$name/train_state.pt" ]; then
+      $EBT train --resume --out "$OUT/$name" --quiet > /dev/null || return 1
+    else
+      $EBT train --preset "$preset" --out "$OUT/$name" --overwrite --quiet \
+        --train.steps="$steps" --train.eval_every=0 --train.log_every=25 "$@" > /dev/null || return 1
+    fi
+    touch "$OUT/$name/done"
+  fi
   case $preset in text-transformer-*) return;; esac
-  [ -f "$OUT/$name.json" ] || $EBT eval "$OUT/$name" --suite paper --max-examples "$WINDOWS" --json > "$OUT/$name.json.tmp"
-  [ -f "$OUT/$name.json" ] || mv "$OUT/$name.json.tmp" "$OUT/$name.json"
+  [ -f "$OUT/$name.json" ] && return
+  $EBT eval "$OUT/$name" --suite paper --max-examples "$WINDOWS" --json > "$OUT/$name.json.tmp" &&
+    mv "$OUT/$name.json.tmp" "$OUT/$name.json"
 }
 export -f cell; export EBT OUT WINDOWS
 

@@ -10,6 +10,8 @@ Legend: B batch, S positions, V vocabulary, M samples.
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import math
@@ -320,12 +322,19 @@ def test_inconsistent_system2_settings_raise_config_error(base: str, key: str, v
         preset(base).override(key, value)
 
 
-def test_s2_preset_has_one_landscape_and_a_fixed_step_size() -> None:
-    config = preset("text-ebt-s2-tiny")
+@pytest.mark.parametrize("name", ["text-ebt-s2-tiny", "text-ebt-s2paper-tiny"])
+def test_s2_preset_has_one_landscape_and_a_fixed_step_size(name: str) -> None:
+    config = preset(name)
     t = config.think
     assert t.num_landscapes == 1 and not t.learn_step_size
     assert (t.min_steps, t.steps) == (2, 3) and t.truncate_graph and not t.loss_every_step
-    assert t.randomize_step_size and t.langevin_std > 0 and t.replay_buffer_size > 0
+    assert t.randomize_step_size and t.replay_buffer_size > 0
+    if name == "text-ebt-s2paper-tiny":  # the paper's: Langevin noise, plain descent
+        assert t.langevin_std == 3.0 and t.momentum == 0 and not t.nesterov
+    else:  # ours (docs/results.md, "Which System 2 recipe thinks best")
+        assert t.langevin_std == 0 and t.momentum == 0.5 and t.nesterov
+        paper = preset("text-ebt-s2paper-tiny").think
+        assert dataclasses.replace(t, langevin_std=3.0, momentum=0.0, nesterov=False) == paper
     config.text.vocab_size = V
     model = build_model(config)
     assert model.landscape_embedding.num_embeddings == 1
