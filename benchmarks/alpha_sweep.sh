@@ -3,7 +3,7 @@
 # train PRESET for 300 steps (LR multiplier 3 × α₀; System 2 presets keep α fixed), then score
 # 64 validation windows at each thinking step count in THINK and with best-of-4.
 #   benchmarks/alpha_sweep.sh                                   # S1: ~15 min on 2 CPU cores
-#   PRESET=text-ebt-s2-tiny ALPHAS="0.3 1 3" THINK="2 3 5" benchmarks/alpha_sweep.sh
+#   PRESET=text-ebt-s2paper-tiny ALPHAS="0.3 1 3" THINK="2 3 5" benchmarks/alpha_sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EBT=.venv/bin/ebt

@@ -25,13 +25,13 @@ export -f train; export EBT OUT
 
 printf '%s\n' \
   "transformer text-transformer-tiny $STEPS" \
-  "s2-full text-ebt-s2-tiny $STEPS" \
-  "ablation/s2-full text-ebt-s2-tiny $ABLATION_STEPS" \
-  "ablation/s2-no-random-alpha text-ebt-s2-tiny $ABLATION_STEPS --think.randomize_step_size=false" \
-  "ablation/s2-no-random-steps text-ebt-s2-tiny $ABLATION_STEPS --think.min_steps=0" \
-  "ablation/s2-no-langevin text-ebt-s2-tiny $ABLATION_STEPS --think.langevin_std=0" \
-  "ablation/s2-langevin-1 text-ebt-s2-tiny $ABLATION_STEPS --think.langevin_std=1" \
-  "ablation/s2-no-replay text-ebt-s2-tiny $ABLATION_STEPS --think.replay_buffer_size=0" |
+  "s2-full text-ebt-s2paper-tiny $STEPS" \
+  "ablation/s2-full text-ebt-s2paper-tiny $ABLATION_STEPS" \
+  "ablation/s2-no-random-alpha text-ebt-s2paper-tiny $ABLATION_STEPS --think.randomize_step_size=false" \
+  "ablation/s2-no-random-steps text-ebt-s2paper-tiny $ABLATION_STEPS --think.min_steps=0" \
+  "ablation/s2-no-langevin text-ebt-s2paper-tiny $ABLATION_STEPS --think.langevin_std=0" \
+  "ablation/s2-langevin-1 text-ebt-s2paper-tiny $ABLATION_STEPS --think.langevin_std=1" \
+  "ablation/s2-no-replay text-ebt-s2paper-tiny $ABLATION_STEPS --think.replay_buffer_size=0" |
   xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 
 $EBT eval "$OUT/s2-full" --suite paper --baseline "$OUT/transformer" --max-examples "$WINDOWS" --json > "$OUT/s2-full.json"
