@@ -3,20 +3,26 @@ text EBT presets at initialization, across widths and vocabularies, with the ene
 initialized (SPEC §2) and at zero (the presets' `model.energy_head_init`). Random tokens, 4 × 64
 positions, seed 0; a few seconds on a CPU.
 
-    .venv/bin/python benchmarks/thinking_start.py [PRESET]
+    .venv/bin/python benchmarks/thinking_start.py [TEXT_EBT_PRESET]
 """
 
+import argparse
 import math
-import sys
 
 import torch
 
 from ebt.models import build_model
 from ebt.objectives import make_objective
-from ebt.presets import preset
+from ebt.presets import PRESETS, preset
 
 
-def main(name: str = "text-ebt-tiny") -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", nargs="?", default="text-ebt-tiny", help="a text EBT preset (default text-ebt-tiny)")
+    name = parser.parse_args(argv).preset
+    text_ebts = sorted(n for n, make in PRESETS.items() if n.startswith("text-ebt-"))
+    if name not in text_ebts:
+        parser.error(f"preset {name!r} is not a text EBT preset; one of: {', '.join(text_ebts)}")
     print(f"{name}: α₀ = {preset(name).think.step_size:g}")
     print("| V | width | std(∇_p E), Xavier head | α₀ · std | first loss, Xavier head | first loss, zero head | ln V |")
     print("|---|---|---|---|---|---|---|")
@@ -39,4 +45,4 @@ def main(name: str = "text-ebt-tiny") -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    main()

@@ -5,17 +5,25 @@ loss of the sample the energy picks against the mean sample, the best one (an or
 often samples agree on the most likely token.
 
     .venv/bin/python benchmarks/thinking_trace.py RUN [RUN ...] > trace.jsonl
+
+One JSON line per run and set: under "alpha=A", "energy" (steps + 1 values: the start, then after
+each step) and "loss" (steps values: after each step); under "best_of_10", the losses (nats per
+token) of the picked, mean and oracle samples, the share of positions whose samples agree on the
+most likely token with the first sample, and the spread (std) of the samples' final energies.
 """
 
+import argparse
 import json
 import sys
 
 import torch
 
 import ebt
+import ebt.errors
 from ebt.data.corpus import load_corpus
 from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.energy import inner_optimizer
+from ebt.models import is_energy_based
 from ebt.think import think
 
 SETS = ("validation", "kjv", "austen")
@@ -61,12 +69,22 @@ def trace(run, name: str) -> dict:
     return row
 
 
-def main(paths: list[str]) -> None:
-    for path in paths:
-        run = ebt.load_run(path)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="text EBT run directories")
+    args = parser.parse_args(argv)
+    for path in args.runs:
+        try:
+            run = ebt.load_run(path)
+        except ebt.errors.EBTError as error:
+            parser.exit(2, f"thinking_trace.py: error: {error}\n")
+        if run.config.model.task != "text" or not is_energy_based(run.model):
+            parser.exit(2, f"thinking_trace.py: error: {path} is a {run.config.model.task} {run.config.model.kind} run; "
+                           "this traces text EBT runs\n")
         for name in SETS:
             print(json.dumps(trace(run, name)), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

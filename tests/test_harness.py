@@ -243,8 +243,8 @@ def test_tasks_command_writes_absolute_data_paths(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize("args, message", [
     ("stepz=3", r"unknown model_args 'stepz' for --model ebt; allowed: pretrained, steps, samples, step_size, "
-                r"langevin_std, tolerance, momentum, nesterov, spectral_step, max_step_norm, batch_size, device, "
-                r"precision, seed, max_length"),
+                r"langevin_std, tolerance, momentum, nesterov, spectral_step, max_step_norm, mirror_descent, batch_size, "
+                r"device, precision, seed, max_length"),
     ("steps=0", r"model_args: thinking option steps \(--steps\) = 0 is not allowed; it must be an integer in \[1, "),
     ("samples=two", r"samples \(--samples\) = 'two' is not allowed"),
     ("batch_size=0", r"model_args batch_size = 0 is not allowed; it must be an integer in \[1, 65536\]"),
@@ -263,7 +263,7 @@ def test_model_args_and_lm_eval_settings(trained_runs):
     run_dir = trained_runs["transformer"]["dir"]
     with pytest.raises(ConfigError, match=r"model_args needs pretrained=RUN_DIR"):
         EBTLM.create_from_arg_string("steps=3")
-    with pytest.raises(ConfigError, match=r"a Transformer\+\+ cannot think: steps = 3 apply to EBT runs only"):
+    with pytest.raises(ConfigError, match=r"a Transformer\+\+ cannot think: the thinking options steps \(--steps\) = 3 are for EBT runs only"):
         EBTLM.create_from_arg_string(f"pretrained={run_dir},steps=3")
     with pytest.raises(ConfigError, match=r"batch_size = 'auto' is not allowed.*no automatic batch size"):
         EBTLM.create_from_arg_string(f"pretrained={run_dir}", {"batch_size": "auto", "device": "cpu"})

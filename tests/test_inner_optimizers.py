@@ -119,6 +119,7 @@ def test_training_through_the_optimizers_reaches_the_energy_parameters():
     (dict(power_iterations=0), "power_iterations = 0"),
     (dict(nesterov=True), "nesterov = true needs a momentum > 0"),
     (dict(mirror_descent=1), "mirror_descent = 1 is not allowed; it must be true or false"),
+    (dict(momentum=0.5, nesterov="no"), "nesterov = 'no' is not allowed; it must be true or false"),
 ])
 def test_bad_optimizer_fields_are_clear_errors(fields, message):
     with pytest.raises(ConfigError, match=message):
@@ -126,8 +127,10 @@ def test_bad_optimizer_fields_are_clear_errors(fields, message):
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(momentum=1.5), r"momentum \(--momentum\) = 1.5 is not allowed; it must be in \[0, 1\)"),
+    (dict(momentum=1.5), r"momentum \(--momentum\) = 1.5 is not allowed; it must be a finite number in \[0, 1\)"),
     (dict(momentum=math.inf), r"momentum \(--momentum\) = inf"),
+    (dict(momentum=-0.5), r"momentum \(--momentum\) = -0.5 is not allowed; it must be a finite number in \[0, 1\)"),
+    (dict(steps=-1), r"steps \(--steps\) = -1 is not allowed; .* or left unset \(None: as trained\)"),
     (dict(spectral_step=-2.0), r"spectral_step \(--spectral-step\) = -2.0"),
     (dict(max_step_norm=math.nan), r"max_step_norm \(--max-step-norm\) = nan"),
     (dict(nesterov="yes"), r"nesterov \(--nesterov\) = 'yes'"),
@@ -204,8 +207,9 @@ def test_mirror_descent_reaches_a_trained_model_from_the_command_line(trained_ru
     for flags in ([], ["--mirror-descent"], ["--no-mirror-descent"]):
         code, out, err = run_cli(["eval", run, "--json", "--max-examples", "2", *flags], capsys)
         assert code == 0, err
-        scores.append(json.loads(out)["loss"])
-    assert scores[1] != scores[0] == scores[2]  # S1 trained with the paper's update: --no- is as trained
+        scores.append(json.loads(out))
+    assert scores[1]["loss"] != scores[0]["loss"] == scores[2]["loss"]  # S1 trained with the paper's update
+    assert "thinking" not in scores[0] and scores[1]["thinking"] == {"mirror_descent": True}  # what was set
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", "/tmp/never",
                             "--think.mirror_descent=maybe"], capsys)
     assert code == 2 and "think.mirror_descent" in err

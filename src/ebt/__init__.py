@@ -9,6 +9,6 @@ Start reading at `ebt/think.py` (energy descent), then `ebt/energy.py` (the ener
 """
 
 from ebt.runs import Pretrained, Run, load, load_run
-from ebt.think import ThinkingOptions, Thought, think
+from ebt.think import InnerOptimizer, ThinkingOptions, Thought, think
 
-__all__ = ["load", "load_run", "Run", "Pretrained", "think", "Thought", "ThinkingOptions"]
+__all__ = ["load", "load_run", "Run", "Pretrained", "think", "Thought", "ThinkingOptions", "InnerOptimizer"]

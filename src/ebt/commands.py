@@ -236,7 +236,10 @@ def evaluate(args: EvalArgs) -> int:
     with compiled_inference(run.model, args.compile):
         result, line = score(args, run, device, precision)
     result["precision"] = precision
-    print(standard_json(result) if args.json else f"{line}; precision {precision}")
+    if args.options.given():  # the thinking options set, so saved results can be told apart
+        result["thinking"] = args.options.given()
+    given = f"; thinking {args.options.describe()}" if args.options.given() else ""
+    print(standard_json(result) if args.json else f"{line}; precision {precision}{given}")
     return 0
 
 
@@ -392,6 +395,8 @@ def _suite(args: EvalArgs, run, device) -> int:
             result = downstream_suite(run, max_examples=args.max_examples or 200, **common)
         else:
             result = paper_suite(run, out=plots, max_windows=args.max_examples or 64, **common)
+    if args.options.given():
+        result["thinking"] = args.options.given()
     if args.json:
         print(standard_json(result))
         return 0

@@ -40,8 +40,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     # How an EBT's energy head starts (text and video; the image EBT's always starts at zero):
     # "xavier" as every other linear (SPEC §2), or "zero": E is constant at initialization, so the
-    # first thinking step returns its start unchanged (text: the uniform guess, ln V nats) at any
-    # width and vocabulary, and α·(head weights) grows from zero at the rate α sets (docs/results.md,
+    # first thinking step returns its start unchanged (text: the paper's update gives the uniform
+    # guess, ln V nats; mirror descent keeps the random logits) at any width and vocabulary, and α·(head weights) grows from zero at the rate α sets (docs/results.md,
     # "Where thinking starts").
     energy_head_init: str = "xavier"
 
@@ -447,4 +447,6 @@ def _parse(raw: str, kind: type, key: str) -> Any:
             return int(f)
         return kind(raw)
     except ValueError:
-        raise ConfigError(f"{key} = {raw!r} is not a valid {kind.__name__}") from None
+        allowed = {bool: "; it must be true or false (also 1/0, yes/no, on/off)", int: "; it must be an integer",
+                   float: "; it must be a number"}
+        raise ConfigError(f"{key} = {raw!r} is not a valid {kind.__name__}{allowed.get(kind, '')}") from None

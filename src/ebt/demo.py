@@ -1,13 +1,13 @@
 """`make demo`: train a tiny Transformer++ and a tiny System 2 EBT on Shakespeare, then let the EBT think.
 
 Both train for the same steps on the same bytes. The EBT is then scored at the paper's thinking
-budgets (`ebt.suite.BUDGETS`: 2 steps as trained, 3 steps, best-of-2/5/10 at 3 steps) on held-out
+budgets (`ebt.suite.BUDGETS`: 2 steps, 3 steps, best-of-2/5/10 at 3 steps) on held-out
 plays and on Austen's novels (out of distribution), beside the Transformer++; then its mean energy
-and loss after each thinking step, and a sample from each model. The last line says whether
-thinking helped, measured. About 5 minutes on 2 CPU cores; runs go to runs/demo-ebt and
+and loss after each thinking step, and a sample from each model. The last lines say whether
+thinking helped, from those figures. About 5 minutes on 2 CPU cores; runs go to runs/demo-ebt and
 runs/demo-transformer, the figures to runs/demo.json.
 
-    python -m ebt.demo [--steps N] [--out DIR]
+    python -m ebt.demo [--steps N] [--windows N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,13 +35,19 @@ OOD = "austen"  # prose out of distribution (the paper suite's shift ≈ 1.1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each model")
-    parser.add_argument("--windows", type=int, default=64, help="validation windows of 128 bytes per set")
-    parser.add_argument("--out", type=Path, default=Path("runs"))
+    parser = argparse.ArgumentParser(prog="python -m ebt.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of each model (default 300)")
+    parser.add_argument("--windows", type=int, default=64,
+                        help=f"windows of 128 bytes scored per set (default 64; below {FEW_WINDOWS} the verdict "
+                             "says the figures are too few to tell)")
+    parser.add_argument("--out", type=Path, default=Path("runs"),
+                        help="directory of the two runs (demo-ebt, demo-transformer) and demo.json (default runs)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.windows < 1:
         parser.error(f"--steps and --windows must be ≥ 1, got {args.steps} and {args.windows}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a directory (it holds the runs and demo.json)")
 
     runs, seconds = {}, {}
     for kind, name in (("transformer", "text-transformer-tiny"), ("ebt", RECIPE)):
@@ -64,29 +70,30 @@ def main(argv: list[str] | None = None) -> None:
         entry = thinking_budgets(ebt.model, tokens, max_windows=args.windows)
         entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows)["ppl"]
         results[name] = entry
-    print(f"\n=== perplexity: {args.windows} windows of held-out plays (validation) and of Austen's novels "
-          "(out of distribution) ===")
-    print(f"{'model':<34}{'passes/token':>13}" + "".join(f"{n:>14}" for n in streams))
-    print(f"{'Transformer++':<34}{1:>13}" + "".join(f"{r['transformer_ppl']:>14.3f}" for r in results.values()))
+    think = ebt.config.think
+    print(f"\n=== perplexity on {args.windows} windows of held-out plays (validation) and of Austen's novels (out of "
+          f"distribution); the EBT trained with {think.min_steps or think.steps}–{think.steps} steps ===")
+    print(f"{'model':<28}{'passes/token':>13}" + "".join(f"{n:>12}{'vs 2 steps':>12}" for n in streams))
+    print(f"{'Transformer++':<28}{1:>13.1f}" + "".join(f"{r['transformer_ppl']:>12.3f}{'':>12}" for r in results.values()))
     for i, b in enumerate(results["validation"]["budgets"]):
         label = f"EBT, {b['steps']} steps" + (f", best of {b['samples']}" if b["samples"] > 1 else "")
-        label += " (as trained)" if i == 0 else ""
         cells = ""
         for r in results.values():
             ppl = r["budgets"][i]["ppl"]
-            cells += f"{ppl:>8.3f}" + (f"{100 * (ppl / r['budgets'][0]['ppl'] - 1):>+5.1f}%" if i else " " * 6)
-        print(f"{label:<34}{b['forward_passes']:>13}{cells}")
+            cells += f"{ppl:>12.3f}" + (f"{100 * (ppl / r['budgets'][0]['ppl'] - 1):>+11.1f}%" if i else f"{'':>12}")
+        print(f"{label:<28}{b['forward_passes']:>13.1f}{cells}")
+    print("(best of M: M candidates think, the lowest final energy is kept; passes count its scoring pass too)")
 
-    batch = next(sequential_windows(streams["validation"], ebt.config.model.context_len + 1, 16))
+    batch = next(sequential_windows(streams["validation"], ebt.config.model.context_len + 1, min(16, args.windows)))
     thought = ebt.model.think(batch[:, :-1], steps=6, score_final=True, generator=torch.Generator().manual_seed(0))
     energies = [float(e.mean()) for e in thought.energies]
     losses = [float(ebt.model.task.loss(c, batch[:, 1:])) for c in thought.candidates]  # c: (B, S, V)
-    trained, fewest = ebt.config.think.steps, ebt.config.think.min_steps or ebt.config.think.steps
-    span = f"{fewest}–{trained}" if fewest < trained else f"{trained}"
-    print("\n=== EBT thinking on 16 validation windows: mean energy and loss (nats/byte) after each step ===")
+    print(f"\n=== EBT thinking on {batch.shape[0]} validation windows: mean energy and loss (nats per byte) after "
+          "each step ===")
     print(f"  start (random logits): energy {energies[0]:8.3f}")
     for i, (e, loss) in enumerate(zip(energies[1:], losses), start=1):
-        note = f"  (trained with {span} steps)" if i == trained else ("  (thinking longer)" if i == trained + 1 else "")
+        note = "  (the most steps it trained with)" if i == think.steps else (
+            "  (thinking longer)" if i == think.steps + 1 else "")
         print(f"  after step {i}:          energy {e:8.3f}   loss {loss:.4f}{note}")
 
     print("\n=== samples (temperature 0.8) ===")
@@ -95,29 +102,44 @@ def main(argv: list[str] | None = None) -> None:
         text = run.tokenizer.decode(generate(run.model, prompt, 160, temperature=0.8, seed=0))
         print(f"--- {kind} ---\n{PROMPT}{text}\n")
 
-    print(verdict(results))
+    print(verdict(results, args.windows))
     summary = {"steps": args.steps, "windows": args.windows, "recipe": RECIPE, "seconds": seconds,
                "thinking": results, "energy_per_step": energies, "loss_per_step": losses}
     atomic_write(args.out / "demo.json", lambda p: p.write_text(standard_json(summary, indent=2) + "\n"))
     print(f"summary written to {args.out / 'demo.json'}")
 
 
-def verdict(results: dict[str, dict]) -> str:
-    """What the figures say, in two lines: how much the best thinking budget lowered the EBT's
-    perplexity against 2 steps on each set, and where that leaves it against the Transformer++."""
-    gains = {name: r["gain_best_pct"] for name, r in results.items()}
-    said = ", ".join(f"{g:.1f}% on {name}" for name, g in gains.items())
-    if all(g >= 1 for g in gains.values()):
-        first = f"Thinking helped: its best budget lowered the EBT's perplexity by {said}, against 2 steps."
-    else:
-        first = (f"Thinking did not help much at this size (best budget against 2 steps: {said}); docs/results.md, "
-                 "\"Which System 2 recipe thinks best\", says what was tried and what limits it.")
+FEW_WINDOWS = 16  # fewer windows than this (2,048 bytes) per set: too few to read a gain of a few %
+
+
+def verdict(results: dict[str, dict], windows: int = 64) -> str:
+    """What the figures say: whether thinking longer (3 steps) and thinking longer with
+    self-verification (the best budget, named with its cost) lowered the EBT's perplexity against
+    2 steps on each set, and where that leaves it against the Transformer++."""
+    def said(key: str) -> str:
+        return ", ".join(f"{-r[key]:+.1f}% on {name}" for name, r in results.items())
+
     r = results["validation"]
-    best, theirs = min(b["ppl"] for b in r["budgets"]), r["transformer_ppl"]
-    side = "above" if best > theirs else "below"
-    return (f"{first}\nAt its best the EBT's validation perplexity is {abs(best / theirs - 1):.0%} {side} the "
-            f"Transformer++'s ({best:.3f} against {theirs:.3f}); the paper's EBTs trail at small scale too and "
-            "overtake with data (SPEC §7).")
+    best = min(r["budgets"], key=lambda b: b["ppl"])
+    budget = f"{best['steps']} steps" + (f" × best of {best['samples']}" if best["samples"] > 1 else "")
+    helped = all(e["gain_best_pct"] >= 1 for e in results.values())
+    lines = [f"Thinking longer (3 steps against 2): perplexity {said('gain_think_longer_pct')}.",
+             f"Best budget ({budget} on validation, {best['forward_passes']:.0f} passes per token): "
+             f"{said('gain_best_pct')}."]
+    if windows < FEW_WINDOWS:
+        lines.append(f"Only {windows} window(s) per set: too few to tell a gain of a few % from noise "
+                     f"(use --windows {FEW_WINDOWS} or more).")
+    elif helped:
+        lines.append("So thinking helped this EBT, at the cost of the passes above.")
+    else:
+        lines.append("So thinking did not help much at this size; docs/results.md, \"Which System 2 recipe thinks "
+                     "best\", says what was tried and what limits it.")
+    theirs = r["transformer_ppl"]
+    side = "above" if best["ppl"] > theirs else "below"
+    lines.append(f"At its best the EBT's validation perplexity is {abs(best['ppl'] / theirs - 1):.0%} {side} the "
+                 f"Transformer++'s ({best['ppl']:.3f} against {theirs:.3f}); the paper's EBTs trail at small scale "
+                 "too and overtake with data (SPEC §7).")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ class EBTLM(LM):
             raise ConfigError(f"pretrained = {str(pretrained)!r} is a {config.model.task} run; "
                               "lm-evaluation-harness scores text runs")
         if not is_energy_based(self.run.model) and self.options.given():
-            raise ConfigError(f"a Transformer++ cannot think: {self.options.describe()} apply to EBT runs only "
+            raise ConfigError(f"a Transformer++ cannot think: the thinking options {self.options.describe()} are for EBT runs only "
                               f"(pretrained = {str(pretrained)!r} is a Transformer++ run)")
         if precision is None:
             check_precision(config.train.precision, self._device,

@@ -109,7 +109,8 @@ def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: Think
     the same tokenizer, and `options` leave the budgets to the suite; the precision of each."""
     fixed = set(options.given()) & {"steps", "samples", "tolerance"}
     if fixed:
-        raise ConfigError(f"the {suite} suite sets its own thinking budgets; drop {', '.join(sorted(fixed))}")
+        flags = ", ".join(f"--{name}" for name in sorted(fixed))
+        raise ConfigError(f"the {suite} suite sets its own thinking budgets; drop {flags}")
     if run.config.model.task != "text":
         raise ConfigError(f"--suite {suite} scores language models; {run.path} is a {run.config.model.task!r} run")
     if baseline is not None and (baseline.config.model.task != "text" or is_energy_based(baseline.model)):

@@ -87,10 +87,11 @@ class ThinkingOptions:
         _check_real("langevin_std", self.langevin_std)
         _check_real("tolerance", self.tolerance, optional=True)
         if self.momentum is not None:
-            _check_real("momentum", self.momentum)
-            if self.momentum >= 1:
-                raise ConfigError(f"thinking option {_flag('momentum')} = {self.momentum!r} is not allowed; it must "
-                                  "be in [0, 1) (the share of the last update kept)")
+            m = self.momentum
+            if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 <= m < 1:
+                raise ConfigError(f"thinking option {_flag('momentum')} = {m!r} is not allowed; it must be a finite "
+                                  "number in [0, 1) (the share of the last update kept) or left unset (None: as "
+                                  "trained)")
         for name in ("nesterov", "mirror_descent"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
@@ -127,8 +128,8 @@ class ThinkingOptions:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
 
     def describe(self, names: set[str] | None = None) -> str:
-        """The options set, as 'steps = 3, samples = 2' (only `names`, when given)."""
-        return ", ".join(f"{k} = {v!r}" for k, v in self.given().items() if names is None or k in names)
+        """The options set, as 'steps (--steps) = 3, samples (--samples) = 2' (only `names`, when given)."""
+        return ", ".join(f"{_flag(k)} = {v!r}" for k, v in self.given().items() if names is None or k in names)
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,9 @@ class InnerOptimizer:
                 or not 1 <= self.power_iterations <= 100:
             raise ConfigError(f"power_iterations = {self.power_iterations!r} is not allowed; it must be an integer "
                               "in [1, 100]")
-        if not isinstance(self.mirror_descent, bool):
-            raise ConfigError(f"mirror_descent = {self.mirror_descent!r} is not allowed; it must be true or false")
+        for name in ("nesterov", "mirror_descent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} = {getattr(self, name)!r} is not allowed; it must be true or false")
         if self.nesterov and not self.momentum:
             raise ConfigError("nesterov = true needs a momentum > 0 (Nesterov's look-ahead is along the velocity)")
 
@@ -189,7 +191,7 @@ def _check_count(name: str, value: Any, limit: int, optional: bool = False) -> N
         return
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be an integer in "
-                          f"[1, {limit}]" + (" or None (as trained)" if optional else ""))
+                          f"[1, {limit}]" + (" or left unset (None: as trained)" if optional else ""))
 
 
 def _check_real(name: str, value: Any, positive: bool = False, optional: bool = False) -> None:
@@ -198,8 +200,7 @@ def _check_real(name: str, value: Any, positive: bool = False, optional: bool = 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= 0 if positive else value < 0):
         raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be a finite number "
-                          f"{'> 0' if positive else '≥ 0'}" + (" or None (as trained)" if optional and positive else
-                                                             " or None (off)" if optional else ""))
+                          f"{'> 0' if positive else '≥ 0'}" + (" or left unset (None: as trained)" if optional else ""))
 
 
 @dataclass

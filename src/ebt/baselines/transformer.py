@@ -57,7 +57,7 @@ class TransformerPP(nn.Module):
         The same call as `AutoregressiveEBT.predict`; thinking options raise ConfigError."""
         options = ThinkingOptions.of(options, **given)
         if options.given():
-            raise ConfigError(f"a Transformer++ cannot think: {options.describe()} apply to EBT runs only")
+            raise ConfigError(f"a Transformer++ cannot think: the thinking options {options.describe()} are for EBT runs only")
         with torch.no_grad():
             out = self(x)  # (B, S, C)
         return Thought([out[:, -1:] if last_only else out], forward_passes=1)
