@@ -49,16 +49,36 @@ PROSE = ("validation", "kjv", "austen")
 
 
 def recipes(out: Path) -> None:
-    """One row per cell of the recipe study: 2-pass perplexity and the % gains from thinking longer
-    (3 steps) and from thinking longer + self-verification (best-of-10 at 3 steps, 30 passes), on
-    validation and the prose OOD sets, in the order the cells finished."""
+    """Two tables of the recipe study, one row per cell (by name), then one
+    per recipe run with several seeds (cells NAME, NAME-seed1, …: their mean): 2-pass perplexity and
+    the % gains from thinking longer (3 steps) and from thinking longer + self-verification
+    (best-of-10 at 3 steps, 30 passes) on validation and the prose OOD sets; then the perplexity at
+    3 and at 30 passes, what each recipe reaches for that compute."""
+    cells = {p.stem: json.loads(p.read_text())["datasets"]
+             for p in sorted(out.glob("*.json"))}
+    groups: dict[str, list[str]] = {}
+    for name in cells:
+        groups.setdefault(name.split("-seed")[0], []).append(name)
+    rows = [(name, [cells[name]]) for name in cells]
+    rows += [(f"{base}, mean of {len(names)} seeds", [cells[n] for n in names])
+             for base, names in groups.items() if len(names) > 1]
+
+    def mean(runs, d, value) -> float:
+        return sum(value(r[d]) for r in runs) / len(runs)
+
     print("| cell | " + " | ".join(f"{d}: ppl @2 | longer | + verify" for d in PROSE) + " |")
     print("|---|" + "---|---|---|" * len(PROSE))
-    for path in sorted(out.glob("*.json"), key=lambda p: p.stat().st_mtime):
-        r = json.loads(path.read_text())["datasets"]
-        cells = " | ".join(f"{r[d]['budgets'][0]['ppl']:.3f} | {r[d]['gain_think_longer_pct']:+.1f}% | "
-                           f"{r[d]['gain_self_verify_pct']:+.1f}%" for d in PROSE)
-        print(f"| {path.stem} | {cells} |")
+    for label, runs in rows:
+        print(f"| {label} | " + " | ".join(
+            f"{mean(runs, d, lambda e: e['budgets'][0]['ppl']):.3f} | "
+            f"{mean(runs, d, lambda e: e['gain_think_longer_pct']):+.1f}% | "
+            f"{mean(runs, d, lambda e: e['gain_self_verify_pct']):+.1f}%" for d in PROSE) + " |")
+    print("\n| cell | " + " | ".join(f"{d}: ppl @3 | @30" for d in PROSE) + " |")
+    print("|---|" + "---|---|" * len(PROSE))
+    for label, runs in rows:
+        print(f"| {label} | " + " | ".join(
+            f"{mean(runs, d, lambda e: e['budgets'][1]['ppl']):.3f} | {mean(runs, d, lambda e: e['budgets'][-1]['ppl']):.3f}"
+            for d in PROSE) + " |")
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def test_more_bad_inputs_are_one_line_errors(trained_runs, image_run: Path, corp
     blocker.write_text("x")
     refused(capsys, "train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", blocker / "sub",
             *TINY_TEXT, fragments=(str(blocker),))
-    refused(capsys, "eval", tpp, "--steps", "2", fragments=("steps = 2",))  # not a Python dict
+    refused(capsys, "eval", tpp, "--steps", "2", fragments=("steps (--steps) = 2",))  # not a Python dict
     code, _, err = cli(capsys, "train", "--preset", "text-ebt-tiny", "--out", "", *TINY_TEXT)
     assert code == 2 and "empty path" in err and not Path("config.json").exists()
 
