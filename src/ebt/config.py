@@ -41,8 +41,8 @@ class ModelConfig:
     # How an EBT's energy head starts (text and video; the image EBT's always starts at zero):
     # "xavier" as every other linear (SPEC §2), or "zero": E is constant at initialization, so the
     # first thinking step returns its start unchanged (text: the paper's update gives the uniform
-    # guess, ln V nats; mirror descent keeps the random logits) at any width and vocabulary, and α·(head weights) grows from zero at the rate α sets (docs/results.md,
-    # "Where thinking starts").
+    # guess, ln V nats; mirror descent keeps the random logits) at any width and vocabulary, and
+    # α·(head weights) grows from zero at the rate α sets (docs/results.md, "Where thinking starts").
     energy_head_init: str = "xavier"
 
     @property

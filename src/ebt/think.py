@@ -62,8 +62,8 @@ class ThinkingOptions:
     step_size: α (None: as trained).
     langevin_std: σ of the Gaussian noise added to the candidate before each step.
     tolerance: adaptive thinking, a position stops once its energy changes by less than this.
-    momentum, nesterov, spectral_step, max_step_norm, mirror_descent: the inner optimizer (`InnerOptimizer`),
-        each None for the value the model trained with (think.*).
+    momentum, nesterov, spectral_step, max_step_norm, mirror_descent: the inner optimizer
+        (`InnerOptimizer`), each None for the value the model trained with (think.*).
 
     Raises ConfigError naming the option (and its command-line flag), the value and what is allowed.
     """
@@ -85,7 +85,7 @@ class ThinkingOptions:
         _check_count("samples", self.samples, MAX_SAMPLES)
         _check_real("step_size", self.step_size, positive=True, optional=True)
         _check_real("langevin_std", self.langevin_std)
-        _check_real("tolerance", self.tolerance, optional=True)
+        _check_real("tolerance", self.tolerance, optional=True, unset="off")
         if self.momentum is not None:
             m = self.momentum
             if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or not 0 <= m < 1:
@@ -194,13 +194,14 @@ def _check_count(name: str, value: Any, limit: int, optional: bool = False) -> N
                           f"[1, {limit}]" + (" or left unset (None: as trained)" if optional else ""))
 
 
-def _check_real(name: str, value: Any, positive: bool = False, optional: bool = False) -> None:
+def _check_real(name: str, value: Any, positive: bool = False, optional: bool = False, unset: str = "as trained"
+                ) -> None:
     if value is None and optional:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (value <= 0 if positive else value < 0):
         raise ConfigError(f"thinking option {_flag(name)} = {value!r} is not allowed; it must be a finite number "
-                          f"{'> 0' if positive else '≥ 0'}" + (" or left unset (None: as trained)" if optional else ""))
+                          f"{'> 0' if positive else '≥ 0'}" + (f" or left unset (None: {unset})" if optional else ""))
 
 
 @dataclass
