@@ -69,7 +69,8 @@ def _system2_paper(config: RunConfig) -> RunConfig:
 
 # Our System 2 recipe, `text-ebt-s2-*`: the paper's without Langevin noise and with Nesterov momentum
 # μ = 0.5 in thinking. The recipe study (docs/results.md, "Which System 2 recipe thinks best") found
-# it the recipe with the largest thinking gains at an unchanged 2-pass perplexity.
+# it the byte-level recipe with the largest thinking gains at an unchanged 2-pass perplexity (with a
+# BPE vocabulary of 2,048 the paper's recipe did better; α and μ were not tuned for it).
 S2_MOMENTUM = 0.5
 
 
