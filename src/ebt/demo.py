@@ -4,7 +4,7 @@ Both train for the same steps on the same bytes. The EBT is then scored at the p
 budgets (`ebt.suite.BUDGETS`: 2 steps, 3 steps, best-of-2/5/10 at 3 steps) on held-out
 plays and on Austen's novels (out of distribution), beside the Transformer++; then its mean energy
 and loss after each thinking step, and a sample from each model. The last lines say whether
-thinking helped, from those figures. About 5 minutes on 2 CPU cores; runs go to runs/demo-ebt and
+thinking helped, from those figures. About 2 minutes on 2 idle CPU cores; runs go to runs/demo-ebt and
 runs/demo-transformer, the figures to runs/demo.json.
 
     python -m ebt.demo [--steps N] [--windows N] [--out DIR]
