@@ -61,7 +61,7 @@ def generate(
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens = {max_new_tokens!r} is not allowed; it must be an integer ≥ 0")
     if not is_energy_based(model) and options.given():
-        raise ConfigError(f"a Transformer++ cannot think: the thinking options {options.describe()} are for EBT runs only")
+        raise options.refused_by("a Transformer++")
     generator = torch.Generator(device=device).manual_seed(seed)
     decoder = _Decoder(model, cache, generator, options)
     ids = list(prompt)

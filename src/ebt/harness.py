@@ -107,7 +107,8 @@ class EBTLM(LM):
                  step_size: float | None = None, langevin_std: float = 0.0, tolerance: float | None = None,
                  momentum: float | None = None, nesterov: bool | None = None, spectral_step: float | None = None,
                  max_step_norm: float | None = None, mirror_descent: bool | None = None, batch_size: int | str = 16,
-                 device: str = "auto", precision: str | None = None, seed: int = 0, max_length: int | None = None) -> None:
+                 device: str = "auto", precision: str | None = None, seed: int = 0,
+                 max_length: int | None = None) -> None:
         super().__init__()
         if pretrained is None or pretrained == "":
             raise ConfigError("model_args needs pretrained=RUN_DIR, a run directory of `ebt train`")
@@ -132,8 +133,8 @@ class EBTLM(LM):
             raise ConfigError(f"pretrained = {str(pretrained)!r} is a {config.model.task} run; "
                               "lm-evaluation-harness scores text runs")
         if not is_energy_based(self.run.model) and self.options.given():
-            raise ConfigError(f"a Transformer++ cannot think: the thinking options {self.options.describe()} are for EBT runs only "
-                              f"(pretrained = {str(pretrained)!r} is a Transformer++ run)")
+            error = self.options.refused_by("a Transformer++")
+            raise ConfigError(f"{error} (pretrained = {str(pretrained)!r} is a Transformer++ run)")
         if precision is None:
             check_precision(config.train.precision, self._device,
                             f"{self.run.path}'s train.precision (the default of model_args precision)")

@@ -131,6 +131,11 @@ class ThinkingOptions:
         """The options set, as 'steps (--steps) = 3, samples (--samples) = 2' (only `names`, when given)."""
         return ", ".join(f"{_flag(k)} = {v!r}" for k, v in self.given().items() if names is None or k in names)
 
+    def refused_by(self, model: str, names: set[str] | None = None) -> ConfigError:
+        """The error for a model that cannot think (`model`: 'a Transformer++', 'a DiT') given these
+        options (only `names`, when given)."""
+        return ConfigError(f"{model} cannot think: the thinking options {self.describe(names)} are for EBT runs only")
+
 
 @dataclass(frozen=True)
 class InnerOptimizer:

@@ -66,9 +66,8 @@ class DiT(nn.Module):
         EBT thinking options (samples, step_size, langevin_std, tolerance) raise ConfigError."""
         options = ThinkingOptions.of(options, **given)
         if set(options.given()) - {"steps"}:
-            ebt_only = options.describe(set(options.given()) - {"steps"})
-            raise ConfigError(f"a DiT cannot think: the thinking options {ebt_only} are for EBT runs only "
-                              "(DiT takes --steps = DDIM passes and --repeats)")
+            error = options.refused_by("a DiT", set(options.given()) - {"steps"})
+            raise ConfigError(f"{error} (DiT takes --steps = DDIM passes and --repeats)")
         if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
             raise ConfigError(f"repeats = {repeats!r} is not allowed; it must be an integer in [1, 100]")
         timesteps = ddim_timesteps(noise_level, options.steps)

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig
-from ebt.errors import ConfigError
 from ebt.nn import Block, RMSNorm, Rotary, check_context, init_weights
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
@@ -57,7 +56,7 @@ class TransformerPP(nn.Module):
         The same call as `AutoregressiveEBT.predict`; thinking options raise ConfigError."""
         options = ThinkingOptions.of(options, **given)
         if options.given():
-            raise ConfigError(f"a Transformer++ cannot think: the thinking options {options.describe()} are for EBT runs only")
+            raise options.refused_by("a Transformer++")
         with torch.no_grad():
             out = self(x)  # (B, S, C)
         return Thought([out[:, -1:] if last_only else out], forward_passes=1)
