@@ -6,7 +6,16 @@ checkpoint. Messages name the field, the value that was given and what is allowe
 
 
 class EBTError(Exception):
-    """Base class of every error the CLI reports as a one-line message."""
+    """Base class of every error the CLI reports as a one-line message.
+
+    `field`: the API field the error is about, when there is one (a `ThinkingOptions` field such
+    as "steps", a config key such as "think.step_size", a keyword such as "precision"). Library
+    code names fields in the API's words; the command line maps `field` to its own flag.
+    """
+
+    def __init__(self, message: str = "", *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(EBTError):
