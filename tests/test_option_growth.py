@@ -19,7 +19,7 @@ SNAPSHOT = Path(__file__).resolve().parent / "fixtures" / "options.json"
 
 
 def _flags(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, list[str]]:
-    """Every (sub)command's option strings and positionals, by command name."""
+    """Every (sub)command's option strings (with their defaults) and positionals, by command name."""
     found: dict[str, list[str]] = {}
     names = []
     for action in parser._actions:
@@ -27,7 +27,8 @@ def _flags(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, list[
             for name, sub in action.choices.items():
                 found.update(_flags(sub, f"{prefix} {name}".strip()))
         elif not isinstance(action, argparse._HelpAction):
-            names.append("/".join(action.option_strings) if action.option_strings else f"<{action.dest}>")
+            name = "/".join(action.option_strings) if action.option_strings else f"<{action.dest}>"
+            names.append(f"{name} (default {action.default!r})" if action.default is not None else name)
     if names:
         found[prefix or "ebt"] = sorted(names)
     return found
