@@ -21,7 +21,7 @@ from ebt.objectives import NoisePrediction, UnrolledThinking, make_objective
 from ebt.presets import preset
 from ebt.baselines.diffusion import add_noise, alphas_cumprod, timestep
 from ebt.evaluate import denoise_metrics
-from ebt.train import parameter_groups
+from ebt.schedule import parameter_groups
 
 SIZE = 12  # 12×12 images, 4×4 patches: 9 patches
 

@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
     ["ebt.errors", "ebt.checks"],
     ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
-    ["ebt.checkpoint", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
+    ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",
      "ebt.data.pairs", "ebt.data.downstream"],
     ["ebt.nn", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # task objects
@@ -29,7 +29,7 @@ LAYERS = [
     ["ebt.objectives", "ebt.evaluate", "ebt.generate"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
-    ["ebt.train", "ebt.runs", "ebt.parallel", "ebt.trackers"],
+    ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands"],  # typed arguments, never an argparse Namespace

@@ -23,11 +23,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import ebt.rundir
 import ebt.train
 from ebt.runs import load_run
 from ebt.cli import main
 from ebt.files import standard_json
-from ebt.train import MIN_LR_RATIO, lr_factor
+from ebt.schedule import MIN_LR_RATIO, lr_factor
+from ebt.train_state import TRAIN_STATE_KEYS
 
 TINY = ["--quiet", "--model.dim=16", "--model.n_heads=2", "--model.n_layers=1", "--train.batch_size=4",
         "--train.eval_examples=4", "--train.log_every=1", "--train.device=cpu"]
@@ -83,7 +85,7 @@ def error_line(capsys: pytest.CaptureFixture) -> str:
 def train_interrupted(args: list[str], step: int) -> int:
     """`ebt train ARGS` with SIGINT sent to this process once training step `step` is logged, as a
     Ctrl-C in the middle of the run would be."""
-    write = ebt.train._MetricsLog.write
+    write = ebt.rundir.MetricsLog.write
 
     def write_then_signal(self, row: dict) -> None:
         write(self, row)
@@ -91,7 +93,7 @@ def train_interrupted(args: list[str], step: int) -> int:
             signal.raise_signal(signal.SIGINT)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ebt.train._MetricsLog, "write", write_then_signal)
+        patch.setattr(ebt.rundir.MetricsLog, "write", write_then_signal)
         return main(args)
 
 
@@ -162,7 +164,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(recipe: str, corpus_file: 
     assert train_interrupted([*args, "--out", str(halves)], step=2) == 130
     assert "interrupted at step 2" in error_line(capsys)
     state = torch.load(halves / "train_state.pt", weights_only=True)  # plain data: no pickled code
-    assert state["step"] == 2
+    assert state["step"] == 2 and set(state) == set(TRAIN_STATE_KEYS)
     if recipe == "text-ebt-s2-tiny":
         assert state["replay"]["count"] > 0
     assert main(["train", "--resume", "--out", str(halves), "--quiet"]) == 0
@@ -170,6 +172,24 @@ def test_interrupted_and_resumed_equals_uninterrupted(recipe: str, corpus_file: 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), recipe
     losses = [{r["step"]: r["loss"] for r in rows(out) if r["split"] == "train"} for out in (whole, halves)]
     assert losses[0] == losses[1] and sorted(losses[1]) == [1, 2, 3, 4]
+
+
+def test_a_training_state_of_an_earlier_version_resumes_exactly(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    """train_state.pt as written before the schedule's length and the loss scaler were saved (and
+    by a scheduler whose lr function saved nothing) resumes as it did: the schedule then runs over
+    the saved config's train.steps."""
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    args = ["train", *text_args(corpus_file), "--train.steps=4", "--train.eval_every=0"]
+    assert main([*args, "--out", str(whole)]) == 0
+    assert train_interrupted([*args, "--out", str(halves)], step=2) == 130
+    state = torch.load(halves / "train_state.pt", weights_only=True)
+    old = {k: state[k] for k in ("step", "optimizer", "scheduler", "batches", "torch_rng")}
+    old["scheduler"]["lr_lambdas"] = [None] * len(old["scheduler"]["lr_lambdas"])
+    torch.save(old, halves / "train_state.pt")
+    assert main(["train", "--resume", "--out", str(halves), "--quiet"]) == 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(halves / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_lrs(whole) == train_lrs(halves)
 
 
 # --- Resume is honest about overrides ---------------------------------------------------------------

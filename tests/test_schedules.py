@@ -21,7 +21,7 @@ from ebt.config import TrainConfig
 from ebt.errors import CheckpointError
 from ebt.evaluate import evaluate
 from ebt.runs import load_run
-from ebt.train import MIN_LR_RATIO, lr_factor, validation_steps
+from ebt.schedule import MIN_LR_RATIO, lr_factor, validation_steps
 
 from conftest import random_ids, run_cli, tiny_config, tiny_model
 

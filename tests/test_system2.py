@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import ebt
 import ebt.data.probes
 import ebt.objectives
+import ebt.schedule
 import ebt.train
 from ebt.checkpoint import load_config
 from ebt.cli import main
@@ -243,7 +244,7 @@ def entries(ids: range, s: int = 3, c: int = 4) -> tuple[Tensor, Tensor, Tensor]
 
 def contents(buffer: ReplayBuffer, draws: int = 400) -> set[int]:
     """The sequences a buffer holds, read through `sample`, checking every triple is one entry."""
-    x, targets, y = buffer.sample(draws)
+    x, targets, y = buffer.sample(draws, "cpu")
     assert x.shape == (draws, 3) and targets.shape == (draws, 3) and y.shape == (draws, 3, 4)
     k = x[:, :1]  # (n, 1)
     assert torch.all(x == k) and torch.all(targets == k + 1000) and torch.all(y == k[..., None].double())
@@ -339,7 +340,7 @@ def test_s2_preset_has_one_landscape_and_a_fixed_step_size(name: str) -> None:
     model = build_model(config)
     assert model.landscape_embedding.num_embeddings == 1
     assert not model.step_size.requires_grad
-    assert all(p is not model.step_size for g in ebt.train.parameter_groups(model, config.train, 1.0)
+    assert all(p is not model.step_size for g in ebt.schedule.parameter_groups(model, config.train, 1.0)
                for p in g["params"]), "α is in an optimizer group"
 
 

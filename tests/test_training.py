@@ -24,7 +24,7 @@ from ebt.errors import CheckpointError
 from ebt.evaluate import evaluate
 from ebt.models import build_model
 from ebt.rundata import load_data
-from ebt.train import MIN_LR_RATIO, lr_factor, parameter_groups
+from ebt.schedule import MIN_LR_RATIO, lr_factor, parameter_groups
 
 from conftest import TRAINED_STEPS, tiny_config
 
@@ -49,6 +49,45 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
 
 
 # --- Learning ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_train_step_over_micro_batches_is_one_step_over_the_whole_batch(kind: str) -> None:
+    """`train_step` (the trainer's step, which `ebt bench` times) over two micro-batches makes the
+    update of one over their concatenation, and reports what the loop logs; outside fp16 its loss
+    scaler is a disabled GradScaler that changes nothing."""
+    from ebt.data.batches import Batch
+    from ebt.objectives import make_objective
+    from ebt.parallel import Parallel
+    from ebt.precision import grad_scaler
+    from ebt.rundata.text import TextData
+    from ebt.schedule import BETAS, lr_scheduler
+    from ebt.train import train_step
+
+    config = tiny_config(kind, overrides=QUICK)
+    config.text.vocab_size = 11
+    batch = torch.randint(0, 11, (4, config.model.context_len + 1), generator=torch.Generator().manual_seed(0))
+    seeds = torch.arange(4)
+    models, results = [], []
+    for parts in (1, 2):
+        torch.manual_seed(0)
+        model = build_model(config)
+        optimizer = torch.optim.AdamW(parameter_groups(model, config.train, 1.0), betas=BETAS)
+        scaler = grad_scaler(config.train.precision, "cpu")
+        assert not scaler.is_enabled()
+        micro = [Batch(d, e) for d, e in zip(batch.chunk(parts), seeds.chunk(parts))]
+        results.append(train_step(Parallel(make_objective(model), model), optimizer,
+                                  lr_scheduler(optimizer, config.train, config.train.steps), scaler, micro, TextData,
+                                  config.train))
+        models.append(model)
+    assert_same_weights(models[0].state_dict(), models[1].state_dict(), atol=1e-6)
+    whole, halves = results
+    assert whole.seen == halves.seen == 4 * config.model.context_len
+    assert float(whole.stats["loss"]) == pytest.approx(float(halves.stats["loss"]), rel=1e-5)
+    assert float(whole.grad_norm) == pytest.approx(float(halves.grad_norm), rel=1e-4) and whole.signum == 0
+    tc = config.train
+    assert whole.lr == halves.lr == tc.lr * lr_factor(0, tc.steps, tc.warmup_fraction, tc.lr_schedule, tc.decay_fraction)
+
 
 
 @pytest.mark.parametrize("kind", KINDS)

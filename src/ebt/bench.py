@@ -28,18 +28,24 @@ import platform
 import statistics
 import time
 import weakref
+from dataclasses import replace
+from functools import partial
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ebt.config import RunConfig
+from ebt.data.batches import Batch
 from ebt.generate import generate
 from ebt.models import build_model, compiled_inference, count_parameters, set_activation_checkpointing
 from ebt.objectives import make_objective
-from ebt.precision import DTYPES, autocast
+from ebt.parallel import Parallel
+from ebt.precision import DTYPES, autocast, grad_scaler
 from ebt.presets import preset
-from ebt.train import BETAS, parameter_groups
+from ebt.rundata.text import TextData
+from ebt.schedule import BETAS, lr_scheduler, parameter_groups
+from ebt.train import train_step
 
 KINDS = {"ebt": "text-ebt-{}", "ebt_s2": "text-ebt-s2-{}", "transformer": "text-transformer-{}"}
 VOCAB = 256  # the byte vocabulary of the presets
@@ -146,34 +152,33 @@ def train_flops_per_token(config: RunConfig) -> float:
 
 def train_step_times(size: str = "tiny", repeats: int = 10, warmup: int = 2, seed: int = 0,
                      device: torch.device | str = "cpu", precision: str = "fp32", overrides: Sequence[tuple[str, str]] = ()) -> dict:
-    """Median seconds per optimizer step of each model kind at one size, on the same batches."""
+    """Median seconds per optimizer step of each model kind at one size, on the same batches: the
+    trainer's own step (`ebt.train.train_step`: autocast at `precision`, train.grad_clip,
+    train.grad_accum micro-batches, the loss scaler, the lr schedule) on one process."""
     torch.manual_seed(seed)
     setups = {}
     for kind in KINDS:
         config = _config(kind, size, overrides)
         model = build_model(config).to(device)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.train, config.think.step_size_lr_mult), betas=BETAS)
-        setups[kind] = (config, model, make_objective(model), optimizer)
+        step = partial(train_step, Parallel(make_objective(model), model, device), optimizer,
+                       lr_scheduler(optimizer, config.train, config.train.steps), grad_scaler(precision, device),
+                       data=TextData, tc=replace(config.train, precision=precision))
+        setups[kind] = (config, model, step)
     b, s = setups["ebt"][0].train.batch_size, setups["ebt"][0].model.context_len
+    accum = setups["ebt"][0].train.grad_accum
     times: dict[str, list[float]] = {k: [] for k in setups}
     for i in range(warmup + repeats):
-        batch = torch.randint(0, VOCAB, (b, s + 1)).to(device)
-        for kind, (_, model, objective, optimizer) in setups.items():
-            elapsed = _timed(lambda: _train_step(model, objective, optimizer, batch, precision), device)
+        batch = torch.randint(0, VOCAB, (b, s + 1))
+        seeds = torch.randint(0, 2**62, (b,))  # each example's own draws, as `TrainingBatches` gives them
+        micro_batches = [Batch(d.to(device), e.to(device)) for d, e in zip(batch.chunk(accum), seeds.chunk(accum))]
+        for kind, (_, model, step) in setups.items():
+            elapsed = _timed(lambda: step(micro_batches), device)
             if i >= warmup:
                 times[kind].append(elapsed)
     return {"batch_size": b, "context_len": s, "step_s": {k: statistics.median(v) for k, v in times.items()},
             "flops_per_token": {k: train_flops_per_token(setups[k][0]) for k in setups},
             "non_embedding_params": count_parameters(setups["ebt"][1])}
-
-
-def _train_step(model, objective, optimizer, batch: torch.Tensor, precision: str = "fp32") -> None:
-    with autocast(precision, batch.device):  # as the trainer: the forward under autocast, backward outside
-        loss, _ = objective(batch[:, :-1], batch[:, 1:])
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
 
 
 def generation_times(size: str = "tiny", prompt_len: int = 256, new_tokens: int = 16, repeats: int = 3,

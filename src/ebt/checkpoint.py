@@ -3,7 +3,7 @@
     config.json         the RunConfig (`load_config` migrates older versions)
     model.safetensors   the weights, with the step in its metadata
     train_state.pt      optimizer, scheduler, RNG, data-sampler and replay-buffer states (for
-                        --resume); plain data only, loaded with torch.load(weights_only=True)
+                        --resume; `ebt.train_state`); plain data only
     metrics.jsonl       one JSON object per logged step and per validation
     checkpoints/        with train.keep_checkpoints: step-N.safetensors, the weights at each validation
     tensorboard/        with train.log_to = "tensorboard": the event files (`ebt.trackers`)
@@ -19,7 +19,6 @@ crash mid-write never destroys the previous checkpoint. Loading a run with its m
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,13 @@ TENSORBOARD, WANDB_RUN = "tensorboard", "wandb-run.json"
 # holds a run; config.json last, so that a half-removed run still reads as one. W&B's own wandb/
 # is not one: a new run there gets a new W&B run and folder of its own (and wandb/ may be anyone's).
 RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, TENSORBOARD, WANDB_RUN, CONFIG)
-# What every training state holds; optional: "cuda_rng", "replay" (System 2), "schedule_steps".
-TRAIN_STATE_KEYS = ("step", "optimizer", "scheduler", "batches", "torch_rng")
 
 
 def migrate_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights saved by an earlier version, in today's shapes: the step size α was a 0-d tensor
     before FSDP2 (which shards no scalar) made it (1,). Anything else is left for the caller's
-    checks."""
+    checks. Every weights file a model is loaded from passes here (`ebt.load_run`, --resume): the
+    models themselves read only today's shapes."""
     return {k: v.reshape(expected[k].shape) if k in expected and v.dim() == 0 and expected[k].shape == (1,) else v
             for k, v in state.items()}
 
@@ -133,30 +131,6 @@ def snapshot_steps(out: Path) -> list[int]:
     names = [p.name for p in folder.glob("step-*.safetensors")] if folder.is_dir() else []
     return sorted(int(n[len("step-"):-len(".safetensors")]) for n in names
                   if n[len("step-"):-len(".safetensors")].isdigit())
-
-
-def load_train_state(path: Path) -> dict[str, Any]:
-    """The training state of run directory `path` (what `save_weights` wrote beside the weights).
-
-    Loaded with weights_only=True: tensors, numbers, strings, lists and dicts, never pickled code,
-    so a train_state.pt from elsewhere cannot run anything. A damaged file is a CheckpointError
-    naming it, whatever torch.load raised.
-    """
-    file = Path(path) / TRAIN_STATE
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # EOFError, UnpicklingError, OSError, RuntimeError (zip), … depending on the damage
-        if isinstance(e, EOFError):
-            reason = "it is empty or cut short"
-        elif isinstance(e, pickle.UnpicklingError):  # its own message is a page on weights_only
-            reason = "it is not a PyTorch file of tensors, numbers, strings, lists and dicts"
-        else:
-            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
-        raise CheckpointError(f"{file} is damaged or unreadable ({reason}); the run cannot resume from it") from None
-    missing = [k for k in TRAIN_STATE_KEYS if k not in state] if isinstance(state, dict) else list(TRAIN_STATE_KEYS)
-    if missing:
-        raise CheckpointError(f"{file} is not a training state: it has no {', '.join(missing)}")
-    return state
 
 
 def load_config(path: Path) -> RunConfig:

@@ -52,16 +52,9 @@ def inner_optimizer(think_config: ThinkConfig) -> InnerOptimizer:
 
 def step_size_parameter(think_config: ThinkConfig) -> nn.Parameter:
     """α, a 1-element vector (1,) (FSDP2 shards no 0-dim parameter): learned by System 1 in its own
-    optimizer group, fixed otherwise."""
+    optimizer group, fixed otherwise. Weights saved when α was 0-dim are read in this shape
+    (`ebt.checkpoint.migrate_weights`)."""
     return nn.Parameter(torch.tensor([float(think_config.step_size)]), requires_grad=think_config.learn_step_size)
-
-
-def _load_with_vector_alpha(self, state_dict, prefix, *args, **kwargs):
-    """Load a state dict, reading a 0-dim α (checkpoints written before α became a vector) as (1,)."""
-    key = prefix + "step_size"
-    if key in state_dict and state_dict[key].dim() == 0:
-        state_dict[key] = state_dict[key].reshape(1)
-    nn.Module._load_from_state_dict(self, state_dict, prefix, *args, **kwargs)
 
 
 @dataclass
@@ -150,8 +143,6 @@ class AutoregressiveEBT(nn.Module):
     @property
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
-
-    _load_from_state_dict = _load_with_vector_alpha
 
     def encode_context(self, x: Tensor, step: int = 0, past: Context | None = None) -> Context:
         """Run the context stream over tokens x (B, N) (or frame latents (B, N, C)) for landscape `step`.
@@ -276,8 +267,6 @@ class BidirectionalEBT(nn.Module):
     @property
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
-
-    _load_from_state_dict = _load_with_vector_alpha
 
     def energy(self, y: Tensor, step: int = 0) -> Tensor:
         """Energies (…,) of images y (…, C, H, W): the mean of the per-patch energies."""

@@ -13,7 +13,7 @@ image model `denoise(noisy, noise_level, options) -> Thought`.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from torch import nn
 
@@ -27,22 +27,19 @@ from ebt.nn import AdaLNBlock, Block
 from ebt.tasks import make_task
 
 
-def build_model(config: RunConfig) -> nn.Module:
+def build_model(config: RunConfig, subclasses: Mapping[type, type] | None = None) -> nn.Module:
     """A freshly initialized model for `config` (its vocabulary or latent width must be set).
-    Raises ConfigError for a kind the task has no model of."""
+    `subclasses` maps a model class to a subclass to build in its place (`ebt.runs`: the same model
+    with the Hub methods). Raises ConfigError for a kind the task has no model of."""
     task, kind = config.model.task, config.model.kind
     handed = make_task(config)
-    if task == "image":
-        if kind == "ebt":
-            return BidirectionalEBT(config.model, config.think, handed)
-        if kind == "dit":
-            return DiT(config.model, handed)
-    elif kind == "ebt":
-        return AutoregressiveEBT(config.model, config.think, handed)
-    elif kind == "transformer":
-        return TransformerPP(config.model, handed)
-    raise ConfigError(f"model.kind = {kind!r} has no {task} model; {task} runs are "
-                      + ("'ebt' or 'dit'" if task == "image" else "'ebt' or 'transformer'"))
+    kinds = {"ebt": BidirectionalEBT, "dit": DiT} if task == "image" else {"ebt": AutoregressiveEBT,
+                                                                        "transformer": TransformerPP}
+    if kind not in kinds:
+        raise ConfigError(f"model.kind = {kind!r} has no {task} model; {task} runs are "
+                          + " or ".join(map(repr, kinds)))
+    cls = (subclasses or {}).get(kinds[kind], kinds[kind])
+    return cls(config.model, config.think, handed) if kind == "ebt" else cls(config.model, handed)
 
 
 def set_activation_checkpointing(model: nn.Module, on: bool) -> None:

@@ -3,8 +3,20 @@
 An objective is a module wrapping the model, so DDP (or FSDP) can wrap the pair and see one
 `forward`: `objective(x, targets, seeds) -> (loss, stats)`; stats are detached scalars for the
 progress bar. `seeds` (B,), one per example (`ebt.data.batches.Batch`), are where each example's
-own random draws come from (the EBT's start candidates, the DiT's timestep and noise), so a batch
-split over processes or micro-batches is the same computation; None draws from torch's generator.
+own random draws come from (the EBT's start candidates, the DiT's timestep and noise), so for
+System 1, the Transformer++ and the DiT a batch split over processes or micro-batches is the same
+computation; None draws from torch's generator.
+
+System 2 is not, because some of its draws belong to a forward call, not to an example: its step
+count, its per-position α factors, its Langevin noise and its replay picks come from torch's
+generator once per call. With train.grad_accum > 1, each micro-batch draws its own step count (the
+micro-batches of one step may think for different numbers of steps), its own α factors and noise,
+and its own max(1, b // 2) replayed sequences from a buffer that already holds the sequences of
+the step's earlier micro-batches. Over processes, torch's generator is seeded alike on every
+process, so every process draws the same step count (FSDP2 needs as many passes on each) and the
+same α factors and noise for its i-th row as the others for theirs; each process replays from its
+own buffer. So a System 2 run is reproducible for a given number of processes and micro-batches,
+not across them.
 
 - `UnrolledThinking`: the EBT. Thinking is unrolled from random candidates and the task loss is
   put on the optimized candidates, so θ learns through ∇_y E. No loss is put on the energy.
@@ -44,7 +56,7 @@ class UnrolledThinking(nn.Module):
         y = model.task.initial_candidate(x, 1, model.step_size, seeds=seeds).squeeze(1)  # (B, S, C)
         if self.replay is not None and len(self.replay):
             # Half a batch of recent sequences, resumed from their final candidates (SPEC §3).
-            x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2))
+            x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2), x.device)
             x, targets, y = torch.cat((x, x_r)), torch.cat((targets, targets_r)), torch.cat((y, y_r))
         steps = cfg.steps
         if cfg.min_steps:
@@ -85,8 +97,9 @@ class ReplayBuffer:
     """FIFO of (context, targets, final candidate) for recent sequences, at most `size` of them.
 
     Storage is allocated on first use, on the device of the data, and never grows: size × S ×
-    (C × 4 + 16) bytes. It is saved with the training state (`state_dict`), because the batches
-    it replays shape every later step: without it a resumed System 2 run would not continue exactly.
+    (C × 4 + 16) bytes; a loaded state moves there on its first use. It is saved with the training
+    state (`state_dict`), because the batches it replays shape every later step: without it a
+    resumed System 2 run would not continue exactly.
     """
 
     def __init__(self, size: int):
@@ -97,6 +110,7 @@ class ReplayBuffer:
         return self.count
 
     def add(self, x: Tensor, targets: Tensor, y: Tensor) -> None:
+        self._place(x.device)
         if self.x is None:
             self.x = x.new_empty(self.size, *x.shape[1:])  # (N, S)
             self.targets = targets.new_empty(self.size, *targets.shape[1:])
@@ -107,9 +121,15 @@ class ReplayBuffer:
         self.next = (self.next + n) % self.size
         self.count = min(self.count + n, self.size)
 
-    def sample(self, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    def sample(self, n: int, device: torch.device | str) -> tuple[Tensor, Tensor, Tensor]:
+        """`n` stored sequences picked at random (with replacement), on `device`, where the data is."""
+        self._place(device)
         index = torch.randint(0, self.count, (n,), device=self.x.device)
         return self.x[index], self.targets[index], self.y[index]
+
+    def _place(self, device: torch.device | str) -> None:
+        if self.x is not None and self.x.device != torch.device(device):
+            self.x, self.targets, self.y = (t.to(device) for t in (self.x, self.targets, self.y))
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and contents, on the CPU: ints and tensors only, so the training state loads
@@ -119,14 +139,14 @@ class ReplayBuffer:
             state.update(x=self.x.cpu(), targets=self.targets.cpu(), y=self.y.cpu())
         return state
 
-    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("size") != self.size:
             saved = state.get("size") if isinstance(state, dict) else state
             raise CheckpointError(f"the saved replay buffer holds {saved!r} sequences but think.replay_buffer_size "
                                   f"is {self.size}; the training state is from another run")
         self.count, self.next = int(state["count"]), int(state["next"])
         if "x" in state:
-            self.x, self.targets, self.y = (state[k].to(device) for k in ("x", "targets", "y"))
+            self.x, self.targets, self.y = (state[k] for k in ("x", "targets", "y"))
 
 
 class DirectPrediction(nn.Module):

@@ -2,6 +2,7 @@
 
 The trainer sees one interface, `Parallel`:
   module                 what to call for a micro-batch: `module(x, targets, seeds) -> (loss, stats)`
+  model, device          the model (its parameters are what the optimizer holds) and this process's device
   sync(last)             a context for one micro-batch's forward and backward; gradients are
                          synchronized across processes only on the last micro-batch of a step
   after_backward()       what must follow the backward of a step's last micro-batch (FSDP2: reshard)
@@ -9,7 +10,9 @@ The trainer sees one interface, `Parallel`:
                          checkpoints that load in a single process
   full_optimizer_state(optimizer) / load_optimizer_state(optimizer, state)
                          the optimizer state in `torch.optim.Optimizer.state_dict()` form with full
-                         tensors, so a run resumes on any number of processes and any `parallel`
+                         tensors, so a run resumes on any number of processes and any `parallel`;
+  optimizer_state(optimizer)
+                         the same as a part of the training state (state_dict / load_state_dict)
 
 FSDP2 with second-order gradients (the EBT differentiates through ∇_y E). FSDP2's defaults free
 the unsharded parameters after the first backward pass — the one `autograd.grad(E, y,
@@ -57,8 +60,8 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 class Parallel:
     """One process: the objective as it is."""
 
-    def __init__(self, objective: nn.Module, model: nn.Module):
-        self.module, self.model = objective, model
+    def __init__(self, objective: nn.Module, model: nn.Module, device: torch.device | str = "cpu"):
+        self.module, self.model, self.device = objective, model, torch.device(device)
 
     def sync(self, last: bool):
         return contextlib.nullcontext()
@@ -77,6 +80,23 @@ class Parallel:
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict) -> None:
         optimizer.load_state_dict(state)
 
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> OptimizerState:
+        return OptimizerState(self, optimizer)
+
+
+class OptimizerState:
+    """An optimizer's state as a part of the training state: `state_dict()` with full tensors (a
+    collective under FSDP2: every process calls it), `load_state_dict` from any run's."""
+
+    def __init__(self, parallel: Parallel, optimizer: torch.optim.Optimizer):
+        self.parallel, self.optimizer = parallel, optimizer
+
+    def state_dict(self) -> dict:
+        return self.parallel.full_optimizer_state(self.optimizer)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.parallel.load_optimizer_state(self.optimizer, state)
+
 
 class DDP(Parallel):
     """DistributedDataParallel: weights replicated, gradients all-reduced (averaged) on the last
@@ -84,7 +104,7 @@ class DDP(Parallel):
 
     def __init__(self, objective: nn.Module, model: nn.Module, device: torch.device):
         super().__init__(DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None),
-                         model)
+                         model, device)
 
     def sync(self, last: bool):
         return contextlib.nullcontext() if last else self.module.no_sync()
@@ -110,7 +130,7 @@ class FSDP(Parallel):
                         register_fsdp_forward_method(block, name)
         fully_shard(objective, mesh=mesh)
         objective.set_reshard_after_backward(False)
-        super().__init__(objective, model)
+        super().__init__(objective, model, device)
         self._fsdp_module = FSDPModule
 
     def sync(self, last: bool):
@@ -158,7 +178,7 @@ def wrap(objective: nn.Module, model: nn.Module, parallel: str, dist: Distribute
     must hold the sharded parameters."""
     check(parallel, dist)
     if not dist.enabled:
-        return Parallel(objective, model)
+        return Parallel(objective, model, device)
     if parallel == "fsdp":
         return FSDP(objective, model, dist, device)
     return DDP(objective, model, device)

@@ -40,8 +40,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
 
 
-def grad_scaler(precision: str, device: torch.device):
-    """fp16: a GradScaler (dynamic loss scaling) for `device`; None for fp32 and bf16, which need none."""
-    if precision != "fp16":
-        return None
-    return torch.amp.GradScaler(torch.device(device).type)
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler for `device`: dynamic loss scaling under fp16; for fp32 and bf16, which need
+    none, a disabled one, whose methods do nothing (scale returns the loss, step is optimizer.step)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "fp16")

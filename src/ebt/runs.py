@@ -5,9 +5,9 @@
     model = ebt.load("user/ebt-tiny")  # a Hub id: fetched into the Hugging Face cache (`ebt.hub`)
     model.save_pretrained("export")    # a loadable run directory with a model card; push_to_hub(id)
 
-Every model loaded here is its kind (an AutoregressiveEBT, ...) with `Pretrained`, the
-huggingface_hub ModelHubMixin, mixed in: the Hub methods live here, above the models, which
-never see files or runs.
+Every model loaded here is built as its kind (an AutoregressiveEBT, ...) with `Pretrained`, the
+huggingface_hub ModelHubMixin, mixed in (`PRETRAINED`, handed to `build_model`): the Hub methods
+live here, above the models, which never see files or runs.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
                                      "it keeps none (train with --train.keep_checkpoints=true)"))
         raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
     artifacts = load_artifacts(config, path)
-    model = build_model(config)
+    model = build_model(config, PRETRAINED)  # its kind, with the Hub methods
     try:
         state = load_file(str(weights), device=str(map_location))
         with safe_open(str(weights), framework="pt") as f:
@@ -96,9 +96,6 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     step = metadata.get("step", "0")
     if not step.isdigit():
         raise CheckpointError(f"{weights} has metadata step = {step!r}; it must be a count of training steps")
-    # The model gains the Hub methods in place, as torch.nn.utils.parametrize swaps in a subclass:
-    # build_model stays ignorant of runs, and the model is still its own kind.
-    model.__class__ = PRETRAINED[type(model)]
     run = Run(config, model, int(step), path, **artifacts)
     model.run = run
     return run

@@ -1,7 +1,7 @@
 """Experiment trackers (`train.log_to`): the rows of metrics.jsonl, also sent to TensorBoard or
 Weights & Biases.
 
-The trainer writes each row in one place (`ebt.train._MetricsLog`), on the main process only, and
+The trainer writes each row in one place (`ebt.rundir.MetricsLog`), on the main process only, and
 hands it to the tracker opened here: `log(row, step)` for every row, `close()` once when training
 stops, however it stops. A tracker sees the numeric fields of a row named by the row's split
 (`train/loss`, `validation/ppl`); lists (a text validation's `window_losses`) stay in metrics.jsonl.
