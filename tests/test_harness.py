@@ -87,9 +87,9 @@ def test_loglikelihood_equals_ebt_eval_on_the_same_pairs(trained_runs, tmp_path,
     # pair by pair: the flags and sums of `evaluate` on the windows `ebt eval` builds
     run = load_run(run_dir)
     split = encode_pairs(read_pairs(data), run.tokenizer, run.config.model.context_len + 1).split
-    windows = evaluate(run.model, split, batch_size=BATCH, seed=0, per_window=True, **options)["per_window"]
-    assert [greedy for _, greedy in results] == windows["greedy"] and True in windows["greedy"]
-    assert [ll for ll, _ in results] == pytest.approx(windows["log_likelihood"], rel=1e-6)
+    windows = evaluate(run.model, split, batch_size=BATCH, seed=0, **options)
+    assert [greedy for _, greedy in results] == windows.greedy.tolist() and windows.greedy.any()
+    assert [ll for ll, _ in results] == pytest.approx(windows.log_likelihood.tolist(), rel=1e-6)
     assert all(isinstance(ll, float) and ll < 0 and isinstance(g, bool) for ll, g in results)
 
 
@@ -133,10 +133,10 @@ def test_loglikelihood_rolling_equals_evaluate_on_the_same_text(trained_runs, ki
     text = ("the cat sat on the mat. a dog ran to the park! one two")[:3 * (window - 1) - 1]
     stream = encode_split(["", text], run.tokenizer)  # "\n\n" then the text
     assert len(stream) == 1 + 3 * (window - 1)
-    common = dict(batch_size=BATCH, seed=0, per_window=True, **options)
-    packed = sum(evaluate(run.model, stream, **common)["per_window"]["log_likelihood"])
+    common = dict(batch_size=BATCH, seed=0, **options)
+    packed = sum(evaluate(run.model, stream, **common).log_likelihood.tolist())
     separator = torch.tensor(run.tokenizer.encode(DOCUMENT_SEPARATOR))
-    first = evaluate(run.model, TokenSplit([separator], layout="padded"), **common)["per_window"]["log_likelihood"]
+    first = evaluate(run.model, TokenSplit([separator], layout="padded"), **common).log_likelihood.tolist()
     model = harness_model(trained_runs[kind]["dir"], **options)
     rolling, empty = model.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,), ("",)]))
     assert rolling == pytest.approx(packed - first[0], rel=1e-5)

@@ -19,7 +19,7 @@ import ebt.train
 from ebt.checkpoint import load_config, snapshot_steps
 from ebt.config import TrainConfig
 from ebt.errors import CheckpointError
-from ebt.evaluate import evaluate
+from ebt.evaluate import evaluate, summary
 from ebt.runs import load_run
 from ebt.schedule import MIN_LR_RATIO, lr_factor, validation_steps
 
@@ -151,21 +151,21 @@ def test_a_log_spaced_run_validates_at_those_steps_and_logs_each_windows_loss(co
 def test_window_losses_has_one_entry_per_window_in_stream_order() -> None:
     model = tiny_model("transformer")  # context 8: windows of 9 tokens, 8 apart
     tokens = random_ids(1, 100)[0]
-    scored = evaluate(model, tokens, batch_size=5, window_losses=True)
-    losses = scored["window_losses"]
+    windows = evaluate(model, tokens, batch_size=5)
+    scored, losses = summary(windows), windows.loss.tolist()
     assert len(losses) == (100 - 9) // 8 + 1 == scored["tokens"] / 8  # 12 windows; the last batch of 2
     assert statistics.fmean(losses) == pytest.approx(scored["loss"], abs=1e-9)
     for i in (0, 5, 11):
-        alone = evaluate(model, tokens[8 * i: 8 * i + 9])
+        alone = summary(evaluate(model, tokens[8 * i: 8 * i + 9]))
         assert losses[i] == pytest.approx(alone["loss"], abs=1e-9)
-    assert "window_losses" not in evaluate(model, tokens, batch_size=5)
-    assert len(evaluate(model, tokens, max_windows=3, window_losses=True)["window_losses"]) == 3
+    assert not any(isinstance(v, list) for v in scored.values())  # the summary holds figures only
+    assert len(evaluate(model, tokens, max_windows=3).loss) == 3
 
 
 def test_an_ebts_window_losses_average_to_its_loss() -> None:
-    scored = evaluate(tiny_model("ebt"), random_ids(1, 60)[0], batch_size=4, window_losses=True)
-    assert len(scored["window_losses"]) == (60 - 9) // 8 + 1
-    assert statistics.fmean(scored["window_losses"]) == pytest.approx(scored["loss"], abs=1e-9)
+    windows = evaluate(tiny_model("ebt"), random_ids(1, 60)[0], batch_size=4)
+    assert len(windows.loss) == (60 - 9) // 8 + 1
+    assert statistics.fmean(windows.loss.tolist()) == pytest.approx(summary(windows)["loss"], abs=1e-9)
 
 
 # --- Kept checkpoints -----------------------------------------------------------------------------

@@ -223,18 +223,21 @@ def evaluate(args: EvalArgs) -> int:
     from ebt.models import compiled_inference
     from ebt.runs import load_run
 
-    device = _device(args.device)
-    run = load_run(args.run, device)
-    precision = _precision(args.precision, run, device)
+    from ebt.evaluate import Scoring
+
+    scoring = Scoring.pick(args.device, args.precision, batch_size=args.batch_size, seed=args.seed)
+    run = load_run(args.run, scoring.device)
+    mine = scoring.for_run(run, "--precision")  # the run's own precision, checked here
     if args.suite:
-        return _suite(args, run, device)
+        return _suite(args, run, scoring)
+    scoring, precision = mine, mine.precision
     task = run.config.model.task
     if args.plots is not None and task != "video":
         raise ConfigError("--plots goes with --suite paper (text runs) or with video EBT runs; for image runs "
                           "use `ebt denoise RUN --vs OTHER --plots DIR`")
     score = {"text": _eval_text, "image": _eval_image, "video": _eval_video}[task]
     with compiled_inference(run.model, args.compile):
-        result, line = score(args, run, device, precision)
+        result, line = score(args, run, scoring)
     result["precision"] = precision
     if args.options.given():  # the thinking options set, so saved results can be told apart
         result["thinking"] = args.options.given()
@@ -243,21 +246,21 @@ def evaluate(args: EvalArgs) -> int:
     return 0
 
 
-def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
+def _eval_text(args: EvalArgs, run, scoring) -> tuple[dict, str]:
     """Loss and perplexity on the run's validation split, or on another corpus whole, or on the
     answers of prompt/answer pairs (with exact match)."""
     from ebt.data.corpus import load_corpus
     from ebt.data.pairs import is_pairs_file
     from ebt.data.prepared import is_prepared, open_prepared
     from ebt.data.tokens import encode_split
-    from ebt.evaluate import evaluate as score
+    from ebt.evaluate import evaluate as score, summary
     from ebt.rundata import load_data, resolve_source
     from ebt.rundata.text import check_prepared_tokenizer
 
     cfg = run.config
     own = args.data is None or resolve_source(args.data) == cfg.data.corpus
     if is_pairs_file(cfg.data.corpus if own else args.data):
-        return _eval_pairs(args, run, device, precision, own)
+        return _eval_pairs(args, run, scoring, own)
     if own:
         source, split = cfg.data.corpus, "validation"  # never score the text a run trained on
         tokens = load_data(cfg, run.path).validation
@@ -270,20 +273,19 @@ def _eval_text(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
         source, split = args.data, "all"
         corpus = load_corpus(args.data, cfg.data.validation_fraction)
         tokens = encode_split(corpus.train + corpus.validation, run.tokenizer, cfg.data.layout, f"corpus {args.data!r}")
-    result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
-                   seed=args.seed, device=device, precision=precision)
+    result = summary(score(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples))
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
             f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {_passes(result, 'token')}")
     return result, line
 
 
-def _eval_pairs(args: EvalArgs, run, device, precision: str, own: bool) -> tuple[dict, str]:
+def _eval_pairs(args: EvalArgs, run, scoring, own: bool) -> tuple[dict, str]:
     """Loss and perplexity of the answers given their prompts, and the share answered exactly by
     greedy decoding: every pair of a pairs file, or (`own`) the validation pairs of a run trained
     on pairs."""
     from ebt.data.pairs import encode_pairs, read_pairs
-    from ebt.evaluate import evaluate as score
+    from ebt.evaluate import evaluate as score, summary
     from ebt.rundata import load_data
 
     window = run.config.model.context_len + 1
@@ -294,8 +296,8 @@ def _eval_pairs(args: EvalArgs, run, device, precision: str, own: bool) -> tuple
         source, split = args.data, "all"
         encoded = encode_pairs(read_pairs(args.data), run.tokenizer, window, args.data)
         tokens, cut = encoded.split, encoded.cut_answers
-    result = score(run.model, tokens, args.options, batch_size=args.batch_size, max_windows=args.max_examples,
-                   seed=args.seed, device=device, precision=precision, exact_match=True)
+    windows = score(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples)
+    result = {**summary(windows), "exact_match": int(windows.greedy.sum()) / max(len(windows), 1)}
     pairs = min(tokens.examples(window), args.max_examples or tokens.examples(window))
     result = {"run": str(args.run), "kind": run.config.model.kind, "data": source, "split": split, "pairs": pairs,
               **({"answers_cut": cut} if cut is not None else {}), **result}
@@ -313,7 +315,7 @@ def _passes(result: dict, unit: str) -> str:
     return text + (f" ({result['mean_steps']:.3g} steps on average)" if "mean_steps" in result else "")
 
 
-def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
+def _eval_image(args: EvalArgs, run, scoring) -> tuple[dict, str]:
     """PSNR at the training noise level on the validation split, or on every image of --data."""
     from ebt.data.images import load_images
     from ebt.evaluate import denoise_metrics
@@ -330,8 +332,7 @@ def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     if args.max_examples is not None:
         images = images[: args.max_examples]
     level = cfg.image.noise_level
-    result = denoise_metrics(run.model, images, level, args.options, batch_size=args.batch_size, seed=args.seed,
-                             device=device, precision=precision)
+    result = denoise_metrics(run.model, images, level, args.options, scoring=scoring)
     result = {"run": str(run.path), "kind": cfg.model.kind, "data": source, "split": split, "noise": level, **result}
     line = (f"{run.path} ({cfg.model.kind}) on {source} [{split}], noise {level}: "
             f"PSNR {result['psnr']:.2f} dB (noisy {result['noisy_psnr']:.2f}), MSE {result['mse']:.2f}, "
@@ -339,7 +340,7 @@ def _eval_image(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     return result, line
 
 
-def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]:
+def _eval_video(args: EvalArgs, run, scoring) -> tuple[dict, str]:
     """Errors on the run's validation clips against copying the last frame; --plots draws the
     EBT's energy along the clips."""
     from ebt.files import atomic_write
@@ -354,8 +355,7 @@ def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     frames, appears = clips(run.config, "validation")
     encoder = run.frame_encoder
     latents = encode(encoder, frames)
-    common = dict(batch_size=args.batch_size, max_clips=args.max_examples, seed=args.seed, device=device,
-                  precision=precision)
+    common = dict(scoring=scoring, max_clips=args.max_examples)
     result = evaluate_clips(run.model, latents, encoder.pixels_per_latent, args.options, **common)
     kind = run.config.model.kind
     result = {"run": str(args.run), "kind": kind, "data": CORPUS, "split": "validation", **result}
@@ -375,7 +375,7 @@ def _eval_video(args: EvalArgs, run, device, precision: str) -> tuple[dict, str]
     return result, line
 
 
-def _suite(args: EvalArgs, run, device) -> int:
+def _suite(args: EvalArgs, run, scoring) -> int:
     from ebt.models import compiled_inference
     from ebt.runs import load_run
     from ebt.suite import BUDGETS, downstream_suite, paper_suite
@@ -384,10 +384,9 @@ def _suite(args: EvalArgs, run, device) -> int:
         raise ConfigError(f"--suite {args.suite} sets its own data; drop --data")
     if args.suite == "downstream" and args.plots is not None:
         raise ConfigError("--plots goes with --suite paper; the downstream suite prints a table (--json: all figures)")
-    baseline = load_run(args.baseline, device) if args.baseline else None
+    baseline = load_run(args.baseline, scoring.device) if args.baseline else None
     plots = args.plots or args.run / "suite"
-    common = dict(baseline=baseline, batch_size=args.batch_size, seed=args.seed, device=device, options=args.options,
-                  precision=args.precision)
+    common = dict(baseline=baseline, scoring=scoring, options=args.options)
     with contextlib.ExitStack() as compiled:
         for model in [run.model] + ([baseline.model] if baseline else []):
             compiled.enter_context(compiled_inference(model, args.compile))

@@ -9,7 +9,7 @@ reads no plugin entry points, so its own `lm_eval` command never imports us: `py
 ebt.harness ARGS` is that command (`lm_eval ARGS`) run after the import, and Python code imports
 this module before `lm_eval.simple_evaluate(model="ebt", ...)` (or passes an `EBTLM`).
 
-Every score goes through the library's own scorer, `ebt.evaluate.evaluate(..., per_window=True)`,
+Every score goes through the library's own scorer, `ebt.evaluate.evaluate` (its per-window records),
 on the windows `ebt eval` builds, so the harness's numbers are `ebt eval`'s by construction at the
 same seed and batch size (an EBT's thinking starts from random candidates drawn batch by batch;
 each task's requests are scored apart, so that its figures do not depend on the tasks beside it).
@@ -43,6 +43,7 @@ Read next: `ebt/evaluate.py` (the scorer), `ebt/data/pairs.py` (prompt/answer wi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -67,7 +68,7 @@ from ebt.data.pairs import Pair, encode_pairs, rows_split
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.distributed import Distributed, pick_device
 from ebt.errors import ConfigError, EBTError
-from ebt.evaluate import evaluate
+from ebt.evaluate import Scoring, WindowScores, evaluate
 from ebt.generate import generate
 from ebt.models import is_energy_based
 from ebt.precision import check_precision
@@ -199,7 +200,7 @@ class EBTLM(LM):
                                    cut_prompts=True)
             cut, scored = cut + encoded.cut_answers, scored + len(group)
             windows = self._score(encoded.split)
-            for i, log_likelihood, greedy in zip(group, windows["log_likelihood"], windows["greedy"]):
+            for i, log_likelihood, greedy in zip(group, windows.log_likelihood.tolist(), windows.greedy.tolist()):
                 results[i] = (float(log_likelihood), bool(greedy))
         if cut:
             warnings.warn(f"{cut} of {scored} continuations do not fit the window ({self.max_length} tokens) beside "
@@ -225,7 +226,8 @@ class EBTLM(LM):
                 rows += text_rows
                 owner += [i] * len(text_rows)
             if rows:
-                for i, log_likelihood in zip(owner, self._score(rows_split(rows, "lm_eval texts"))["log_likelihood"]):
+                windows = self._score(rows_split(rows, "lm_eval texts"))
+                for i, log_likelihood in zip(owner, windows.log_likelihood.tolist()):
                     totals[i] += float(log_likelihood)
         for request, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
@@ -256,10 +258,16 @@ class EBTLM(LM):
             texts.append(text)
         return texts
 
-    def _score(self, split: TokenSplit) -> dict[str, list]:
-        """`evaluate`'s per-window lists (log_likelihood in nats, tokens, greedy) for a padded split."""
-        return evaluate(self.model, split, self.options, batch_size=self.batch_size, device=self._device,
-                        precision=self.precision, seed=self.seed, per_window=True)["per_window"]
+    @functools.cached_property
+    def scoring(self) -> Scoring:
+        """How every request is scored: the device, precision, batch size and seed given (checked
+        when the model was made)."""
+        return Scoring(self._device, self.precision, self.batch_size, self.seed)
+
+    def _score(self, split: TokenSplit) -> WindowScores:
+        """`evaluate`'s records of a padded split's windows, one per row (log_likelihood in nats,
+        greedy)."""
+        return evaluate(self.model, split, self.options, scoring=self.scoring)
 
 
 # Registered by name ("module:class"), which lm_eval imports on first use: `python -m ebt.harness`

@@ -34,9 +34,8 @@ from ebt.data.tokens import TokenSplit, encode_split, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
-from ebt.evaluate import PRECISION_OPTION, evaluate
+from ebt.evaluate import Scoring, evaluate, summary
 from ebt.models import is_energy_based
-from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
 from ebt.runs import Run
 from ebt.think import ThinkingOptions
@@ -61,35 +60,33 @@ def paper_suite(
     baseline: Run | None = None,
     out: Path | None = None,
     max_windows: int = 64,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
     options: ThinkingOptions | None = None,
-    precision: str | None = None,
+    scoring: Scoring | None = None,
+    **given,
 ) -> dict:
     """Run the suite on an EBT run. The suite sets steps and samples per budget; the other
     `options` (step_size, langevin_std) apply to every budget, and setting steps, samples or
-    tolerance is a ConfigError. `precision` ('fp32', 'bf16', 'fp16' on CUDA) applies to both runs;
-    None scores each at its own train.precision."""
+    tolerance is a ConfigError. `scoring` (a Scoring, or its fields as keywords: device, batch_size,
+    seed, precision) applies to both runs; its precision None (the default) scores each at its own
+    train.precision."""
     options = options or ThinkingOptions()
+    scoring = Scoring.of(scoring, given, precision=None)
     if not is_energy_based(run.model) and run.config.model.task == "text":
         raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
-    mine, theirs = _check_suite_runs("paper", run, baseline, options, device, precision)
+    mine, theirs = _check_suite_runs("paper", run, baseline, options, scoring)
     streams = suite_datasets(run)
-    common = dict(batch_size=batch_size, max_windows=max_windows, seed=seed, device=device)
     datasets: dict[str, dict] = {}
     for name, tokens in streams.items():
-        entry = thinking_budgets(run.model, tokens, options, precision=mine, **common)
+        entry = thinking_budgets(run.model, tokens, options, scoring=mine, max_windows=max_windows)
         if baseline is not None:
-            entry["transformer_ppl"] = evaluate(baseline.model, tokens, precision=theirs, **common)["ppl"]
+            entry["transformer_ppl"] = _ppl(baseline.model, tokens, theirs, max_windows)
         datasets[name] = entry
     in_ppl = datasets[IN_DISTRIBUTION]["budgets"][0]["ppl"]
     for entry in datasets.values():
         entry["ood_shift"] = entry["budgets"][0]["ppl"] / in_ppl
     result = {"run": str(run.path), "baseline": str(baseline.path) if baseline else None,
               "max_windows": max_windows, "datasets": datasets,
-              "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], seed=seed, device=device, out=out,
-                                         precision=mine)}
+              "uncertainty": uncertainty(run, streams[IN_DISTRIBUTION], scoring=mine, out=out)}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plots.plot_thinking_curves(
@@ -103,10 +100,16 @@ def paper_suite(
     return result
 
 
-def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: ThinkingOptions, device,
-                      precision: str | None) -> tuple[str, str | None]:
+def _ppl(model, tokens: Tensor | TokenSplit, scoring: Scoring, max_windows: int) -> float:
+    """A model's perplexity without thinking (a Transformer++, or an EBT as trained)."""
+    return summary(evaluate(model, tokens, scoring=scoring, max_windows=max_windows))["ppl"]
+
+
+def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: ThinkingOptions,
+                      scoring: Scoring) -> tuple[Scoring, Scoring | None]:
     """ConfigError unless `run` is a text run and `baseline` (if any) a text Transformer++ run with
-    the same tokenizer, and `options` leave the budgets to the suite; the precision of each."""
+    the same tokenizer, and `options` leave the budgets to the suite; the scoring of each run (at
+    its own train.precision when `scoring` names none)."""
     fixed = set(options.given()) & {"steps", "samples", "tolerance"}
     if fixed:
         flags = ", ".join(f"--{name}" for name in sorted(fixed))
@@ -118,13 +121,7 @@ def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: Think
                           "run; the baseline must be a text Transformer++ run")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
         raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
-    mine = run.config.train.precision if precision is None else precision
-    check_precision(mine, device, PRECISION_OPTION)
-    theirs = None
-    if baseline is not None:
-        theirs = baseline.config.train.precision if precision is None else precision
-        check_precision(theirs, device, PRECISION_OPTION)
-    return mine, theirs
+    return scoring.for_run(run), (scoring.for_run(baseline) if baseline is not None else None)
 
 
 def downstream_suite(
@@ -132,18 +129,17 @@ def downstream_suite(
     *,
     baseline: Run | None = None,
     max_examples: int = 200,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
     options: ThinkingOptions | None = None,
-    precision: str | None = None,
     sets: tuple[str, ...] | None = None,
+    scoring: Scoring | None = None,
+    **given,
 ) -> dict:
     """The paper's downstream measure (SPEC §7, Table 3): on each downstream set
     (`ebt.data.downstream`; all of DOWNSTREAM_SETS unless `sets`), the perplexity of the reference
     answers given their questions, answer tokens only, over the first `max_examples` pairs; an EBT
     at each budget of the paper suite (BUDGETS), a Transformer++ `run` or `baseline` without
     thinking; and the same on the run's pretraining validation split (`max_examples` windows).
+    `scoring`: as `paper_suite`'s.
 
     A prompt longer than a model's context keeps its last tokens (the question comes last); how
     many were cut is reported per set. Raises DataError naming `make downstream-data` for a set
@@ -152,7 +148,8 @@ def downstream_suite(
     from ebt.data.pairs import encode_pairs
 
     options = options or ThinkingOptions()
-    mine, theirs = _check_suite_runs("downstream", run, baseline, options, device, precision)
+    mine, theirs = _check_suite_runs("downstream", run, baseline, options,
+                                     Scoring.of(scoring, given, precision=None))
     if baseline is not None and not is_energy_based(run.model):
         raise ConfigError("--baseline is the Transformer++ scored beside an EBT run; this run is a Transformer++ itself")
     if baseline is not None and baseline.config.model.context_len != run.config.model.context_len:
@@ -161,43 +158,43 @@ def downstream_suite(
                           "scored given different parts of the prompts; compare runs of one context length")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
-    common = dict(batch_size=batch_size, max_windows=max_examples, seed=seed, device=device)
     pairs = {name: load_downstream(name, limit=max_examples) for name in (sets or DOWNSTREAM_SETS)}
 
-    def score(model, tokens, precision_: str, thinking: bool) -> dict:
-        if thinking:
-            return thinking_budgets(model, tokens, options, precision=precision_, **common)
-        return {"ppl": evaluate(model, tokens, precision=precision_, **common)["ppl"]}
+    def score(tokens: Tensor | TokenSplit) -> dict:
+        if is_energy_based(run.model):
+            return thinking_budgets(run.model, tokens, options, scoring=mine, max_windows=max_examples)
+        return {"ppl": _ppl(run.model, tokens, mine, max_examples)}
 
-    validation = load_data(run.config, run.path).validation
-    thinking = is_energy_based(run.model)
-    datasets = {IN_DISTRIBUTION: score(run.model, validation, mine, thinking) | {"pairs": None}}
+    datasets = {IN_DISTRIBUTION: score(load_data(run.config, run.path).validation) | {"pairs": None}}
     if baseline is not None:
         scored = load_data(baseline.config, baseline.path).validation
-        datasets[IN_DISTRIBUTION]["transformer_ppl"] = evaluate(baseline.model, scored, precision=theirs, **common)["ppl"]
+        datasets[IN_DISTRIBUTION]["transformer_ppl"] = _ppl(baseline.model, scored, theirs, max_examples)
     for name, examples in pairs.items():
         encoded = encode_pairs(examples, run.tokenizer, run.config.model.context_len + 1, name, cut_prompts=True)
-        entry = score(run.model, encoded.split, mine, thinking)
+        entry = score(encoded.split)
         entry.update(pairs=len(examples), prompts_cut=encoded.cut_prompts, answers_cut=encoded.cut_answers)
         if baseline is not None:
             theirs_encoded = encode_pairs(examples, baseline.tokenizer, baseline.config.model.context_len + 1, name,
                                           cut_prompts=True)
-            entry["transformer_ppl"] = evaluate(baseline.model, theirs_encoded.split, precision=theirs, **common)["ppl"]
+            entry["transformer_ppl"] = _ppl(baseline.model, theirs_encoded.split, theirs, max_examples)
         datasets[name] = entry
     return {"run": str(run.path), "baseline": str(baseline.path) if baseline else None, "kind": run.config.model.kind,
             "max_examples": max_examples, "datasets": datasets}
 
 
-def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOptions | None = None, **common) -> dict:
+def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOptions | None = None, *,
+                     scoring: Scoring | None = None, max_windows: int | None = None, **given) -> dict:
     """An EBT's perplexity on token ids (N,) at each of the paper's budgets (BUDGETS), and the %
     improvement from thinking longer (3 steps against 2), from self-verification (best-of-10
     against 2 steps) and at the best budget. `options` (step_size, langevin_std) apply to every
-    budget; `common` goes to `evaluate` (batch_size, max_windows, seed, device, precision)."""
+    budget; `scoring` (or its fields as keywords) and `max_windows` go to `evaluate`."""
     options = options or ThinkingOptions()
+    scoring = Scoring.of(scoring, given)
     budgets = []
     for steps, samples in BUDGETS:
-        r = evaluate(model, tokens, dataclasses.replace(options, steps=steps, samples=samples), **common)
-        budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **r})
+        windows = evaluate(model, tokens, dataclasses.replace(options, steps=steps, samples=samples), scoring=scoring,
+                           max_windows=max_windows)
+        budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **summary(windows)})
     ppl = [b["ppl"] for b in budgets]
     return {"tokens": budgets[0]["tokens"], "budgets": budgets,
             "gain_think_longer_pct": 100 * (ppl[0] - ppl[1]) / ppl[0],
@@ -205,28 +202,28 @@ def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOption
             "gain_best_pct": 100 * (ppl[0] - min(ppl)) / ppl[0]}
 
 
-def uncertainty(run: Run, tokens: Tensor | TokenSplit, *, seed: int = 0, device="cpu", out: Path | None = None,
-                windows: int = 8, heatmap_tokens: int = 96, precision: str | None = None) -> dict:
+def uncertainty(run: Run, tokens: Tensor | TokenSplit, *, scoring: Scoring | None = None, out: Path | None = None,
+                windows: int = 8, heatmap_tokens: int = 96) -> dict:
     """Per-token energy against per-token loss, and random characters against real text, thinking
-    at `precision` (None: the run's train.precision)."""
-    precision = run.config.train.precision if precision is None else precision
-    check_precision(precision, device, PRECISION_OPTION)
-    model, s = run.model, run.config.model.context_len
-    generator = torch.Generator(device=device).manual_seed(seed)
+    on `scoring.device` at `scoring.precision` (None, the default: the run's train.precision)
+    from `scoring.seed`."""
+    scoring = (scoring or Scoring(precision=None)).for_run(run)
+    model, s, device = run.model, run.config.model.context_len, scoring.device
+    generator = scoring.generator()
     # Whole windows of text, whatever the run's layout: this compares energies position by position.
     packed = TokenSplit.of(tokens).with_layout("packed")
     batch = next(sequential_windows(packed, s + 1, windows)).to(device)  # (W, S+1)
     x, targets = batch[:, :-1], batch[:, 1:]
-    with autocast(precision, device):
+    with scoring.autocast():
         thought = model.think(x, score_final=True, generator=generator)
     energy = thought.energies[-1]  # (W, S): energy of the final prediction
-    loss = torch.nn.functional.cross_entropy(thought.logits.transpose(1, 2).float(), targets, reduction="none")
+    loss = torch.nn.functional.cross_entropy(thought.y.transpose(1, 2).float(), targets, reduction="none")
     rho = plots.spearman(energy.flatten().cpu().numpy(), loss.flatten().cpu().numpy())
 
-    rng = random.Random(seed)
+    rng = random.Random(scoring.seed)
     noise_text = "".join(rng.choice(string.ascii_letters + string.punctuation + " ") for _ in range(4 * s))
     noise = torch.tensor(run.tokenizer.encode(noise_text)[: s], device=device)[None]  # (1, S)
-    with autocast(precision, device):
+    with scoring.autocast():
         noise_energy = float(model.think(noise, score_final=True, generator=generator).energies[-1].mean())
     real_energy = float(energy.mean())
 
@@ -238,7 +235,7 @@ def uncertainty(run: Run, tokens: Tensor | TokenSplit, *, seed: int = 0, device=
                                   out / "energy_vs_loss.png", spearman=rho)
         n = min(heatmap_tokens, s)
         sample = x[:1, -n:]  # (1, n): a sample text
-        with autocast(precision, device):
+        with scoring.autocast():
             trace = model.think(sample, steps=model.think_config.steps + 2, score_final=True, generator=generator)
         heat = np.stack([e[0].cpu().numpy() for e in trace.energies])  # (steps + 1, n)
         labels = [run.tokenizer.decode([int(t)]) for t in targets[0, -n:]]

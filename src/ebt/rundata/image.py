@@ -13,7 +13,7 @@ from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
 from ebt.think import example_normal
 from ebt.data.images import ImageSplits, load_images, to_unit_range
-from ebt.evaluate import denoise_metrics
+from ebt.evaluate import Scoring, denoise_metrics
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
 
@@ -60,7 +60,7 @@ class ImageData:
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
         images = self.splits.validation[:max_examples]
-        return denoise_metrics(model, images, self.noise_level, batch_size=batch_size, device=device)
+        return denoise_metrics(model, images, self.noise_level, scoring=Scoring(device, batch_size=batch_size))
 
     def save(self, out: Path) -> None:
         save_fingerprint(out, **self.fingerprint)

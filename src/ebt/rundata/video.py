@@ -16,7 +16,7 @@ from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
 from ebt.data.video import FRAME_SIZE, FrameEncoder, digit_split, fit_encoder, mnist_digits, moving_digits
 from ebt.errors import CheckpointError, ConfigError
-from ebt.evaluate import evaluate_clips
+from ebt.evaluate import Scoring, evaluate_clips
 from ebt.rundata.fingerprint import content_hash, save_fingerprint
 
 CORPUS = "moving-mnist"
@@ -63,8 +63,8 @@ class VideoData:
         return targets.shape[0] * targets.shape[1]
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
-        return evaluate_clips(model, self.validation, self.encoder.pixels_per_latent, batch_size=batch_size,
-                              max_clips=max_examples, device=device)
+        return evaluate_clips(model, self.validation, self.encoder.pixels_per_latent,
+                              scoring=Scoring(device, batch_size=batch_size), max_clips=max_examples)
 
     def save(self, out: Path) -> None:
         save_encoder(out, self.encoder)

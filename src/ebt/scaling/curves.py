@@ -185,8 +185,10 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
     over seeds, by x. Points of the data axis load the weights kept at their step."""
     from ebt.rundata import load_data
     from ebt.runs import load_run
+    from ebt.evaluate import Scoring
     from ebt.suite import thinking_budgets
 
+    scoring = Scoring(device)
     by_x: dict[float, list[dict]] = {}
     streams: dict[str, torch.Tensor] = {}
     for m in [m for m in measured if m.kind == "ebt"]:
@@ -198,7 +200,7 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
             except DataError as e:
                 raise DataError(f"point {m.run}: {e}") from None
         say(f"  thinking budgets: {m.run.name} step {m.step}")
-        r = thinking_budgets(run.model, streams[key], max_windows=len(m.window_losses), device=device)
+        r = thinking_budgets(run.model, streams[key], scoring=scoring, max_windows=len(m.window_losses))
         by_x.setdefault(m.x, []).append(r)
     gains = {}
     for x, results in by_x.items():
