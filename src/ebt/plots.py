@@ -58,9 +58,33 @@ def plot_thinking_curves(
     Datasets share one panel (log y) while their perplexities stay within 4x of each other;
     otherwise each gets its own panel (linear y, values labelled).
     """
+    baselines = dict(baselines or {})
+    points = _thinking_points(curves, baselines)
+    every_ppl = np.concatenate([p[:, 1] for p in points.values()] + [np.asarray(list(baselines.values()), float)])
+    shared = every_ppl.max() / every_ppl.min() <= _SHARED_AXES_MAX_RATIO
+    passes = sorted({float(x) for p in points.values() for x in p[:, 0]})
+
+    n_panels = 1 if shared else len(points)
+    cols = min(n_panels, 3)
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(5.0 * cols + (1.5 if shared else 0.0), 3.8 * rows), dpi=_DPI, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    for i, (name, curve) in enumerate(points.items()):
+        _draw_thinking_curve(axes[0 if shared else i], name, curve, f"C{i % 10}", baselines.get(name), shared)
+    for ax in axes[:n_panels]:
+        _thinking_axes(ax, passes, shared)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _thinking_points(curves: Mapping[str, Sequence[tuple[float, float]]],
+                     baselines: Mapping[str, float]) -> dict[str, np.ndarray]:
+    """Each dataset's points as an array (P, 2) sorted by forward passes; ValueError for no
+    dataset, a baseline without a curve, or points that are not finite positive pairs."""
     if not curves:
         raise ValueError("plot_thinking_curves: `curves` is empty; give at least one dataset")
-    baselines = dict(baselines or {})
     unknown = sorted(set(baselines) - set(curves))
     if unknown:
         raise ValueError(f"plot_thinking_curves: baselines {unknown} have no curve; datasets are {sorted(curves)}")
@@ -74,64 +98,54 @@ def plot_thinking_curves(
                 f"numbers, got {list(curve)!r}"
             )
         points[name] = array[np.argsort(array[:, 0])]
+    return points
 
-    every_ppl = np.concatenate([p[:, 1] for p in points.values()] + [np.asarray(list(baselines.values()), float)])
-    shared = every_ppl.max() / every_ppl.min() <= _SHARED_AXES_MAX_RATIO
-    names = list(points)
-    colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    passes = sorted({float(x) for p in points.values() for x in p[:, 0]})
 
-    n_panels = 1 if shared else len(names)
-    cols = min(n_panels, 3)
-    rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(5.0 * cols + (1.5 if shared else 0.0), 3.8 * rows), dpi=_DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in axes[n_panels:]:
-        ax.set_visible(False)
+def _draw_thinking_curve(ax, name: str, points: np.ndarray, colour: str, baseline: float | None,
+                         shared: bool) -> None:
+    """One dataset's EBT curve, and its Transformer++ perplexity as a dashed line; on a panel of
+    its own, the values labelled and the dataset's name as the title."""
+    xs, ys = points[:, 0], points[:, 1]
+    ax.plot(xs, ys, marker="o", color=colour, label=f"{name} EBT")
+    if not shared:
+        for x, y in zip(xs, ys):
+            ax.annotate(_short_number(y), (x, y), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7, color=colour)
+        ax.margins(y=0.12)  # room for the value labels
+    if baseline is not None:
+        ax.axhline(baseline, color=colour, linestyle="--", linewidth=1.2, label=f"{name} Transformer++")
+    if not shared:
+        ax.set_title(name, fontsize=10)
 
-    for i, name in enumerate(names):
-        ax = axes[0 if shared else i]
-        xs, ys = points[name][:, 0], points[name][:, 1]
-        ax.plot(xs, ys, marker="o", color=colours[name], label=f"{name} EBT")
-        if not shared:
-            for x, y in zip(xs, ys):
-                ax.annotate(_short_number(y), (x, y), textcoords="offset points", xytext=(0, 6),
-                            ha="center", fontsize=7, color=colours[name])
-            ax.margins(y=0.12)  # room for the value labels
-        if name in baselines:
-            ax.axhline(baselines[name], color=colours[name], linestyle="--", linewidth=1.2,
-                       label=f"{name} Transformer++")
-        if not shared:
-            ax.set_title(name, fontsize=10)
 
-    for ax in axes[:n_panels]:
-        ax.set_xscale("log")
-        # Ticks at the budgets actually measured (2, 3, 6, 15, 30), not at powers of ten.
-        ax.xaxis.set_major_locator(FixedLocator(passes))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_locator(NullLocator())
-        if shared:
-            # Log y so that equal relative gains look alike across datasets; the span is under a
-            # decade, so the minor ticks (1.5..9 x 10^k) are the informative ones to label.
-            ax.set_yscale("log")
-            ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-        elif _spans_decades(ax):  # far-OOD perplexities can span many decades: log y
-            ax.set_yscale("log")
-        else:
-            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
-        if len(passes) > 1:
-            ax.set_xlim(passes[0] / 1.15, passes[-1] * 1.15)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_xlabel("forward passes per token")
-        ax.set_ylabel("perplexity")
-        if shared:
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        else:
-            ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title)
-    return _save(fig, path)
+def _thinking_axes(ax, passes: list[float], shared: bool) -> None:
+    """Log x ticked at the measured budgets; log y on a shared panel, else log y only where the
+    values span decades; grid, labels and legend."""
+    ax.set_xscale("log")
+    # Ticks at the budgets actually measured (2, 3, 6, 15, 30), not at powers of ten.
+    ax.xaxis.set_major_locator(FixedLocator(passes))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    if shared:
+        # Log y so that equal relative gains look alike across datasets; the span is under a
+        # decade, so the minor ticks (1.5..9 x 10^k) are the informative ones to label.
+        ax.set_yscale("log")
+        ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    elif _spans_decades(ax):  # far-OOD perplexities can span many decades: log y
+        ax.set_yscale("log")
+    else:
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    if len(passes) > 1:
+        ax.set_xlim(passes[0] / 1.15, passes[-1] * 1.15)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("forward passes per token")
+    ax.set_ylabel("perplexity")
+    if shared:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        ax.legend(fontsize=8, loc="best")
 
 
 def plot_gain_vs_shift(
