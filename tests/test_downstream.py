@@ -200,12 +200,13 @@ def test_downstream_suite_scores_answers_at_each_budget_beside_the_transformer(f
         assert entry["transformer_ppl"] > 1
     # the Transformer++'s figure is what scoring the set's answers alone gives
     from ebt.data.pairs import encode_pairs
-    from ebt.evaluate import evaluate, summary
+    from ebt.evaluate import evaluate
     from ebt.runs import load_run
 
     baseline = load_run(transformer_run)
     squad = encode_pairs(load_downstream("squad"), baseline.tokenizer, 17, cut_prompts=True).split
-    assert result["datasets"]["squad"]["transformer_ppl"] == pytest.approx(summary(evaluate(baseline.model, squad))["ppl"])
+    alone = evaluate(baseline.model, squad).summary()["ppl"]
+    assert result["datasets"]["squad"]["transformer_ppl"] == pytest.approx(alone)
     code, out, err = run_cli(["eval", ebt_run, "--suite", "downstream", "--max-examples", "2"], capsys)
     assert code == 0, err
     assert "answer perplexity given the question" in out and "dyck_languages" in out and "T++" in out

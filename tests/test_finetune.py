@@ -14,7 +14,7 @@ from ebt.data.pairs import Pair, encode_pairs, read_pairs, split_pairs
 from ebt.data.tokenizers import build_tokenizer
 from ebt.data.tokens import PAD, context_only, split_window
 from ebt.errors import ConfigError, DataError
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.generate import generate
 from ebt.runs import load_run
 
@@ -115,7 +115,7 @@ def test_exact_match_is_what_greedy_decoding_answers(trained_runs, byte_tokenize
     pairs = [Pair(p[i:i + 10], p[i + 10:i + 12]) for p in _PHRASES for i in range(0, len(p) - 12, 3)]
     split = encode_pairs(pairs, run.tokenizer, 17).split
     windows = evaluate(run.model, split)
-    result = summary(windows)
+    result = windows.summary()
     greedy = []
     for pair in pairs:
         answer = run.tokenizer.encode(pair.answer)[: 17 - len(pair.prompt)]
@@ -123,7 +123,8 @@ def test_exact_match_is_what_greedy_decoding_answers(trained_runs, byte_tokenize
         greedy.append(out == answer)
     assert windows.greedy.tolist() == greedy and any(greedy)
     assert int(windows.tokens.sum()) == result["tokens"]
-    assert -sum(windows.log_likelihood.tolist()) / result["tokens"] == pytest.approx(result["loss"], rel=1e-6)  # float32
+    log_likelihood = sum(windows.log_likelihood.tolist())
+    assert -log_likelihood / result["tokens"] == pytest.approx(result["loss"], rel=1e-6)  # float32 sums
 
 
 @pytest.mark.parametrize("kind", ["transformer", "ebt"])

@@ -32,7 +32,7 @@ from ebt.cli import main
 from ebt.commands import EvalArgs
 from ebt.config import MOVED_KEYS, TASK_SECTIONS
 from ebt.errors import CheckpointError, ConfigError, ThinkingDiverged
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.generate import generate
 from ebt.think import ThinkingOptions
 
@@ -174,7 +174,7 @@ def test_the_python_api_refuses_the_same_values(trained_runs, image_run: Path) -
     noisy = torch.zeros(1, 1, 12, 12)
     with pytest.raises(ConfigError, match=r"langevin_std \(--langevin-std\) = nan is not allowed"):
         ebt.load(image_run).denoise(noisy, 0.1, langevin_std=NAN)
-    assert math.isfinite(summary(evaluate(model, tokens, steps=1, max_windows=2))["loss"])  # in range, it scores
+    assert math.isfinite(evaluate(model, tokens, steps=1, max_windows=2).summary()["loss"])  # in range, it scores
 
 
 def test_the_issues_reproductions_fail_clearly(trained_runs, image_run: Path, capsys) -> None:

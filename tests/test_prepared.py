@@ -21,7 +21,7 @@ from ebt.data.prepared import open_prepared, prepare
 from ebt.data.tokenizers import ByteTokenizer, build_tokenizer
 from ebt.data.tokens import PAD, TokenSplit, encode_documents, encode_split, random_windows, split_window
 from ebt.errors import ConfigError, DataError
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.train import train
 
 
@@ -102,7 +102,7 @@ def test_padding_is_not_scored() -> None:
     torch.manual_seed(0)
     model = tiny_model("transformer", vocab_size=256, dtype=torch.float64)  # context 8
     split = encode_split(["abc", "defghij"], ByteTokenizer(), layout="padded")
-    result = summary(evaluate(model, split, batch_size=4))
+    result = evaluate(model, split, batch_size=4).summary()
     assert result["tokens"] == 2 + 6
     x, targets = split_window(torch.cat(list(split.windows(9, 4))))
     logits = model(x)

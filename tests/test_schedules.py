@@ -19,7 +19,7 @@ import ebt.train
 from ebt.checkpoint import load_config, snapshot_steps
 from ebt.config import TrainConfig
 from ebt.errors import CheckpointError
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.runs import load_run
 from ebt.schedule import MIN_LR_RATIO, lr_factor, validation_steps
 
@@ -152,11 +152,11 @@ def test_window_losses_has_one_entry_per_window_in_stream_order() -> None:
     model = tiny_model("transformer")  # context 8: windows of 9 tokens, 8 apart
     tokens = random_ids(1, 100)[0]
     windows = evaluate(model, tokens, batch_size=5)
-    scored, losses = summary(windows), windows.loss.tolist()
+    scored, losses = windows.summary(), windows.loss.tolist()
     assert len(losses) == (100 - 9) // 8 + 1 == scored["tokens"] / 8  # 12 windows; the last batch of 2
     assert statistics.fmean(losses) == pytest.approx(scored["loss"], abs=1e-9)
     for i in (0, 5, 11):
-        alone = summary(evaluate(model, tokens[8 * i: 8 * i + 9]))
+        alone = evaluate(model, tokens[8 * i: 8 * i + 9]).summary()
         assert losses[i] == pytest.approx(alone["loss"], abs=1e-9)
     assert not any(isinstance(v, list) for v in scored.values())  # the summary holds figures only
     assert len(evaluate(model, tokens, max_windows=3).loss) == 3
@@ -165,7 +165,7 @@ def test_window_losses_has_one_entry_per_window_in_stream_order() -> None:
 def test_an_ebts_window_losses_average_to_its_loss() -> None:
     windows = evaluate(tiny_model("ebt"), random_ids(1, 60)[0], batch_size=4)
     assert len(windows.loss) == (60 - 9) // 8 + 1
-    assert statistics.fmean(windows.loss.tolist()) == pytest.approx(summary(windows)["loss"], abs=1e-9)
+    assert statistics.fmean(windows.loss.tolist()) == pytest.approx(windows.summary()["loss"], abs=1e-9)
 
 
 # --- Kept checkpoints -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ebt.cli import main
 from ebt.data.tokens import encode_documents, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.errors import ConfigError
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.models import build_model
 from ebt.objectives import ReplayBuffer, make_objective
 from ebt.presets import preset
@@ -420,12 +420,12 @@ def test_evaluate_reports_mean_steps_when_thinking_adaptively() -> None:
     model = s2_model()
     tokens = random_ids(1, 4 * 9 + 1, seed=4)[0]
     common = dict(batch_size=2, max_windows=4, steps=3)
-    plain = summary(evaluate(model, tokens, **common))
+    plain = evaluate(model, tokens, **common).summary()
     assert "mean_steps" not in plain
-    exhaustive = summary(evaluate(model, tokens, tolerance=0.0, **common))
+    exhaustive = evaluate(model, tokens, tolerance=0.0, **common).summary()
     assert exhaustive["mean_steps"] == 3 and exhaustive["forward_passes"] == 3
     assert exhaustive["loss"] == plain["loss"]
-    assert summary(evaluate(model, tokens, tolerance=1e9, **common))["mean_steps"] == 1
+    assert evaluate(model, tokens, tolerance=1e9, **common).summary()["mean_steps"] == 1
 
 
 # --- Forward-pass accounting ----------------------------------------------------------------------
@@ -436,7 +436,7 @@ def test_evaluate_reports_mean_steps_when_thinking_adaptively() -> None:
 def test_evaluate_counts_forward_passes(steps: int | None, samples: int) -> None:
     model = s2_model()
     tokens = random_ids(1, 4 * 9 + 1, seed=4)[0]
-    result = summary(evaluate(model, tokens, batch_size=2, max_windows=4, steps=steps, samples=samples))
+    result = evaluate(model, tokens, batch_size=2, max_windows=4, steps=steps, samples=samples).summary()
     n = 3 if steps is None else steps  # default: the trained maximum
     assert result["forward_passes"] == n * samples + (samples if samples > 1 else 0)
 
@@ -446,7 +446,7 @@ def test_transformer_costs_one_pass_and_cannot_think() -> None:
     tokens = random_ids(1, 4 * 9 + 1, seed=4)[0]
     common = dict(batch_size=2, max_windows=4)
     # Options at their "not thinking" values are accepted.
-    assert summary(evaluate(model, tokens, **common, langevin_std=0.0, tolerance=None))["forward_passes"] == 1
+    assert evaluate(model, tokens, **common, langevin_std=0.0, tolerance=None).summary()["forward_passes"] == 1
     for option in ({"step_size": 0.5}, {"langevin_std": 0.5}, {"tolerance": 0.1}):
         (name,) = option
         with pytest.raises(ConfigError, match=f"Transformer\\+\\+.*{name}"):

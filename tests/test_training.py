@@ -21,7 +21,7 @@ import ebt.train
 from ebt.checkpoint import load_config
 from ebt.runs import load_run
 from ebt.errors import CheckpointError
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.models import build_model
 from ebt.rundata import load_data
 from ebt.schedule import MIN_LR_RATIO, lr_factor, parameter_groups
@@ -101,8 +101,8 @@ def test_loss_falls_on_tiny_data(kind: str, trained_runs) -> None:
     config = run["config"]
     data = load_data(config)
     torch.manual_seed(config.train.seed)  # the trainer's initialization
-    initial = summary(evaluate(build_model(config), data.validation, batch_size=8,
-                               max_windows=config.train.eval_examples))
+    initial = evaluate(build_model(config), data.validation, batch_size=8,
+                               max_windows=config.train.eval_examples).summary()
     final = run["result"]
     assert final["tokens"] == initial["tokens"] > 0
     assert final["loss"] < initial["loss"] - 0.5 and final["loss"] < math.log(config.text.vocab_size)

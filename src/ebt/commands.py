@@ -253,7 +253,7 @@ def _eval_text(args: EvalArgs, run, scoring) -> tuple[dict, str]:
     from ebt.data.pairs import is_pairs_file
     from ebt.data.prepared import is_prepared, open_prepared
     from ebt.data.tokens import encode_split
-    from ebt.evaluate import evaluate as score, summary
+    from ebt.evaluate import evaluate as score
     from ebt.rundata import load_data, resolve_source
     from ebt.rundata.text import check_prepared_tokenizer
 
@@ -273,7 +273,7 @@ def _eval_text(args: EvalArgs, run, scoring) -> tuple[dict, str]:
         source, split = args.data, "all"
         corpus = load_corpus(args.data, cfg.data.validation_fraction)
         tokens = encode_split(corpus.train + corpus.validation, run.tokenizer, cfg.data.layout, f"corpus {args.data!r}")
-    result = summary(score(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples))
+    result = score(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples).summary()
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
             f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {_passes(result, 'token')}")
@@ -285,7 +285,7 @@ def _eval_pairs(args: EvalArgs, run, scoring, own: bool) -> tuple[dict, str]:
     greedy decoding: every pair of a pairs file, or (`own`) the validation pairs of a run trained
     on pairs."""
     from ebt.data.pairs import encode_pairs, read_pairs
-    from ebt.evaluate import evaluate as score, summary
+    from ebt.evaluate import evaluate as score
     from ebt.rundata import load_data
 
     window = run.config.model.context_len + 1
@@ -297,7 +297,7 @@ def _eval_pairs(args: EvalArgs, run, scoring, own: bool) -> tuple[dict, str]:
         encoded = encode_pairs(read_pairs(args.data), run.tokenizer, window, args.data)
         tokens, cut = encoded.split, encoded.cut_answers
     windows = score(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples)
-    result = {**summary(windows), "exact_match": int(windows.greedy.sum()) / max(len(windows), 1)}
+    result = {**windows.summary(), "exact_match": int(windows.greedy.sum()) / max(len(windows), 1)}
     pairs = min(tokens.examples(window), args.max_examples or tokens.examples(window))
     result = {"run": str(args.run), "kind": run.config.model.kind, "data": source, "split": split, "pairs": pairs,
               **({"answers_cut": cut} if cut is not None else {}), **result}

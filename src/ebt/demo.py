@@ -20,7 +20,7 @@ import torch
 
 from ebt.data.corpus import load_corpus
 from ebt.data.tokens import encode_split, sequential_windows
-from ebt.evaluate import evaluate, summary
+from ebt.evaluate import evaluate
 from ebt.files import atomic_write, standard_json
 from ebt.generate import generate
 from ebt.presets import preset
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for name, tokens in streams.items():
         entry = thinking_budgets(ebt.model, tokens, max_windows=args.windows)
-        entry["transformer_ppl"] = summary(evaluate(transformer.model, tokens, max_windows=args.windows))["ppl"]
+        entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows).summary()["ppl"]
         results[name] = entry
     think = ebt.config.think
     print(f"\n=== perplexity on {args.windows} windows of held-out plays (validation) and of Austen's novels (out of "

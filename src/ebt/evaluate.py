@@ -4,9 +4,9 @@
   command or API call starts and handed down.
 - `evaluate`: text; per-window records (`WindowScores`: each window's mean loss, tokens scored,
   whether greedy decoding gives its targets, forward passes, steps) on a token stream, which each
-  caller reduces to what it reports; `summary` is the common reduction (mean loss in nats per
-  token, perplexity, tokens, forward passes). Windows of context_len + 1 tokens cover the stream
-  in order (every token after the first is predicted once).
+  caller reduces to what it reports; `WindowScores.summary()` is the common reduction (mean loss
+  in nats per token, perplexity, tokens, forward passes). Windows of context_len + 1 tokens cover
+  the stream in order (every token after the first is predicted once).
 - `evaluate_clips`, `energy_by_frame`: video; next-frame errors against copying the last frame,
   and the EBT's energy along clips (uncertainty).
 - `denoise_metrics`: images; PSNR/MSE of denoised images at a noise level.
@@ -144,7 +144,7 @@ class WindowScores:
     greedy: (W,) bool, whether every scored target is the model's most likely token given the
         true tokens before it (for prompt/answer pairs: greedy decoding gives the answer).
     batch_loss: (W,) float64, the mean loss of the batch the window was scored in, as the task
-        reports it (a float32 mean over the batch's targets): `summary`'s mean loss weights these,
+        reports it (a float32 mean over the batch's targets): `summary()`'s mean loss weights these,
         which keeps the figures of earlier versions to the last bit (a mean of the windows' own
         float32 means differs in the 7th digit, and a perplexity in the 6th).
     forward_passes: (W,) float64, forward passes per token of the window's batch.
@@ -167,6 +167,19 @@ class WindowScores:
         """(W,) float32: log p of each window's scored targets, in nats (what lm_eval asks)."""
         return -self.loss * self.tokens
 
+    def summary(self) -> dict[str, float]:
+        """The common reduction: mean `loss` over all scored tokens (nats per token), its `ppl`,
+        `tokens` scored, mean `forward_passes` per token, and with adaptive thinking `mean_steps`
+        (the steps positions actually used)."""
+        total = int(self.tokens.sum())
+        weight = self.tokens.double()  # each window counts by its tokens
+        loss = float((self.batch_loss * weight).sum()) / max(total, 1)
+        result = {"loss": loss, "ppl": perplexity(loss), "tokens": total,
+                  "forward_passes": float((self.forward_passes * weight).sum()) / max(total, 1)}
+        if self.steps is not None:
+            result["mean_steps"] = float(self.steps.sum()) / max(total, 1)
+        return result
+
     @classmethod
     def cat(cls, parts: list[WindowScores]) -> WindowScores:
         """The records of consecutive batches as one."""
@@ -176,20 +189,6 @@ class WindowScores:
         steps = None if parts[0].steps is None else torch.cat([p.steps for p in parts])
         columns = ("loss", "tokens", "greedy", "batch_loss", "forward_passes")
         return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in columns), steps)
-
-
-def summary(windows: WindowScores) -> dict[str, float]:
-    """The common reduction: mean `loss` over all scored tokens (nats per token), its `ppl`,
-    `tokens` scored, mean `forward_passes` per token, and with adaptive thinking `mean_steps`
-    (the steps positions actually used)."""
-    total = int(windows.tokens.sum())
-    weight = windows.tokens.double()  # each window counts by its tokens
-    loss = float((windows.batch_loss * weight).sum()) / max(total, 1)
-    result = {"loss": loss, "ppl": perplexity(loss), "tokens": total,
-              "forward_passes": float((windows.forward_passes * weight).sum()) / max(total, 1)}
-    if windows.steps is not None:
-        result["mean_steps"] = float(windows.steps.sum()) / max(total, 1)
-    return result
 
 
 def evaluate(
@@ -203,7 +202,7 @@ def evaluate(
 ) -> WindowScores:
     """Score a text model on token ids (N,), or on a TokenSplit in its layout (padding is not
     scored), window by window: the records of the first `max_windows` windows (all by default).
-    `summary(evaluate(...))` gives the mean loss, perplexity, tokens and forward passes.
+    `evaluate(...).summary()` gives the mean loss, perplexity, tokens and forward passes.
 
     `scoring` (a Scoring, or its fields as keywords: `precision="bf16"`, `batch_size=16`,
     `seed=0`, `device="cpu"`) says how; `options` (a ThinkingOptions, or its fields as keywords:

@@ -34,7 +34,7 @@ from ebt.data.tokens import TokenSplit, encode_split, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
-from ebt.evaluate import Scoring, evaluate, summary
+from ebt.evaluate import Scoring, evaluate
 from ebt.models import is_energy_based
 from ebt.rundata import load_data
 from ebt.runs import Run
@@ -102,7 +102,7 @@ def paper_suite(
 
 def _ppl(model, tokens: Tensor | TokenSplit, scoring: Scoring, max_windows: int) -> float:
     """A model's perplexity without thinking (a Transformer++, or an EBT as trained)."""
-    return summary(evaluate(model, tokens, scoring=scoring, max_windows=max_windows))["ppl"]
+    return evaluate(model, tokens, scoring=scoring, max_windows=max_windows).summary()["ppl"]
 
 
 def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: ThinkingOptions,
@@ -194,7 +194,7 @@ def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOption
     for steps, samples in BUDGETS:
         windows = evaluate(model, tokens, dataclasses.replace(options, steps=steps, samples=samples), scoring=scoring,
                            max_windows=max_windows)
-        budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **summary(windows)})
+        budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **windows.summary()})
     ppl = [b["ppl"] for b in budgets]
     return {"tokens": budgets[0]["tokens"], "budgets": budgets,
             "gain_think_longer_pct": 100 * (ppl[0] - ppl[1]) / ppl[0],

@@ -22,7 +22,7 @@ from ebt.data.prepared import PreparedData, is_prepared, open_prepared
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import PAD, TokenSplit, encode_split, split_window
 from ebt.errors import CheckpointError, ConfigError, DataError
-from ebt.evaluate import Scoring, evaluate, summary
+from ebt.evaluate import Scoring, evaluate
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
 
@@ -88,11 +88,12 @@ class TextData:
         return int((targets != PAD).sum())
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
-        """`summary` of the first `max_examples` windows, and "window_losses": each one's mean loss,
-        in stream order (what a scaling fit's bootstrap resamples)."""
+        """The summary of the first `max_examples` windows (`WindowScores.summary`), and
+        "window_losses": each one's mean loss, in stream order (what a scaling fit's bootstrap
+        resamples)."""
         windows = evaluate(model, self.validation, scoring=Scoring(device, batch_size=batch_size),
                            max_windows=max_examples)
-        return {**summary(windows), "window_losses": windows.loss.tolist()}
+        return {**windows.summary(), "window_losses": windows.loss.tolist()}
 
     def save(self, out: Path) -> None:
         save_tokenizer(out, self.tokenizer)
