@@ -26,7 +26,7 @@ from conftest import bar_images_run, random_ids, run_cli, tiny_config, tiny_mode
 from ebt.checkpoint import CONFIG
 from ebt.cli import main
 from ebt.errors import ConfigError, ThinkingDiverged
-from ebt.evaluate import denoise_metrics, evaluate
+from ebt.evaluate import Scoring, denoise_metrics, evaluate
 from ebt.generate import generate, rollout
 from ebt.models import build_model
 from ebt.objectives import make_objective
@@ -228,6 +228,26 @@ def test_the_api_refuses_bad_precisions() -> None:
                         precision="fp16")
     with pytest.raises(ConfigError, match=r"precision \(--precision\) = 'half' is not allowed"):
         rollout(small_model("video-ebt-tiny"), torch.zeros(1, 2, 12), 1, precision="half")
+
+
+def test_one_scoring_value_carries_device_precision_batch_size_and_seed(trained_runs) -> None:
+    """`Scoring` is checked where it is made; `precision=None` means the run's own, resolved by
+    `for_run`; the API's keywords make the same value; a Scoring and its fields at once are refused."""
+    with pytest.raises(ConfigError, match=r"precision \(--precision\) = 'fp16' needs a CUDA device"):
+        Scoring(precision="fp16")
+    assert Scoring("cpu", "bf16").device == CPU
+    run = ebt.load_run(trained_runs["ebt"]["dir"])
+    assert Scoring(precision=None).for_run(run).precision == run.config.train.precision
+    assert Scoring(precision="bf16").for_run(run).precision == "bf16"
+    with pytest.raises(ValueError, match="for_run"):
+        Scoring(precision=None).autocast()
+    model, tokens = tiny_model("ebt", dtype=torch.float32), torch.arange(100) % 11
+    by_keywords = evaluate(model, tokens, batch_size=3, seed=5, precision="bf16").summary()
+    assert evaluate(model, tokens, scoring=Scoring(CPU, "bf16", 3, 5)).summary() == by_keywords
+    with pytest.raises(TypeError, match="not both"):
+        evaluate(model, tokens, scoring=Scoring(), seed=1)
+    with pytest.raises(ConfigError, match=r"precision \(--precision\) = None is not allowed"):
+        evaluate(model, tokens, precision=None)  # a model alone has no train.precision to fall back on
 
 
 # --- 5. The commands: --precision, defaulting to the run's own -----------------------------------

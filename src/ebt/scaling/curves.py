@@ -183,9 +183,9 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
     """For each EBT point: perplexity at the paper suite's thinking budgets on its validation
     windows, and the gains from thinking longer and from self-verification (best-of-M), averaged
     over seeds, by x. Points of the data axis load the weights kept at their step."""
+    from ebt.evaluate import Scoring
     from ebt.rundata import load_data
     from ebt.runs import load_run
-    from ebt.evaluate import Scoring
     from ebt.suite import thinking_budgets
 
     scoring = Scoring(device)
