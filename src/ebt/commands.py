@@ -225,7 +225,7 @@ def evaluate(args: EvalArgs) -> int:
 
     from ebt.evaluate import Scoring
 
-    scoring = Scoring.pick(args.device, args.precision, batch_size=args.batch_size, seed=args.seed)
+    scoring = Scoring(_device(args.device), args.precision, args.batch_size, args.seed)
     run = load_run(args.run, scoring.device)
     mine = scoring.for_run(run, "--precision")  # the run's own precision, checked here
     if args.suite:

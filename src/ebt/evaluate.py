@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.tokens import PAD, TokenSplit, split_window
 from ebt.data.images import to_pixels, to_unit_range
-from ebt.distributed import Distributed, pick_device
 from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
 from ebt.think import Thought, ThinkingOptions
@@ -45,9 +44,10 @@ PRECISION_OPTION = "precision (--precision)"  # how the API's errors name the op
 
 @dataclass(frozen=True)
 class Scoring:
-    """How a model is scored, made once per command or API call and handed down: the `device`,
-    the autocast `precision` of the model's predictions, the examples per forward pass
-    (`batch_size`: windows, images or clips) and the `seed` of thinking's random initial
+    """How a model is scored, made once per command or API call and handed down: the `device`
+    (a command picks it with `ebt.distributed.pick_device`; a string such as "cpu" is made a
+    torch.device), the autocast `precision` of the model's predictions, the examples per forward
+    pass (`batch_size`: windows, images or clips) and the `seed` of thinking's random initial
     candidates (and of the images' noise).
 
     `precision` None means each run at its own train.precision: what the commands and the suites
@@ -64,13 +64,6 @@ class Scoring:
         object.__setattr__(self, "device", torch.device(self.device))  # "cuda:0" → a torch.device
         if self.precision is not None:
             check_precision(self.precision, self.device, PRECISION_OPTION)
-
-    @classmethod
-    def pick(cls, device: str = "auto", precision: str | None = None, *, batch_size: int = 16,
-             seed: int = 0) -> Scoring:
-        """A Scoring on the device a command names ('auto': CUDA when there is one; 'cpu', 'cuda',
-        'cuda:N'; ConfigError for another), picked here (`ebt.distributed.pick_device`)."""
-        return cls(pick_device(device, Distributed())[0], precision, batch_size, seed)
 
     @staticmethod
     def split(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
