@@ -226,6 +226,7 @@ def _window_scores(model: nn.Module, thought: Thought, targets: Tensor, adaptive
         taken = thought.steps_taken
         steps = (torch.zeros(len(targets), dtype=torch.float64) if taken is None
                  else (taken.float() * scored).sum(dim=1).double().cpu())  # (B,)
+
     def each(value: float) -> Tensor:  # (B,): a figure of the whole batch, for each of its windows
         return torch.full((len(targets),), float(value), dtype=torch.float64)
 
