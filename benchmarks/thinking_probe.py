@@ -26,13 +26,13 @@ def main(path: str) -> None:
         row = {"data": name}
         for steps in (1, 2, 3, 5):
             thought = run.model.think(x, steps=steps, generator=torch.Generator().manual_seed(0), score_final=True)
-            logp = torch.log_softmax(thought.logits.float(), -1)  # (B, S, V)
+            logp = torch.log_softmax(thought.y.float(), -1)  # (B, S, V)
             row[f"steps={steps}"] = {
                 "entropy": round(float(-(logp.exp() * logp).sum(-1).mean()), 3),
                 "loss": round(float(-logp.gather(-1, targets[..., None]).mean()), 3),
                 "accuracy": round(float((logp.argmax(-1) == targets).float().mean()), 4),
                 "energy": round(float(thought.energies[-1].mean()), 3),
-                "max_logit": round(float(thought.logits.abs().amax(-1).mean()), 2),
+                "max_logit": round(float(thought.y.abs().amax(-1).mean()), 2),
             }
         print(json.dumps(row))
 

@@ -97,7 +97,7 @@ def test_eval_mode_is_unchanged() -> None:
     def infer() -> tuple[Tensor, list[int], int]:
         calls.clear()
         thought = model.think(ids, generator=torch.Generator().manual_seed(0))
-        return thought.logits, generate(model, [1, 2, 3], 3, temperature=0), len(calls)
+        return thought.y, generate(model, [1, 2, 3], 3, temperature=0), len(calls)
 
     plain = infer()
     set_activation_checkpointing(model, True)

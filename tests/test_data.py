@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebt.data.tokens import count_windows, encode_documents, random_windows, sequential_windows
-from ebt.think import example_normal, example_randint
+from ebt.data.batches import example_normal, example_randint
 from ebt.data.corpus import SHAKESPEARE_VALIDATION_PLAYS, load_corpus, shakespeare_plays
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
+from ebt.data.tokens import count_windows, encode_documents, random_windows, sequential_windows
 from ebt.errors import CheckpointError, ConfigError, DataError
 
 SYNTHETIC = [

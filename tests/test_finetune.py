@@ -51,7 +51,7 @@ def test_answer_only_loss_has_no_gradient_through_prompt_positions(trained_runs,
     x, targets = split_window(batch)
     for kind in ("transformer", "ebt"):
         run = load_run(trained_runs[kind]["dir"])
-        logits = run.model.predict(x, generator=torch.Generator().manual_seed(0)).logits.detach().requires_grad_()
+        logits = run.model.predict(x, generator=torch.Generator().manual_seed(0)).y.detach().requires_grad_()
         run.model.task.loss(logits, targets).backward()
         moved = logits.grad.abs().sum(dim=-1) > 0  # (B, S)
         expected = torch.zeros_like(moved)

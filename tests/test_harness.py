@@ -149,7 +149,7 @@ def test_loglikelihood_rolling_of_a_short_text_is_its_log_probability(trained_ru
     text = "a dog ran to"
     ids = model.tokenizer.encode(DOCUMENT_SEPARATOR) + model.tokenizer.encode(text)
     with torch.no_grad():
-        logits = model.model.predict(torch.tensor([ids[:-1]])).logits[0]  # (S, V)
+        logits = model.model.predict(torch.tensor([ids[:-1]])).y[0]  # (S, V)
     log_p = torch.log_softmax(logits.double(), dim=-1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
     expected = float(log_p[1:].sum())  # the separator's second token is read, not scored
     (rolling,) = model.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
@@ -245,8 +245,8 @@ def test_tasks_command_writes_absolute_data_paths(tmp_path, monkeypatch, capsys)
     ("stepz=3", r"unknown model_args 'stepz' for --model ebt; allowed: pretrained, steps, samples, step_size, "
                 r"langevin_std, tolerance, momentum, nesterov, spectral_step, max_step_norm, mirror_descent, batch_size, "
                 r"device, precision, seed, max_length"),
-    ("steps=0", r"model_args: thinking option steps \(--steps\) = 0 is not allowed; it must be an integer in \[1, "),
-    ("samples=two", r"samples \(--samples\) = 'two' is not allowed"),
+    ("steps=0", r"model_args: ThinkingOptions.steps = 0 is not allowed; it must be an integer in \[1, "),
+    ("samples=two", r"model_args: ThinkingOptions.samples = 'two' is not allowed"),
     ("batch_size=0", r"model_args batch_size = 0 is not allowed; it must be an integer in \[1, 65536\]"),
     ("seed=-1", r"model_args seed = -1 is not allowed"),
     ("device=tpu", r"device 'tpu' is not allowed; it must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
@@ -263,7 +263,7 @@ def test_model_args_and_lm_eval_settings(trained_runs):
     run_dir = trained_runs["transformer"]["dir"]
     with pytest.raises(ConfigError, match=r"model_args needs pretrained=RUN_DIR"):
         EBTLM.create_from_arg_string("steps=3")
-    with pytest.raises(ConfigError, match=r"a Transformer\+\+ cannot think: the thinking options steps \(--steps\) = 3 are for EBT runs only"):
+    with pytest.raises(ConfigError, match=r"a Transformer\+\+ cannot think: the thinking options steps = 3 are for EBT runs only"):
         EBTLM.create_from_arg_string(f"pretrained={run_dir},steps=3")
     with pytest.raises(ConfigError, match=r"batch_size = 'auto' is not allowed.*no automatic batch size"):
         EBTLM.create_from_arg_string(f"pretrained={run_dir}", {"batch_size": "auto", "device": "cpu"})

@@ -69,7 +69,7 @@ def outputs(model: torch.nn.Module) -> torch.Tensor:
     if isinstance(model, PretrainedTransformerPP):
         with torch.no_grad():
             return model(ids)
-    return model.think(ids, steps=3, samples=2, generator=torch.Generator().manual_seed(0)).logits
+    return model.think(ids, steps=3, samples=2, generator=torch.Generator().manual_seed(0)).y
 
 
 def cache_entry(cache: Path, repo_id: str, folder: Path) -> Path:

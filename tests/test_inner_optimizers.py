@@ -12,7 +12,8 @@ import torch
 
 from conftest import run_cli
 from ebt.errors import ConfigError, ThinkingDiverged
-from ebt.think import InnerOptimizer, ThinkingOptions, lambda_max, think
+from ebt.options import InnerOptimizer, ThinkingOptions
+from ebt.think import lambda_max, think
 
 CURVATURE = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)  # λ_max = 100: fixed α diverges past 0.02
 
@@ -122,23 +123,25 @@ def test_training_through_the_optimizers_reaches_the_energy_parameters():
     (dict(momentum=0.5, nesterov="no"), "nesterov = 'no' is not allowed; it must be true or false"),
 ])
 def test_bad_optimizer_fields_are_clear_errors(fields, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         InnerOptimizer(**fields)
+    assert error.value.field in fields
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(momentum=1.5), r"momentum \(--momentum\) = 1.5 is not allowed; it must be a finite number in \[0, 1\)"),
-    (dict(momentum=math.inf), r"momentum \(--momentum\) = inf"),
-    (dict(momentum=-0.5), r"momentum \(--momentum\) = -0.5 is not allowed; it must be a finite number in \[0, 1\)"),
-    (dict(steps=-1), r"steps \(--steps\) = -1 is not allowed; .* or left unset \(None: as trained\)"),
-    (dict(spectral_step=-2.0), r"spectral_step \(--spectral-step\) = -2.0"),
-    (dict(max_step_norm=math.nan), r"max_step_norm \(--max-step-norm\) = nan"),
-    (dict(nesterov="yes"), r"nesterov \(--nesterov\) = 'yes'"),
-    (dict(mirror_descent="no"), r"mirror_descent \(--mirror-descent\) = 'no' is not allowed; it must be true or false"),
+    (dict(momentum=1.5), r"ThinkingOptions.momentum = 1.5 is not allowed; it must be a finite number in \[0, 1\)"),
+    (dict(momentum=math.inf), r"ThinkingOptions.momentum = inf"),
+    (dict(momentum=-0.5), r"ThinkingOptions.momentum = -0.5 is not allowed; it must be a finite number in \[0, 1\)"),
+    (dict(steps=-1), r"ThinkingOptions.steps = -1 is not allowed; .* or left unset \(None: as trained\)"),
+    (dict(spectral_step=-2.0), r"ThinkingOptions.spectral_step = -2.0"),
+    (dict(max_step_norm=math.nan), r"ThinkingOptions.max_step_norm = nan"),
+    (dict(nesterov="yes"), r"ThinkingOptions.nesterov = 'yes'"),
+    (dict(mirror_descent="no"), r"ThinkingOptions.mirror_descent = 'no' is not allowed; it must be true or false"),
 ])
 def test_bad_thinking_options_are_clear_errors(fields, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as error:
         ThinkingOptions(**fields)
+    assert error.value.field == next(iter(fields))  # the command line maps it to its flag
 
 
 def test_options_override_what_the_model_trained_with():
@@ -161,7 +164,7 @@ def test_the_options_reach_a_trained_model_from_the_command_line(trained_runs, c
     assert spectral["forward_passes"] == plain["forward_passes"] + 2 * 4  # 2 steps × (1 + 3) extra passes
     assert spectral["loss"] != plain["loss"]
     code, _, err = run_cli(["eval", run, "--momentum", "1"], capsys)
-    assert code == 2 and "momentum (--momentum) = 1.0 is not allowed" in err
+    assert code == 2 and "ThinkingOptions.momentum = 1.0 is not allowed" in err and "(flag --momentum)" in err
     code, _, err = run_cli(["eval", trained_runs["transformer"]["dir"], "--momentum", "0.5"], capsys)
     assert code == 2 and "cannot think" in err
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", "/tmp/never", "--think.nesterov=true"],

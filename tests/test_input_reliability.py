@@ -279,7 +279,7 @@ def test_a_context_longer_than_context_len_is_refused_with_the_fix() -> None:
         transformer(long[:, 6:9], past=past)
     with pytest.raises(ConfigError, match="ids has 3 positions after the 6 a cache holds"):
         ebt_model.encode_context(long[:, 6:9], past=ebt_model.encode_context(long[:, :6]))
-    assert ebt_model.think(long[:, -8:]).logits.shape == (1, 8, 11)  # the fix works
+    assert ebt_model.think(long[:, -8:]).y.shape == (1, 8, 11)  # the fix works
     assert len(generate(ebt_model, long[0].tolist(), 3, temperature=0)) == 3  # generation slides its window
 
 
@@ -300,7 +300,7 @@ def test_thinking_under_inference_mode_says_to_use_no_grad() -> None:
     with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
         think(lambda p, step: p.pow(2).sum(-1), torch.ones(1, 2, 3), steps=1, step_size=0.1)
     with torch.no_grad():
-        assert model.think(ids_of(4)).logits.shape == (1, 4, 11)
+        assert model.think(ids_of(4)).y.shape == (1, 4, 11)
 
 
 # --- D. Thinking that diverges -------------------------------------------------------------------

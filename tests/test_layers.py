@@ -2,7 +2,7 @@
 
 Every `ebt` import of every module, at the top or inside a function, goes to a module of the
 same or a lower layer; the import graph has no cycle; `think.py` knows nothing of the package
-but its errors; only the command lines (`cli.py`; `demo.py`, `make demo`'s own entry point;
+but its errors and the options it descends by; only the command lines (`cli.py`; `demo.py`, `make demo`'s own entry point;
 `harness.py`, lm-evaluation-harness's model type and `python -m ebt.harness`) see argparse.
 """
 
@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the layer of its name.
 LAYERS = [
     ["ebt.errors", "ebt.checks"],
-    ["ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
+    ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
     ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",
      "ebt.data.pairs", "ebt.data.downstream"],
@@ -103,8 +103,9 @@ def test_the_import_graph_has_no_cycle() -> None:
             visit(name, [name])
 
 
-def test_think_knows_nothing_of_the_package_but_its_errors() -> None:
-    assert ebt_imports("ebt.think") <= {"ebt.errors"}
+def test_think_knows_nothing_of_the_package_but_its_errors_and_options() -> None:
+    assert ebt_imports("ebt.think") <= {"ebt.errors", "ebt.options"}
+    assert ebt_imports("ebt.options") <= {"ebt.errors", "ebt.checks"}
 
 
 def test_only_the_command_line_sees_argparse() -> None:

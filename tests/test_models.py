@@ -233,7 +233,7 @@ def test_best_of_m_keeps_the_lowest_final_energy_per_position(samples: int) -> N
     b, s, steps = 2, 6, 3
     ids = random_ids(b, s)
     thought = model.think(ids, steps=steps, samples=samples, generator=torch.Generator().manual_seed(3))
-    assert thought.logits.shape == (b, s, V)
+    assert thought.y.shape == (b, s, V)
     assert thought.forward_passes == (steps if samples == 1 else (steps + 1) * samples)
 
     # Recompute every sample alone from the same draws, and score its final prediction.
@@ -247,7 +247,7 @@ def test_best_of_m_keeps_the_lowest_final_energy_per_position(samples: int) -> N
             final_energies.append(model.energy(ids, softmax(alone.y[:, 0]), step=steps))  # (B, S)
     finals_t, energies_t = torch.stack(finals, 1), torch.stack(final_energies, 1)  # (B, M, S, V), (B, M, S)
 
-    distance = (finals_t - thought.logits[:, None]).abs().amax(-1)  # (B, M, S)
+    distance = (finals_t - thought.y[:, None]).abs().amax(-1)  # (B, M, S)
     chosen = distance.argmin(1)  # (B, S): which sample the returned prediction is
     assert torch.all(distance.amin(1) < 1e-4), "the prediction is none of the samples"
     chosen_energy = energies_t.gather(1, chosen[:, None]).squeeze(1)  # (B, S)
@@ -262,7 +262,7 @@ def test_think_works_in_the_models_dtype() -> None:
     model = tiny_model("ebt", dtype=torch.float64)
     ids = random_ids(2, 5)
     thought = model.think(ids, samples=2, generator=torch.Generator().manual_seed(0))
-    assert thought.logits.dtype == torch.float64
+    assert thought.y.dtype == torch.float64
     loss, _ = make_objective(model)(ids[:, :-1], ids[:, 1:])  # training too (its loss is computed in float32)
     assert torch.isfinite(loss)
 

@@ -30,9 +30,10 @@ from ebt.evaluate import Scoring, denoise_metrics, evaluate
 from ebt.generate import generate, rollout
 from ebt.models import build_model
 from ebt.objectives import make_objective
+from ebt.options import ThinkingOptions
 from ebt.precision import PRECISIONS, autocast, check_precision
 from ebt.presets import preset
-from ebt.think import ThinkingOptions, think
+from ebt.think import think
 
 CPU = torch.device("cpu")
 THINKING_RTOL = 6e-2  # ∇E and one step's candidate, relative L2 norm (measured 1.7–3.0e-2)
@@ -88,8 +89,8 @@ def test_thinking_of_a_trained_ebt_under_bf16_autocast(trained_runs) -> None:
     assert relative_error(g16, g32) < THINKING_RTOL and relative_error(bf16.y, fp32.y) < THINKING_RTOL
     with torch.no_grad(), autocast("bf16", CPU):  # the inference call, samples and scoring pass included
         thought = model.think(ids, steps=3, samples=2, generator=torch.Generator().manual_seed(0))
-    assert thought.logits.dtype == torch.float32 and all(e.dtype == torch.float32 for e in thought.energies)
-    assert bool(torch.isfinite(thought.logits).all())
+    assert thought.y.dtype == torch.float32 and all(e.dtype == torch.float32 for e in thought.energies)
+    assert bool(torch.isfinite(thought.y).all())
 
 
 # --- 2. Training under autocast, every model kind ---------------------------------------------------
@@ -179,8 +180,9 @@ def test_an_energy_overflowing_float16_says_so_and_names_the_precision() -> None
 
     with pytest.raises(ThinkingDiverged, match=r"the energy is not finite at step 0.*overflowed torch.float16 "
                                                r"\(largest finite value 6.55e\+04\): the energy model ran in it under autocast; "
-                                               r"use --precision bf16 or fp32$"):
+                                               r"use precision bf16 or fp32$") as error:
         think(energy, torch.ones(1, 2, 4), steps=2, step_size=0.1)
+    assert error.value.field == "precision"
 
 
 def test_divergence_under_bf16_autocast_reads_right() -> None:
@@ -195,7 +197,7 @@ def test_divergence_under_bf16_autocast_reads_right() -> None:
     with torch.no_grad(), autocast("bf16", CPU):
         with pytest.raises(ThinkingDiverged, match=r"the energy is not finite at step 0 \(α = 80\): NaN or Inf in "
                                                    r"the model's weights.*overflowed torch.bfloat16 .*ran in it under "
-                                                   r"autocast; use --precision fp32$"):
+                                                   r"autocast; use precision fp32$"):
             model.think(ids)
 
 

@@ -224,7 +224,7 @@ def test_langevin_thinking_is_deterministic_given_a_generator() -> None:
     ids = random_ids(2, 6)
 
     def logits(std: float, seed: int) -> Tensor:
-        return model.think(ids, steps=3, langevin_std=std, generator=torch.Generator().manual_seed(seed)).logits
+        return model.think(ids, steps=3, langevin_std=std, generator=torch.Generator().manual_seed(seed)).y
 
     noisy = logits(0.5, 1)
     assert torch.equal(noisy, logits(0.5, 1))
@@ -357,7 +357,7 @@ def test_huge_tolerance_stops_every_position_at_the_first_comparison(monkeypatch
     ran = len(calls)
     assert ran == 2
     one_step = model.think(ids, steps=1, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(thought.logits, one_step.logits, rtol=0, atol=0)
+    torch.testing.assert_close(thought.y, one_step.y, rtol=0, atol=0)
     assert thought.forward_passes == ran, f"forward_passes = {thought.forward_passes} but {ran} energy evaluations ran"
 
 
@@ -369,7 +369,7 @@ def test_zero_tolerance_runs_every_step(monkeypatch) -> None:
     assert torch.all(thought.steps_taken == 4)
     assert thought.forward_passes == len(calls) == 4
     plain = model.think(ids, steps=4, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(thought.logits, plain.logits, rtol=0, atol=0)
+    torch.testing.assert_close(thought.y, plain.y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("stopping", ["half at once", "all before the last step"])

@@ -131,7 +131,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(kind: str, trained_runs) 
             outputs = [m.think(ids, samples=2, generator=torch.Generator().manual_seed(1))
                        for m in (trained, loaded.model, again)]
             for other in outputs[1:]:
-                assert torch.equal(other.logits, outputs[0].logits)
+                assert torch.equal(other.y, outputs[0].y)
                 assert torch.equal(other.energies[-1], outputs[0].energies[-1])
         else:
             outputs = [m(ids) for m in (trained, loaded.model, again)]

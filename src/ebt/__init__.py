@@ -8,7 +8,8 @@
 Start reading at `ebt/think.py` (energy descent), then `ebt/energy.py` (the energy transformer).
 """
 
+from ebt.options import InnerOptimizer, ThinkingOptions
 from ebt.runs import Pretrained, Run, load, load_run
-from ebt.think import InnerOptimizer, ThinkingOptions, Thought, think
+from ebt.think import Thought, think
 
 __all__ = ["load", "load_run", "Run", "Pretrained", "think", "Thought", "ThinkingOptions", "InnerOptimizer"]

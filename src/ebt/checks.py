@@ -79,3 +79,11 @@ def check_choice(name: str, value: Any, choices: Iterable[Any], *, optional: boo
         listed = ", ".join(map(repr, choices))
         raise _refuse(name, value, f"one of {listed}{_unset(optional, unset)}", field)
     return value
+
+
+def check(name: str, value: Any, ok: bool, allowed: str, *, field: str | None = None) -> Any:
+    """`value`, when `ok` (the caller's own test: a rule across fields, a divisibility); else the
+    same ConfigError as the checks above, saying it must be `allowed`."""
+    if not ok:
+        raise _refuse(name, value, allowed, field)
+    return value

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ebt import commands
 from ebt.errors import ConfigError, EBTError
-from ebt.think import ThinkingOptions
+from ebt.options import ThinkingOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,10 +294,20 @@ def _command(a: argparse.Namespace, extra: list[str]):
                                               overrides=parse_overrides(extra), compile=a.compile)
 
 
+def _error_line(error: EBTError, parser: argparse.ArgumentParser, command: str) -> str:
+    """The message of `error`, with the flag of its field (`EBTError.field`) where the message does
+    not show it."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: a.option_strings[0] for a in subparsers.choices[command]._actions if a.option_strings}
+    flag = flags.get(error.field)
+    return f"{error} (flag {flag})" if flag and flag not in str(error) else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as e:  # argparse printed its usage and error line (or --help): its exit code
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     name = args.command + (f" {args.scale_command}" if args.command == "scale" else "")
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         command, typed = _command(args, extra)
         return command(typed)
     except EBTError as e:
-        print(f"ebt {name}: error: {e}", file=sys.stderr)
+        print(f"ebt {name}: error: {_error_line(e, parser, args.command)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the command cannot write or read (a file where a folder should be, …)
         where = f": {e.filename}" if e.filename else ""

@@ -28,8 +28,8 @@ import torch
 from ebt.compiled import check_compile
 from ebt.files import standard_json
 from ebt.errors import ConfigError, Interrupted
+from ebt.options import ThinkingOptions
 from ebt.precision import check_precision
-from ebt.think import ThinkingOptions
 
 MAX_COUNT = 10**9  # far past any useful count; an int beyond it is a typo
 SUITES = ("paper", "downstream")  # ebt eval --suite

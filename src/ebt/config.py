@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ebt.checks import check, check_choice, check_int, check_real
 from ebt.errors import ConfigError
+from ebt.options import InnerOptimizer, adopt
 
 
 CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
@@ -51,6 +52,7 @@ class ModelConfig:
 
 
 @dataclass
+@adopt(InnerOptimizer)
 class ThinkConfig:
     """How the EBT thinks: energy descent y ← p − α∇_p E (SPEC §1, §3). Ignored by Transformer++."""
 
@@ -70,15 +72,8 @@ class ThinkConfig:
     langevin_std: float = 0.0  # σ of Gaussian noise added to the candidate before each training step
     replay_buffer_size: int = 0  # sequences whose final candidates are replayed (FIFO); memory =
     # size × context_len × (candidate_dim × 4 + 16) bytes, e.g. 256 × 128 × 256 logits ≈ 34 MB; 0 = off
-    # The inner optimizer of thinking (ebt.think.InnerOptimizer), in training and by default at inference.
-    momentum: float = 0.0  # μ in [0, 1): a velocity per candidate (heavy ball); 0 = plain descent
-    nesterov: bool = False  # with momentum: Nesterov's look-ahead form
-    spectral_step: float = 0.0  # c > 0: α = c / λ_max(∇²_p E) per position (power iteration); 0 = off
-    power_iterations: int = 3  # Hessian-vector products per spectral estimate
-    max_step_norm: float = 0.0  # > 0: each position's step scaled down to this L2 norm; 0 = off
-    # y ← y − α∇_p E instead of the paper's p − α∇_p E (text: mirror descent on the simplex, the
-    # logits accumulate over steps; the same update for video and images). InnerOptimizer.mirror_descent.
-    mirror_descent: bool = False
+    # Then the inner optimizer's knobs (think.momentum, …), with which thinking trains and by default
+    # thinks: declared once, default, range and meaning, in `ebt.options.InnerOptimizer`; `adopt` adds them.
 
     @property
     def num_landscapes(self) -> int:
@@ -277,111 +272,115 @@ class RunConfig:
         return config.validated()
 
     def validated(self) -> RunConfig:
-        """This config, after checking every field; a ConfigError names the first bad one."""
-        m, t, tr, d = self.model, self.think, self.train, self.data
+        """This config, after checking every field; a ConfigError names the first bad one (its
+        `field` the key, "think.step_size")."""
         for section in SECTIONS:
             values = getattr(self, section)
             for f in dataclasses.fields(values) if values is not None else ():
                 key, value = f"{section}.{f.name}", getattr(values, f.name)
-                if type(value) is int and key != "train.seed" and value > MAX_INT:
-                    raise ConfigError(f"{key} = {value!r} is not allowed; it must be at most {MAX_INT:,}")
-        checks = [
-            ("model.task", m.task, m.task in TASK_SECTIONS, ", ".join(map(repr, TASK_SECTIONS))),
-            ("model.kind", m.kind, m.kind in ("ebt", "transformer", "dit"), "'ebt', 'transformer' or 'dit'"),
-            ("model.kind", m.kind, m.kind != "dit" or m.task == "image", f"'ebt' or 'transformer' for task {m.task!r} "
-             "('dit' is the image baseline)"),
-            ("model.kind", m.kind, m.kind != "transformer" or m.task != "image", "'ebt' or 'dit' for image runs"),
-            ("model.n_layers", m.n_layers, m.n_layers >= 1, "≥ 1"),
-            ("model.dim", m.dim, m.dim >= 1, "≥ 1"),
-            ("model.n_heads", m.n_heads, m.n_heads >= 1 and m.dim % m.n_heads == 0 and (m.dim // m.n_heads) % 2 == 0,
-             f"a divisor of model.dim ({m.dim}) leaving an even head width"),
-            ("model.ffn_dim", m.ffn_dim, m.ffn_dim >= 0, "≥ 0 (0 = model.dim)"),
-            ("model.context_len", m.context_len, m.context_len >= 1, "≥ 1"),
-            ("model.rope_theta", m.rope_theta, _finite(m.rope_theta) and m.rope_theta > 0, "finite and > 0"),
-            ("model.norm_eps", m.norm_eps, _finite(m.norm_eps) and m.norm_eps > 0, "finite and > 0"),
-            ("model.energy_head_init", m.energy_head_init, m.energy_head_init in ("xavier", "zero"),
-             "'xavier' or 'zero'"),
-            ("think.steps", t.steps, t.steps >= 1, "≥ 1"),
-            # α is a float32 parameter: past float32's range it would be inf.
-            ("think.step_size", t.step_size, _finite(t.step_size) and 0 < t.step_size < 3.4e38,
-             "finite, > 0 and within float32's range (< 3.4e38)"),
-            ("think.step_size_lr_mult", t.step_size_lr_mult, _finite(t.step_size_lr_mult) and t.step_size_lr_mult >= 0,
-             "finite and ≥ 0"),
-            ("think.min_steps", t.min_steps, 0 <= t.min_steps <= t.steps, f"in [0, think.steps = {t.steps}]"),
-            ("think.langevin_std", t.langevin_std, _finite(t.langevin_std) and t.langevin_std >= 0, "finite and ≥ 0"),
-            ("think.replay_buffer_size", t.replay_buffer_size, t.replay_buffer_size >= 0, "≥ 0"),
-            ("think.momentum", t.momentum, _finite(t.momentum) and 0 <= t.momentum < 1, "in [0, 1)"),
-            ("think.nesterov", t.nesterov, not t.nesterov or t.momentum > 0, "false unless think.momentum > 0"),
-            ("think.spectral_step", t.spectral_step, _finite(t.spectral_step) and t.spectral_step >= 0,
-             "finite and ≥ 0 (0 = off)"),
-            ("think.power_iterations", t.power_iterations, 1 <= t.power_iterations <= 100, "in [1, 100]"),
-            ("think.max_step_norm", t.max_step_norm, _finite(t.max_step_norm) and t.max_step_norm >= 0,
-             "finite and ≥ 0 (0 = off)"),
-            ("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
-             "false when think.truncate_graph is true (earlier steps have no graph to learn through)"),
-            ("train.steps", tr.steps, tr.steps >= 1, "≥ 1"),
-            ("train.batch_size", tr.batch_size, tr.batch_size >= 1, "≥ 1"),
-            ("train.lr", tr.lr, _finite(tr.lr) and tr.lr > 0, "finite and > 0"),
-            ("train.warmup_fraction", tr.warmup_fraction, 0 <= tr.warmup_fraction < 1, "in [0, 1)"),
-            ("train.lr_schedule", tr.lr_schedule, tr.lr_schedule in LR_SCHEDULES, ", ".join(map(repr, LR_SCHEDULES))),
-            ("train.decay_fraction", tr.decay_fraction, 0 < tr.decay_fraction < 1, "in (0, 1)"),
-            ("train.decay_fraction", tr.decay_fraction,
-             tr.lr_schedule != "wsd" or tr.warmup_fraction + tr.decay_fraction <= 1,
-             f"at most 1 − train.warmup_fraction = {1 - tr.warmup_fraction:g} with train.lr_schedule = 'wsd' "
-             "(warm-up and decay must fit in the run)"),
-            ("train.weight_decay", tr.weight_decay, _finite(tr.weight_decay) and tr.weight_decay >= 0, "finite and ≥ 0"),
-            ("train.grad_clip", tr.grad_clip, _finite(tr.grad_clip) and tr.grad_clip > 0, "finite and > 0"),
-            ("train.eval_every", tr.eval_every, tr.eval_every >= 0, "≥ 0"),
-            ("train.eval_spacing", tr.eval_spacing, tr.eval_spacing in ("linear", "log"), "'linear' or 'log'"),
-            ("train.eval_every", tr.eval_every, tr.eval_spacing != "log" or tr.eval_every >= 1,
-             "≥ 1 with train.eval_spacing = 'log' (the first validation step)"),
-            ("train.eval_examples", tr.eval_examples, tr.eval_examples >= 1, "≥ 1"),
-            ("train.log_every", tr.log_every, tr.log_every >= 1, "≥ 1"),
-            ("train.log_to", tr.log_to, tr.log_to in LOG_TO, "one of " + ", ".join(map(repr, LOG_TO))),
-            ("train.seed", tr.seed, 0 <= tr.seed < 2**63, "in [0, 2**63)"),
-            ("train.precision", tr.precision, tr.precision in ("fp32", "bf16", "fp16"), "'fp32', 'bf16' or 'fp16'"),
-            ("train.grad_accum", tr.grad_accum, tr.grad_accum >= 1, "≥ 1"),
-            ("train.grad_accum", tr.grad_accum, tr.grad_accum < 1 or tr.batch_size % tr.grad_accum == 0,
-             f"a divisor of train.batch_size ({tr.batch_size}): each micro-batch holds batch_size / grad_accum "
-             "sequences (over the processes)"),
-            ("train.parallel", tr.parallel, tr.parallel in PARALLEL, ", ".join(map(repr, PARALLEL))),
-            ("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path"),
-            ("data.validation_fraction", d.validation_fraction, 0 < d.validation_fraction <= 0.5, "in (0, 0.5]"),
-            ("data.layout", d.layout, d.layout in LAYOUTS, "'packed' or 'padded'"),
-            ("data.layout", d.layout, d.layout == "packed" or m.task == "text", "'packed' for image and video runs"),
-        ]
-        for name, section in TASK_SECTIONS.items():
+                check(key, value, type(value) is not int or key == "train.seed" or value <= MAX_INT,
+                      f"at most {MAX_INT:,}")
+        _check_model(self.model)
+        _check_think(self.think)
+        _check_train(self.train)
+        _check_data(self.data, self.model.task)
+        for name in TASK_SECTIONS:
             present = getattr(self, name) is not None
-            checks.append((name, "set", present == (name == m.task), f"the section of {m.task} runs only"))
-        if m.task == "text":
-            x = self.text
-            checks += [
-                ("text.tokenizer", x.tokenizer, x.tokenizer in ("byte", "bpe", "gpt2"), "'byte', 'bpe' or 'gpt2'"),
-                ("text.bpe_vocab_size", x.bpe_vocab_size, x.bpe_vocab_size >= 260, "≥ 260"),
-                ("text.vocab_size", x.vocab_size, x.vocab_size >= 0, "≥ 0 (0 = from the tokenizer)"),
-            ]
-        elif m.task == "image":
-            x = self.image
-            checks += [
-                ("image.image_size", x.image_size, x.image_size >= 1, "≥ 1"),
-                ("image.patch_size", x.patch_size, x.patch_size >= 1 and x.image_size % x.patch_size == 0,
-                 f"≥ 1 and a divisor of image.image_size ({x.image_size})"),
-                ("image.channels", x.channels, x.channels >= 1, "≥ 1"),
-                ("image.noise_level", x.noise_level, 0.001 <= x.noise_level <= 1,
-                 "in [0.001, 1] (timestep λ·1000 − 1 of the 1000-step schedule)"),
-            ]
-        elif m.task == "video":
-            x = self.video
-            checks += [
-                ("video.frame_encoder", x.frame_encoder, x.frame_encoder in ("pca", "pixels"), "'pca' or 'pixels'"),
-                ("video.encoder_dim", x.encoder_dim, x.encoder_dim >= 1, "≥ 1"),
-                ("video.clips", x.clips, x.clips >= 10, "≥ 10"),
-                ("video.latent_dim", x.latent_dim, x.latent_dim >= 0, "≥ 0 (0 = from the frame encoder)"),
-            ]
-        for name, value, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"{name} = {value!r} is not allowed; it must be {allowed}")
+            check(name, "set", present == (name == self.model.task), f"the section of {self.model.task} runs only")
+        TASK_CHECKS[self.model.task](self.modality)
         return self
+
+
+def _check_model(m: ModelConfig) -> None:
+    check_choice("model.task", m.task, TASK_SECTIONS)
+    check_choice("model.kind", m.kind, ("ebt", "transformer", "dit"))
+    check("model.kind", m.kind, m.kind != "dit" or m.task == "image",
+          f"'ebt' or 'transformer' for task {m.task!r} ('dit' is the image baseline)")
+    check("model.kind", m.kind, m.kind != "transformer" or m.task != "image", "'ebt' or 'dit' for image runs")
+    check_int("model.n_layers", m.n_layers, 1)
+    check_int("model.dim", m.dim, 1)
+    check_int("model.n_heads", m.n_heads, 1)
+    check("model.n_heads", m.n_heads, m.dim % m.n_heads == 0 and (m.dim // m.n_heads) % 2 == 0,
+          f"a divisor of model.dim ({m.dim}) leaving an even head width")
+    check_int("model.ffn_dim", m.ffn_dim, 0, note=" (0 = model.dim)")
+    check_int("model.context_len", m.context_len, 1)
+    check_real("model.rope_theta", m.rope_theta, 0, low_open=True)
+    check_real("model.norm_eps", m.norm_eps, 0, low_open=True)
+    check_choice("model.energy_head_init", m.energy_head_init, ("xavier", "zero"))
+
+
+def _check_think(t: ThinkConfig) -> None:
+    check_int("think.steps", t.steps, 1)
+    # α is a float32 parameter: past float32's range it would be inf.
+    check_real("think.step_size", t.step_size, 0, 3.4e38, low_open=True, high_open=True,
+               note=" (within float32's range)")
+    check_real("think.step_size_lr_mult", t.step_size_lr_mult, 0)
+    check_int("think.min_steps", t.min_steps, 0, t.steps, note=" (at most think.steps)")
+    check_real("think.langevin_std", t.langevin_std, 0)
+    check_int("think.replay_buffer_size", t.replay_buffer_size, 0)
+    InnerOptimizer.check(t, "think", config=True)
+    check("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
+          "false when think.truncate_graph is true (earlier steps have no graph to learn through)")
+
+
+def _check_train(tr: TrainConfig) -> None:
+    check_int("train.steps", tr.steps, 1)
+    check_int("train.batch_size", tr.batch_size, 1)
+    check_real("train.lr", tr.lr, 0, low_open=True)
+    check_real("train.warmup_fraction", tr.warmup_fraction, 0, 1, high_open=True)
+    check_choice("train.lr_schedule", tr.lr_schedule, LR_SCHEDULES)
+    check_real("train.decay_fraction", tr.decay_fraction, 0, 1, low_open=True, high_open=True)
+    check("train.decay_fraction", tr.decay_fraction, tr.lr_schedule != "wsd" or tr.warmup_fraction + tr.decay_fraction <= 1,
+          f"at most 1 − train.warmup_fraction = {1 - tr.warmup_fraction:g} with train.lr_schedule = 'wsd' "
+          "(warm-up and decay must fit in the run)")
+    check_real("train.weight_decay", tr.weight_decay, 0)
+    check_real("train.grad_clip", tr.grad_clip, 0, low_open=True)
+    check_int("train.eval_every", tr.eval_every, 0)
+    check_choice("train.eval_spacing", tr.eval_spacing, ("linear", "log"))
+    check("train.eval_every", tr.eval_every, tr.eval_spacing != "log" or tr.eval_every >= 1,
+          "≥ 1 with train.eval_spacing = 'log' (the first validation step)")
+    check_int("train.eval_examples", tr.eval_examples, 1)
+    check_int("train.log_every", tr.log_every, 1)
+    check_choice("train.log_to", tr.log_to, LOG_TO)
+    check_int("train.seed", tr.seed, 0, 2**63 - 1)
+    check_choice("train.precision", tr.precision, ("fp32", "bf16", "fp16"))
+    check_int("train.grad_accum", tr.grad_accum, 1)
+    check("train.grad_accum", tr.grad_accum, tr.batch_size % tr.grad_accum == 0,
+          f"a divisor of train.batch_size ({tr.batch_size}): each micro-batch holds batch_size / grad_accum "
+          "sequences (over the processes)")
+    check_choice("train.parallel", tr.parallel, PARALLEL)
+
+
+def _check_data(d: DataConfig, task: str) -> None:
+    check("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path")
+    check_real("data.validation_fraction", d.validation_fraction, 0, 0.5, low_open=True)
+    check_choice("data.layout", d.layout, LAYOUTS)
+    check("data.layout", d.layout, d.layout == "packed" or task == "text", "'packed' for image and video runs")
+
+
+def _check_text(x: TextConfig) -> None:
+    check_choice("text.tokenizer", x.tokenizer, ("byte", "bpe", "gpt2"))
+    check_int("text.bpe_vocab_size", x.bpe_vocab_size, 260)
+    check_int("text.vocab_size", x.vocab_size, 0, note=" (0 = from the tokenizer)")
+
+
+def _check_image(x: ImageConfig) -> None:
+    check_int("image.image_size", x.image_size, 1)
+    check_int("image.patch_size", x.patch_size, 1)
+    check("image.patch_size", x.patch_size, x.image_size % x.patch_size == 0,
+          f"a divisor of image.image_size ({x.image_size})")
+    check_int("image.channels", x.channels, 1)
+    check_real("image.noise_level", x.noise_level, 0.001, 1, note=" (timestep λ·1000 − 1 of the 1000-step schedule)")
+
+
+def _check_video(x: VideoConfig) -> None:
+    check_choice("video.frame_encoder", x.frame_encoder, ("pca", "pixels"))
+    check_int("video.encoder_dim", x.encoder_dim, 1)
+    check_int("video.clips", x.clips, 10)
+    check_int("video.latent_dim", x.latent_dim, 0, note=" (0 = from the frame encoder)")
+
+
+TASK_CHECKS = {"text": _check_text, "image": _check_image, "video": _check_video}
 
 
 def migrate(d: dict[str, Any]) -> dict[str, Any]:
@@ -416,10 +415,6 @@ def _json_type(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "an integer",
              float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
 
 
 def _check_type(key: str, value: Any, kind: type) -> Any:

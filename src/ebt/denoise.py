@@ -22,9 +22,9 @@ from ebt.data.images import to_pixels, to_unit_range
 from ebt.errors import ConfigError
 from ebt.evaluate import PRECISION_OPTION, denoise_metrics
 from ebt.files import atomic_write
+from ebt.options import ThinkingOptions
 from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
-from ebt.think import ThinkingOptions
 
 PLOT_LEVELS = (0.1, 0.2)  # in distribution (the training level) and out of distribution (SPEC §5)
 

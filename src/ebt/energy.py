@@ -35,19 +35,18 @@ from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig, ThinkConfig
 from ebt.errors import ConfigError
 from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, check_token_ids, init_weights
+from ebt.options import InnerOptimizer, ThinkingOptions
 from ebt.tasks.image import Denoising
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
-from ebt.think import InnerOptimizer, ThinkingOptions, Thought, first_order, lowest_energy_sample, think
+from ebt.think import Checkpointed, FirstOrder, Thought, first_order, lowest_energy_sample, think
 
 MIN_STEP_SIZE = 1e-4  # α is clamped here (SPEC §3)
 
 
 def inner_optimizer(think_config: ThinkConfig) -> InnerOptimizer:
-    """The inner optimizer the config trains (and by default thinks) with (`ebt.think.InnerOptimizer`)."""
-    c = think_config
-    return InnerOptimizer(c.momentum, c.nesterov, c.spectral_step, c.power_iterations, c.max_step_norm,
-                          c.mirror_descent)
+    """The inner optimizer the config trains (and by default thinks) with (`ebt.options.InnerOptimizer`)."""
+    return InnerOptimizer.of(think_config)
 
 
 def step_size_parameter(think_config: ThinkConfig) -> nn.Parameter:
@@ -107,7 +106,7 @@ class Landscapes:
 
     def gradient(self, p: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Energies (B, M, S) and ∇_p E of a first-order thinking step in one compiled graph
-        (`think`'s `gradient`, when the model runs compiled)."""
+        (`ebt.think.FirstOrder`, when the model runs compiled)."""
         return compiled(_candidate_first_order)(self.model, self.context(step).kv, p)
 
 
@@ -176,14 +175,15 @@ class AutoregressiveEBT(nn.Module):
             h = block.forward_candidates(h, rope, kv, hidden)
         return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
 
-    def landscapes(self, x: Tensor, differentiable: bool = True, steps: int = 0) -> Landscapes:
+    def landscapes(self, x: Tensor, differentiable: bool = True, steps: int = 0) -> Landscapes | Checkpointed:
         """The energy function `energy(p, step)` that `think` descends, for context tokens x (B, S).
 
         differentiable=False computes the context stream without a graph (inference). steps: run
         the context passes of thinking steps 0 … steps−1 now rather than at their first use, as
         training does: no context pass may run inside a thinking step that the backward pass
-        recomputes (`think`'s recompute_steps), since the steps after it reuse it."""
-        return Landscapes(self, x, differentiable, steps)
+        recomputes (activation checkpointing in training: `ebt.think.Checkpointed`), since the
+        steps after it reuse it."""
+        return _checkpointed(self, Landscapes(self, x, differentiable, steps), differentiable)
 
     def energy(self, ids: Tensor, y: Tensor, step: int = 0) -> Tensor:
         """Energies (B, S) of candidates y (B, S, C), already prepared (text: probabilities), given ids (B, S)."""
@@ -216,7 +216,7 @@ class AutoregressiveEBT(nn.Module):
         langevin_std, tolerance (adaptive thinking, see `ebt.think.think`).
         last_only: predict only the last position (generation). landscapes: reuse these cached
         context passes (generation keeps one across tokens; their ids must be `ids`).
-        Returns a Thought whose `logits` are (B, S, C) and whose `energies` are per step (B, S)
+        Returns a Thought whose `y` is (B, S, C) and whose `energies` are per step (B, S)
         (of the chosen sample when M > 1); `forward_passes` counts every energy evaluation run,
         all samples included. Raises ConfigError for bad options, ThinkingDiverged when a step
         produces non-finite values.
@@ -226,8 +226,10 @@ class AutoregressiveEBT(nn.Module):
         if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # generation checked its prompt
             check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
-        return think_samples(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
-                             score_final=score_final, gradient=energy.gradient if self.compiled else None)
+        if self.compiled:
+            energy = FirstOrder(energy, energy.gradient)
+        return think_best_of(self, energy, ids[:, -1:] if last_only else ids, options, generator=generator,
+                             score_final=score_final)
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
                 generator: torch.Generator | None = None, **given) -> Thought:
@@ -281,7 +283,7 @@ class BidirectionalEBT(nn.Module):
         """The energy `energy(p, step)` that `think` descends: candidates (B, M, 1, C, H, W) →
         (B, M, 1). The noisy images x are where thinking starts, not an input of E; there is no
         context pass to run ahead for `steps` (see `AutoregressiveEBT.landscapes`)."""
-        return self.energy
+        return _checkpointed(self, self.energy, differentiable)
 
     def think(
         self,
@@ -306,9 +308,9 @@ class BidirectionalEBT(nn.Module):
             raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: image "
                               "thinking starts every sample from the noisy image; add Langevin noise "
                               "(--langevin-std) so that they differ, or use samples = 1")
-        gradient = functools.partial(compiled(_image_first_order), self) if self.compiled else None
-        return think_samples(self, self.energy, noisy, options, generator=generator, score_final=score_final,
-                             gradient=gradient)
+        energy = FirstOrder(self.energy, functools.partial(compiled(_image_first_order), self)) if self.compiled \
+            else self.energy
+        return think_best_of(self, energy, noisy, options, generator=generator, score_final=score_final)
 
     def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
         """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
@@ -324,20 +326,12 @@ class BidirectionalEBT(nn.Module):
         return self.think(noisy, ThinkingOptions.of(options, **given))
 
 
-def think_samples(
-    model: nn.Module,
-    energy,
-    x: Tensor,
-    options: ThinkingOptions,
-    *,
-    generator: torch.Generator | None,
-    score_final: bool,
-    gradient: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None,
-) -> Thought:
-    """Inference thinking shared by both EBTs: M candidates per position from the task's start
-    for input x, descended together on `energy`, the lowest final energy kept per position.
-    `forward_passes` counts every energy evaluation, all samples included. `gradient`: the
-    model's compiled E and ∇E (see `think`)."""
+def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,
+                  generator: torch.Generator | None, score_final: bool) -> Thought:
+    """Inference thinking shared by both EBTs, best of M (self-verification, SPEC §4): M =
+    `options.samples` candidates per position from the task's start for input x, descended
+    together on `energy`, the lowest final energy kept per position. `forward_passes` counts
+    every energy evaluation, all samples included."""
     samples = options.samples
     y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
     thought = think(
@@ -350,12 +344,17 @@ def think_samples(
         tolerance=options.tolerance,
         generator=generator,
         score_final=score_final or samples > 1,
-        gradient=gradient,
         optimizer=options.optimizer(inner_optimizer(model.think_config)),
     )
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
     # With one sample this picks it; with M the one of lowest final energy, per position.
     return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+
+
+def _checkpointed(model: nn.Module, energy: Callable[[Tensor, int], Tensor], differentiable: bool):
+    """`energy`, recomputed step by step in the backward pass when the model trains with activation
+    checkpointing (`ebt.models.set_activation_checkpointing`)."""
+    return Checkpointed(energy) if differentiable and model.activation_checkpointing and model.training else energy
 
 
 # --- The units `--compile` compiles (`ebt.compiled`): plain functions of the model and tensors ------

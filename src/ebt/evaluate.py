@@ -35,9 +35,10 @@ from torch import Tensor, nn
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.tokens import PAD, TokenSplit, split_window
 from ebt.data.images import to_pixels, to_unit_range
+from ebt.options import ThinkingOptions
 from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
-from ebt.think import Thought, ThinkingOptions
+from ebt.think import Thought
 
 PRECISION_OPTION = "precision (--precision)"  # how the API's errors name the option
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from ebt.errors import ConfigError, ThinkingDiverged
 from ebt.evaluate import PRECISION_OPTION
 from ebt.models import is_energy_based
+from ebt.options import ThinkingOptions
 from ebt.precision import autocast, check_precision
-from ebt.think import ThinkingOptions
 
 
 def generate(
@@ -105,7 +105,7 @@ class _Decoder:
                 self.state = self.model.landscapes(new, differentiable=False)
             thought = self.model.think(self.state.ids, self.options, last_only=True, landscapes=self.state,
                                        generator=self.generator)
-            logits = thought.logits[0, -1]
+            logits = thought.y[0, -1]
         else:
             if not extend:
                 self.state = []

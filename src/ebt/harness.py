@@ -63,6 +63,7 @@ except ImportError as error:  # an optional extra: say how to get it
     raise ImportError("ebt.harness needs lm-evaluation-harness: pip install 'energy-based-transformers[eval]' "
                       "(`make venv` installs it from requirements-eval.txt)") from error
 
+from ebt.checks import check_int
 from ebt.data.downstream import DOWNSTREAM_SETS, downstream_dir
 from ebt.data.pairs import Pair, encode_pairs, rows_split
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
@@ -71,11 +72,11 @@ from ebt.errors import ConfigError, EBTError
 from ebt.evaluate import Scoring, WindowScores, evaluate
 from ebt.generate import generate
 from ebt.models import is_energy_based
+from ebt.options import ThinkingOptions
 from ebt.precision import check_precision
 from ebt.runs import load_run
-from ebt.think import ThinkingOptions
 
-THINKING = tuple(f.name for f in fields(ThinkingOptions))  # steps, samples, step_size, langevin_std, tolerance
+THINKING = tuple(f.name for f in fields(ThinkingOptions))  # the thinking options, as declared (`ebt.options`)
 MODEL_ARGS = ("pretrained", *THINKING, "batch_size", "device", "precision", "seed", "max_length")
 # What lm_eval itself passes to a model beside --model_args: its --batch_size, --max_batch_size, --device.
 HARNESS_ARGS = ("batch_size", "max_batch_size", "device")
@@ -92,8 +93,8 @@ class EBTLM(LM):
     """A trained text run (EBT or Transformer++) as an lm_eval model.
 
     pretrained: the run directory (`ebt train --out`).
-    steps, samples, step_size, langevin_std, tolerance, momentum, nesterov, spectral_step,
-        max_step_norm, mirror_descent: the EBT's thinking (`ThinkingOptions`; a Transformer++ run refuses them).
+    **thinking: the EBT's thinking, the fields of `ThinkingOptions` (steps=3, samples=2, momentum=0.5,
+        …; THINKING); a Transformer++ run refuses them.
     batch_size: windows per forward pass (16, as `ebt eval`). device: 'auto' (CUDA when available),
         'cpu', 'cuda', 'cuda:N'. precision: 'fp32', 'bf16', 'fp16' (CUDA), or None for the run's
         train.precision. seed: of the EBT's initial candidates and of sampling.
@@ -104,26 +105,21 @@ class EBTLM(LM):
     ("pretrained=runs/ebt,steps=3") or `create_from_arg_obj`, which also reject unknown keys.
     """
 
-    def __init__(self, pretrained: str | Path | None = None, *, steps: int | None = None, samples: int = 1,
-                 step_size: float | None = None, langevin_std: float = 0.0, tolerance: float | None = None,
-                 momentum: float | None = None, nesterov: bool | None = None, spectral_step: float | None = None,
-                 max_step_norm: float | None = None, mirror_descent: bool | None = None, batch_size: int | str = 16,
-                 device: str = "auto", precision: str | None = None, seed: int = 0,
-                 max_length: int | None = None) -> None:
+    def __init__(self, pretrained: str | Path | None = None, *, batch_size: int | str = 16, device: str = "auto",
+                 precision: str | None = None, seed: int = 0, max_length: int | None = None,
+                 **thinking: Any) -> None:
         super().__init__()
         if pretrained is None or pretrained == "":
             raise ConfigError("model_args needs pretrained=RUN_DIR, a run directory of `ebt train`")
         try:
-            self.options = ThinkingOptions(steps=steps, samples=samples, step_size=step_size,
-                                           langevin_std=langevin_std, tolerance=tolerance, momentum=momentum,
-                                           nesterov=nesterov, spectral_step=spectral_step,
-                                           max_step_norm=max_step_norm, mirror_descent=mirror_descent)
+            self.options = ThinkingOptions.of(**thinking)
         except ConfigError as error:
-            raise ConfigError(f"model_args: {error}") from None
+            raise ConfigError(f"model_args: {error}", field=error.field) from None
         if isinstance(batch_size, str) and batch_size.isdigit():  # lm_eval's --batch_size is a string
             batch_size = int(batch_size)
-        _check_int("batch_size", batch_size, 1, MAX_BATCH, "; ebt has no automatic batch size ('auto')")
-        _check_int("seed", seed, 0, 2**63 - 1)
+        check_int("model_args batch_size", batch_size, 1, MAX_BATCH, note="; ebt has no automatic batch size ('auto')",
+                  field="batch_size")
+        check_int("model_args seed", seed, 0, 2**63 - 1, field="seed")
         if not isinstance(device, str):
             raise ConfigError(f"model_args device = {device!r} is not allowed; it must be 'auto', 'cpu', 'cuda' or "
                               "'cuda:N'")
@@ -142,8 +138,8 @@ class EBTLM(LM):
             precision = config.train.precision
         check_precision(precision, self._device, "model_args precision")
         context_len = config.model.context_len
-        _check_int("max_length", context_len if max_length is None else max_length, 1, context_len,
-                   " (the run's model.context_len)")
+        check_int("model_args max_length", context_len if max_length is None else max_length, 1, context_len,
+                  note=" (the run's model.context_len)", field="max_length")
         self.model, self.tokenizer = self.run.model, self.run.tokenizer
         self.batch_size, self.seed, self.precision = batch_size, seed, precision
         self.max_length = context_len if max_length is None else max_length
@@ -317,7 +313,7 @@ def _generation(gen_kwargs: dict[str, Any] | None) -> tuple[list[str], int, floa
                           "of strings")
     until = [s for s in until if s]
     max_new_tokens = gen_kwargs.get("max_gen_toks", MAX_GEN_TOKS)
-    _check_int("max_gen_toks", max_new_tokens, 0, 1_000_000, kind="gen_kwargs")
+    check_int("gen_kwargs max_gen_toks", max_new_tokens, 0, 1_000_000, field="max_gen_toks")
     do_sample = gen_kwargs.get("do_sample", False)
     if not isinstance(do_sample, bool):
         raise ConfigError(f"gen_kwargs do_sample = {do_sample!r} is not allowed; it must be true or false")
@@ -326,11 +322,6 @@ def _generation(gen_kwargs: dict[str, Any] | None) -> tuple[list[str], int, floa
             or temperature < 0:
         raise ConfigError(f"gen_kwargs temperature = {temperature!r} is not allowed; it must be a finite number ≥ 0")
     return until, max_new_tokens, float(temperature) if do_sample else 0.0
-
-
-def _check_int(name: str, value: Any, low: int, high: int, note: str = "", kind: str = "model_args") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{kind} {name} = {value!r} is not allowed; it must be an integer in [{low}, {high}]{note}")
 
 
 # --- Task metrics and task files ---------------------------------------------------------------

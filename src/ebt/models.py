@@ -49,9 +49,10 @@ def set_activation_checkpointing(model: nn.Module, on: bool) -> None:
     Every transformer block keeps only the inputs of each of its passes (`ebt.nn.recompute_in_backward`);
     an EBT's training (`objectives.UnrolledThinking`) also keeps only the input of each thinking step
     that builds the second-order graph, and runs the step's energy, ∇E and their graph again in the
-    backward pass (`think`'s recompute_steps). Per block alone would save little for an EBT: the
-    graph of ∇E holds the blocks' recomputed activations until `loss.backward()`. Gradients are
-    unchanged up to floating-point reordering; eval mode (validation, inference) is unchanged."""
+    backward pass (the model's `landscapes` then wrap the energy in `ebt.think.Checkpointed`). Per
+    block alone would save little for an EBT: the graph of ∇E holds the blocks' recomputed
+    activations until `loss.backward()`. Gradients are unchanged up to floating-point reordering;
+    eval mode (validation, inference) is unchanged."""
     for module in model.modules():
         if isinstance(module, (Block, AdaLNBlock, AutoregressiveEBT, BidirectionalEBT)):
             module.activation_checkpointing = on

@@ -25,7 +25,7 @@ not across them.
   per-position step size, Langevin noise, only the last step's graph and loss, and a replay
   buffer of recent final candidates; every trick is its own ThinkConfig field. With activation
   checkpointing (`ebt.models.set_activation_checkpointing`) every step that builds the
-  second-order graph is recomputed in the backward pass (`think`'s recompute_steps).
+  second-order graph is recomputed in the backward pass (`ebt.think.Checkpointed`).
 - `DirectPrediction`: the Transformer++: one forward pass, the task loss on its output.
 - `NoisePrediction`: the DiT image baseline: ε-prediction on the low-noise timesteps (SPEC §5).
 """
@@ -38,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
+from ebt.data.batches import example_normal, example_randint
 from ebt.energy import inner_optimizer
 from ebt.errors import CheckpointError
-from ebt.think import example_normal, example_randint, think
+from ebt.think import think
 
 
 class UnrolledThinking(nn.Module):
@@ -74,7 +75,6 @@ class UnrolledThinking(nn.Module):
             truncate_graph=cfg.truncate_graph,
             detach_steps=cfg.detach_steps,
             langevin_std=cfg.langevin_std,
-            recompute_steps=model.activation_checkpointing and model.training,
             optimizer=inner_optimizer(cfg),
         )
         final = thought.y.squeeze(1)  # (B, S, C)

@@ -1,4 +1,5 @@
-"""Mixed precision (`train.precision`, `--precision`): one choice for training and inference.
+"""Mixed precision (`train.precision`, and the `precision` of evaluation and generation): one choice
+for training and inference.
 
   fp32  every operation in float32 (the default; on CUDA matmuls may use TF32, as the reference).
   bf16  `torch.autocast` to bfloat16 around the model's forward (and thinking's ∇E), with float32
@@ -17,20 +18,23 @@ import contextlib
 
 import torch
 
+from ebt.checks import check_choice
 from ebt.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_precision(precision: str, device: torch.device, flag: str = "train.precision") -> None:
+def check_precision(precision: str, device: torch.device, name: str = "train.precision",
+                    field: str = "precision") -> None:
     """ConfigError unless `precision` is one of PRECISIONS and runs on `device` (fp16 needs CUDA:
-    CPU float16 matmuls are slow and loss scaling exists for CUDA)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"{flag} = {precision!r} is not allowed; it must be one of {', '.join(map(repr, PRECISIONS))}")
+    CPU float16 matmuls are slow and loss scaling exists for CUDA). `name`: how the message names
+    the option ("train.precision"); `field`: the API field the error carries."""
+    check_choice(name, precision, PRECISIONS, field=field)
     if precision == "fp16" and torch.device(device).type != "cuda":
-        raise ConfigError(f"{flag} = 'fp16' needs a CUDA device (float16 autocast is for CUDA, with loss scaling in "
-                          f"training) and the device is {torch.device(device)}; use 'bf16' on the CPU, or 'fp32'")
+        raise ConfigError(f"{name} = 'fp16' needs a CUDA device (float16 autocast is for CUDA, with loss scaling in "
+                          f"training) and the device is {torch.device(device)}; use 'bf16' on the CPU, or 'fp32'",
+                          field=field)
 
 
 def autocast(precision: str, device: torch.device):

@@ -36,9 +36,9 @@ from ebt.data.probes import OOD_SETS
 from ebt.errors import ConfigError
 from ebt.evaluate import Scoring, evaluate
 from ebt.models import is_energy_based
+from ebt.options import ThinkingOptions
 from ebt.rundata import load_data
 from ebt.runs import Run
-from ebt.think import ThinkingOptions
 
 # (steps, samples): the paper's budgets of 2, 3, 6, 15 and 30 forward passes per token.
 BUDGETS = ((2, 1), (3, 1), (3, 2), (3, 5), (3, 10))

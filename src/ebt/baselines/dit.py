@@ -22,8 +22,9 @@ from ebt.baselines.diffusion import ddim, ddim_timesteps, timestep
 from ebt.config import ModelConfig
 from ebt.errors import ConfigError
 from ebt.nn import PatchTransformer, unpatchify
+from ebt.options import ThinkingOptions
 from ebt.tasks.image import Denoising
-from ebt.think import ThinkingOptions, Thought
+from ebt.think import Thought
 
 
 def timestep_features(t: Tensor, dim: int) -> Tensor:

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig
 from ebt.nn import Block, RMSNorm, Rotary, check_context, init_weights
+from ebt.options import ThinkingOptions
 from ebt.tasks.text import NextToken
 from ebt.tasks.video import NextFrame
-from ebt.think import ThinkingOptions, Thought
+from ebt.think import Thought
 
 
 class TransformerPP(nn.Module):
@@ -52,7 +53,7 @@ class TransformerPP(nn.Module):
 
     def predict(self, x: Tensor, options: ThinkingOptions | None = None, *, last_only: bool = False,
                 generator: torch.Generator | None = None, **given) -> Thought:
-        """Predictions for inputs x (B, S[, C]) as a Thought of one forward pass: `logits` (B, S or 1, C).
+        """Predictions for inputs x (B, S[, C]) as a Thought of one forward pass: `y`, logits (B, S or 1, C).
         The same call as `AutoregressiveEBT.predict`; thinking options raise ConfigError."""
         options = ThinkingOptions.of(options, **given)
         if options.given():

@@ -1,5 +1,6 @@
 """Training batches for every task: one global batch per optimizer step, the same whatever the
-number of processes and micro-batches (`TrainingBatches`), each example with its own seed (`Batch`).
+number of processes and micro-batches (`TrainingBatches`), each example with its own seed (`Batch`)
+and its own random draws from it (`example_normal`, `example_randint`).
 
 A task's data supplies how many examples it has and how to fetch them by index: token windows
 (`ebt.data.tokens`), noisy images, video clips. Read `TrainingBatches` first.
@@ -37,6 +38,27 @@ class Batch:
 
     data: torch.Tensor
     seeds: torch.Tensor
+
+
+def example_normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32, stream: int = 0) -> torch.Tensor:
+    """Standard normal numbers (b, *shape): row i drawn from a generator seeded by (seeds[i],
+    `stream`), on `device`, so an example's draws do not depend on the other examples of its
+    batch; different streams give independent draws for one example."""
+    rows = [torch.randn(shape, generator=_example_generator(int(s), stream, device), device=device, dtype=dtype)
+            for s in seeds.tolist()]
+    return torch.stack(rows) if rows else torch.empty((0, *shape), device=device, dtype=dtype)
+
+
+def example_randint(seeds: torch.Tensor, high: int, device: torch.device | str = "cpu", stream: int = 0) -> torch.Tensor:
+    """One integer in [0, high) per example (b,) int64, from its seed (as `example_normal`)."""
+    rows = [torch.randint(0, high, (), generator=_example_generator(int(s), stream, device), device=device)
+            for s in seeds.tolist()]
+    return torch.stack(rows) if rows else torch.empty(0, dtype=torch.int64, device=device)
+
+
+def _example_generator(seed: int, stream: int, device: torch.device | str) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed((seed * 0x9E3779B97F4A7C15 + stream) % 2**63)
 
 
 class TrainingBatches:

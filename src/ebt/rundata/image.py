@@ -10,8 +10,7 @@ from torch import Tensor
 
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.config import RunConfig
-from ebt.data.batches import TrainingBatches
-from ebt.think import example_normal
+from ebt.data.batches import TrainingBatches, example_normal
 from ebt.data.images import ImageSplits, load_images, to_unit_range
 from ebt.evaluate import Scoring, denoise_metrics
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint

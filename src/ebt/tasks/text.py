@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.config import TextConfig
-from ebt.think import example_normal
+from ebt.data.batches import example_normal
 from ebt.errors import ConfigError
 
 
