@@ -114,9 +114,10 @@ def test_inductor_generation_equals_eager(monkeypatch: pytest.MonkeyPatch) -> No
 def test_no_compiler_is_an_error_naming_the_flag(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(ebt.compiled.shutil, "which", lambda name: None)
-    with pytest.raises(ConfigError, match="--compile.*C\\+\\+ compiler"):
+    with pytest.raises(ConfigError, match="compile = True: torch.compile is not available.*C\\+\\+ compiler") as error:
         with compiled_inference(tiny_model("ebt")):
             pass
+    assert error.value.field == "compile"  # the command line names its flag
     code, _, err = run_cli(["generate", "no-run", "--prompt", "a", "--compile", "--device", "cpu"], capsys)
     assert code == 2 and "--compile" in err and "C++ compiler" in err
     code, _, err = run_cli(["eval", "no-run", "--compile", "--device", "cpu"], capsys)
@@ -124,7 +125,7 @@ def test_no_compiler_is_an_error_naming_the_flag(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_dit_has_nothing_to_compile() -> None:
-    with pytest.raises(ConfigError, match="--compile applies to EBT and Transformer"):
+    with pytest.raises(ConfigError, match=r"compiled inference \(compile = True\) applies to EBT and Transformer"):
         with compiled_inference(build_model(tiny_image_config("dit"))):
             pass
 

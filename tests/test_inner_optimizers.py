@@ -1,4 +1,4 @@
-"""Thinking's inner optimizers (`ebt.think.InnerOptimizer`) on analytic energies: an ill-conditioned
+"""Thinking's inner optimizers (`ebt.options.InnerOptimizer`) on analytic energies: an ill-conditioned
 quadratic E(p) = ½ Σ_c λ_c p_c² per position, whose Hessian is diag(λ)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from ebt.config import RunConfig, ThinkConfig
 from ebt.errors import ConfigError, ThinkingDiverged
 from ebt.options import InnerOptimizer, ThinkingOptions
 from ebt.think import lambda_max, think
@@ -142,6 +143,26 @@ def test_bad_thinking_options_are_clear_errors(fields, message):
     with pytest.raises(ConfigError, match=message) as error:
         ThinkingOptions(**fields)
     assert error.value.field == next(iter(fields))  # the command line maps it to its flag
+
+
+def test_each_knob_is_declared_once_and_derived_everywhere():
+    """An InnerOptimizer field is the whole declaration of a knob: the config trains with it (same
+    default, same check, under its think.* key), inference overrides it (None: as trained) unless
+    declared `inference=False`, and the trained value reaches the optimizer."""
+    for f in dataclasses.fields(InnerOptimizer):
+        assert getattr(ThinkConfig(), f.name) == f.default
+        overridable = f.metadata.get("inference", True)
+        assert (f.name in {g.name for g in dataclasses.fields(ThinkingOptions)}) == overridable
+        if overridable:
+            assert getattr(ThinkingOptions(), f.name) is None and ThinkingOptions.__dataclass_fields__[f.name].metadata["help"]
+    config = RunConfig()
+    config.think.momentum = 1.0
+    with pytest.raises(ConfigError, match=r"think.momentum = 1.0 is not allowed; it must be a finite number in \[0, 1\)") \
+            as error:
+        config.validated()
+    assert error.value.field == "think.momentum"
+    config.think.momentum, config.think.power_iterations = 0.5, 7
+    assert InnerOptimizer.of(config.think) == InnerOptimizer(momentum=0.5, power_iterations=7)
 
 
 def test_options_override_what_the_model_trained_with():

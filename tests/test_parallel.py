@@ -89,7 +89,7 @@ def test_four_micro_batches_give_the_update_of_one_batch(kind: str, corpus_file:
 def test_grad_accum_must_divide_the_batch() -> None:
     with pytest.raises(ConfigError, match=r"train.grad_accum = 3 .*divisor of train.batch_size \(8\)"):
         tiny_config("ebt", overrides={"train.grad_accum": 3})
-    with pytest.raises(ConfigError, match=r"train.grad_accum = 0 is not allowed; it must be ≥ 1"):
+    with pytest.raises(ConfigError, match=r"train.grad_accum = 0 is not allowed; it must be an integer ≥ 1"):
         tiny_config("ebt", overrides={"train.grad_accum": 0})
 
 

@@ -228,5 +228,5 @@ def test_bad_input_is_refused(corpus_dir: Path, tmp_path: Path, capsys) -> None:
     (headless / "train-00000.tokens").write_bytes(b"\0\0")
     with pytest.raises(DataError, match="token shards but no index.json"):
         load_corpus(str(headless))
-    with pytest.raises(ConfigError, match=r"data.layout = 'ragged'.*'packed' or 'padded'"):
+    with pytest.raises(ConfigError, match=r"data.layout = 'ragged'.*one of 'packed', 'padded'"):
         tiny_config("ebt", overrides={"data.layout": "ragged"})

@@ -233,7 +233,7 @@ def test_overwrite_does_not_mix_the_old_runs_checkpoints_into_the_new(corpus_fil
     (["--train.lr_schedule=linear"], ["train.lr_schedule = 'linear'", "'cosine'", "'constant'", "'wsd'"]),
     (["--train.decay_fraction=0"], ["train.decay_fraction = 0", "(0, 1)"]),
     (["--train.decay_fraction=1"], ["train.decay_fraction = 1", "(0, 1)"]),
-    (["--train.eval_spacing=exponential"], ["train.eval_spacing = 'exponential'", "'linear' or 'log'"]),
+    (["--train.eval_spacing=exponential"], ["train.eval_spacing = 'exponential'", "one of 'linear', 'log'"]),
     (["--train.eval_spacing=log", "--train.eval_every=0"], ["train.eval_every = 0", "eval_spacing = 'log'"]),
     (["--train.lr_schedule=wsd", "--train.warmup_fraction=0.5", "--train.decay_fraction=0.6"],
      ["train.decay_fraction = 0.6", "warmup_fraction", "'wsd'"]),

@@ -1,4 +1,4 @@
-"""Compiled inference (`--compile`): `torch.compile` of the hot paths of decoding and inference thinking.
+"""Compiled inference (`compile`, the commands' `--compile`): `torch.compile` of the hot paths of decoding and inference thinking.
 
 Decoding one sequence of a small model is bound by per-operation overhead, not arithmetic: a
 cached EBT token is a few hundred small operations, each dispatched from Python
@@ -25,7 +25,7 @@ Each function's first call with new shapes compiles it (1–2.5 minutes for a mo
 CPU of docs/results.md; `ebt bench --compile` reports it as `*_compile_s`), after which every
 model of the same architecture in the process reuses it. Compiling needs TorchInductor's
 toolchain: a C++ compiler on the CPU, Triton on CUDA. `check_compile` refuses a machine without
-one, naming `--compile`. `torch._dynamo` (seconds to import) loads only once something compiles.
+one (a ConfigError whose field is `compile`). `torch._dynamo` (seconds to import) loads only once something compiles.
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ from torch import Tensor
 from ebt.errors import ConfigError
 
 F = TypeVar("F", bound=Callable)
-
-COMPILE_OPTION = "--compile"
-
 
 def compile_unavailable(device: torch.device | str) -> str | None:
     """Why torch.compile cannot run on `device` here, or None when it can."""
@@ -67,11 +64,13 @@ def compile_unavailable(device: torch.device | str) -> str | None:
     return None
 
 
-def check_compile(device: torch.device | str, flag: str = COMPILE_OPTION) -> None:
-    """ConfigError naming `flag` when torch.compile cannot run on `device` here."""
+def check_compile(device: torch.device | str, name: str = "compile") -> None:
+    """ConfigError naming the option `name` (its field "compile") when torch.compile cannot run on
+    `device` here."""
     reason = compile_unavailable(device)
     if reason is not None:
-        raise ConfigError(f"{flag}: torch.compile is not available here: {reason}; run without {flag}")
+        raise ConfigError(f"{name} = True: torch.compile is not available here: {reason}; run without compiling",
+                          field="compile")
 
 
 # TorchInductor generates the code. Tests set "aot_eager" (the same captured graphs, forward and
@@ -82,7 +81,7 @@ BACKEND = "inductor"
 def compiled(fn: F) -> F:
     """`fn` compiled with dynamic shapes, made once per function (and backend): every model of one
     architecture shares it (its guards check shapes; on older torch also the module object). A
-    compiler that fails on this machine is a ConfigError naming --compile."""
+    compiler that fails on this machine is a ConfigError (field "compile")."""
     return _compiled(fn, BACKEND)
 
 
@@ -96,8 +95,9 @@ def _compiled(fn: F, backend: str) -> F:
             return fast(*args, **kwargs)
         except torch._dynamo.exc.BackendCompilerFailed as e:
             cause = str(e.inner_exception if hasattr(e, "inner_exception") else e).strip().splitlines()
-            raise ConfigError(f"{COMPILE_OPTION}: torch.compile failed on this machine "
-                              f"({cause[0] if cause else type(e).__name__}); run without {COMPILE_OPTION}") from e
+            raise ConfigError(f"compile = True: torch.compile failed on this machine "
+                              f"({cause[0] if cause else type(e).__name__}); run without compiling",
+                              field="compile") from e
 
     return call  # type: ignore[return-value]
 

@@ -69,12 +69,12 @@ def compiled_inference(model: nn.Module, on: bool = True) -> Iterator[nn.Module]
         with compiled_inference(run.model):
             ids = generate(run.model, prompt, 200)
 
-    Raises ConfigError naming --compile when torch.compile cannot run on the model's device here,
-    or for a DiT (it has nothing compiled)."""
+    Raises ConfigError (field "compile") when torch.compile cannot run on the model's device
+    here, or for a DiT (it has nothing compiled)."""
     supported = hasattr(model, "compiled")
     if on and not supported:
-        raise ConfigError(f"--compile applies to EBT and Transformer++ runs; a {type(model).__name__} has no "
-                          "compiled path")
+        raise ConfigError(f"compiled inference (compile = True) applies to EBT and Transformer++ runs; a "
+                          f"{type(model).__name__} has no compiled path", field="compile")
     if on:
         check_compile(next(model.parameters()).device)
     if not supported:

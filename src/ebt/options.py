@@ -30,9 +30,12 @@ MAX_SAMPLES = 1024
 
 
 def knob(default: Any, help: str, check: Callable[..., Any], *, unset: str | None = None, **metadata: Any) -> Any:
-    """A dataclass field declaring one knob: `default`, the `help` of its flag, `check(name, value,
-    optional=, unset=, field=)` (an `ebt.checks` function with its range bound), `unset`: what None
-    means where None is allowed ("as trained"), and more metadata ("metavar", "flag", "inference")."""
+    """A dataclass field declaring one knob: its `default`; the `help` of its flag; `check(name,
+    value, optional=, unset=, field=)`, an `ebt.checks` function with the knob's range bound
+    (`partial(check_real, low=0)`); `unset`: what None means where the default is None ("as
+    trained"). More metadata: "metavar" and "flag" for the command line; "inference": False for an
+    inner-optimizer knob that training uses and inference does not override (no ThinkingOptions
+    field, no flag)."""
     return field(default=default, metadata={"help": help, "check": check, "unset": unset, **metadata})
 
 
@@ -125,10 +128,6 @@ class InnerOptimizer:
     def of(cls, values: Any) -> InnerOptimizer:
         """The inner optimizer of an object with its fields (`ebt.config.ThinkConfig`)."""
         return cls(**{f.name: getattr(values, f.name) for f in fields(cls)})
-
-    @property
-    def plain(self) -> bool:
-        return not (self.momentum or self.spectral_step or self.max_step_norm)
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
                     y = y + langevin_std * _normal(y, generator)
                 p = prepare(y)
             e, g = energy_and_gradient(energy, p, step, graph)
-            model_dtype, e = e.dtype, e.to(torch.promote_types(e.dtype, p.dtype))  # summed and kept in p's dtype
+            model_dtype, e = e.dtype, e.to(torch.promote_types(e.dtype, p.dtype))  # E in p's dtype from here on
             thought.forward_passes += 1
             delta, velocity = _optimizer_step(optimizer, energy, p, step, e, g, step_size, velocity, thought,
                                               generator)
@@ -119,12 +119,7 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
             thought.candidates.append(y if graph else y.detach())
             thought.energies.append(e.detach())
     if score_final:
-        with torch.no_grad():
-            with _without_autocast(thought.y):
-                p = prepare(thought.y)
-            e = energy(p, steps)
-        thought.energies.append(e.to(torch.promote_types(e.dtype, p.dtype)))
-        thought.forward_passes += 1
+        _score_final(thought, energy, prepare, steps)
     return thought
 
 
@@ -181,6 +176,16 @@ def _adaptive(thought: Thought, step: int, e: Tensor, update: Tensor, tolerance:
     thought.steps_taken += active
     keep = active.view(*active.shape, *(1,) * (update.dim() - active.dim()))  # over the candidate's dims
     return torch.where(keep, update, thought.candidates[-1])
+
+
+def _score_final(thought: Thought, energy: Energy, prepare: Callable[[Tensor], Tensor], steps: int) -> None:
+    """One more energy evaluation, of the final prediction, appended to the trace's energies."""
+    with torch.no_grad():
+        with _without_autocast(thought.y):
+            p = prepare(thought.y)
+        e = energy(p, steps)
+    thought.energies.append(e.to(torch.promote_types(e.dtype, p.dtype)))
+    thought.forward_passes += 1
 
 
 # --- Energies that compute their own (E, ∇E): the systems side of a step --------------------------
