@@ -1,9 +1,11 @@
-"""Generation with and without the KV cache: same tokens, cached context equal to the full pass."""
+"""Generation with and without the KV cache: same tokens, cached context equal to the full pass,
+through the decoder each model hands out."""
 
 import pytest
 import torch
 
 from conftest import tiny_model
+from ebt.errors import ConfigError
 from ebt.generate import generate
 
 PROMPT = [1, 4, 2, 7, 3]
@@ -47,3 +49,26 @@ def test_ebt_landscapes_extended_token_by_token_give_the_full_energies() -> None
     fresh = model.landscapes(ids, differentiable=False)
     for step in (0, 1, 5):
         torch.testing.assert_close(landscapes(p, step), fresh(p, step), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["ebt", "transformer"])
+def test_a_decoders_cached_steps_predict_as_a_fresh_start(kind: str) -> None:
+    """Both models' decoders (`model.decoder`): each step over the cache, and past the 8-token
+    window each step over the slid window, predicts what a decoder started afresh on the sequence
+    so far predicts (with the same random draws)."""
+    model = tiny_model(kind)  # float64
+    ids = torch.tensor([PROMPT + [5, 6, 8, 9, 10, 1, 2]])  # (1, 12)
+    draws, fresh_draws = torch.Generator(), torch.Generator()
+    decoder = model.decoder(generator=draws)
+    for t in range(3, 13):
+        draws.manual_seed(t)
+        y = decoder.step(ids[:, t - 1:t]) if t > 3 else decoder.start(ids[:, :t])  # (1, V)
+        fresh_draws.manual_seed(t)
+        fresh = model.decoder(generator=fresh_draws, cache=False).start(ids[:, :t])
+        assert y.shape == (1, 11)
+        torch.testing.assert_close(y, fresh, rtol=0, atol=1e-10)
+
+
+def test_a_transformer_decoder_refuses_thinking_options() -> None:
+    with pytest.raises(ConfigError, match=r"a Transformer\+\+ cannot think"):
+        tiny_model("transformer").decoder(steps=2)

@@ -21,6 +21,7 @@ from ebt.objectives import NoisePrediction, UnrolledThinking, make_objective
 from ebt.presets import preset
 from ebt.baselines.diffusion import add_noise, alphas_cumprod, timestep
 from ebt.evaluate import denoise_metrics
+from ebt.image_protocol import budgets, denoise
 from ebt.schedule import parameter_groups
 
 SIZE = 12  # 12×12 images, 4×4 patches: 9 patches
@@ -74,7 +75,7 @@ def test_at_initialization_the_ebt_returns_its_input() -> None:
     model = tiny_image_model()
     noisy = torch.randn(3, 1, SIZE, SIZE, dtype=torch.float64)
     assert torch.equal(model.energy(noisy), torch.zeros(3, dtype=torch.float64))  # zero energy head
-    thought = model.denoise(noisy, 0.1, steps=3)
+    thought = denoise(model, noisy, 0.1, steps=3)
     assert torch.equal(thought.y.reshape(noisy.shape), noisy)
     assert thought.forward_passes == 3
 
@@ -132,11 +133,11 @@ def test_a_briefly_trained_ebt_raises_psnr_over_the_noisy_input() -> None:
 def test_ddim_from_timestep_zero_returns_its_input() -> None:
     model = tiny_image_model("dit")
     x = torch.randn(2, 1, SIZE, SIZE, dtype=torch.float64)
-    thought = model.denoise(x, 0.001)  # λ = 0.001 is timestep 0: one pass, ε̂ ≡ 0 at initialization
+    thought = denoise(model, x, 0.001)  # λ = 0.001 is timestep 0: one pass, ε̂ ≡ 0 at initialization
     assert thought.forward_passes == 1
     assert torch.allclose(thought.y, x, rtol=1e-4, atol=0)
-    assert model.denoise(x, 0.1).forward_passes == 100  # t + 1 passes from t = 99
-    assert model.denoise(x, 0.2, steps=10, repeats=2).forward_passes == 20
+    assert denoise(model, x, 0.1).forward_passes == 100  # t + 1 passes from t = 99
+    assert denoise(model, x, 0.2, steps=10, repeats=2).forward_passes == 20
 
 
 def test_dit_objective_and_thinking_options() -> None:
@@ -147,7 +148,22 @@ def test_dit_objective_and_thinking_options() -> None:
     loss.backward()
     assert float(loss.detach()) == pytest.approx(1.0, abs=0.5)  # ε̂ ≡ 0 at init: the MSE is E[ε²] = 1
     with pytest.raises(ConfigError, match="DiT cannot think"):
-        model.denoise(torch.zeros(1, 1, SIZE, SIZE), 0.1, samples=2)
+        denoise(model, torch.zeros(1, 1, SIZE, SIZE), 0.1, samples=2)
+
+
+def test_each_image_model_is_scored_at_its_own_budgets() -> None:
+    """The curve's budgets (`ebt.image_protocol`): the DiT's DDIM grids end at the level's full
+    grid, then run it twice; the EBT thinks 1 … 4 steps, whatever the level."""
+    def steps(model, level: float) -> list[tuple]:
+        return [(b["options"].steps if b["options"] else None, b["repeats"]) for b in budgets(model, level)]
+
+    dit, ebt = tiny_image_model("dit"), tiny_image_model()
+    assert steps(dit, 0.1) == [(1, 1), (2, 1), (5, 1), (10, 1), (25, 1), (100, 1), (None, 2)]
+    assert steps(dit, 0.004) == [(1, 1), (2, 1), (4, 1), (None, 2)]
+    for level in (0.1, 0.2):
+        assert steps(ebt, level) == [(s, 1) for s in (1, 2, 3, 4)]
+    with pytest.raises(ConfigError, match="repeats = 2 is not allowed for an EBT"):
+        denoise(ebt, torch.zeros(1, 1, SIZE, SIZE, dtype=torch.float64), 0.1, repeats=2)
 
 
 def test_presets_have_equal_parameter_counts() -> None:

@@ -34,6 +34,7 @@ from ebt.config import MOVED_KEYS, TASK_SECTIONS
 from ebt.errors import CheckpointError, ConfigError, ThinkingDiverged
 from ebt.evaluate import evaluate
 from ebt.generate import generate
+from ebt.image_protocol import denoise
 from ebt.options import ThinkingOptions
 
 INF, NAN = float("inf"), float("nan")
@@ -173,7 +174,7 @@ def test_the_python_api_refuses_the_same_values(trained_runs, image_run: Path) -
         EvalArgs(run=trained_runs["ebt"]["dir"], batch_size=0)
     noisy = torch.zeros(1, 1, 12, 12)
     with pytest.raises(ConfigError, match=r"ThinkingOptions.langevin_std = nan is not allowed"):
-        ebt.load(image_run).denoise(noisy, 0.1, langevin_std=NAN)
+        denoise(ebt.load(image_run), noisy, 0.1, langevin_std=NAN)
     assert math.isfinite(evaluate(model, tokens, steps=1, max_windows=2).summary()["loss"])  # in range, it scores
 
 
@@ -212,8 +213,8 @@ def test_image_samples_without_langevin_noise_are_refused(image_run: Path, capsy
     run = ebt.load_run(image_run)
     noisy = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ConfigError, match="identical"):
-        run.model.denoise(noisy, 0.1, samples=2)
-    thought = run.model.denoise(noisy, 0.1, samples=2, langevin_std=0.01)
+        denoise(run.model, noisy, 0.1, samples=2)
+    thought = denoise(run.model, noisy, 0.1, samples=2, langevin_std=0.01)
     steps = run.config.think.steps
     assert thought.y.shape[0] == 2 and thought.forward_passes == 2 * (steps + 1)  # steps and a scoring pass, × M
     levels = json.loads(cli(capsys, "denoise", image_run, "--samples", "2", "--langevin-std", "0.01", "--images", "1",

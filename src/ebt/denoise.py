@@ -2,8 +2,8 @@
 
 - `noise_report`: per noise level, PSNR/MSE of the model's output and of the noisy input, and
   the forward passes it spent (EBT: thinking steps × samples; DiT: DDIM passes × repeats).
-- `compute_curve`: PSNR against forward passes over the budgets a model offers (`budgets`; EBT:
-  1 … 4 thinking steps; DiT: DDIM on sub-grids of the timesteps, the full grid, recursive re-runs).
+- `compute_curve`: PSNR against forward passes over the model's budgets (`ebt.image_protocol`:
+  EBT 1 … 4 thinking steps; DiT DDIM on sub-grids of the timesteps, the full grid, recursive re-runs).
 - `write_plots`: the curves at λ = 0.1 (in distribution) and 0.2 (out of distribution) and an
   image grid clean | noisy | first run | second run.
 
@@ -22,6 +22,7 @@ from ebt.data.images import to_pixels, to_unit_range
 from ebt.errors import ConfigError
 from ebt.evaluate import PRECISION_OPTION, denoise_metrics
 from ebt.files import atomic_write
+from ebt.image_protocol import budgets, denoise
 from ebt.options import ThinkingOptions
 from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
@@ -68,13 +69,13 @@ def noise_report(run, images: torch.Tensor, levels: list[float], options: Thinki
 
 def compute_curve(run, images: torch.Tensor, level: float, *, seed: int = 0, batch_size: int = 64,
                   device="cpu", precision: str | None = None) -> tuple[list[tuple[float, float]], float]:
-    """(forward passes, PSNR) points for one model at one level, over the budgets the model offers,
+    """(forward passes, PSNR) points for one model at one level, over its budgets (`ebt.image_protocol`),
     and the PSNR of the noisy input. `precision`: None for the run's train.precision."""
     points, noisy = [], 0.0
     precision = run_precision(run, precision)
-    for budget in run.model.budgets(level):
-        m = denoise_metrics(run.model, images, level, budget.get("options"), repeats=budget.get("repeats", 1),
-                            batch_size=batch_size, seed=seed, device=device, precision=precision)
+    for budget in budgets(run.model, level):
+        m = denoise_metrics(run.model, images, level, **budget, batch_size=batch_size, seed=seed, device=device,
+                            precision=precision)
         points.append((m["forward_passes"], m["psnr"]))
         noisy = m["noisy_psnr"]
     return points, noisy
@@ -123,7 +124,7 @@ def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, devi
         row = [clean, noisy]
         for run in runs:
             with torch.no_grad(), autocast(run_precision(run, precision), device):
-                row.append(run.model.denoise(noisy.to(device), level).y.reshape(clean.shape).cpu())
+                row.append(denoise(run.model, noisy.to(device), level).y.reshape(clean.shape).cpu())
         rows.append((level, row))
     titles = ["clean", "noisy"] + [f"{r.config.model.kind}" for r in runs]
     n = len(images)

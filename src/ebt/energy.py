@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig, ThinkConfig
+from ebt.decoding import Decoder
 from ebt.errors import ConfigError
 from ebt.nn import Block, PatchTransformer, RMSNorm, Rotary, check_context, check_token_ids, init_weights
 from ebt.options import InnerOptimizer, ThinkingOptions
@@ -71,8 +72,8 @@ class Landscapes:
     """The energy E(x, p) at each thinking step for one token sequence x, context passes cached.
 
     Each landscape's context pass runs once and is shared by every step and sample that uses it;
-    `append` extends the sequence, and each cached context then runs only the new tokens (the
-    KV cache of generation). Calling it as `energy(p, step)` gives energies (B, M, S) of prepared
+    `append` extends the sequence, and each cached context runs only the new tokens (the KV cache
+    of decoding, `ThinkingDecoder`). Calling it as `energy(p, step)` gives energies (B, M, S) of prepared
     candidates p (B, M, S, C) for the last S tokens.
     """
 
@@ -86,20 +87,20 @@ class Landscapes:
             self.context(step)
 
     def append(self, ids: Tensor) -> None:
+        """Extend the sequence by ids (B, N[, C]): each context pass run so far continues over
+        them alone, so every cached context always holds the whole sequence."""
         self.ids = torch.cat((self.ids, ids), dim=1)
+        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+            for landscape, context in self.contexts.items():
+                self.contexts[landscape] = self.model.encode_context(ids, landscape, past=context)
 
     def context(self, step: int) -> Context:
-        """The context pass of thinking step `step`'s landscape: run on first use, extended when
-        tokens were appended since."""
+        """The context pass of thinking step `step`'s landscape, run on its first use."""
         landscape = min(step, self.model.landscape_embedding.num_embeddings - 1)
-        context = self.contexts.get(landscape)
-        with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
-            if context is None:
-                context = self.model.encode_context(self.ids, landscape)
-            elif context.length <= self.ids.shape[1]:  # keys: landscape token + tokens seen so far
-                context = self.model.encode_context(self.ids[:, context.length - 1:], landscape, past=context)
-        self.contexts[landscape] = context
-        return context
+        if landscape not in self.contexts:
+            with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
+                self.contexts[landscape] = self.model.encode_context(self.ids, landscape)
+        return self.contexts[landscape]
 
     def __call__(self, p: Tensor, step: int) -> Tensor:
         return self.model.candidate_energy(self.context(step), p)
@@ -108,6 +109,30 @@ class Landscapes:
         """Energies (B, M, S) and ∇_p E of a first-order thinking step in one compiled graph
         (`ebt.think.FirstOrder`, when the model runs compiled)."""
         return compiled(_candidate_first_order)(self.model, self.context(step).kv, p)
+
+
+class ThinkingDecoder(Decoder):
+    """Decoding by thinking (`AutoregressiveEBT.decoder`): each prediction is `think` at the last
+    position, on landscapes whose context passes are the cache."""
+
+    def __init__(self, model: AutoregressiveEBT, options: ThinkingOptions, generator: torch.Generator | None,
+                 cache: bool):
+        super().__init__(model.config.context_len, cache)
+        self.model, self.options, self.generator = model, options, generator
+        self.landscapes: Landscapes | None = None
+
+    def encode(self, x: Tensor) -> Tensor:
+        self.landscapes = self.model.landscapes(x, differentiable=False)
+        return self._think()
+
+    def extend(self, new: Tensor) -> Tensor:
+        self.landscapes.append(new)
+        return self._think()
+
+    def _think(self) -> Tensor:
+        thought = self.model.think(self.landscapes.ids, self.options, last_only=True, landscapes=self.landscapes,
+                                   generator=self.generator)
+        return thought.y[:, -1]  # (B, C)
 
 
 class AutoregressiveEBT(nn.Module):
@@ -169,10 +194,10 @@ class AutoregressiveEBT(nn.Module):
         # In p's dtype, float32 under autocast: adding it promotes the 16-bit scores of the
         # candidate attention, so their softmax runs in float32 on the CPU too (CUDA's autocast
         # runs every softmax in float32).
-        hidden = torch.zeros(visible.shape, dtype=p.dtype, device=p.device).masked_fill(~visible, float("-inf"))
+        score_mask = torch.zeros(visible.shape, dtype=p.dtype, device=p.device).masked_fill(~visible, float("-inf"))
         h = self.candidate_embedding(p)  # (B, M, S, D)
         for block, kv in zip(self.blocks, context.kv):
-            h = block.forward_candidates(h, rope, kv, hidden)
+            h = block.forward_candidates(h, rope, kv, score_mask)
         return self.energy_head(self.norm(h)).squeeze(-1)  # (B, M, S)
 
     def landscapes(self, x: Tensor, differentiable: bool = True, steps: int = 0) -> Landscapes | Checkpointed:
@@ -235,6 +260,13 @@ class AutoregressiveEBT(nn.Module):
                 generator: torch.Generator | None = None, **given) -> Thought:
         """The call shared with the Transformer++: `think` with `options` (or their fields as keywords)."""
         return self.think(x, ThinkingOptions.of(options, **given), last_only=last_only, generator=generator)
+
+    def decoder(self, options: ThinkingOptions | None = None, generator: torch.Generator | None = None, *,
+                cache: bool = True, **given) -> ThinkingDecoder:
+        """The decoder of generation (`ebt.decoding.Decoder`, as the Transformer++'s): each next
+        element predicted by thinking with `options` (or their fields as keywords), random draws
+        from `generator`; `cache` keeps the landscapes' context passes between steps."""
+        return ThinkingDecoder(self, ThinkingOptions.of(options, **given), generator, cache)
 
 
 class BidirectionalEBT(nn.Module):
@@ -311,19 +343,6 @@ class BidirectionalEBT(nn.Module):
         energy = FirstOrder(self.energy, functools.partial(compiled(_image_first_order), self)) if self.compiled \
             else self.energy
         return think_best_of(self, energy, noisy, options, generator=generator, score_final=score_final)
-
-    def budgets(self, noise_level: float, max_steps: int = 4) -> list[dict]:
-        """`denoise` options spanning its compute: thinking 1 … max_steps steps."""
-        return [{"options": ThinkingOptions(steps=s)} for s in range(1, max_steps + 1)]
-
-    def denoise(self, noisy: Tensor, noise_level: float, options: ThinkingOptions | None = None, *,
-                repeats: int = 1, **given) -> Thought:
-        """The image models' common call (`ebt.evaluate.denoise_metrics`): thinking `options` (or
-        their fields as keywords). The EBT is not told the noise level; `repeats` is the DiT's
-        (recursive DDIM) and must stay 1."""
-        if repeats != 1:
-            raise ConfigError(f"--repeats applies to DiT runs only (recursive DDIM); got {repeats} for an EBT")
-        return self.think(noisy, ThinkingOptions.of(options, **given))
 
 
 def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ebt.baselines.diffusion import add_noise, timestep
 from ebt.data.tokens import PAD, TokenSplit, split_window
 from ebt.data.images import to_pixels, to_unit_range
+from ebt.image_protocol import denoise
 from ebt.options import ThinkingOptions
 from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
@@ -343,8 +344,8 @@ def denoise_metrics(
     **given,
 ) -> dict[str, float]:
     """Noise uint8 images (N, C, H, W) at `noise_level` (seeded by `scoring.seed` on the CPU: the
-    same noise for every model) and denoise them with `model.denoise(noisy, noise_level, options,
-    repeats=)`; `scoring` as `evaluate`'s, 64 images per batch by default.
+    same noise for every model) and denoise them at one budget, `options` and `repeats`
+    (`ebt.image_protocol.denoise`); `scoring` as `evaluate`'s, 64 images per batch by default.
 
     Returns the Smooth-L1 `loss` in [-1, 1] units, `mse` and `psnr` of the output and
     `noisy_mse`, `noisy_psnr` of the noisy input (0–255 after clamping; PSNR is the mean of
@@ -361,7 +362,7 @@ def denoise_metrics(
             noisy = add_noise(clean, t, torch.randn(clean.shape, generator=generator, dtype=dtype))
             clean, noisy = clean.to(scoring.device), noisy.to(scoring.device)
             with scoring.autocast():
-                thought = model.denoise(noisy, noise_level, options, repeats=repeats)
+                thought = denoise(model, noisy, noise_level, options, repeats=repeats)
             out = thought.y.reshape(clean.shape)
             n = clean.shape[0]
             target = to_pixels(clean)

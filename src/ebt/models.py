@@ -6,8 +6,9 @@
     image, ebt          BidirectionalEBT         (energy.py)
     image, dit          DiT                      (baselines/dit.py, procedure in baselines/diffusion.py)
 
-Every text/video model answers `predict(x, options, last_only=, generator=) -> Thought`, every
-image model `denoise(noisy, noise_level, options) -> Thought`.
+Every text/video model answers `predict(x, options, last_only=, generator=) -> Thought` and hands
+out its decoder, `decoder(options, generator, cache=)` (`ebt.decoding`); the image models are
+scored by the image evaluation protocol, `ebt.image_protocol`.
 """
 
 from __future__ import annotations

@@ -123,11 +123,11 @@ class Attention(nn.Module):
         return k, v
 
     def forward_candidates(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], hidden: Tensor
+        self, x: Tensor, rope: tuple[Tensor, Tensor], context: tuple[Tensor, Tensor], score_mask: Tensor
     ) -> Tensor:
         """Candidate stream: x (B, M, S, D) attends to the context keys it may see and to itself.
 
-        `hidden` (S, L) is an additive score mask: 0 where a candidate position sees a context
+        `score_mask` (S, L) is added to the scores: 0 where a candidate position sees a context
         key, −inf where it does not. (Adding it costs nothing in the backward passes, where a
         masked_fill would be replayed; the scale goes on q, S·K numbers instead of S·L.) Written with
         explicit matmuls and softmax because training differentiates this path twice (∂E/∂y, then
@@ -149,7 +149,7 @@ class Attention(nn.Module):
         for start in range(0, s, CANDIDATE_BLOCK):
             stop = min(start + CANDIDATE_BLOCK, s)
             seen = length - s + stop  # keys visible to the block's last candidate
-            scores = q[..., start:stop, :] @ k_ctx[..., :seen, :].transpose(-2, -1) + hidden[start:stop, :seen]
+            scores = q[..., start:stop, :] @ k_ctx[..., :seen, :].transpose(-2, -1) + score_mask[start:stop, :seen]
             weights = torch.softmax(torch.cat((scores, score_self[..., start:stop, :]), dim=-1), dim=-1)
             blocks.append(weights[..., :-1] @ v_ctx[..., :seen, :] + weights[..., -1:] * v[..., start:stop, :])
         y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-2)  # (B, M, H, S, K)
@@ -204,11 +204,11 @@ class Block(nn.Module):
     def _keys_values(self, x: Tensor, rope, past) -> tuple[Tensor, Tensor]:
         return self.attention.keys_values(self.attention_norm(x), rope, past)
 
-    def forward_candidates(self, x: Tensor, rope, context, hidden: Tensor) -> Tensor:
-        return recompute_in_backward(self, self._forward_candidates, x, rope, context, hidden)
+    def forward_candidates(self, x: Tensor, rope, context, score_mask: Tensor) -> Tensor:
+        return recompute_in_backward(self, self._forward_candidates, x, rope, context, score_mask)
 
-    def _forward_candidates(self, x: Tensor, rope, context, hidden: Tensor) -> Tensor:
-        x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, hidden)
+    def _forward_candidates(self, x: Tensor, rope, context, score_mask: Tensor) -> Tensor:
+        x = x + self.attention.forward_candidates(self.attention_norm(x), rope, context, score_mask)
         return x + self.ffn(self.ffn_norm(x))
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ebt.checks import check_int
 from ebt.errors import ConfigError
 
 TIMESTEPS = 1000  # T of the DDPM schedule (SPEC §5)
@@ -67,3 +68,19 @@ def ddim(predict_noise: Callable[[Tensor, Tensor], Tensor], x: Tensor, timesteps
         a_next = a[timesteps[i + 1]].to(x.dtype)
         x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
     return x
+
+
+def ddim_denoise(predict_noise: Callable[[Tensor, Tensor], Tensor], noisy: Tensor, noise_level: float,
+                 passes: int | None = None, repeats: int = 1) -> tuple[Tensor, int]:
+    """Denoise level-λ images (B, C, H, W) with DDIM from the level's timestep t to 0: `passes`
+    calls of `predict_noise` (default t + 1, every timestep) on an even grid of timesteps, the
+    whole run `repeats` times (recursive: each run starts from the last one's output, as if at
+    level λ again). Returns the images and the network passes run. ConfigError for passes
+    outside 1 … t + 1 or repeats outside 1 … 100."""
+    check_int("repeats", repeats, 1, 100)
+    timesteps = ddim_timesteps(noise_level, passes)
+    x = noisy
+    with torch.no_grad():
+        for _ in range(repeats):
+            x = ddim(predict_noise, x, timesteps)
+    return x, len(timesteps) * repeats

@@ -6,7 +6,8 @@ learned landscape vector, and a zero-initialized per-patch output predicting the
 linear-β schedule only, timesteps 0 … t(λ_train), and denoises a level-λ image with DDIM (η = 0)
 from the level's timestep t = λ·T − 1 down to 0: t + 1 network passes (fewer if asked, on an
 even sub-grid of timesteps). The recursive variant re-runs DDIM on its own output. The schedule
-and the sampler are the procedure's: `diffusion.py`.
+and the sampler are the procedure's: `diffusion.py`; the budgets it is scored at, the image
+evaluation protocol's: `ebt.image_protocol`.
 
 Legend: B batch, C channels, H × W image, P patches, D width, p patch side.
 """
@@ -18,13 +19,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ebt.baselines.diffusion import ddim, ddim_timesteps, timestep
+from ebt.baselines.diffusion import timestep
 from ebt.config import ModelConfig
-from ebt.errors import ConfigError
 from ebt.nn import PatchTransformer, unpatchify
-from ebt.options import ThinkingOptions
 from ebt.tasks.image import Denoising
-from ebt.think import Thought
 
 
 def timestep_features(t: Tensor, dim: int) -> Tensor:
@@ -36,7 +34,8 @@ def timestep_features(t: Tensor, dim: int) -> Tensor:
 
 
 class DiT(nn.Module):
-    """ε-prediction network on images of the task's shape; `denoise` runs DDIM with it."""
+    """ε-prediction network on images of the task's shape; `diffusion.ddim_denoise` runs DDIM with
+    it (`ebt.image_protocol.denoise` at a budget)."""
 
     def __init__(self, config: ModelConfig, task: Denoising):
         super().__init__()
@@ -52,28 +51,3 @@ class DiT(nn.Module):
         c = timestep_features(t, self.config.dim).to(x_t.dtype)  # (B, D)
         patches = self.output(self.backbone(x_t, c))  # (B, P, C·p·p)
         return unpatchify(patches, self.task.channels, self.task.image_size, self.task.patch_size)
-
-    def budgets(self, noise_level: float) -> list[dict]:
-        """`denoise` options spanning its compute: DDIM on sub-grids, the full grid, recursive re-runs."""
-        full = timestep(noise_level) + 1
-        steps = sorted({b for b in (1, 2, 5, 10, 25, full) if b <= full})
-        return [{"options": ThinkingOptions(steps=b)} for b in steps] + [{"repeats": 2}]
-
-    def denoise(self, noisy: Tensor, noise_level: float, options: ThinkingOptions | None = None, *,
-                repeats: int = 1, **given) -> Thought:
-        """DDIM from the level's timestep t to 0 on images (B, C, H, W): `options.steps` (or `steps=`) passes
-        (default t + 1, every timestep) on an even grid from t to 0, the whole run `repeats` times
-        (recursive: each run starts from the last one's output, as if at level λ again).
-        EBT thinking options (samples, step_size, langevin_std, tolerance) raise ConfigError."""
-        options = ThinkingOptions.of(options, **given)
-        if set(options.given()) - {"steps"}:
-            error = options.refused_by("a DiT", set(options.given()) - {"steps"})
-            raise ConfigError(f"{error} (DiT takes --steps = DDIM passes and --repeats)")
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
-            raise ConfigError(f"repeats = {repeats!r} is not allowed; it must be an integer in [1, 100]")
-        timesteps = ddim_timesteps(noise_level, options.steps)
-        x = noisy
-        with torch.no_grad():
-            for _ in range(repeats):
-                x = ddim(self, x, timesteps)
-        return Thought([x], forward_passes=len(timesteps) * repeats)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ebt.compiled import compiled, contiguous
 from ebt.config import ModelConfig
+from ebt.decoding import Decoder
 from ebt.nn import Block, RMSNorm, Rotary, check_context, init_weights
 from ebt.options import ThinkingOptions
 from ebt.tasks.text import NextToken
@@ -61,6 +62,34 @@ class TransformerPP(nn.Module):
         with torch.no_grad():
             out = self(x)  # (B, S, C)
         return Thought([out[:, -1:] if last_only else out], forward_passes=1)
+
+    def decoder(self, options: ThinkingOptions | None = None, generator: torch.Generator | None = None, *,
+                cache: bool = True, **given) -> CausalDecoder:
+        """The decoder of generation (`ebt.decoding.Decoder`, as the EBT's): each next element from
+        one forward pass; `cache` keeps the blocks' keys/values between steps. It draws nothing
+        from `generator`, and thinking options that are set raise ConfigError."""
+        options = ThinkingOptions.of(options, **given)
+        if options.given():
+            raise options.refused_by("a Transformer++")
+        return CausalDecoder(self, cache)
+
+
+class CausalDecoder(Decoder):
+    """Decoding with one forward pass per element (`TransformerPP.decoder`); the keys/values of
+    every block are the cache."""
+
+    def __init__(self, model: TransformerPP, cache: bool):
+        super().__init__(model.config.context_len, cache)
+        self.model = model
+        self.kv: list[tuple[Tensor, Tensor]] | None = None  # per block (B, H, L, K) each
+
+    def encode(self, x: Tensor) -> Tensor:
+        self.kv = [] if self.cache else None  # an empty list starts a cache
+        return self.extend(x)
+
+    def extend(self, new: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.model(new, past=self.kv)[:, -1]  # (B, C)
 
 
 def _forward(model: TransformerPP, ids: Tensor, past: list[tuple[Tensor, Tensor]] | None, keep: bool

@@ -7,8 +7,8 @@ image (the mean of the per-patch energies), so a candidate is (B, M, S = 1, C, H
 Loss: Smooth-L1 (β = 1) to the clean image, the reference code's choice.
 
 What a noise level means (the DDPM schedule, λ ↦ timestep) is the diffusion procedure's, beside
-the DiT baseline: `ebt.baselines.diffusion`. Both image models answer
-`denoise(noisy, noise_level, options) -> Thought`; `ebt.evaluate.denoise_metrics` scores either.
+the DiT baseline: `ebt.baselines.diffusion`. How either image model denoises at a budget is the
+image evaluation protocol's, `ebt.image_protocol`; `ebt.evaluate.denoise_metrics` scores either.
 
 Legend: B batch, M samples, C channels, H × W image.
 """
