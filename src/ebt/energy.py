@@ -239,8 +239,8 @@ class AutoregressiveEBT(nn.Module):
         (default: as trained; more = thinking longer), samples (best-of-M self-verification, the
         lowest final energy kept per position), step_size (override of the trained α),
         langevin_std, tolerance (adaptive thinking, see `ebt.think.think`).
-        last_only: predict only the last position (generation). landscapes: reuse these cached
-        context passes (generation keeps one across tokens; their ids must be `ids`).
+        last_only: predict only the last position (decoding). landscapes: reuse these cached
+        context passes (`ThinkingDecoder` keeps them across tokens; their ids must be `ids`).
         Returns a Thought whose `y` is (B, S, C) and whose `energies` are per step (B, S)
         (of the chosen sample when M > 1); `forward_passes` counts every energy evaluation run,
         all samples included. Raises ConfigError for bad options, ThinkingDiverged when a step
@@ -248,7 +248,7 @@ class AutoregressiveEBT(nn.Module):
         """
         options = ThinkingOptions.of(options, **given)
         check_context(ids, self.token_embedding, self.config.context_len)
-        if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # generation checked its prompt
+        if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # decoding's caller checked its ids
             check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
         if self.compiled:
