@@ -73,8 +73,8 @@ class Landscapes:
 
     Each landscape's context pass runs once and is shared by every step and sample that uses it;
     `append` extends the sequence, and each cached context runs only the new tokens (the KV cache
-    of decoding, `ThinkingDecoder`). Calling it as `energy(p, step)` gives energies (B, M, S) of prepared
-    candidates p (B, M, S, C) for the last S tokens.
+    of decoding, `ThinkingDecoder`). Calling it as `energy(p, step)` gives energies (B, M, S) of
+    prepared candidates p (B, M, S, C) for the last S tokens.
     """
 
     def __init__(self, model: AutoregressiveEBT, ids: Tensor, differentiable: bool = True, steps: int = 0):
@@ -138,7 +138,7 @@ class ThinkingDecoder(Decoder):
 class AutoregressiveEBT(nn.Module):
     """E_θ(x, y) at every position of a sequence, handed its task (text: next token; video: next
     frame latent). `think` predicts by energy descent; `landscapes` is the energy `think` descends;
-    `predict` is the call it shares with the Transformer++."""
+    `predict` and `decoder` are the calls it shares with the Transformer++."""
 
     def __init__(self, config: ModelConfig, think_config: ThinkConfig, task: NextToken | NextFrame):
         super().__init__()

@@ -22,7 +22,7 @@ from ebt.think import Thought
 class TransformerPP(nn.Module):
     """A causal Llama-style LM handed its task (text: next token; video: next frame latent).
 
-    It cannot think: `predict` rejects thinking options that are set (ConfigError)."""
+    It cannot think: `predict` and `decoder` reject thinking options that are set (ConfigError)."""
 
     def __init__(self, config: ModelConfig, task: NextToken | NextFrame):
         super().__init__()
