@@ -57,6 +57,6 @@ def denoise(model: nn.Module, noisy: Tensor, noise_level: float, options: Thinki
         images, passes = ddim_denoise(model, noisy, noise_level, options.steps, repeats)
         return Thought([images], forward_passes=passes)
     if repeats != 1:
-        raise ConfigError(f"repeats = {repeats!r} is not allowed for an EBT; it must be 1 (the DiT's recursive DDIM "
-                          "runs repeat)", field="repeats")
+        raise ConfigError(f"repeats = {repeats!r} is not allowed for an EBT; it must be 1 (repeats re-runs a DiT's "
+                          "DDIM sampler)", field="repeats")
     return model.think(noisy, options)
