@@ -53,7 +53,7 @@ def denoise(model: nn.Module, noisy: Tensor, noise_level: float, options: Thinki
         refused = set(options.given()) - {"steps"}
         if refused:
             error = options.refused_by("a DiT", refused)
-            raise ConfigError(f"{error} (a DiT takes steps, its DDIM passes, and repeats)", field=min(refused))
+            raise ConfigError(f"{error} (a DiT takes steps, its DDIM passes, and repeats)", field=error.field)
         images, passes = ddim_denoise(model, noisy, noise_level, options.steps, repeats)
         return Thought([images], forward_passes=passes)
     if repeats != 1:
