@@ -21,7 +21,7 @@ prints the commands for a cluster's job array). A sweep directory holds:
     <point>/            one run directory per point, e.g. ebt-dim64-seed0
     logs/<point>.log    the output of each point's command
 
-Running a sweep again skips finished points, resumes interrupted ones (`ebt train --resume`),
+Running a sweep (`ebt.scaling.running`) again skips finished points, resumes interrupted ones (`ebt train --resume`),
 restarts points stopped before their first checkpoint, and refuses a directory or a point that
 belongs to another sweep or config.
 """
@@ -30,26 +30,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import queue
-import shlex
-import signal
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
 from ebt.config import RunConfig, TrainConfig
-from ebt.errors import CheckpointError, ConfigError, Interrupted
+from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
 from ebt.presets import PRESETS, preset
 from ebt.rundata import resolve_source
-from ebt.rundir import StopSignals
 
 AXES = ("data", "width", "depth", "batch", "params")
 KINDS = ("ebt", "transformer")
@@ -339,228 +330,3 @@ def weights_step(run: Path) -> int:
 
 def final_validation(run: Path, steps: int) -> dict | None:
     return validation_rows(run).get(steps)
-
-
-# --- running ---------------------------------------------------------------------------------------
-
-
-def prepare(sweep: Sweep, out: Path) -> Sweep:
-    """Check `out` (a new directory, or one holding this very sweep) and write sweep.json."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"--out {out} is a file, not a sweep directory")
-    if (out / SWEEP_FILE).is_file():
-        saved = Sweep.load(out)
-        if saved.settings() != sweep.settings():
-            mine, theirs = sweep.settings(), saved.settings()
-            differ = [f"{k} (there {theirs[k]!r}, now {mine[k]!r})" for k in mine if mine[k] != theirs.get(k)]
-            raise CheckpointError(f"{out} holds another sweep: {'; '.join(differ)}; give another --out, or the "
-                                  f"same settings to continue it (ebt scale run --out {out} alone reuses them)")
-    elif out.is_dir() and any(p.name != LOGS for p in out.iterdir()):
-        raise CheckpointError(f"{out} is not empty and holds no {SWEEP_FILE}; give a new or empty --out")
-    sweep.save(out)
-    return sweep
-
-
-def print_commands(sweep: Sweep, out: Path, write: Callable[[str], None] = print) -> int:
-    """Write sweep.json and print one `ebt train` line per point that is not finished (the
-    command that starts, resumes or restarts it); returns how many were printed."""
-    prepare(sweep, out)
-    n = 0
-    for point in sweep.points():
-        state, _ = point_state(sweep, point, out)
-        if state != "finished":
-            write(shlex.join(["ebt", *sweep.command(point, out, state)]))
-            n += 1
-    return n
-
-
-def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None] = print) -> dict:
-    """Train every point of `sweep` not finished in `out`, on `jobs` worker processes
-    (`ebt.scaling.worker`; with jobs > 1 each on one thread). Returns {"points": [...], "wall_s",
-    "overhead_pct"}: the share of the workers' time not spent in the trainers' loops (starting
-    processes, loading data, building models).
-
-    Points that fail do not stop the others: they are listed (state "failed", the log named) and
-    the caller reports them. SIGINT/SIGTERM stop handing out points, pass the signal on to each
-    running point (which saves a checkpoint) and raise Interrupted once they have stopped.
-    """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
-        raise ConfigError(f"--jobs = {jobs!r} is not allowed; it must be an integer in [1, 256]")
-    out = Path(out)
-    prepare(sweep, out)
-    points = {p.name: p for p in sweep.points()}
-    todo, report = [], []
-    for point in points.values():
-        state, detail = point_state(sweep, point, out)
-        if state == "finished":
-            report.append({"name": point.name, "state": "finished", "detail": f"already finished ({detail})"})
-        else:
-            todo.append((point.name, state, detail))
-    say(f"sweep {out}: {sweep.axis} axis, {len(points)} points; {len(points) - len(todo)} finished, "
-        f"{len(todo)} to run, {min(jobs, max(1, len(todo)))} at a time")
-    (out / LOGS).mkdir(exist_ok=True)
-    env = dict(os.environ)
-    if jobs > 1:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the cores are shared between the points
-    signals, answers = _Forward(), queue.Queue()
-    workers: list[_Worker] = []
-    spawned: list[_Worker] = []  # every worker this run started, for the overhead
-    started, total, done = time.perf_counter(), len(todo), 0
-    signals.install()
-    try:
-        while True:
-            for worker in [w for w in workers if w.task is None]:
-                if worker.process.poll() is not None:  # died between points: nothing was lost
-                    workers.remove(worker)
-                elif todo and not signals.signum:
-                    name, state, detail = todo.pop(0)
-                    worker.send(name, state)
-                    if state != "start":
-                        say(f"  {name}: " + (f"resuming at {detail}" if state == "resume" else f"restarting ({detail})"))
-                else:
-                    worker.close()
-                    workers.remove(worker)
-            if todo and len(workers) < jobs and not signals.signum:
-                workers.append(_Worker(out, env, answers))
-                spawned.append(workers[-1])
-                continue
-            if not workers:
-                break
-            try:
-                worker, name, code = answers.get(timeout=0.1)
-            except queue.Empty:
-                signals.forward([w for w in workers if w.task is not None])
-                continue
-            if worker not in workers or worker.task is None or worker.task[0] != name:
-                continue
-            seconds = time.perf_counter() - worker.task[1]
-            worker.task = None
-            if code is None:  # the worker process died (killed, out of memory): its point failed
-                workers.remove(worker)
-                code = worker.process.wait()
-            done += 1
-            report.append(_finished(points[name], code, seconds, out, started=not worker.stopped))
-            say(f"[{done}/{total}] {name}: {report[-1]['state']} ({report[-1]['detail']})")
-    finally:
-        signals.restore()
-        for worker in workers:
-            worker.close()
-    wall = time.perf_counter() - started
-    spent = sum(w.active_s for w in spawned)
-    trained = sum(r.get("train_wall_s", 0.0) for r in report)
-    result = {"out": str(out), "axis": sweep.axis, "points": report, "wall_s": wall,
-              "overhead_pct": 100 * max(0.0, spent - trained) / spent if spent else 0.0}
-    if signals.signum:
-        stopped = [r["name"] for r in report if r["state"] == "interrupted" and "saved" in r["detail"]]
-        raise Interrupted(f"sweep interrupted ({signal.Signals(signals.signum).name}); "
-                          f"{len(stopped)} point(s) saved a checkpoint mid-run; "
-                          f"resume with: ebt scale run --out {out}", 128 + signals.signum)
-    return result
-
-
-class _Worker:
-    """A worker process (`python -m ebt.scaling.worker OUT`), the point it is training, and a
-    thread that passes its answers ("POINT CODE" lines; None for the code when it dies) on."""
-
-    def __init__(self, out: Path, env: dict, answers: queue.Queue) -> None:
-        self.born = time.perf_counter()
-        self.last = self.born
-        self.task: tuple[str, float] | None = None
-        self.ready = False  # set once it has imported everything: before that a signal would kill it mid-import
-        self.stopped = False  # killed by a signal before it was ready: its point did not start
-        # Its own session: a terminal's Ctrl-C reaches it only through the sweep, once (a second
-        # signal would stop a point without saving).
-        self.process = subprocess.Popen([sys.executable, "-m", "ebt.scaling.worker", str(out)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
-
-    @property
-    def active_s(self) -> float:
-        """Seconds from its start to its last answer: what the sweep spent on this process."""
-        return self.last - self.born
-
-    def send(self, name: str, how: str) -> None:
-        self.task = (name, time.perf_counter())
-        self.process.stdin.write(f"{name} {how}\n")
-        self.process.stdin.flush()
-
-    def close(self) -> None:
-        if self.process.stdin and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
-        self.process.wait()
-
-    def _read(self, answers: queue.Queue) -> None:
-        for line in self.process.stdout:
-            if line.strip() == "ready":
-                self.ready = True
-                continue
-            name, _, code = line.strip().partition(" ")
-            self.last = time.perf_counter()
-            answers.put((self, name, int(code)))
-        self.last = time.perf_counter()
-        if self.task is not None:
-            answers.put((self, self.task[0], None))
-
-
-def _finished(point: Point, code: int, seconds: float, out: Path, started: bool = True) -> dict:
-    run, log = out / point.name, out / LOGS / f"{point.name}.log"
-    entry = {"name": point.name, "exit_code": code, "process_s": seconds}
-    if not started:
-        return {**entry, "state": "interrupted", "detail": "stopped before it began"}
-    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-        saved = (f"checkpoint at step {weights_step(run)} saved" if (run / WEIGHTS).is_file()
-                 else "stopped before its first checkpoint")
-        return {**entry, "state": "interrupted", "detail": f"{saved}; log {log}"}
-    if code != 0:
-        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or [""]
-        return {**entry, "state": "failed", "detail": f"exit {code}: {last[0][:200]}; log {log}"}
-    row = final_validation(run, load_config(run).train.steps) or {}
-    entry["train_wall_s"] = float(row.get("wall_s") or 0.0)  # the trainer's loop, validations included
-    loss = row.get("loss")
-    return {**entry, "state": "finished", "detail": f"{seconds:.0f} s; validation loss "
-                                                    + (f"{loss:.4f}" if isinstance(loss, float) else "?")}
-
-
-class _Forward(StopSignals):
-    """SIGINT/SIGTERM while a sweep runs: remembered (however many arrive), and passed on once to
-    each running point (started in their own sessions, so a terminal's Ctrl-C reaches them only
-    through here: a second signal would make a point stop without saving)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: set[int] = set()
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-
-    def forward(self, workers: list[_Worker]) -> None:
-        """Send the signal, once, to each worker training a point; a worker still starting up
-        (its point not begun) is stopped outright."""
-        if not self.signum:
-            return
-        for worker in workers:
-            child = worker.process
-            if child.pid in self.sent or child.poll() is not None:
-                continue
-            if worker.ready:
-                child.send_signal(self.signum)
-            else:
-                worker.stopped = True
-                child.kill()
-            self.sent.add(child.pid)
-
-
-def summary(result: dict) -> str:
-    """The report of `run_sweep` as lines."""
-    lines = [f"{r['name']:<28} {r['state']:<11} {r['detail']}" for r in result["points"]]
-    if not any("process_s" in r for r in result["points"]):
-        lines.append(f"sweep {result['out']}: every point was already finished")
-    else:
-        lines.append(f"sweep {result['out']}: {result['wall_s']:.0f} s; overhead beyond the training loops "
-                     f"(process start, data, model set-up) {result['overhead_pct']:.1f}% of the points' time")
-    return "\n".join(lines)
-
