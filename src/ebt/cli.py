@@ -236,9 +236,10 @@ def flag_of(cls: type, field: str | None) -> str | None:
 
 
 def error_line(error: EBTError, cls: type) -> str:
-    """The message of `error`, with the flag of its field where the message does not show it."""
-    flag = flag_of(cls, error.field)
-    return f"{error} (flag {flag})" if flag and flag not in str(error) else str(error)
+    """The message of `error`, with the flag of its field unless the message names the field by it."""
+    flag, message = flag_of(cls, error.field), str(error)
+    named = flag is not None and (message.startswith(flag) or f"({flag})" in message)
+    return f"{message} (flag {flag})" if flag and not named else message
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ class BenchArgs:
     def __post_init__(self) -> None:
         if f"text-ebt-{self.size}" not in PRESETS:
             sizes = sorted({name.rsplit("-", 1)[1] for name in PRESETS if name.startswith("text-ebt-")})
-            raise ConfigError(f"size {self.size!r} is not a preset size; known: {', '.join(sizes)}", field="size")
+            raise ConfigError(f"size {self.size!r} is not a size of the text presets; known: {', '.join(sizes)}", field="size")
         for kind in KINDS:
             preset(kind + self.size).with_overrides(self.overrides)  # a ConfigError naming a bad override
         check_int("repeats", self.repeats, 1, 10_000)

@@ -56,12 +56,14 @@ def fit_axis(sweeps: list[Sweep], axis: str | None) -> str:
             return "params"
         raise ConfigError(f"the sweeps vary different axes ({', '.join(axes)}); fit them separately")
     if axis not in FIT_AXES:
-        raise ConfigError(f"--axis {axis!r} is not a scaling axis; it must be one of {', '.join(FIT_AXES)}")
+        raise ConfigError(f"axis {axis!r} is not a scaling axis; it must be one of {', '.join(FIT_AXES)}",
+                          field="axis")
     for a in axes:
         ok = axis == a or axis == "flops" or (axis == "params" and a in MODEL_SIZE_AXES)
         if not ok:
-            raise ConfigError(f"--axis {axis} does not apply to a {a} sweep (it applies to "
-                              f"{'width, depth and params' if axis == 'params' else axis} sweeps; flops to any)")
+            raise ConfigError(f"axis {axis} does not apply to a {a} sweep (it applies to "
+                              f"{'width, depth and params' if axis == 'params' else axis} sweeps; flops to any)",
+                              field="axis")
     if "data" in axes and len(axes) > 1:
         raise ConfigError("a data sweep is read at its checkpoints; fit it apart from the other sweeps")
     return axis
@@ -110,7 +112,7 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
         sweep_dir = Path(first["run"]).parent
         raise DataError(f"point {first['run']}{' step ' + str(first['step']) if 'step' in first else ''}: "
                         f"{first['why']}{more}; finish the sweep with `ebt scale run --out {sweep_dir}`, "
-                        "or fit without these points with --skip-failed")
+                        "or fit without these points (skip_failed)", field="skip_failed")
     _check_same_windows(measured)
     return axis, measured, excluded
 

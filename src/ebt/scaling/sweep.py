@@ -37,6 +37,8 @@ from typing import Any
 from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
 from ebt.config import RunConfig, TrainConfig
+from ebt.checks import check_choice, check_int
+from ebt.data.corpus import KNOWN_CORPORA
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
 from ebt.presets import PRESETS, preset
@@ -86,43 +88,44 @@ class Sweep:
     overrides: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.axis not in AXES:
-            raise ConfigError(f"--axis {self.axis!r} is not a scaling axis; it must be one of {', '.join(AXES)} "
-                              "(flops is a refit of a params sweep: ebt scale fit DIR --axis flops)")
-        for kind in KINDS:
-            if self.preset_name(kind) not in PRESETS:
-                sizes = sorted({n.rsplit("-", 1)[1] for n in PRESETS if n.startswith("text-transformer-")})
-                raise ConfigError(f"--size {self.size!r} has no text presets; it must be one of {', '.join(sizes)}")
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe {self.recipe!r} is not allowed; it must be 's1' or 's2'")
-        for flag, value, low in (("--seeds", self.seeds, 1), ("--windows", self.windows, 1),
-                                 ("--steps", self.steps, 1)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9):
-                raise ConfigError(f"{flag} = {value!r} is not allowed; it must be an integer ≥ {low}")
-        self.overrides = [tuple(pair) for pair in self.overrides]
+        self._check_settings()
+        self.overrides = sorted(tuple(pair) for pair in self.overrides)  # in any order, the same sweep
         for key, value in self.overrides:
-            if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
-                how = {"train.seed": "give it with --seeds", "train.steps": "give it with --steps",
-                       "train.eval_examples": "give it with --windows", "data.corpus": "give it with --data"}.get(
-                    key, "it validates at log-spaced steps from --steps/16" if self.axis == "data"
-                    else "give it with --values")
-                raise ConfigError(f"--{key} is set per point by the {self.axis} sweep; {how}")
-            if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
-                raise ConfigError("--train.lr_schedule=cosine is not allowed on the data axis: a curve read at "
-                                  "checkpoints needs a steady rate; use constant (the default) or wsd")
-        self.overrides.sort()  # the same overrides in any order are the same sweep
+            self._check_override(key, value)
         if self.data is not None:
-            from ebt.data.corpus import KNOWN_CORPORA
-
             self.data = resolve_source(self.data)  # a path works from any directory, names stay names
             if self.data not in KNOWN_CORPORA and not Path(self.data).exists():
-                raise ConfigError(f"--data {self.data!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) "
-                                  "nor an existing file or directory")
+                raise ConfigError(f"data {self.data!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) "
+                                  "nor an existing file or directory", field="data")
         self.values = self._values()
         if self.axis != "data" and len(set(self.values)) < MIN_POINTS:
             raise ConfigError(f"a {self.axis} sweep needs at least {MIN_POINTS} distinct values per model kind; "
                               f"it has {len(set(self.values))} ({', '.join(map(str, self.values))})")
         self.points()  # builds every point's config now: a bad override or value fails before anything runs
+
+    def _check_settings(self) -> None:
+        if self.axis not in AXES:
+            raise ConfigError(f"axis {self.axis!r} is not a scaling axis; it must be one of {', '.join(AXES)} "
+                              "(flops is a refit of a params sweep: ebt scale fit DIR --axis flops)", field="axis")
+        for kind in KINDS:
+            if self.preset_name(kind) not in PRESETS:
+                sizes = sorted({n.rsplit("-", 1)[1] for n in PRESETS if n.startswith("text-transformer-")})
+                raise ConfigError(f"size {self.size!r} has no text presets; it must be one of {', '.join(sizes)}",
+                                  field="size")
+        check_choice("recipe", self.recipe, RECIPES)
+        for name in ("seeds", "windows", "steps"):
+            check_int(name, getattr(self, name), 1, 10**9, optional=name == "steps", unset="the preset's")
+
+    def _check_override(self, key: str, value: str) -> None:
+        """An override the sweep leaves to the user: not a field it sets per point."""
+        if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
+            how = {"train.seed": "give it as seeds", "train.steps": "give it as steps",
+                   "train.eval_examples": "give it as windows", "data.corpus": "give it as data"}.get(
+                key, "it validates at log-spaced steps from steps/16" if self.axis == "data" else "give it as values")
+            raise ConfigError(f"{key} is set per point by the {self.axis} sweep; {how}", field=key)
+        if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
+            raise ConfigError("train.lr_schedule = cosine is not allowed on the data axis: a curve read at "
+                              "checkpoints needs a steady rate; use constant (the default) or wsd", field=key)
 
     # --- what the sweep runs ---------------------------------------------------------------------
 
@@ -137,10 +140,11 @@ class Sweep:
         if self.axis == "data":
             steps = self.steps or base.train.steps
             if self.values is not None and list(self.values) != [steps]:  # sweep.json holds [steps]
-                raise ConfigError("--values does not apply to the data axis: its points are the log-spaced "
-                                  "validations of one run per kind (set the length with --steps)")
+                raise ConfigError("values do not apply to the data axis: its points are the log-spaced "
+                                  "validations of one run per kind (set the length with steps)", field="values")
             if steps < 2 * DATA_SPAN:  # the first validation at step 2 or later, 16× before the last
-                raise ConfigError(f"--steps {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}")
+                raise ConfigError(f"steps = {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}",
+                                  field="steps")
             return [steps]
         m, head_width = base.model, base.model.dim // base.model.n_heads
         if self.values is not None:
@@ -158,8 +162,8 @@ class Sweep:
         if self.axis == "width":
             bad = [v for v in values if v % head_width]
             if bad:
-                raise ConfigError(f"--values {bad[0]} is not a whole number of heads of width {head_width} "
-                                  f"(the {self.size} size's head width); use multiples of {head_width}")
+                raise ConfigError(f"values: {bad[0]} is not a whole number of heads of width {head_width} "
+                                  f"(the {self.size} size's head width); use multiples of {head_width}", field="values")
         key = (lambda v: tuple(int(n) for n in v.split("x"))) if self.axis == "params" else (lambda v: v)
         return sorted(dict.fromkeys(values), key=key)  # without repeats, in order of size
 
@@ -264,14 +268,15 @@ def _parse_value(axis: str, value: Any) -> int | str:
     if axis == "params":
         parts = str(value).lower().split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise ConfigError(f"--values {value!r} is not a params point; write LAYERSxWIDTH, e.g. 2x128")
+            raise ConfigError(f"values: {value!r} is not a params point; write LAYERSxWIDTH, e.g. 2x128", field="values")
         return f"{int(parts[0])}x{int(parts[1])}"
     try:
         number = int(str(value))
     except ValueError:
         number = 0
     if number < 1 or number > 10**9:
-        raise ConfigError(f"--values {value!r} is not allowed for the {axis} axis; it must be a whole number ≥ 1")
+        raise ConfigError(f"values: {value!r} is not allowed for the {axis} axis; it must be a whole number ≥ 1",
+                          field="values")
     return number
 
 
@@ -317,7 +322,7 @@ def _check_point_config(sweep: Sweep, point: Point, run: Path) -> None:
     if differ:
         raise CheckpointError(f"point {point.name}: {run} holds a run of another sweep or config: "
                               f"{'; '.join(differ[:4])}{' …' if len(differ) > 4 else ''}; "
-                              "move it away or give this sweep another --out")
+                              "move it away or give this sweep another out", field="out")
 
 
 def weights_step(run: Path) -> int:
