@@ -25,6 +25,7 @@ shards, which training and evaluation read a window at a time.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import json
 import re
 import shutil
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from ebt.data.corpus import KNOWN_CORPORA, iter_documents, load_corpus, split_stream
 from ebt.data.tokenizers import KINDS, build_tokenizer, tokenizer_from_json
@@ -260,8 +262,6 @@ def _source_name(source: str) -> str:
 
 
 def _progress(enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(unit=" documents", desc="tokenizing", disable=not enabled or not sys.stderr.isatty())
 
 
@@ -316,8 +316,6 @@ def _advise_random(array: np.ndarray) -> None:
     # the process holds are the ones it read (not megabytes around each).
     mm = getattr(array, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise"):
-        import mmap
-
         mm.madvise(getattr(mmap, "MADV_RANDOM", 1))
 
 

@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ebt.bench import train_flops_per_token
 from ebt.checkpoint import DATA, load_config, validation_rows
 from ebt.config import RunConfig
 from ebt.errors import ConfigError, DataError
+from ebt.evaluate import Scoring
 from ebt.files import read_json
 from ebt.models import build_model, count_parameters
+from ebt.rundata import load_data
+from ebt.runs import load_run
 from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state
+from ebt.suite import thinking_budgets
 
 FIT_AXES = ("data", "width", "depth", "batch", "params", "flops")
 X_LABELS = {"data": "training tokens", "width": "model width (model.dim)", "depth": "blocks (model.n_layers)",
@@ -159,8 +164,6 @@ def _non_embedding_params(config_json: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _flops_per_token(config_json: str) -> float:
-    from ebt.bench import train_flops_per_token
-
     with torch.device("meta"):
         return train_flops_per_token(RunConfig.from_dict(json.loads(config_json)))
 
@@ -185,11 +188,6 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
     """For each EBT point: perplexity at the paper suite's thinking budgets on its validation
     windows, and the gains from thinking longer and from self-verification (best-of-M), averaged
     over seeds, by x. Points of the data axis load the weights kept at their step."""
-    from ebt.evaluate import Scoring
-    from ebt.rundata import load_data
-    from ebt.runs import load_run
-    from ebt.suite import thinking_budgets
-
     scoring = Scoring(device)
     by_x: dict[float, list[dict]] = {}
     streams: dict[str, torch.Tensor] = {}

@@ -43,6 +43,7 @@ from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
 from ebt.presets import PRESETS, preset
 from ebt.rundata import resolve_source
+from ebt.schedule import validation_steps
 
 AXES = ("data", "width", "depth", "batch", "params")
 KINDS = ("ebt", "transformer")
@@ -258,8 +259,6 @@ class Sweep:
 
 def data_steps(steps: int) -> list[int]:
     """The validation steps of a data sweep of `steps` steps: steps/16 · √2^i up to `steps`."""
-    from ebt.schedule import validation_steps
-
     first = round(steps / DATA_SPAN)
     return sorted(validation_steps(TrainConfig(steps=steps, eval_every=first, eval_spacing="log"))) if first else [steps]
 
