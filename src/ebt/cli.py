@@ -132,6 +132,7 @@ def declared(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Fie
 
 
 def _add_field(p: argparse.ArgumentParser, dest: str, f: dataclasses.Field, annotation: Any, help: str) -> None:
+    """One argument of `p` from one field, by the declaration contract (the module docstring)."""
     meta, (kind, optional) = f.metadata, _unwrap(annotation)
     default = _default(f)
     kw: dict[str, Any] = {"help": help, **{k: meta[k] for k in ("metavar", "choices") if k in meta}}
@@ -145,10 +146,10 @@ def _add_field(p: argparse.ArgumentParser, dest: str, f: dataclasses.Field, anno
         p.add_argument(dest, **kw, **({} if default is dataclasses.MISSING else {"default": default}))
         return
     names = [meta.get("flag", "--" + f.name.replace("_", "-")), *meta.get("aliases", ())]
-    kw.setdefault("metavar", f.name.upper())
     if kind is bool:
-        kw.pop("metavar", None)
         kw["action"] = argparse.BooleanOptionalAction if optional or default is True else "store_true"
+    else:
+        kw.setdefault("metavar", f.name.upper())  # the field's name, not the dest of a nested field
     if default is dataclasses.MISSING:
         kw["required"] = True
     else:
