@@ -36,8 +36,8 @@ from typing import Any
 
 from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
-from ebt.config import RunConfig, TrainConfig
 from ebt.checks import check_choice, check_int
+from ebt.config import RunConfig, TrainConfig
 from ebt.data.corpus import KNOWN_CORPORA
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
