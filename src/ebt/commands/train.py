@@ -48,7 +48,7 @@ class TrainArgs:
                               field="data.corpus")
         if self.resume and self.overwrite:
             raise ConfigError("resume continues the run in out and overwrite replaces it; set one of them",
-                              field="overwrite")
+                              field="resume")
         if self.preset is None and not self.resume:
             raise ConfigError("preset is required to start a run (e.g. text-ebt-tiny); only resume may leave it out",
                               field="preset")
@@ -106,7 +106,7 @@ class FinetuneArgs:
     def __post_init__(self) -> None:
         if self.resume and self.overwrite:
             raise ConfigError("resume continues the run in out and overwrite replaces it; set one of them",
-                              field="overwrite")
+                              field="resume")
         if self.data is None and not self.resume:
             raise ConfigError("data is required: the prompt/answer pairs (.jsonl) or the corpus to fine-tune on",
                               field="data")
