@@ -343,7 +343,7 @@ def test_the_default_precision_is_the_runs_own(trained_runs, tmp_path: Path, cap
         scored(capsys, ["eval", source, "--max-examples", "4", "--precision", "bf16"]) | {"run": ""}
     fp16_run = run_trained_at(source, "fp16", tmp_path)
     line = one_line_error(*run_cli(["eval", fp16_run, "--device", "cpu"], capsys)[::2], "eval")
-    assert "train.precision (the default precision) = 'fp16' needs a CUDA device" in line
+    assert "train.precision (the default of precision) = 'fp16' needs a CUDA device" in line
     assert line.endswith("(flag --precision)")
     assert str(fp16_run) in line
     assert scored(capsys, ["eval", fp16_run, "--max-examples", "4", "--precision", "fp32"])["loss"] == \
