@@ -21,7 +21,7 @@ from conftest import run_cli
 from ebt.cli import arguments, build_parser, flag_of, main
 from ebt.commands import BenchArgs, EvalArgs, GenerateArgs, ScaleRunArgs, TrainArgs
 from ebt.generate import generate
-from ebt.think import ThinkingOptions
+from ebt.options import ThinkingOptions
 
 KINDS = ("ebt", "transformer")
 CONTEXT = 16
