@@ -18,8 +18,10 @@ import pytest
 
 from ebt.runs import load_run
 from conftest import run_cli
-from ebt.cli import main
+from ebt.cli import arguments, build_parser, flag_of, main
+from ebt.commands import BenchArgs, EvalArgs, GenerateArgs, ScaleRunArgs, TrainArgs
 from ebt.generate import generate
+from ebt.options import ThinkingOptions
 
 KINDS = ("ebt", "transformer")
 CONTEXT = 16
@@ -43,6 +45,49 @@ def cli_runs(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         assert code == 0
     return runs
 
+
+
+# --- The parser, built from the argument classes ---------------------------------------------------
+
+
+def parsed(argv: list[str]):
+    return arguments(*build_parser().parse_known_args(argv))
+
+
+def test_old_command_lines_become_the_same_typed_arguments() -> None:
+    evaluated = parsed(["eval", "runs/x", "--max-windows", "3", "--steps", "2", "--no-nesterov", "--device", "cpu"])
+    assert evaluated == EvalArgs(run=Path("runs/x"), options=ThinkingOptions(steps=2, nesterov=False), max_examples=3,
+                                 device="cpu")
+    generated = parsed(["generate", "runs/x", "--prompt", "a", "--no-cache", "--device", "cpu"])
+    assert generated == GenerateArgs(run=Path("runs/x"), prompt="a", cache=False, device="cpu")
+    benched = parsed(["bench", "--size", "tiny", "--no-memory", "--model.dim=64"])
+    assert benched == BenchArgs(size="tiny", memory=False, overrides=[("model.dim", "64")])
+    swept = parsed(["scale", "run", "--out", "s", "--values", "1, 2,3", "--train.lr", "0.01"])
+    assert swept == ScaleRunArgs(out=Path("s"), values=["1", "2", "3"], overrides=[("train.lr", "0.01")])
+    trained = parsed(["train", "--preset", "text-ebt-tiny", "--out", "r", "--train.steps=5"])
+    assert trained == TrainArgs(out=Path("r"), preset="text-ebt-tiny", overrides=[("train.steps", "5")])
+
+
+def test_every_flag_has_help() -> None:
+    def actions(parser):
+        for action in parser._actions:
+            if hasattr(action, "choices") and isinstance(action.choices, dict):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+            else:
+                yield action
+
+    missing = [a.option_strings or a.dest for a in actions(build_parser()) if not a.help]
+    assert not missing
+
+
+def test_an_error_names_the_flag_of_its_field(capsys) -> None:
+    code, _, err = run_cli(["eval", "runs/x", "--batch-size", "0", "--device", "cpu"], capsys)
+    assert code == 2 and err.strip() == ("ebt eval: error: batch_size = 0 is not allowed; it must be an integer in "
+                                         "[1, 65536] (flag --batch-size)")
+    assert flag_of(EvalArgs, "max_examples") == "--max-examples" and flag_of(EvalArgs, "steps") == "--steps"
+    assert flag_of(BenchArgs, "size") == "--preset" and flag_of(TrainArgs, "train.steps") == "--train.steps"
+    assert flag_of(EvalArgs, "train.steps") is None and flag_of(EvalArgs, "run") is None
 
 
 # --- Smoke runs ----------------------------------------------------------------------------------

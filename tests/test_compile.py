@@ -131,12 +131,12 @@ def test_a_dit_has_nothing_to_compile() -> None:
 
 
 def test_the_flag_reaches_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ebt.cli import _command, build_parser
+    from ebt.cli import arguments, build_parser
 
     monkeypatch.setattr(ebt.compiled, "compile_unavailable", lambda device: None)  # any machine
     for argv in (["generate", "runs/x", "--prompt", "a", "--compile"], ["eval", "runs/x", "--compile"],
                  ["bench", "--compile"]):
         args, extra = build_parser().parse_known_args(argv)
-        assert _command(args, extra)[1].compile is True
+        assert arguments(args, extra).compile is True
     args, extra = build_parser().parse_known_args(["generate", "runs/x", "--prompt", "a"])
-    assert _command(args, extra)[1].compile is False
+    assert arguments(args, extra).compile is False

@@ -165,8 +165,8 @@ def test_finetune_refuses_bad_input(trained_runs, tmp_path, capsys):
     cases = [
         (["--data", pairs, "--model.dim=64"], r"train.init = .*model.dim = 64 \(the initial run has 32\)"),
         (["--data", pairs, "--data.layout=packed"], r"pairs are one example each"),
-        (["--data", pairs, "--train.init=elsewhere"], r"--train.init is set by `ebt finetune`"),
-        ([], r"--data is required"),
+        (["--data", pairs, "--train.init=elsewhere"], r"train.init is set by `ebt finetune`.*\(flag --train.init\)"),
+        ([], r"data is required.*\(flag --data\)"),
         (["--data", write_pairs(tmp_path / "bad.jsonl", [{"prompt": "q", "answer": "a"}, {"prompt": "q"}])],
          r'bad.jsonl, line 2 has no field "answer"'),
         (["--data", write_pairs(tmp_path / "long.jsonl", [{"prompt": "p" * 40, "answer": "a"}] * 3)],

@@ -31,8 +31,10 @@ LAYERS = [
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
     ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
-     "ebt.scaling.curves", "ebt.scaling.worker"],
-    ["ebt.commands"],  # typed arguments, never an argparse Namespace
+     "ebt.scaling.running", "ebt.scaling.curves", "ebt.scaling.worker"],
+    ["ebt.commands", "ebt.commands.common", "ebt.commands.train", "ebt.commands.evaluation",
+     "ebt.commands.generation", "ebt.commands.images", "ebt.commands.data", "ebt.commands.bench",
+     "ebt.commands.scale"],  # typed arguments, never an argparse Namespace
     ["ebt.cli", "ebt.demo", "ebt.harness", "ebt"],  # the command lines and the package's front door
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

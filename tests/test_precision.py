@@ -280,9 +280,11 @@ def one_line_error(code: int, err: str, name: str) -> str:
 def test_bad_precision_flags_are_one_line_errors(name: str, trained_runs, image_run: Path, capsys) -> None:
     argv = command(name, trained_runs, image_run)
     line = one_line_error(*run_cli([*argv, "--precision", "fp16", "--device", "cpu"], capsys)[::2], name)
-    assert "--precision = 'fp16' needs a CUDA device" in line and "use 'bf16' on the CPU, or 'fp32'" in line
+    assert "precision = 'fp16' needs a CUDA device" in line and "use 'bf16' on the CPU, or 'fp32'" in line
+    assert line.endswith("(flag --precision)")
     line = one_line_error(*run_cli([*argv, "--precision", "FP32"], capsys)[::2], name)
-    assert "--precision = 'FP32' is not allowed; it must be one of 'fp32', 'bf16', 'fp16'" in line
+    assert "precision = 'FP32' is not allowed; it must be one of 'fp32', 'bf16', 'fp16'" in line
+    assert line.endswith("(flag --precision)")
 
 
 def scored(capsys, argv: list) -> dict:
@@ -341,7 +343,8 @@ def test_the_default_precision_is_the_runs_own(trained_runs, tmp_path: Path, cap
         scored(capsys, ["eval", source, "--max-examples", "4", "--precision", "bf16"]) | {"run": ""}
     fp16_run = run_trained_at(source, "fp16", tmp_path)
     line = one_line_error(*run_cli(["eval", fp16_run, "--device", "cpu"], capsys)[::2], "eval")
-    assert "train.precision (the default of --precision) = 'fp16' needs a CUDA device" in line
+    assert "train.precision (the default of precision) = 'fp16' needs a CUDA device" in line
+    assert line.endswith("(flag --precision)")
     assert str(fp16_run) in line
     assert scored(capsys, ["eval", fp16_run, "--max-examples", "4", "--precision", "fp32"])["loss"] == \
         scored(capsys, ["eval", source, "--max-examples", "4"])["loss"]

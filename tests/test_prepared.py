@@ -220,7 +220,7 @@ def test_bad_input_is_refused(corpus_dir: Path, tmp_path: Path, capsys) -> None:
     assert code == 2 and "--out" in err and "is a file" in err
     code, _, err = run_cli(["prepare-data", corpus_dir, "--out", tmp_path / "x", "--tokenizer", "gpt2",
                             "--bpe-vocab-size", "500"], capsys)
-    assert code == 2 and "--bpe-vocab-size" in err and "--tokenizer bpe" in err
+    assert code == 2 and "(flag --bpe-vocab-size)" in err and "tokenizer 'bpe'" in err
     with pytest.raises(ConfigError, match="split 'test' is not allowed"):
         open_prepared(tmp_path / "prep").split("test")
     headless = tmp_path / "headless"  # shards whose index was lost

@@ -223,19 +223,19 @@ def test_a_failed_point_is_reported_and_the_others_finish(corpus_file: Path, tmp
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--axis", "height"], "--axis 'height' is not a scaling axis"),
+    (["--axis", "height"], "axis 'height' is not a scaling axis; it must be one of data, width, depth, batch, params (flops is a refit of a params sweep: ebt scale fit DIR --axis flops) (flag --axis)"),
     (["--axis", "width", "--values", "32,64"], "at least 3 distinct values"),
     (["--axis", "width", "--values", "32,48,64"], "not a whole number of heads of width 32"),
-    (["--axis", "depth", "--values", "1,two,3"], "--values 'two' is not allowed"),
-    (["--axis", "width", "--model.dim=64"], "--model.dim is set per point by the width sweep"),
+    (["--axis", "depth", "--values", "1,two,3"], "values: 'two' is not allowed for the depth axis; it must be a whole number ≥ 1 (flag --values)"),
+    (["--axis", "width", "--model.dim=64"], "model.dim is set per point by the width sweep; give it as values (flag --model.dim)"),
     (["--axis", "data", "--steps", "20"], "too short for a data sweep"),
-    (["--axis", "depth", "--size", "huge"], "--size 'huge' has no text presets"),
-    (["--axis", "depth", "--jobs", "0"], "--jobs = 0 is not allowed"),
+    (["--axis", "depth", "--size", "huge"], "size 'huge' has no text presets"),
+    (["--axis", "depth", "--jobs", "0"], "jobs = 0 is not allowed; it must be an integer in [1, 256] (flag --jobs)"),
     (["--axis", "depth", "--train.lr=-1"], "train.lr = -1.0 is not allowed"),
     (["--axis", "data", "--train.lr_schedule=cosine"], "cosine is not allowed on the data axis"),
-    (["--axis", "data", "--train.eval_every=5"], "it validates at log-spaced steps from --steps/16"),
+    (["--axis", "data", "--train.eval_every=5"], "it validates at log-spaced steps from steps/16 (flag --train.eval_every)"),
     (["--axis", "depth", "--data", "no/such/corpus"], "is neither a known corpus"),
-    ([], "--axis is required"),
+    ([], "axis is required to start a sweep"),
 ])
 def test_bad_sweep_settings_are_named_before_anything_runs(args: list[str], message: str, tmp_path: Path,
                                                             capsys) -> None:
@@ -274,7 +274,7 @@ def test_fitting_a_directory_that_is_no_sweep_is_an_error(tmp_path: Path, capsys
     code, _, err = run_cli(["scale", "fit", tmp_path], capsys)
     assert code == 2 and "has no sweep.json" in err
     code, _, err = run_cli(["scale", "fit", tmp_path, "--replicates", "5"], capsys)
-    assert code == 2 and "--replicates = 5 is not allowed" in err
+    assert code == 2 and "replicates = 5 is not allowed; it must be an integer in [100, 1000000] (flag --replicates)" in err
 
 
 def test_params_and_flops_refit_width_and_depth_sweeps(width_sweep: Path, capsys) -> None:
@@ -289,7 +289,7 @@ def test_params_and_flops_refit_width_and_depth_sweeps(width_sweep: Path, capsys
     # the EBT costs more per token than the Transformer++ of the same width (thinking, second order)
     assert all(e["x"] > t["x"] for e, t in zip(flops["ebt"]["points"], flops["transformer"]["points"]))
     code, _, err = run_cli(["scale", "fit", width_sweep, "--axis", "batch"], capsys)
-    assert code == 2 and "--axis batch does not apply to a width sweep" in err
+    assert code == 2 and "axis batch does not apply to a width sweep (it applies to batch sweeps; flops to any) (flag --axis)" in err
 
 
 def test_a_fit_can_be_limited_to_a_stretch_of_the_axis(data_sweep: Path, capsys) -> None:
@@ -303,7 +303,7 @@ def test_a_fit_can_be_limited_to_a_stretch_of_the_axis(data_sweep: Path, capsys)
     code, _, err = run_cli(["scale", "fit", data_sweep, "--min-x", 1e12], capsys)
     assert code == 2 and "no EBT point has x in [1e+12, inf]" in err
     code, _, err = run_cli(["scale", "fit", data_sweep, "--min-x", 10, "--max-x", 5], capsys)
-    assert code == 2 and "--min-x = 10 must be below --max-x = 5" in err
+    assert code == 2 and "min_x = 10 must be below max_x = 5 (flag --min-x)" in err
 
 
 def test_a_point_whose_log_was_lost_is_repaired_by_running_the_sweep_again(width_sweep: Path, tmp_path: Path,

@@ -25,7 +25,7 @@ from ebt.files import atomic_write, standard_json
 from ebt.generate import generate
 from ebt.presets import preset
 from ebt.rundata import load_data
-from ebt.runs import load_run
+from ebt.runs import Run, load_run
 from ebt.suite import thinking_budgets
 from ebt.train import train
 
@@ -35,6 +35,33 @@ OOD = "austen"  # prose out of distribution (the paper suite's shift ≈ 1.1)
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
+    runs, seconds = train_both(args.steps, args.out)
+    ebt, transformer = runs["ebt"], runs["transformer"]
+    print(f"\ntrain time: Transformer++ {seconds['transformer']:.0f} s, EBT {seconds['ebt']:.0f} s")
+    streams = {"validation": load_data(ebt.config, ebt.path).validation}
+    corpus = load_corpus(OOD)
+    streams[OOD] = encode_split(corpus.train + corpus.validation, ebt.tokenizer, ebt.config.data.layout, OOD)
+    results = {}
+    for name, tokens in streams.items():
+        entry = thinking_budgets(ebt.model, tokens, max_windows=args.windows)
+        entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows).summary()["ppl"]
+        results[name] = entry
+    print_budgets(results, ebt.config.think, args.windows)
+    energies, losses = thinking_trace(ebt, streams["validation"], args.windows)
+    print("\n=== samples (temperature 0.8) ===")
+    prompt = ebt.tokenizer.encode(PROMPT)
+    for kind, run in runs.items():
+        text = run.tokenizer.decode(generate(run.model, prompt, 160, temperature=0.8, seed=0))
+        print(f"--- {kind} ---\n{PROMPT}{text}\n")
+    print(verdict(results, args.windows))
+    summary = {"steps": args.steps, "windows": args.windows, "recipe": RECIPE, "seconds": seconds,
+               "thinking": results, "energy_per_step": energies, "loss_per_step": losses}
+    atomic_write(args.out / "demo.json", lambda p: p.write_text(standard_json(summary, indent=2) + "\n"))
+    print(f"summary written to {args.out / 'demo.json'}")
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ebt.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="training steps of each model (default 300)")
@@ -48,32 +75,30 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--steps and --windows must be ≥ 1, got {args.steps} and {args.windows}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a directory (it holds the runs and demo.json)")
+    return args
 
+
+def train_both(steps: int, out: Path) -> tuple[dict[str, Run], dict[str, float]]:
+    """The Transformer++ and the EBT trained `steps` steps into OUT/demo-KIND (replacing earlier
+    ones: `make demo` can be run again); the runs and their training seconds, by kind."""
     runs, seconds = {}, {}
     for kind, name in (("transformer", "text-transformer-tiny"), ("ebt", RECIPE)):
         config = preset(name)
-        config.train.steps = args.steps
+        config.train.steps = steps
         config.train.eval_every = 0
-        print(f"\n=== training {name} for {args.steps} steps ===")
+        print(f"\n=== training {name} for {steps} steps ===")
         start = time.perf_counter()
-        train(config, args.out / f"demo-{kind}", overwrite=True)  # `make demo` can be run again
+        train(config, out / f"demo-{kind}", overwrite=True)
         seconds[kind] = time.perf_counter() - start
-        runs[kind] = load_run(args.out / f"demo-{kind}")
-    ebt, transformer = runs["ebt"], runs["transformer"]
-    print(f"\ntrain time: Transformer++ {seconds['transformer']:.0f} s, EBT {seconds['ebt']:.0f} s")
+        runs[kind] = load_run(out / f"demo-{kind}")
+    return runs, seconds
 
-    streams = {"validation": load_data(ebt.config, ebt.path).validation}
-    corpus = load_corpus(OOD)
-    streams[OOD] = encode_split(corpus.train + corpus.validation, ebt.tokenizer, ebt.config.data.layout, OOD)
-    results = {}
-    for name, tokens in streams.items():
-        entry = thinking_budgets(ebt.model, tokens, max_windows=args.windows)
-        entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows).summary()["ppl"]
-        results[name] = entry
-    think = ebt.config.think
-    print(f"\n=== perplexity on {args.windows} windows of held-out plays (validation) and of Austen's novels (out of "
+
+def print_budgets(results: dict[str, dict], think, windows: int) -> None:
+    """The perplexity table: the Transformer++, then the EBT at each thinking budget, per set."""
+    print(f"\n=== perplexity on {windows} windows of held-out plays (validation) and of Austen's novels (out of "
           f"distribution); the EBT trained with {think.min_steps or think.steps}–{think.steps} steps ===")
-    print(f"{'model':<28}{'passes/token':>13}" + "".join(f"{n:>12}{'vs 2 steps':>12}" for n in streams))
+    print(f"{'model':<28}{'passes/token':>13}" + "".join(f"{n:>12}{'vs 2 steps':>12}" for n in results))
     print(f"{'Transformer++':<28}{1:>13.1f}" + "".join(f"{r['transformer_ppl']:>12.3f}{'':>12}" for r in results.values()))
     for i, b in enumerate(results["validation"]["budgets"]):
         label = f"EBT, {b['steps']} steps" + (f", best of {b['samples']}" if b["samples"] > 1 else "")
@@ -84,7 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{label:<28}{b['forward_passes']:>13.1f}{cells}")
     print("(best of M: M candidates think, the lowest final energy is kept; passes count its scoring pass too)")
 
-    batch = next(sequential_windows(streams["validation"], ebt.config.model.context_len + 1, min(16, args.windows)))
+
+def thinking_trace(ebt: Run, tokens, windows: int) -> tuple[list[float], list[float]]:
+    """The EBT's mean energy after each of 6 thinking steps (and at the start) and its loss after
+    each, on up to 16 validation windows; printed, and returned."""
+    think = ebt.config.think
+    batch = next(sequential_windows(tokens, ebt.config.model.context_len + 1, min(16, windows)))
     thought = ebt.model.think(batch[:, :-1], steps=6, score_final=True, generator=torch.Generator().manual_seed(0))
     energies = [float(e.mean()) for e in thought.energies]
     losses = [float(ebt.model.task.loss(c, batch[:, 1:])) for c in thought.candidates]  # c: (B, S, V)
@@ -95,18 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         note = "  (the most steps it trained with)" if i == think.steps else (
             "  (thinking longer)" if i == think.steps + 1 else "")
         print(f"  after step {i}:          energy {e:8.3f}   loss {loss:.4f}{note}")
-
-    print("\n=== samples (temperature 0.8) ===")
-    prompt = ebt.tokenizer.encode(PROMPT)
-    for kind, run in runs.items():
-        text = run.tokenizer.decode(generate(run.model, prompt, 160, temperature=0.8, seed=0))
-        print(f"--- {kind} ---\n{PROMPT}{text}\n")
-
-    print(verdict(results, args.windows))
-    summary = {"steps": args.steps, "windows": args.windows, "recipe": RECIPE, "seconds": seconds,
-               "thinking": results, "energy_per_step": energies, "loss_per_step": losses}
-    atomic_write(args.out / "demo.json", lambda p: p.write_text(standard_json(summary, indent=2) + "\n"))
-    print(f"summary written to {args.out / 'demo.json'}")
+    return energies, losses
 
 
 FEW_WINDOWS = 16  # fewer windows than this (2,048 bytes) per set: too few to read a gain of a few %

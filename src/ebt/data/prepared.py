@@ -25,6 +25,7 @@ shards, which training and evaluation read a window at a time.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import json
 import re
 import shutil
@@ -35,10 +36,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from ebt.data.corpus import KNOWN_CORPORA, iter_documents, load_corpus, split_stream
 from ebt.data.tokenizers import KINDS, build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
+from ebt.checks import check_int
 from ebt.errors import CheckpointError, ConfigError, DataError
 
 INDEX = "index.json"
@@ -59,7 +62,7 @@ def is_prepared(path: str | Path) -> bool:
 
 
 def resolve_tokenizer(spec: str, train_documents=None, bpe_vocab_size: int = 2048):
-    """A tokenizer from `--tokenizer`: a kind ("byte", "bpe" trained on `train_documents`, an
+    """A tokenizer from `ebt prepare-data`'s tokenizer: a kind ("byte", "bpe" trained on `train_documents`, an
     iterable of str, "gpt2"), or a path to a tokenizer.json in our format or to a run directory
     holding one (to prepare data for an existing run's vocabulary)."""
     if spec in KINDS:
@@ -68,12 +71,12 @@ def resolve_tokenizer(spec: str, train_documents=None, bpe_vocab_size: int = 204
     if path.is_dir():
         path = path / TOKENIZER_FILE
     if not path.is_file():
-        raise ConfigError(f"--tokenizer {spec!r} is not allowed; it must be one of {', '.join(KINDS)}, a "
-                          "tokenizer.json or a run directory that holds one")
+        raise ConfigError(f"tokenizer {spec!r} is not allowed; it must be one of {', '.join(KINDS)}, a "
+                          "tokenizer.json or a run directory that holds one", field="tokenizer")
     try:
         return tokenizer_from_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, CheckpointError) as err:
-        raise DataError(f"--tokenizer {str(path)!r} cannot be read: {err}") from None
+        raise DataError(f"tokenizer {str(path)!r} cannot be read: {err}", field="tokenizer") from None
 
 
 def _documents(source: str, validation_fraction: float) -> Iterator[tuple[str, str]]:
@@ -186,16 +189,8 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
     """
     started = time.monotonic()
     out = Path(out).expanduser()
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
-        raise ConfigError(f"--shard-tokens = {shard_tokens!r} is not allowed; it must be an integer >= 1")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a directory to write")
-    if out.exists() and not is_prepared(out) and any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} holds files that are not a prepared corpus; choose another directory "
-                          "(--overwrite replaces only a prepared corpus)")
-    if out.exists() and not overwrite:
-        raise ConfigError(f"--out {str(out)!r} holds a prepared corpus; pass --overwrite to replace it, or choose "
-                          "another directory")
+    check_int("shard_tokens", shard_tokens, 1)
+    _check_out(out, overwrite)
     train_documents = (d for split, d in _documents(source, validation_fraction) if split == "train")
     tok = resolve_tokenizer(tokenizer, train_documents if tokenizer == "bpe" else None, bpe_vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
@@ -206,24 +201,7 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
     partial.mkdir()
     try:
         writers = {s: _ShardWriter(partial, s, dtype, separator, shard_tokens) for s in SPLITS}
-        batch: list[tuple[str, str]] = []
-        characters = 0
-        bar = _progress(progress)
-
-        def flush() -> None:
-            for (split, _), ids in zip(batch, _encode(tok, [d for _, d in batch], dtype)):
-                writers[split].add(ids)
-            bar.update(len(batch))
-            batch.clear()
-
-        for split, document in _documents(source, validation_fraction):
-            batch.append((split, document))
-            characters += len(document)
-            if characters >= _BATCH_CHARACTERS:
-                flush()
-                characters = 0
-        flush()
-        bar.close()
+        _write_documents(_documents(source, validation_fraction), tok, writers, dtype, progress)
         tokenizer_json = tok.to_json()
         (partial / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
         index = {"format": _FORMAT, "version": _VERSION, "source": _source_name(source),
@@ -243,13 +221,47 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
     return {**index, "seconds": time.monotonic() - started}
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    """`out` may be written: it does not exist, or is empty, or (with `overwrite`) is a prepared corpus."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out {str(out)!r} is a file; give a directory to write", field="out")
+    if out.exists() and not is_prepared(out) and any(out.iterdir()):
+        raise ConfigError(f"out {str(out)!r} holds files that are not a prepared corpus; choose another directory "
+                          "(overwrite replaces only a prepared corpus)", field="out")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"out {str(out)!r} holds a prepared corpus; set overwrite to replace it, or choose "
+                          "another directory", field="overwrite")
+
+
+def _write_documents(documents: Iterator[tuple[str, str]], tok, writers: dict[str, _ShardWriter], dtype,
+                     progress: bool) -> None:
+    """Encode (split, document) pairs in batches of about `_BATCH_CHARACTERS` and append each to
+    its split's shards."""
+    batch: list[tuple[str, str]] = []
+    characters = 0
+    bar = _progress(progress)
+
+    def flush() -> None:
+        for (split, _), ids in zip(batch, _encode(tok, [d for _, d in batch], dtype)):
+            writers[split].add(ids)
+        bar.update(len(batch))
+        batch.clear()
+
+    for split, document in documents:
+        batch.append((split, document))
+        characters += len(document)
+        if characters >= _BATCH_CHARACTERS:
+            flush()
+            characters = 0
+    flush()
+    bar.close()
+
+
 def _source_name(source: str) -> str:
     return source if source in KNOWN_CORPORA else str(Path(source).expanduser().resolve())
 
 
 def _progress(enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(unit=" documents", desc="tokenizing", disable=not enabled or not sys.stderr.isatty())
 
 
@@ -304,8 +316,6 @@ def _advise_random(array: np.ndarray) -> None:
     # the process holds are the ones it read (not megabytes around each).
     mm = getattr(array, "_mmap", None)
     if mm is not None and hasattr(mm, "madvise"):
-        import mmap
-
         mm.madvise(getattr(mmap, "MADV_RANDOM", 1))
 
 

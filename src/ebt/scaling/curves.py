@@ -19,12 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ebt.bench import train_flops_per_token
 from ebt.checkpoint import DATA, load_config, validation_rows
 from ebt.config import RunConfig
 from ebt.errors import ConfigError, DataError
+from ebt.evaluate import Scoring
 from ebt.files import read_json
 from ebt.models import build_model, count_parameters
+from ebt.rundata import load_data
+from ebt.runs import load_run
 from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state
+from ebt.suite import thinking_budgets
 
 FIT_AXES = ("data", "width", "depth", "batch", "params", "flops")
 X_LABELS = {"data": "training tokens", "width": "model width (model.dim)", "depth": "blocks (model.n_layers)",
@@ -56,12 +61,14 @@ def fit_axis(sweeps: list[Sweep], axis: str | None) -> str:
             return "params"
         raise ConfigError(f"the sweeps vary different axes ({', '.join(axes)}); fit them separately")
     if axis not in FIT_AXES:
-        raise ConfigError(f"--axis {axis!r} is not a scaling axis; it must be one of {', '.join(FIT_AXES)}")
+        raise ConfigError(f"axis {axis!r} is not a scaling axis; it must be one of {', '.join(FIT_AXES)}",
+                          field="axis")
     for a in axes:
         ok = axis == a or axis == "flops" or (axis == "params" and a in MODEL_SIZE_AXES)
         if not ok:
-            raise ConfigError(f"--axis {axis} does not apply to a {a} sweep (it applies to "
-                              f"{'width, depth and params' if axis == 'params' else axis} sweeps; flops to any)")
+            raise ConfigError(f"axis {axis} does not apply to a {a} sweep (it applies to "
+                              f"{'width, depth and params' if axis == 'params' else axis} sweeps; flops to any)",
+                              field="axis")
     if "data" in axes and len(axes) > 1:
         raise ConfigError("a data sweep is read at its checkpoints; fit it apart from the other sweeps")
     return axis
@@ -110,7 +117,7 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
         sweep_dir = Path(first["run"]).parent
         raise DataError(f"point {first['run']}{' step ' + str(first['step']) if 'step' in first else ''}: "
                         f"{first['why']}{more}; finish the sweep with `ebt scale run --out {sweep_dir}`, "
-                        "or fit without these points with --skip-failed")
+                        "or fit without these points (skip_failed)", field="skip_failed")
     _check_same_windows(measured)
     return axis, measured, excluded
 
@@ -157,8 +164,6 @@ def _non_embedding_params(config_json: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _flops_per_token(config_json: str) -> float:
-    from ebt.bench import train_flops_per_token
-
     with torch.device("meta"):
         return train_flops_per_token(RunConfig.from_dict(json.loads(config_json)))
 
@@ -183,11 +188,6 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
     """For each EBT point: perplexity at the paper suite's thinking budgets on its validation
     windows, and the gains from thinking longer and from self-verification (best-of-M), averaged
     over seeds, by x. Points of the data axis load the weights kept at their step."""
-    from ebt.evaluate import Scoring
-    from ebt.rundata import load_data
-    from ebt.runs import load_run
-    from ebt.suite import thinking_budgets
-
     scoring = Scoring(device)
     by_x: dict[float, list[dict]] = {}
     streams: dict[str, torch.Tensor] = {}

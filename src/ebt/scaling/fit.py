@@ -287,6 +287,7 @@ def offset_power_law(x: np.ndarray, loss: np.ndarray) -> dict:
     if len(x) < _OFFSET_MIN_POINTS:
         return {"error": f"needs at least {_OFFSET_MIN_POINTS} points, got {len(x)}"}
     try:
+        # scipy only for this optional offset fit (it reports its absence instead of failing).
         from scipy.optimize import OptimizeWarning, curve_fit
     except ImportError:
         return {"error": "scipy is not installed"}

@@ -21,7 +21,7 @@ prints the commands for a cluster's job array). A sweep directory holds:
     <point>/            one run directory per point, e.g. ebt-dim64-seed0
     logs/<point>.log    the output of each point's command
 
-Running a sweep again skips finished points, resumes interrupted ones (`ebt train --resume`),
+Running a sweep (`ebt.scaling.running`) again skips finished points, resumes interrupted ones (`ebt train --resume`),
 restarts points stopped before their first checkpoint, and refuses a directory or a point that
 belongs to another sweep or config.
 """
@@ -30,26 +30,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import queue
-import shlex
-import signal
-import subprocess
-import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
+from ebt.checks import check_choice, check_int
 from ebt.config import RunConfig, TrainConfig
-from ebt.errors import CheckpointError, ConfigError, Interrupted
+from ebt.data.corpus import KNOWN_CORPORA
+from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
 from ebt.presets import PRESETS, preset
 from ebt.rundata import resolve_source
-from ebt.rundir import StopSignals
+from ebt.schedule import validation_steps
 
 AXES = ("data", "width", "depth", "batch", "params")
 KINDS = ("ebt", "transformer")
@@ -95,43 +89,44 @@ class Sweep:
     overrides: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.axis not in AXES:
-            raise ConfigError(f"--axis {self.axis!r} is not a scaling axis; it must be one of {', '.join(AXES)} "
-                              "(flops is a refit of a params sweep: ebt scale fit DIR --axis flops)")
-        for kind in KINDS:
-            if self.preset_name(kind) not in PRESETS:
-                sizes = sorted({n.rsplit("-", 1)[1] for n in PRESETS if n.startswith("text-transformer-")})
-                raise ConfigError(f"--size {self.size!r} has no text presets; it must be one of {', '.join(sizes)}")
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe {self.recipe!r} is not allowed; it must be 's1' or 's2'")
-        for flag, value, low in (("--seeds", self.seeds, 1), ("--windows", self.windows, 1),
-                                 ("--steps", self.steps, 1)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10**9):
-                raise ConfigError(f"{flag} = {value!r} is not allowed; it must be an integer ≥ {low}")
-        self.overrides = [tuple(pair) for pair in self.overrides]
+        self._check_settings()
+        self.overrides = sorted(tuple(pair) for pair in self.overrides)  # in any order, the same sweep
         for key, value in self.overrides:
-            if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
-                how = {"train.seed": "give it with --seeds", "train.steps": "give it with --steps",
-                       "train.eval_examples": "give it with --windows", "data.corpus": "give it with --data"}.get(
-                    key, "it validates at log-spaced steps from --steps/16" if self.axis == "data"
-                    else "give it with --values")
-                raise ConfigError(f"--{key} is set per point by the {self.axis} sweep; {how}")
-            if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
-                raise ConfigError("--train.lr_schedule=cosine is not allowed on the data axis: a curve read at "
-                                  "checkpoints needs a steady rate; use constant (the default) or wsd")
-        self.overrides.sort()  # the same overrides in any order are the same sweep
+            self._check_override(key, value)
         if self.data is not None:
-            from ebt.data.corpus import KNOWN_CORPORA
-
             self.data = resolve_source(self.data)  # a path works from any directory, names stay names
             if self.data not in KNOWN_CORPORA and not Path(self.data).exists():
-                raise ConfigError(f"--data {self.data!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) "
-                                  "nor an existing file or directory")
+                raise ConfigError(f"data {self.data!r} is neither a known corpus ({', '.join(KNOWN_CORPORA)}) "
+                                  "nor an existing file or directory", field="data")
         self.values = self._values()
         if self.axis != "data" and len(set(self.values)) < MIN_POINTS:
             raise ConfigError(f"a {self.axis} sweep needs at least {MIN_POINTS} distinct values per model kind; "
                               f"it has {len(set(self.values))} ({', '.join(map(str, self.values))})")
         self.points()  # builds every point's config now: a bad override or value fails before anything runs
+
+    def _check_settings(self) -> None:
+        if self.axis not in AXES:
+            raise ConfigError(f"axis {self.axis!r} is not a scaling axis; it must be one of {', '.join(AXES)} "
+                              "(flops is a refit of a params sweep: ebt scale fit DIR --axis flops)", field="axis")
+        for kind in KINDS:
+            if self.preset_name(kind) not in PRESETS:
+                sizes = sorted({n.rsplit("-", 1)[1] for n in PRESETS if n.startswith("text-transformer-")})
+                raise ConfigError(f"size {self.size!r} has no text presets; it must be one of {', '.join(sizes)}",
+                                  field="size")
+        check_choice("recipe", self.recipe, RECIPES)
+        for name in ("seeds", "windows", "steps"):
+            check_int(name, getattr(self, name), 1, 10**9, optional=name == "steps", unset="the preset's")
+
+    def _check_override(self, key: str, value: str) -> None:
+        """An override the sweep leaves to the user: not a field it sets per point."""
+        if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
+            how = {"train.seed": "give it as seeds", "train.steps": "give it as steps",
+                   "train.eval_examples": "give it as windows", "data.corpus": "give it as data"}.get(
+                key, "it validates at log-spaced steps from steps/16" if self.axis == "data" else "give it as values")
+            raise ConfigError(f"{key} is set per point by the {self.axis} sweep; {how}", field=key)
+        if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
+            raise ConfigError("train.lr_schedule = cosine is not allowed on the data axis: a curve read at "
+                              "checkpoints needs a steady rate; use constant (the default) or wsd", field=key)
 
     # --- what the sweep runs ---------------------------------------------------------------------
 
@@ -146,10 +141,11 @@ class Sweep:
         if self.axis == "data":
             steps = self.steps or base.train.steps
             if self.values is not None and list(self.values) != [steps]:  # sweep.json holds [steps]
-                raise ConfigError("--values does not apply to the data axis: its points are the log-spaced "
-                                  "validations of one run per kind (set the length with --steps)")
+                raise ConfigError("values do not apply to the data axis: its points are the log-spaced "
+                                  "validations of one run per kind (set the length with steps)", field="values")
             if steps < 2 * DATA_SPAN:  # the first validation at step 2 or later, 16× before the last
-                raise ConfigError(f"--steps {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}")
+                raise ConfigError(f"steps = {steps} is too short for a data sweep; give at least {DATA_SPAN * 2}",
+                                  field="steps")
             return [steps]
         m, head_width = base.model, base.model.dim // base.model.n_heads
         if self.values is not None:
@@ -167,8 +163,8 @@ class Sweep:
         if self.axis == "width":
             bad = [v for v in values if v % head_width]
             if bad:
-                raise ConfigError(f"--values {bad[0]} is not a whole number of heads of width {head_width} "
-                                  f"(the {self.size} size's head width); use multiples of {head_width}")
+                raise ConfigError(f"values: {bad[0]} is not a whole number of heads of width {head_width} "
+                                  f"(the {self.size} size's head width); use multiples of {head_width}", field="values")
         key = (lambda v: tuple(int(n) for n in v.split("x"))) if self.axis == "params" else (lambda v: v)
         return sorted(dict.fromkeys(values), key=key)  # without repeats, in order of size
 
@@ -263,8 +259,6 @@ class Sweep:
 
 def data_steps(steps: int) -> list[int]:
     """The validation steps of a data sweep of `steps` steps: steps/16 · √2^i up to `steps`."""
-    from ebt.schedule import validation_steps
-
     first = round(steps / DATA_SPAN)
     return sorted(validation_steps(TrainConfig(steps=steps, eval_every=first, eval_spacing="log"))) if first else [steps]
 
@@ -273,14 +267,15 @@ def _parse_value(axis: str, value: Any) -> int | str:
     if axis == "params":
         parts = str(value).lower().split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
-            raise ConfigError(f"--values {value!r} is not a params point; write LAYERSxWIDTH, e.g. 2x128")
+            raise ConfigError(f"values: {value!r} is not a params point; write LAYERSxWIDTH, e.g. 2x128", field="values")
         return f"{int(parts[0])}x{int(parts[1])}"
     try:
         number = int(str(value))
     except ValueError:
         number = 0
     if number < 1 or number > 10**9:
-        raise ConfigError(f"--values {value!r} is not allowed for the {axis} axis; it must be a whole number ≥ 1")
+        raise ConfigError(f"values: {value!r} is not allowed for the {axis} axis; it must be a whole number ≥ 1",
+                          field="values")
     return number
 
 
@@ -326,7 +321,7 @@ def _check_point_config(sweep: Sweep, point: Point, run: Path) -> None:
     if differ:
         raise CheckpointError(f"point {point.name}: {run} holds a run of another sweep or config: "
                               f"{'; '.join(differ[:4])}{' …' if len(differ) > 4 else ''}; "
-                              "move it away or give this sweep another --out")
+                              "move it away or give this sweep another out", field="out")
 
 
 def weights_step(run: Path) -> int:
@@ -339,228 +334,3 @@ def weights_step(run: Path) -> int:
 
 def final_validation(run: Path, steps: int) -> dict | None:
     return validation_rows(run).get(steps)
-
-
-# --- running ---------------------------------------------------------------------------------------
-
-
-def prepare(sweep: Sweep, out: Path) -> Sweep:
-    """Check `out` (a new directory, or one holding this very sweep) and write sweep.json."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"--out {out} is a file, not a sweep directory")
-    if (out / SWEEP_FILE).is_file():
-        saved = Sweep.load(out)
-        if saved.settings() != sweep.settings():
-            mine, theirs = sweep.settings(), saved.settings()
-            differ = [f"{k} (there {theirs[k]!r}, now {mine[k]!r})" for k in mine if mine[k] != theirs.get(k)]
-            raise CheckpointError(f"{out} holds another sweep: {'; '.join(differ)}; give another --out, or the "
-                                  f"same settings to continue it (ebt scale run --out {out} alone reuses them)")
-    elif out.is_dir() and any(p.name != LOGS for p in out.iterdir()):
-        raise CheckpointError(f"{out} is not empty and holds no {SWEEP_FILE}; give a new or empty --out")
-    sweep.save(out)
-    return sweep
-
-
-def print_commands(sweep: Sweep, out: Path, write: Callable[[str], None] = print) -> int:
-    """Write sweep.json and print one `ebt train` line per point that is not finished (the
-    command that starts, resumes or restarts it); returns how many were printed."""
-    prepare(sweep, out)
-    n = 0
-    for point in sweep.points():
-        state, _ = point_state(sweep, point, out)
-        if state != "finished":
-            write(shlex.join(["ebt", *sweep.command(point, out, state)]))
-            n += 1
-    return n
-
-
-def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None] = print) -> dict:
-    """Train every point of `sweep` not finished in `out`, on `jobs` worker processes
-    (`ebt.scaling.worker`; with jobs > 1 each on one thread). Returns {"points": [...], "wall_s",
-    "overhead_pct"}: the share of the workers' time not spent in the trainers' loops (starting
-    processes, loading data, building models).
-
-    Points that fail do not stop the others: they are listed (state "failed", the log named) and
-    the caller reports them. SIGINT/SIGTERM stop handing out points, pass the signal on to each
-    running point (which saves a checkpoint) and raise Interrupted once they have stopped.
-    """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= 256:
-        raise ConfigError(f"--jobs = {jobs!r} is not allowed; it must be an integer in [1, 256]")
-    out = Path(out)
-    prepare(sweep, out)
-    points = {p.name: p for p in sweep.points()}
-    todo, report = [], []
-    for point in points.values():
-        state, detail = point_state(sweep, point, out)
-        if state == "finished":
-            report.append({"name": point.name, "state": "finished", "detail": f"already finished ({detail})"})
-        else:
-            todo.append((point.name, state, detail))
-    say(f"sweep {out}: {sweep.axis} axis, {len(points)} points; {len(points) - len(todo)} finished, "
-        f"{len(todo)} to run, {min(jobs, max(1, len(todo)))} at a time")
-    (out / LOGS).mkdir(exist_ok=True)
-    env = dict(os.environ)
-    if jobs > 1:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # the cores are shared between the points
-    signals, answers = _Forward(), queue.Queue()
-    workers: list[_Worker] = []
-    spawned: list[_Worker] = []  # every worker this run started, for the overhead
-    started, total, done = time.perf_counter(), len(todo), 0
-    signals.install()
-    try:
-        while True:
-            for worker in [w for w in workers if w.task is None]:
-                if worker.process.poll() is not None:  # died between points: nothing was lost
-                    workers.remove(worker)
-                elif todo and not signals.signum:
-                    name, state, detail = todo.pop(0)
-                    worker.send(name, state)
-                    if state != "start":
-                        say(f"  {name}: " + (f"resuming at {detail}" if state == "resume" else f"restarting ({detail})"))
-                else:
-                    worker.close()
-                    workers.remove(worker)
-            if todo and len(workers) < jobs and not signals.signum:
-                workers.append(_Worker(out, env, answers))
-                spawned.append(workers[-1])
-                continue
-            if not workers:
-                break
-            try:
-                worker, name, code = answers.get(timeout=0.1)
-            except queue.Empty:
-                signals.forward([w for w in workers if w.task is not None])
-                continue
-            if worker not in workers or worker.task is None or worker.task[0] != name:
-                continue
-            seconds = time.perf_counter() - worker.task[1]
-            worker.task = None
-            if code is None:  # the worker process died (killed, out of memory): its point failed
-                workers.remove(worker)
-                code = worker.process.wait()
-            done += 1
-            report.append(_finished(points[name], code, seconds, out, started=not worker.stopped))
-            say(f"[{done}/{total}] {name}: {report[-1]['state']} ({report[-1]['detail']})")
-    finally:
-        signals.restore()
-        for worker in workers:
-            worker.close()
-    wall = time.perf_counter() - started
-    spent = sum(w.active_s for w in spawned)
-    trained = sum(r.get("train_wall_s", 0.0) for r in report)
-    result = {"out": str(out), "axis": sweep.axis, "points": report, "wall_s": wall,
-              "overhead_pct": 100 * max(0.0, spent - trained) / spent if spent else 0.0}
-    if signals.signum:
-        stopped = [r["name"] for r in report if r["state"] == "interrupted" and "saved" in r["detail"]]
-        raise Interrupted(f"sweep interrupted ({signal.Signals(signals.signum).name}); "
-                          f"{len(stopped)} point(s) saved a checkpoint mid-run; "
-                          f"resume with: ebt scale run --out {out}", 128 + signals.signum)
-    return result
-
-
-class _Worker:
-    """A worker process (`python -m ebt.scaling.worker OUT`), the point it is training, and a
-    thread that passes its answers ("POINT CODE" lines; None for the code when it dies) on."""
-
-    def __init__(self, out: Path, env: dict, answers: queue.Queue) -> None:
-        self.born = time.perf_counter()
-        self.last = self.born
-        self.task: tuple[str, float] | None = None
-        self.ready = False  # set once it has imported everything: before that a signal would kill it mid-import
-        self.stopped = False  # killed by a signal before it was ready: its point did not start
-        # Its own session: a terminal's Ctrl-C reaches it only through the sweep, once (a second
-        # signal would stop a point without saving).
-        self.process = subprocess.Popen([sys.executable, "-m", "ebt.scaling.worker", str(out)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        threading.Thread(target=self._read, args=(answers,), daemon=True).start()
-
-    @property
-    def active_s(self) -> float:
-        """Seconds from its start to its last answer: what the sweep spent on this process."""
-        return self.last - self.born
-
-    def send(self, name: str, how: str) -> None:
-        self.task = (name, time.perf_counter())
-        self.process.stdin.write(f"{name} {how}\n")
-        self.process.stdin.flush()
-
-    def close(self) -> None:
-        if self.process.stdin and not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
-        self.process.wait()
-
-    def _read(self, answers: queue.Queue) -> None:
-        for line in self.process.stdout:
-            if line.strip() == "ready":
-                self.ready = True
-                continue
-            name, _, code = line.strip().partition(" ")
-            self.last = time.perf_counter()
-            answers.put((self, name, int(code)))
-        self.last = time.perf_counter()
-        if self.task is not None:
-            answers.put((self, self.task[0], None))
-
-
-def _finished(point: Point, code: int, seconds: float, out: Path, started: bool = True) -> dict:
-    run, log = out / point.name, out / LOGS / f"{point.name}.log"
-    entry = {"name": point.name, "exit_code": code, "process_s": seconds}
-    if not started:
-        return {**entry, "state": "interrupted", "detail": "stopped before it began"}
-    if code in (130, 143, -signal.SIGINT, -signal.SIGTERM):
-        saved = (f"checkpoint at step {weights_step(run)} saved" if (run / WEIGHTS).is_file()
-                 else "stopped before its first checkpoint")
-        return {**entry, "state": "interrupted", "detail": f"{saved}; log {log}"}
-    if code != 0:
-        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:] or [""]
-        return {**entry, "state": "failed", "detail": f"exit {code}: {last[0][:200]}; log {log}"}
-    row = final_validation(run, load_config(run).train.steps) or {}
-    entry["train_wall_s"] = float(row.get("wall_s") or 0.0)  # the trainer's loop, validations included
-    loss = row.get("loss")
-    return {**entry, "state": "finished", "detail": f"{seconds:.0f} s; validation loss "
-                                                    + (f"{loss:.4f}" if isinstance(loss, float) else "?")}
-
-
-class _Forward(StopSignals):
-    """SIGINT/SIGTERM while a sweep runs: remembered (however many arrive), and passed on once to
-    each running point (started in their own sessions, so a terminal's Ctrl-C reaches them only
-    through here: a second signal would make a point stop without saving)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: set[int] = set()
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = self.signum or signum
-
-    def forward(self, workers: list[_Worker]) -> None:
-        """Send the signal, once, to each worker training a point; a worker still starting up
-        (its point not begun) is stopped outright."""
-        if not self.signum:
-            return
-        for worker in workers:
-            child = worker.process
-            if child.pid in self.sent or child.poll() is not None:
-                continue
-            if worker.ready:
-                child.send_signal(self.signum)
-            else:
-                worker.stopped = True
-                child.kill()
-            self.sent.add(child.pid)
-
-
-def summary(result: dict) -> str:
-    """The report of `run_sweep` as lines."""
-    lines = [f"{r['name']:<28} {r['state']:<11} {r['detail']}" for r in result["points"]]
-    if not any("process_s" in r for r in result["points"]):
-        lines.append(f"sweep {result['out']}: every point was already finished")
-    else:
-        lines.append(f"sweep {result['out']}: {result['wall_s']:.0f} s; overhead beyond the training loops "
-                     f"(process start, data, model set-up) {result['overhead_pct']:.1f}% of the points' time")
-    return "\n".join(lines)
-

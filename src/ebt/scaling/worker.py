@@ -24,12 +24,11 @@ from pathlib import Path
 from ebt.checkpoint import load_config
 from ebt.errors import EBTError, Interrupted
 from ebt.scaling.sweep import LOGS, Sweep
+from ebt.train import train
 
 
 def train_point(sweep: Sweep, out: Path, name: str, how: str) -> int:
     """Train point `name` of `sweep` in `out`; the exit code its `ebt train` command would give."""
-    from ebt.train import train
-
     point = next(p for p in sweep.points() if p.name == name)
     run = out / point.name
     print(f"$ {shlex.join(['ebt', *sweep.command(point, out, how)])}  (run by an ebt scale run worker)", flush=True)
