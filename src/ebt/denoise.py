@@ -37,9 +37,10 @@ def parse_levels(text: str) -> list[float]:
         try:
             level = float(part)
         except ValueError:
-            raise ConfigError(f"--noise {text!r}: {part.strip()!r} is not a number; give levels like 0.1,0.2") from None
+            raise ConfigError(f"noise = {text!r}: {part.strip()!r} is not a number; give levels like 0.1,0.2",
+                              field="noise") from None
         if not 0 < level <= 1:  # NaN fails this too
-            raise ConfigError(f"--noise {text!r}: {level} is not allowed; a noise level must be in (0, 1]")
+            raise ConfigError(f"noise = {text!r}: {level} is not allowed; a noise level must be in (0, 1]", field="noise")
         timestep(level)  # raises below the schedule's first step (λ < 0.001)
         levels.append(level)
     return levels

@@ -339,7 +339,8 @@ class BidirectionalEBT(nn.Module):
         if options.samples > 1 and not options.langevin_std:
             raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: image "
                               "thinking starts every sample from the noisy image; add Langevin noise "
-                              "(--langevin-std) so that they differ, or use samples = 1")
+                              "(ThinkingOptions.langevin_std) so that they differ, or use samples = 1",
+                              field="langevin_std")
         energy = FirstOrder(self.energy, functools.partial(compiled(_image_first_order), self)) if self.compiled \
             else self.energy
         return think_best_of(self, energy, noisy, options, generator=generator, score_final=score_final)

@@ -41,7 +41,7 @@ from ebt.precision import autocast, check_precision
 from ebt.tasks.text import perplexity
 from ebt.think import Thought
 
-PRECISION_OPTION = "precision (--precision)"  # how the API's errors name the option
+PRECISION_OPTION = "precision"  # how the API's errors name the option (the CLI adds its flag)
 
 
 @dataclass(frozen=True)

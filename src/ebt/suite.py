@@ -72,7 +72,8 @@ def paper_suite(
     options = options or ThinkingOptions()
     scoring = Scoring.of(scoring, given, precision=None)
     if not is_energy_based(run.model) and run.config.model.task == "text":
-        raise ConfigError("--suite paper evaluates an EBT run; pass a Transformer++ run as --baseline")
+        raise ConfigError("the paper suite evaluates an EBT run; pass a Transformer++ run as its baseline",
+                          field="baseline")
     mine, theirs = _check_suite_runs("paper", run, baseline, options, scoring)
     streams = suite_datasets(run)
     datasets: dict[str, dict] = {}
@@ -112,15 +113,18 @@ def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: Think
     its own train.precision when `scoring` names none)."""
     fixed = set(options.given()) & {"steps", "samples", "tolerance"}
     if fixed:
-        flags = ", ".join(f"--{name}" for name in sorted(fixed))
-        raise ConfigError(f"the {suite} suite sets its own thinking budgets; drop {flags}")
+        raise ConfigError(f"the {suite} suite sets its own thinking budgets; drop the thinking options "
+                          f"{', '.join(sorted(fixed))}", field=min(fixed))
     if run.config.model.task != "text":
-        raise ConfigError(f"--suite {suite} scores language models; {run.path} is a {run.config.model.task!r} run")
+        raise ConfigError(f"the {suite} suite scores language models; {run.path} is a {run.config.model.task!r} run",
+                          field="suite")
     if baseline is not None and (baseline.config.model.task != "text" or is_energy_based(baseline.model)):
-        raise ConfigError(f"--baseline {baseline.path} is a {baseline.config.model.task} {baseline.config.model.kind} "
-                          "run; the baseline must be a text Transformer++ run")
+        raise ConfigError(f"baseline = {str(baseline.path)!r} is a {baseline.config.model.task} "
+                          f"{baseline.config.model.kind} run; the baseline must be a text Transformer++ run",
+                          field="baseline")
     if baseline is not None and baseline.tokenizer.to_json() != run.tokenizer.to_json():
-        raise ConfigError("--baseline was trained with a different tokenizer; perplexities would not be comparable")
+        raise ConfigError("the baseline was trained with a different tokenizer; perplexities would not be comparable",
+                          field="baseline")
     return scoring.for_run(run), (scoring.for_run(baseline) if baseline is not None else None)
 
 
@@ -151,11 +155,13 @@ def downstream_suite(
     mine, theirs = _check_suite_runs("downstream", run, baseline, options,
                                      Scoring.of(scoring, given, precision=None))
     if baseline is not None and not is_energy_based(run.model):
-        raise ConfigError("--baseline is the Transformer++ scored beside an EBT run; this run is a Transformer++ itself")
+        raise ConfigError("a baseline is the Transformer++ scored beside an EBT run; this run is a Transformer++ itself",
+                          field="baseline")
     if baseline is not None and baseline.config.model.context_len != run.config.model.context_len:
-        raise ConfigError(f"--baseline {baseline.path} reads {baseline.config.model.context_len} tokens "
+        raise ConfigError(f"baseline = {str(baseline.path)!r} reads {baseline.config.model.context_len} tokens "
                           f"(model.context_len) and {run.path} {run.config.model.context_len}: their answers would be "
-                          "scored given different parts of the prompts; compare runs of one context length")
+                          "scored given different parts of the prompts; compare runs of one context length",
+                          field="baseline")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
     pairs = {name: load_downstream(name, limit=max_examples) for name in (sets or DOWNSTREAM_SETS)}
