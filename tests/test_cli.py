@@ -255,3 +255,13 @@ def test_console_script_reports_bad_input_without_a_traceback(argv: list[str], f
     assert len(lines) == 1 and fragment in lines[0], done.stderr
     assert done.stdout == ""
 
+
+
+def test_help_shows_each_declared_default_once() -> None:
+    """The default comes from the argument class's field, and `--help` shows it (once)."""
+    from ebt.cli import build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["denoise"].format_help()
+    flat = " ".join(text.split())
+    assert "(default 256)" in flat and "(default 64)" in flat and "(default 0)" in flat  # images, batch size, seed
+    assert flat.count("(default 256)") == 1

@@ -237,3 +237,16 @@ def test_mirror_descent_reaches_a_trained_model_from_the_command_line(trained_ru
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", "/tmp/never",
                             "--think.mirror_descent=maybe"], capsys)
     assert code == 2 and "think.mirror_descent" in err
+
+
+def test_nesterov_without_momentum_says_which_side_was_trained() -> None:
+    from ebt.options import InnerOptimizer, ThinkingOptions
+
+    trained = InnerOptimizer(momentum=0.5, nesterov=True)
+    with pytest.raises(ConfigError, match=r"nesterov = true \(as trained\).*momentum = 0.0 \(given\).*nesterov = false") as e:
+        ThinkingOptions(momentum=0.0).optimizer(trained)
+    assert e.value.field == "momentum"
+    with pytest.raises(ConfigError, match=r"nesterov = true \(given\).*momentum = 0.0 \(as trained\)") as e:
+        ThinkingOptions(nesterov=True).optimizer(InnerOptimizer())
+    assert e.value.field == "nesterov"
+    assert ThinkingOptions(momentum=0.0, nesterov=False).optimizer(trained).momentum == 0.0

@@ -154,6 +154,9 @@ def _add_field(p: argparse.ArgumentParser, dest: str, f: dataclasses.Field, anno
         kw["required"] = True
     else:
         kw["default"] = default
+        shown = not (default is None or default is False or default == [])
+        if shown and "default" not in help:  # the declared default, written once, in its field
+            kw["help"] = f"{help} (default {default})"
     p.add_argument(*names, dest=dest, **kw)
 
 

@@ -32,6 +32,9 @@ PLOT_LEVELS = (0.1, 0.2)  # in distribution (the training level) and out of dist
 
 def parse_levels(text: str) -> list[float]:
     """'0.1,0.2' → [0.1, 0.2], each a noise level on the schedule (SPEC §5), else a ConfigError."""
+    if not isinstance(text, str):
+        raise ConfigError(f"noise = {text!r} is not allowed; it must be a string of comma-separated levels such as "
+                          "'0.1,0.2'", field="noise")
     levels = []
     for part in text.split(","):
         try:

@@ -166,6 +166,14 @@ class ThinkingOptions:
         """The inner optimizer a model trained with `trained` thinks with under these options."""
         given = {f.name: getattr(self, f.name) for f in fields(InnerOptimizer)
                  if getattr(self, f.name, None) is not None}
+        if given.get("nesterov", trained.nesterov) and not given.get("momentum", trained.momentum):
+            # The one rule across knobs: say which side of it came from training, and the way out.
+            source = {k: "given" if k in given else "as trained" for k in ("nesterov", "momentum")}
+            momentum = given.get("momentum", trained.momentum)
+            raise ConfigError(f"ThinkingOptions: nesterov = true ({source['nesterov']}) needs a momentum > 0, and "
+                              f"momentum = {momentum!r} ({source['momentum']}); set momentum > 0, or nesterov = "
+                              "false to think without Nesterov's look-ahead",
+                              field="momentum" if "momentum" in given else "nesterov")
         return dataclasses.replace(trained, **given)
 
     @classmethod

@@ -275,7 +275,7 @@ def plot_energy_by_frame(profile: Mapping[str, Sequence[float]], path: str | os.
     """Video uncertainty (SPEC §6): the EBT's mean final energy of each predicted frame, with its
     Smooth-L1 error on a second axis, and the energy around the frame where a new digit appears.
 
-    `profile` is what `ebt.tasks.video.energy_by_frame` returns. The paper's claim: energy is
+    `profile` is what `ebt.evaluate.energy_by_frame` returns. The paper's claim: energy is
     high where the next frame is hard to foresee and falls once the content is known.
     """
     fig = Figure(figsize=(10, 3.8), dpi=_DPI)

@@ -23,8 +23,8 @@ class BenchArgs:
     size: str = option("tiny", "model size of the text presets: tiny, 4xs, 3xs, xxs, ... (default tiny)",
                        flag="--preset", aliases=["--size"])
     repeats: int = option(10, "timed training steps per model")
-    prompt_len: int = option(256, "prompt tokens of the timed generation (default 256)")
-    new_tokens: int = option(16, "tokens generated in the timed generation (default 16)")
+    prompt_len: int = option(256, "prompt tokens of the timed generation")
+    new_tokens: int = option(16, "tokens generated in the timed generation")
     memory: bool = option(True, "count the activation memory (--no-memory skips it)")
     json: bool = json_field()
     # The figures this project records are CPU figures; "auto" takes CUDA when there is one.
@@ -45,7 +45,7 @@ class BenchArgs:
         check_int("new_tokens", self.new_tokens, 1, 1_000_000)
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision = {self.precision!r} is not allowed for bench; it must be 'fp32' or 'bf16' "
-                              "(fp16 training needs loss scaling, which the benchmark's step leaves out)",
+                              "(the figures bench records are fp32 and bf16 ones)",
                               field="precision")
         check_inference(self.device, compile=self.compile)
 

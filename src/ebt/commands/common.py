@@ -106,7 +106,7 @@ def compile_field() -> Any:
 
 
 def seed_field(help: str | None = None) -> Any:
-    return option(0, help or "seed of the random draws (default 0)")
+    return option(0, help or "seed of the random draws")
 
 
 def json_field(help: str = "print one JSON object") -> Any:

@@ -30,7 +30,7 @@ class PrepareDataArgs:
     tokenizer: str = option("byte", "byte (default), bpe (trained on the training split), gpt2, or a tokenizer.json "
                                     "/ run directory to reuse its tokenizer")
     bpe_vocab_size: int | None = option(None, "with --tokenizer bpe (default 2048)")
-    validation_fraction: float = option(0.1, "share of the documents held out for validation (default 0.1)")
+    validation_fraction: float = option(0.1, "share of the documents held out for validation")
     shard_tokens: int = option(DEFAULT_SHARD_TOKENS, "a new shard file starts once one holds this many tokens; "
                                                      "documents are never split (default 2^28)")
     overwrite: bool = option(False, "replace a prepared directory at --out")

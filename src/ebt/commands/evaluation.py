@@ -49,7 +49,7 @@ class EvalArgs:
                                     "split")
     max_examples: int | None = option(None, "score at most this many windows (text), pairs, images or clips; with "
                                             "--suite downstream, pairs per set (default 200)", aliases=["--max-windows"])
-    batch_size: int = option(16, "windows (images, clips) scored at once (default 16)")
+    batch_size: int = option(16, "windows (images, clips) scored at once")
     seed: int = seed_field()
     json: bool = json_field()
     suite: str | None = option(None, "paper: the thinking / OOD / uncertainty evaluation; downstream: answer "
@@ -62,6 +62,7 @@ class EvalArgs:
     compile: bool = compile_field()
 
     def __post_init__(self) -> None:
+        ThinkingOptions.of(self.options)  # a ThinkingOptions, not a dict of its fields
         check_inference(self.device, self.precision, self.compile)
         check_int("max_examples", self.max_examples, 1, MAX_COUNT, optional=True)
         check_int("batch_size", self.batch_size, 1, 65536)

@@ -29,8 +29,8 @@ class GenerateArgs:
 
     run: Path = required("the run to generate with", positional=True)
     prompt: str | None = option(None, "text runs: the text to continue")
-    max_new_tokens: int = option(200, "text runs: tokens to generate (default 200)")
-    temperature: float = option(1.0, "text runs: sampling temperature, 0 = greedy (default 1)")
+    max_new_tokens: int = option(200, "text runs: tokens to generate")
+    temperature: float = option(1.0, "text runs: sampling temperature, 0 = greedy")
     cache: bool = option(True, "reuse the keys and values of earlier tokens; --no-cache recomputes the whole window "
                                "for every token")
     frames: int = option(4, "video runs: conditioning frames of a validation clip")
@@ -45,6 +45,7 @@ class GenerateArgs:
     compile: bool = compile_field()
 
     def __post_init__(self) -> None:
+        ThinkingOptions.of(self.options)  # a ThinkingOptions, not a dict of its fields
         check_inference(self.device, self.precision, self.compile)
         check_int("max_new_tokens", self.max_new_tokens, 0, 1_000_000)
         check_real("temperature", self.temperature, 0.0, note=" (0 = greedy)")

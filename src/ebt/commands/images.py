@@ -25,9 +25,9 @@ class DenoiseArgs:
     noise: str = option("0.1,0.2", "comma-separated noise levels λ in (0, 1] (timestep λ·1000 − 1)")
     vs: Path | None = option(None, "a second image run (e.g. the DiT) scored side by side, with plots")
     plots: Path | None = option(None, "with --vs: where to write the plots (default: RUN/denoise)")
-    images: int = option(256, "validation images scored (default 256)")
+    images: int = option(256, "validation images scored")
     repeats: int = option(1, "DiT: run DDIM this many times, each on the last output")
-    batch_size: int = option(64, "images denoised at once (default 64)")
+    batch_size: int = option(64, "images denoised at once")
     seed: int = seed_field()
     json: bool = json_field("print a JSON list, one object per noise level")
     options: ThinkingOptions = field(default_factory=ThinkingOptions)
@@ -35,6 +35,7 @@ class DenoiseArgs:
     precision: str | None = precision_field()  # for both runs; None: each run's train.precision
 
     def __post_init__(self) -> None:
+        ThinkingOptions.of(self.options)  # a ThinkingOptions, not a dict of its fields
         check_inference(self.device, self.precision)
         parse_levels(self.noise)
         check_int("images", self.images, 1, MAX_COUNT)
