@@ -406,3 +406,11 @@ def test_the_api_names_bad_ids_candidates_and_images(image_run: Path, tmp_path: 
     a_file.write_text("x")
     with pytest.raises(CheckpointError, match="is a file, not a directory"):
         ebt.load_run(a_file)
+
+
+def test_video_settings_on_a_text_run_are_refused(trained_runs, capsys) -> None:
+    run = trained_runs["ebt"]["dir"]
+    refused(capsys, "generate", str(run), "--prompt", "a", "--length", "3", fragments=("length = 3 is for video runs",
+                                                                                     "(flag --length)"))
+    refused(capsys, "generate", str(run), "--prompt", "a", "--out", "x.png", fragments=("out = 'x.png'",
+                                                                                      "(flag --out)"))

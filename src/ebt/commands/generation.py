@@ -70,6 +70,11 @@ def generate_command(args: GenerateArgs) -> int:
 def _continue_text(args: GenerateArgs, run, device, precision: str) -> str:
     if args.prompt is None:
         raise ConfigError("text runs continue a prompt: give prompt (the text to continue)", field="prompt")
+    for name in ("length", "out"):  # video runs' settings would be silently ignored here
+        if (value := getattr(args, name)) is not None:
+            shown = str(value) if isinstance(value, Path) else value
+            raise ConfigError(f"{name} = {shown!r} is for video runs; {run.path} is a text run that "
+                              "continues a prompt: leave it out", field=name)
     prompt = run.tokenizer.encode(args.prompt)
     ids = generate(run.model, prompt, args.max_new_tokens, temperature=args.temperature, seed=args.seed,
                    device=device, cache=args.cache, options=args.options, precision=precision)
