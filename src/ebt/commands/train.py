@@ -46,12 +46,16 @@ class TrainArgs:
         if self.data is not None and any(key == "data.corpus" for key, _ in self.overrides):
             raise ConfigError("data and the override data.corpus both set the corpus; give one of them",
                               field="data.corpus")
-        if self.resume and self.overwrite:
-            raise ConfigError("resume continues the run in out and overwrite replaces it; set one of them",
-                              field="resume")
+        _one_of_resume_and_overwrite(self.resume, self.overwrite)
         if self.preset is None and not self.resume:
             raise ConfigError("preset is required to start a run (e.g. text-ebt-tiny); only resume may leave it out",
                               field="preset")
+
+
+def _one_of_resume_and_overwrite(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("resume continues the run in out and overwrite replaces it; set one of them",
+                          field="resume")
 
 
 def train_command(args: TrainArgs) -> int:
@@ -104,9 +108,7 @@ class FinetuneArgs:
     quiet: bool = option(False, QUIET)
 
     def __post_init__(self) -> None:
-        if self.resume and self.overwrite:
-            raise ConfigError("resume continues the run in out and overwrite replaces it; set one of them",
-                              field="resume")
+        _one_of_resume_and_overwrite(self.resume, self.overwrite)
         if self.data is None and not self.resume:
             raise ConfigError("data is required: the prompt/answer pairs (.jsonl) or the corpus to fine-tune on",
                               field="data")
