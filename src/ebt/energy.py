@@ -348,10 +348,21 @@ class BidirectionalEBT(nn.Module):
 
 def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,
                   generator: torch.Generator | None, score_final: bool) -> Thought:
-    """Inference thinking shared by both EBTs, best of M (self-verification, SPEC §4): M =
-    `options.samples` candidates per position from the task's start for input x, descended
-    together on `energy`, the lowest final energy kept per position. `forward_passes` counts
-    every energy evaluation, all samples included."""
+    """Inference thinking shared by both EBTs, best of M (self-verification, SPEC §4): the M =
+    `options.samples` candidates of `think_samples`, the lowest final energy kept per position.
+    `forward_passes` counts every energy evaluation, all samples included."""
+    thought = think_samples(model, energy, x, options, generator=generator, score_final=score_final)
+    # With one sample this picks it; with M the one of lowest final energy, per position.
+    return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+
+
+def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,
+                  generator: torch.Generator | None, score_final: bool = True) -> Thought:
+    """Every candidate of best-of-M before any is picked: M = `options.samples` candidates per
+    position from the task's start for input x (text: ids (B, S)), descended together on `energy`
+    (`landscapes(x)`); candidates (B, M, S, C), energies (B, M, S), and with `score_final` (or
+    M > 1) the final energies last. `forward_passes` counts every energy evaluation, all samples
+    included (`ebt.verifier` measures how well the energy picks among them)."""
     samples = options.samples
     y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
     thought = think(
@@ -367,8 +378,7 @@ def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
         optimizer=options.optimizer(inner_optimizer(model.think_config)),
     )
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
-    # With one sample this picks it; with M the one of lowest final energy, per position.
-    return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+    return thought
 
 
 def _checkpointed(model: nn.Module, energy: Callable[[Tensor, int], Tensor], differentiable: bool):
