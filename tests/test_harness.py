@@ -243,7 +243,8 @@ def test_tasks_command_writes_absolute_data_paths(tmp_path, monkeypatch, capsys)
 
 @pytest.mark.parametrize("args, message", [
     ("stepz=3", r"unknown model_args 'stepz' for --model ebt; allowed: pretrained, steps, samples, step_size, "
-                r"langevin_std, tolerance, momentum, nesterov, spectral_step, max_step_norm, mirror_descent, batch_size, "
+                r"langevin_std, tolerance, selection_temperature, score_decoded, accept_steps, momentum, nesterov, "
+                r"spectral_step, max_step_norm, mirror_descent, logit_decay, batch_size, "
                 r"device, precision, seed, max_length"),
     ("steps=0", r"model_args: ThinkingOptions.steps = 0 is not allowed; it must be an integer in \[1, "),
     ("samples=two", r"model_args: ThinkingOptions.samples = 'two' is not allowed"),

@@ -72,6 +72,16 @@ class ThinkConfig:
     langevin_std: float = 0.0  # σ of Gaussian noise added to the candidate before each training step
     replay_buffer_size: int = 0  # sequences whose final candidates are replayed (FIFO); memory =
     # size × context_len × (candidate_dim × 4 + 16) bytes, e.g. 256 × 128 × 256 logits ≈ 34 MB; 0 = off
+    # σ of the N(0, σ²) start candidates (text logits, video latents); 0 = start at zero (text: the
+    # uniform distribution; samples then differ only by Langevin noise). Images start from the noisy image.
+    start_std: float = 1.0
+    # Training terms that make the energy a verifier (issue 22; `ebt.objectives`), each 0 = off:
+    # a listwise ranking loss on the energies of the candidates the descent visited, ordered by their
+    # loss (target softmax(−loss/ranking_temperature), nats), first-order in θ; its weight.
+    ranking_weight: float = 0.0
+    ranking_temperature: float = 0.1
+    # a penalty SiLU(loss_k − loss_{k−1}) per position on each step whose loss rose; its weight.
+    monotone_weight: float = 0.0
     # Then the inner optimizer's knobs (think.momentum, …), with which thinking trains and by default
     # thinks: declared once, default, range and meaning, in `ebt.options.InnerOptimizer`; `adopt` adds them.
 
@@ -318,6 +328,10 @@ def _check_think(t: ThinkConfig) -> None:
     check_int("think.min_steps", t.min_steps, 0, t.steps, note=" (at most think.steps)")
     check_real("think.langevin_std", t.langevin_std, 0)
     check_int("think.replay_buffer_size", t.replay_buffer_size, 0)
+    check_real("think.start_std", t.start_std, 0)
+    check_real("think.ranking_weight", t.ranking_weight, 0)
+    check_real("think.ranking_temperature", t.ranking_temperature, 0, low_open=True)
+    check_real("think.monotone_weight", t.monotone_weight, 0)
     InnerOptimizer.check(t, "think", config=True)
     check("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
           "false when think.truncate_graph is true (earlier steps have no graph to learn through)")

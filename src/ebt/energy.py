@@ -168,6 +168,14 @@ class AutoregressiveEBT(nn.Module):
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
 
+    def initial_candidate(self, x: Tensor, samples: int, generator: torch.Generator | None = None,
+                          seeds: Tensor | None = None) -> Tensor:
+        """Where thinking starts: the task's N(0, I) candidates (B, M, S, C) scaled by
+        think.start_std (0: every sample starts at zero logits, the uniform distribution)."""
+        y = self.task.initial_candidate(x, samples, self.step_size, generator, seeds)
+        std = self.think_config.start_std
+        return y if std == 1 else y * std
+
     def encode_context(self, x: Tensor, step: int = 0, past: Context | None = None) -> Context:
         """Run the context stream over tokens x (B, N) (or frame latents (B, N, C)) for landscape `step`.
 
@@ -248,6 +256,11 @@ class AutoregressiveEBT(nn.Module):
         """
         options = ThinkingOptions.of(options, **given)
         check_context(ids, self.token_embedding, self.config.context_len)
+        if options.samples > 1 and not self.think_config.start_std and not options.langevin_std:
+            raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: this model "
+                              "starts every sample at zero (think.start_std = 0); add Langevin noise "
+                              "(ThinkingOptions.langevin_std) so that they differ, or use samples = 1",
+                              field="langevin_std")
         if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # decoding's caller checked its ids
             check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)
@@ -286,6 +299,9 @@ class BidirectionalEBT(nn.Module):
         super().__init__()
         if think_config.randomize_step_size:  # it draws one α per (sequence, position) of token contexts
             raise ConfigError("think.randomize_step_size = true is not supported for images (System 1 only)")
+        if think_config.start_std != 1:  # images start from the noisy image, not from a draw
+            raise ConfigError(f"think.start_std = {think_config.start_std!r} is not allowed for images; it must be 1 "
+                              "(image thinking starts from the noisy image itself)", field="think.start_std")
         self.config, self.think_config, self.task = config, think_config, task
         d = config.dim
         self.backbone = PatchTransformer(task.image_size, task.channels, task.patch_size, d, config.n_heads,
@@ -301,6 +317,11 @@ class BidirectionalEBT(nn.Module):
     @property
     def alpha(self) -> Tensor:
         return self.step_size.clamp(min=MIN_STEP_SIZE)
+
+    def initial_candidate(self, x: Tensor, samples: int, generator: torch.Generator | None = None,
+                          seeds: Tensor | None = None) -> Tensor:
+        """Where thinking starts: the noisy images x (B, C, H, W), M copies (B, M, 1, C, H, W)."""
+        return self.task.initial_candidate(x, samples, self.step_size, generator, seeds)
 
     def energy(self, y: Tensor, step: int = 0) -> Tensor:
         """Energies (…,) of images y (…, C, H, W): the mean of the per-patch energies."""
@@ -349,34 +370,58 @@ class BidirectionalEBT(nn.Module):
 def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,
                   generator: torch.Generator | None, score_final: bool) -> Thought:
     """Inference thinking shared by both EBTs, best of M (self-verification, SPEC §4): the M =
-    `options.samples` candidates of `think_samples`, the lowest final energy kept per position.
-    `forward_passes` counts every energy evaluation, all samples included."""
+    `options.samples` candidates of `think_samples`, the lowest final energy kept per position —
+    or, with `options.selection_temperature` τ, the trace of that sample with the mixture
+    Σ softmax(−E/τ)·p of all M as its prediction (the task's `mix`). `forward_passes` counts every
+    energy evaluation, all samples included."""
     thought = think_samples(model, energy, x, options, generator=generator, score_final=score_final)
+    final = thought.energies[-1]  # (B, M, S)
     # With one sample this picks it; with M the one of lowest final energy, per position.
-    return thought.take_sample(lowest_energy_sample(thought.energies[-1]))
+    picked = thought.take_sample(lowest_energy_sample(final))
+    if options.selection_temperature is not None:
+        weights = torch.softmax(-final / options.selection_temperature, dim=1)
+        picked.candidates[-1] = model.task.mix(thought.y, weights)
+    return picked
 
 
 def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: Tensor, options: ThinkingOptions, *,
                   generator: torch.Generator | None, score_final: bool = True) -> Thought:
     """Every candidate of best-of-M before any is picked: M = `options.samples` candidates per
-    position from the task's start for input x (text: ids (B, S)), descended together on `energy`
+    position from the model's start for input x (text: ids (B, S)), descended together on `energy`
     (`landscapes(x)`); candidates (B, M, S, C), energies (B, M, S), and with `score_final` (or
-    M > 1) the final energies last. `forward_passes` counts every energy evaluation, all samples
-    included (`ebt.verifier` measures how well the energy picks among them)."""
-    samples = options.samples
-    y = model.task.initial_candidate(x, samples, model.step_size, generator)  # (B, M, S, C)
+    M > 1) the final energies last — scored at what each candidate decodes to with
+    `options.score_decoded` (the task's `decoded`; ConfigError for a task without one).
+    `forward_passes` counts every energy evaluation, all samples included (`ebt.verifier`
+    measures how well the energy picks among them)."""
+    samples, steps = options.samples, model.think_config.steps if options.steps is None else options.steps
+    decoded = getattr(model.task, "decoded", None)
+    if options.score_decoded and decoded is None:
+        raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which a "
+                          f"{type(model.task).__name__} candidate is already; use it for text", field="score_decoded")
+    y = model.initial_candidate(x, samples, generator)  # (B, M, S, C)
+    scoring = score_final or samples > 1
     thought = think(
         energy,
         y,
-        steps=model.think_config.steps if options.steps is None else options.steps,
+        steps=steps,
         step_size=model.alpha.detach() if options.step_size is None else options.step_size,
         prepare=model.task.prepare,
         langevin_std=options.langevin_std,
         tolerance=options.tolerance,
         generator=generator,
-        score_final=score_final or samples > 1,
+        score_final=scoring and not options.score_decoded,
         optimizer=options.optimizer(inner_optimizer(model.think_config)),
+        accept_steps=options.accept_steps,
     )
+    if scoring and options.score_decoded:
+        with torch.no_grad():
+            e = energy(decoded(thought.y), steps)
+        e = e.to(torch.promote_types(e.dtype, thought.y.dtype))
+        if options.accept_steps:  # its own scoring pass checked the last step; this one replaces it
+            thought.energies[-1] = e
+        else:
+            thought.energies.append(e)
+        thought.forward_passes += 1
     thought.forward_passes *= samples  # every step (and the scoring pass) ran on M samples
     return thought
 

@@ -54,7 +54,7 @@ class UnrolledThinking(nn.Module):
     def forward(self, x: Tensor, targets: Tensor, seeds: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         model, cfg = self.model, self.model.think_config
         fresh = x.shape[0]
-        y = model.task.initial_candidate(x, 1, model.step_size, seeds=seeds).squeeze(1)  # (B, S, C)
+        y = model.initial_candidate(x, 1, seeds=seeds).squeeze(1)  # (B, S, C)
         if self.replay is not None and len(self.replay):
             # Half a batch of recent sequences, resumed from their final candidates (SPEC §3).
             x_r, targets_r, y_r = self.replay.sample(max(1, fresh // 2), x.device)
@@ -65,8 +65,9 @@ class UnrolledThinking(nn.Module):
         alpha = model.alpha
         if cfg.randomize_step_size:  # one factor per (sequence, position), broadcast over samples and V
             alpha = alpha * torch.empty(x.shape[0], 1, x.shape[1], 1, device=x.device).uniform_(0.5, 2.0)
+        energy = model.landscapes(x, steps=steps)
         thought = think(
-            model.landscapes(x, steps=steps),
+            energy,
             y.unsqueeze(1),  # (B, 1, S, C): one sample per position
             steps=steps,
             step_size=alpha,
@@ -90,7 +91,43 @@ class UnrolledThinking(nn.Module):
             "energy_gap": (thought.energies[0].mean() - thought.energies[-1].mean()).detach(),
             "alpha": model.alpha.detach(),
         }
+        visited = [y.unsqueeze(1), *thought.candidates]  # (B, 1, S, C) each: the start, then each step's
+        if cfg.monotone_weight:
+            penalty = monotone_penalty(model.task, visited, targets)
+            loss, stats["monotone"] = loss + cfg.monotone_weight * penalty, penalty.detach()
+        if cfg.ranking_weight:
+            ranking = ranking_loss(model, energy, visited, targets, steps, cfg.ranking_temperature)
+            loss, stats["ranking"] = loss + cfg.ranking_weight * ranking, ranking.detach()
         return loss, stats
+
+
+def ranking_loss(model: nn.Module, energy, visited: list[Tensor], targets: Tensor, steps: int,
+                 temperature: float) -> Tensor:
+    """The listwise ranking loss that asks the energy to order candidates of one position as their
+    losses do (`think.ranking_weight`; a ListNet-style cross-entropy): for the N candidates a
+    position's descent visited, `visited` (N tensors (B, 1, S, C)), the target distribution
+    q = softmax(−loss/τ) over them (τ = `temperature`, nats) against the energy's softmax(−E),
+    E of each candidate scored afresh in the last landscape with the candidates detached, so its
+    gradient reaches θ to first order only (one more candidate pass over N candidates, no
+    second-order term). The mean of −Σ q log softmax(−E) over scored positions."""
+    pool = torch.cat([c.detach() for c in visited], dim=1)  # (B, N, S, C)
+    with torch.no_grad():
+        q = torch.softmax(-model.task.position_losses(pool, targets) / temperature, dim=1)  # (B, N, S)
+    e = energy(model.task.prepare(pool), steps - 1)  # (B, N, S), graph to θ
+    each = -(q * torch.log_softmax(-e.float(), dim=1)).sum(dim=1)  # (B, S)
+    scored = model.task.scored(targets).to(each.dtype)
+    return (each * scored).sum() / scored.sum().clamp_min(1)
+
+
+def monotone_penalty(task, visited: list[Tensor], targets: Tensor) -> Tensor:
+    """Σ over steps of the mean over scored positions of SiLU(loss_k − loss_{k−1}) (`think.monotone_weight`):
+    a soft hinge on each step that raised a position's loss (candidates `visited`, the start first,
+    each (B, 1, S, C)). Only steps whose candidate carries the graph train θ (System 2's truncated
+    graph: the last, against the detached one before it)."""
+    losses = [task.position_losses(c.squeeze(1), targets) for c in visited]  # (B, S) each
+    scored = task.scored(targets).to(losses[0].dtype)
+    rises = [torch.nn.functional.silu(now - before) for before, now in zip(losses, losses[1:])]
+    return sum((r * scored).sum() for r in rises) / scored.sum().clamp_min(1)
 
 
 class ReplayBuffer:

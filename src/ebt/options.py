@@ -95,6 +95,10 @@ class InnerOptimizer:
         and more steps keep lowering E, where the paper's p − δ restarts every step from
         probabilities ≤ 1 and so converges to a fixed point of p ↦ softmax(p − α∇E) within a few
         steps (docs/results.md, "Which System 2 recipe thinks best"). Off: the paper's update.
+    logit_decay λ in [0, 1): the update is (1 − λ)·base − δ, base = y (mirror descent) or p. With
+        mirror descent this is the entropy-regularised (proximal) step: the logits shrink towards
+        the uniform distribution by λ each step, so the random start is forgotten geometrically
+        and E cannot be lowered by sharpening alone without bound. 0: off (the paper's update).
 
     Raises ConfigError naming the field, the value and what is allowed.
     """
@@ -110,6 +114,9 @@ class InnerOptimizer:
                                 partial(check_real, low=0, note=" (0 = off)"))
     mirror_descent: bool = knob(False, "step from the candidate y (y − α∇E; text: the logits accumulate) instead "
                                 "of from p = prepare(y)", check_bool)
+    logit_decay: float = knob(0.0, "λ in [0, 1): the step shrinks what it starts from, (1 − λ)·base − α∇E (with "
+                              "mirror descent: the logits decay towards uniform, forgetting the start)",
+                              partial(check_real, low=0, high=1, high_open=True), metavar="LAMBDA")
 
     def __post_init__(self) -> None:
         InnerOptimizer.check(self, "InnerOptimizer")
@@ -142,6 +149,17 @@ class ThinkingOptions:
     step_size: α (None: as trained).
     langevin_std: σ of the Gaussian noise added to the candidate before each step.
     tolerance: adaptive thinking, a position stops once its energy changes by less than this.
+    selection_temperature τ: soft selection, best-of-M's answer is the mixture Σ_i w_i·p_i of the
+        samples' predictions with w = softmax(−E/τ) over the M final energies of a position (the
+        task's `mix`; text: a mixture of distributions). τ → 0 is the argmin, τ → ∞ the plain
+        ensemble. Needs samples > 1.
+    score_decoded: best-of-M compares energies at what each sample decodes to (the task's
+        `decoded`; text: the one-hot of its argmax token, where a greedy decoder pays its loss)
+        rather than at the soft prediction; one scoring pass, as before. Needs samples > 1.
+    accept_steps: a step that raises a position's energy is undone there and α halved for that
+        position (backtracking), so each position's energy never rises; the energies it compares
+        are the ones the next step computes anyway (one extra scoring pass for the last step).
+        Not with tolerance (a rejected step changes the energy by 0 and would stop the position).
     momentum, nesterov, spectral_step, max_step_norm, mirror_descent: the inner optimizer
         (`InnerOptimizer`'s knobs, adopted), each None for the value the model trained with (think.*).
 
@@ -158,9 +176,25 @@ class ThinkingOptions:
     langevin_std: float = knob(0.0, "EBT: noise σ added before each step", partial(check_real, low=0))
     tolerance: float | None = knob(None, "EBT adaptive thinking: a position stops when its energy changes by "
                                    "less than this", partial(check_real, low=0), unset="off")
+    selection_temperature: float | None = knob(
+        None, "EBT soft selection over best-of-M: the mixture Σ softmax(−E_i/T)·p_i of the samples, T in energy "
+        "units (default: off, the lowest energy's sample)", partial(check_real, low=0, low_open=True),
+        unset="off", metavar="T")
+    score_decoded: bool = knob(False, "EBT best-of-M: score each sample's energy at what it decodes to (text: "
+                               "the one-hot of its most likely token) instead of at its soft prediction", check_bool)
+    accept_steps: bool = knob(False, "EBT step acceptance: a step that raises a position's energy is undone "
+                              "there and its α halved", check_bool)
 
     def __post_init__(self) -> None:
         check_fields(self, "ThinkingOptions")
+        for name in ("selection_temperature", "score_decoded"):
+            if getattr(self, name) not in (None, False) and self.samples < 2:
+                raise ConfigError(f"ThinkingOptions.{name} = {getattr(self, name)!r} selects among samples; it "
+                                  f"needs samples ≥ 2 (samples = {self.samples})", field=name)
+        if self.accept_steps and self.tolerance is not None:
+            raise ConfigError(f"ThinkingOptions.accept_steps = true cannot be combined with tolerance = "
+                              f"{self.tolerance!r}: an undone step changes the energy by 0 and would stop the "
+                              "position; use one of them", field="accept_steps")
 
     def optimizer(self, trained: InnerOptimizer) -> InnerOptimizer:
         """The inner optimizer a model trained with `trained` thinks with under these options."""

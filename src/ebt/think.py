@@ -70,7 +70,7 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
           prepare: Callable[[Tensor], Tensor] = lambda y: y, create_graph: bool = False, truncate_graph: bool = False,
           detach_steps: bool = True, langevin_std: float = 0.0, tolerance: float | None = None,
           generator: torch.Generator | None = None, score_final: bool = False,
-          optimizer: InnerOptimizer | None = None) -> Thought:
+          optimizer: InnerOptimizer | None = None, accept_steps: bool = False) -> Thought:
     """Descend the energy from candidate y (…, S, C) for `steps` steps; see the module docstring.
 
     step_size: α, a scalar or a tensor broadcasting against y (System 2 draws one per position).
@@ -83,6 +83,10 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
         between steps, the loop once every position has stopped (`steps_taken`).
     score_final: one more energy evaluation of the last prediction (needed to pick among samples).
     optimizer: how ∇E becomes the update (`InnerOptimizer`; default: plain descent, p − α∇E).
+    accept_steps: step acceptance (inference only, no graph): where a step raised a position's
+        energy, the step is undone there and α halved for that position (`Backtracking`); the last
+        step is checked by a final scoring pass, so `energies` never rise and its last entry is
+        the final prediction's energy.
 
     Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
     """
@@ -91,6 +95,10 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
                           "torch.no_grad() instead (thinking enables gradients inside it)")
     thought, optimizer = Thought(), optimizer or InnerOptimizer()
     velocity = None  # (…, S, C): the momentum of each candidate
+    if accept_steps and create_graph:
+        raise ConfigError("accept_steps is for inference: an undone step has no place in an unrolled training graph",
+                          field="accept_steps")
+    backtracking = Backtracking() if accept_steps else None
     with torch.enable_grad():
         for step in range(steps):
             graph = create_graph and (not truncate_graph or step == steps - 1)
@@ -104,9 +112,15 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
             e, g = energy_and_gradient(energy, p, step, graph)
             model_dtype, e = e.dtype, e.to(torch.promote_types(e.dtype, p.dtype))  # E in p's dtype from here on
             thought.forward_passes += 1
-            delta, velocity = _optimizer_step(optimizer, energy, p, step, e, g, step_size, velocity, thought,
+            alpha = step_size
+            if backtracking is not None:  # a candidate that raised its energy is replaced by the one before
+                start, y, p, e, g, velocity, alpha = backtracking.check(start, y, p, e, g, velocity, step_size)
+                if thought.candidates:  # the trace shows the candidate kept
+                    thought.candidates[-1] = start.detach()
+            delta, velocity = _optimizer_step(optimizer, energy, p, step, e, g, alpha, velocity, thought,
                                               generator)
-            update = (y if optimizer.mirror_descent else p) - delta
+            base = y if optimizer.mirror_descent else p
+            update = (1 - optimizer.logit_decay) * base - delta if optimizer.logit_decay else base - delta
             # One check (one device sync) per step: the candidate it makes and the energy it saw.
             # Which part went wrong is worked out only once something has.
             if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
@@ -118,8 +132,10 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
             y = update
             thought.candidates.append(y if graph else y.detach())
             thought.energies.append(e.detach())
-    if score_final:
+    if score_final or backtracking is not None:
         _score_final(thought, energy, prepare, steps)
+        if backtracking is not None and thought.candidates:
+            backtracking.final(thought)
     return thought
 
 
@@ -160,6 +176,48 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
         norm = delta.detach().norm(dim=per, keepdim=True)
         delta = delta * (optimizer.max_step_norm / norm.clamp_min(optimizer.max_step_norm))
     return delta, velocity
+
+
+class Backtracking:
+    """Step acceptance for `think(accept_steps=True)`: per position, a candidate whose energy is
+    higher than that of the candidate the previous step started from is replaced by that one (its
+    noisy form, prepared form, energy, gradient and velocity, all kept from the previous step), and
+    α there is halved for the rest of the descent. No energy evaluation is added: each check uses
+    the energy the step computes anyway. `undone` counts the positions × steps undone."""
+
+    def __init__(self) -> None:
+        self.last: tuple | None = None  # (start, y, p, e, g, velocity) of the last accepted candidate
+        self.scale: Tensor | None = None  # (…, S): α's factor per position, halved at each undone step
+        self.undone = 0
+
+    def check(self, start: Tensor, y: Tensor, p: Tensor, e: Tensor, g: Tensor, velocity: Tensor | None,
+              step_size: Tensor | float) -> tuple:
+        if self.last is not None:
+            raised = e > self.last[3]  # (…, S)
+            self.undone += int(raised.sum())
+            if self.scale is None:
+                self.scale = torch.ones_like(e)
+            self.scale = torch.where(raised, self.scale / 2, self.scale)
+            back = raised.view(*raised.shape, *(1,) * (p.dim() - raised.dim()))
+            now = (start, y, p, e, g, velocity)
+            start, y, p, e, g, velocity = (
+                None if new is None else torch.where(back if new.dim() > raised.dim() else raised,
+                                                      torch.zeros_like(new) if old is None else old, new)
+                for new, old in zip(now, self.last))  # no velocity yet: none
+        self.last = (start, y, p, e, g, velocity)
+        if self.scale is None:
+            return start, y, p, e, g, velocity, step_size
+        return start, y, p, e, g, velocity, step_size * self.scale.view(*self.scale.shape, *(1,) * (p.dim() - e.dim()))
+
+    def final(self, thought: Thought) -> None:
+        """After the scoring pass: where the last step raised the energy, the prediction is the
+        candidate it started from, with that energy."""
+        e, last = thought.energies[-1], self.last
+        raised = e > last[3]
+        self.undone += int(raised.sum())
+        back = raised.view(*raised.shape, *(1,) * (last[0].dim() - raised.dim()))
+        thought.candidates[-1] = torch.where(back, last[0].detach(), thought.candidates[-1])
+        thought.energies[-1] = torch.where(raised, last[3].detach(), e)
 
 
 def _adaptive(thought: Thought, step: int, e: Tensor, update: Tensor, tolerance: float) -> Tensor | None:

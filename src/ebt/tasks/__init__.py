@@ -14,6 +14,11 @@ are handed one (`ebt.models.build_model`):
   loss(y, targets)              mean loss of a prediction (text: cross-entropy in nats; images and
                                 video: Smooth-L1)
   loss_metrics(loss)            what a mean loss means to a reader (text: {"ppl": e^loss})
+  position_losses(y, targets)   the loss of each candidate at each position (…, S), for ranking
+                                candidates (`think.ranking_weight`) and the verifier's diagnostics
+  scored(targets)               where a prediction is scored (text: not at padding), bool (B, S)
+  mix(y, weights)               soft selection: the weighted mixture of M samples' predictions
+  decoded(y)                    text only: what a prediction decodes to (the one-hot of its argmax)
 
 Where the data comes from, and how a trained run is scored and used, sit above the models:
 `ebt.rundata` (a run's data), `ebt.evaluate` (metrics), `ebt.commands` (the commands).

@@ -44,6 +44,25 @@ class Denoising:
         return y  # the energy reads the pixels as they are
 
     @staticmethod
+    def position_losses(y: Tensor, targets: Tensor) -> Tensor:
+        """Smooth-L1 (β = 1) of each candidate image, mean over its pixels: y (B, [M,] 1, C, H, W)
+        against clean images (B, C, H, W) → (B, [M,] 1)."""
+        lead = y.shape[:-3]
+        clean = targets.reshape(targets.shape[0], *(1,) * (len(lead) - 1), *targets.shape[1:])
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
+        return F.smooth_l1_loss(y, clean.to(y.dtype).expand_as(y), reduction="none").flatten(len(lead)).mean(-1)
+
+    @staticmethod
+    def scored(targets: Tensor) -> Tensor:
+        """Every image is scored: clean images (B, C, H, W) → True (B, 1)."""
+        return torch.ones(targets.shape[0], 1, dtype=torch.bool, device=targets.device)
+
+    @staticmethod
+    def mix(y: Tensor, weights: Tensor) -> Tensor:
+        """Soft selection: Σ_i w_i·y_i of M samples' images y (B, M, 1, C, H, W), weights (B, M, 1) → (B, 1, C, H, W)."""
+        return (weights.to(y.dtype).view(*weights.shape, 1, 1, 1) * y).sum(dim=1)
+
+    @staticmethod
     def loss(y: Tensor, targets: Tensor) -> Tensor:
         """Smooth-L1 (β = 1) of images y (B, [1,] C, H, W) against clean images (B, C, H, W), in
         float32 at least (as the other tasks' losses: a 16-bit prediction is widened)."""

@@ -62,6 +62,36 @@ class NextToken:
         return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets.reshape(-1))
 
 
+    @staticmethod
+    def position_losses(y: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy (nats) of each candidate at each position: logits y (…, S, V) against ids
+        (B, S) broadcast to y's leading dims (e.g. y (B, M, S, V): targets[:, None]) → (…, S); 0 where
+        the target is IGNORE_INDEX (`scored` says where)."""
+        logits = torch.log_softmax(y.to(torch.promote_types(y.dtype, torch.float32)), dim=-1)
+        while targets.dim() < logits.dim() - 1:
+            targets = targets.unsqueeze(1)
+        index = targets.expand(logits.shape[:-1])
+        picked = logits.gather(-1, index.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(index == IGNORE_INDEX, torch.zeros_like(picked), -picked)
+
+    @staticmethod
+    def scored(targets: Tensor) -> Tensor:
+        """Where a prediction is scored: targets (B, S) → bool (B, S), False at IGNORE_INDEX (padding)."""
+        return targets != IGNORE_INDEX
+
+    @staticmethod
+    def mix(y: Tensor, weights: Tensor) -> Tensor:
+        """Soft selection: logits of the mixture Σ_i w_i·softmax(y_i) of M samples' predictions, y
+        (B, M, S, V) and weights (B, M, S) summing to 1 over M → (B, S, V)."""
+        logp = torch.log_softmax(y.to(torch.promote_types(y.dtype, torch.float32)), dim=-1)
+        return torch.logsumexp(logp + torch.log(weights.to(logp.dtype)).unsqueeze(-1), dim=1).to(y.dtype)
+
+    @staticmethod
+    def decoded(y: Tensor) -> Tensor:
+        """What a prediction decodes to, in the form the energy reads: the one-hot (…, V) of the most
+        likely token of logits y (…, V), in y's dtype (a greedy decoder's choice)."""
+        return F.one_hot(y.argmax(dim=-1), y.shape[-1]).to(y.dtype)
+
     def example_losses(self, y: Tensor, targets: Tensor) -> Tensor:
         """Mean cross-entropy (nats per token) of each sequence: logits y (B, S, V), ids (B, S) → (B,),
         over the positions that are not IGNORE_INDEX."""

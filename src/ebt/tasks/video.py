@@ -55,6 +55,25 @@ class NextFrame:
     def loss_metrics(loss: float) -> dict[str, float]:
         return {}
 
+    @staticmethod
+    def position_losses(y: Tensor, targets: Tensor) -> Tensor:
+        """Smooth-L1 (β = 1) of each candidate latent, mean over C: y (…, S, C) against targets
+        (B, S, C) broadcast to y's leading dims → (…, S)."""
+        while targets.dim() < y.dim():
+            targets = targets.unsqueeze(1)
+        y = y.to(torch.promote_types(y.dtype, torch.float32))
+        return F.smooth_l1_loss(y, targets.to(y.dtype).expand_as(y), beta=1.0, reduction="none").mean(-1)
+
+    @staticmethod
+    def scored(targets: Tensor) -> Tensor:
+        """Every frame is scored: targets (B, S, C) → True (B, S)."""
+        return torch.ones(targets.shape[:2], dtype=torch.bool, device=targets.device)
+
+    @staticmethod
+    def mix(y: Tensor, weights: Tensor) -> Tensor:
+        """Soft selection: Σ_i w_i·y_i of M samples' latents y (B, M, S, C), weights (B, M, S) → (B, S, C)."""
+        return (weights.to(y.dtype).unsqueeze(-1) * y).sum(dim=1)
+
     def loss(self, y: Tensor, targets: Tensor) -> Tensor:
         """Mean Smooth-L1 (β = 1) per latent coordinate of predictions y (…, C) against targets (…, C)."""
         return F.smooth_l1_loss(y.to(torch.promote_types(y.dtype, torch.float32)), targets.to(y.dtype), beta=1.0)
