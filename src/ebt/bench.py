@@ -133,7 +133,9 @@ def train_flops_per_token(config: RunConfig) -> float:
     that builds the second-order graph costs about 5 forwards (forward, backward to the
     candidate, then the parameter backward through both: SPEC §7's 2N + 4N + 4N); a step without
     it (System 2's truncated steps) 2 forwards. System 2 runs (min_steps + steps) / 2 steps on
-    average, and its replay buffer adds half a batch of replayed sequences to every batch.
+    average, and its replay buffer adds half a batch of replayed sequences to every batch. The
+    ranking term (think.ranking_weight) scores the steps + 1 visited candidates once more with a
+    first-order backward: 3 forwards each.
     """
     m = config.model
     n = 2 * count_parameters(build_model(config))  # 2 FLOPs per multiply-add
@@ -145,6 +147,8 @@ def train_flops_per_token(config: RunConfig) -> float:
     steps = (t.min_steps + t.steps) / 2 if t.min_steps else t.steps
     graph_steps = 1 if t.truncate_graph else steps
     candidate = (5 * graph_steps + 2 * (steps - graph_steps)) * (n + attention + head)
+    if t.ranking_weight:
+        candidate += 3 * (steps + 1) * (n + attention + head)
     contexts = t.num_landscapes
     replay = 1.5 if t.replay_buffer_size else 1.0
     return replay * (contexts * 3 * (n + attention) + candidate)
