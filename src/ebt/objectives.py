@@ -19,7 +19,11 @@ own buffer. So a System 2 run is reproducible for a given number of processes an
 not across them.
 
 - `UnrolledThinking`: the EBT. Thinking is unrolled from random candidates and the task loss is
-  put on the optimized candidates, so θ learns through ∇_y E. No loss is put on the energy.
+  put on the optimized candidates, so θ learns through ∇_y E; by default no loss is put on the
+  energy's values. Two optional terms (issue 22, off by default): `think.ranking_weight` asks the
+  energies of the candidates the descent visited to order them as their losses do
+  (`ranking_loss`, first-order in θ), so that best-of-M can trust its pick; `think.monotone_weight`
+  penalises a step that raised a position's loss (`monotone_penalty`).
   System 1 (the default ThinkConfig): N steps, a landscape per step, detach at every step, loss
   after every step averaged. System 2 (the s2 presets): one landscape, a random step count and
   per-position step size, Langevin noise, only the last step's graph and loss, and a replay
