@@ -279,6 +279,10 @@ def thinking_recipe(config: RunConfig, model: nn.Module) -> str:
     parts += ["α randomized per position"] if t.randomize_step_size else []
     parts += [f"Langevin noise σ = {t.langevin_std:g}"] if t.langevin_std > 0 else []
     parts += [f"replay buffer of {t.replay_buffer_size} sequences"] if t.replay_buffer_size else []
+    parts += [f"start logits σ = {t.start_std:g}"] if t.start_std != 1 else []
+    parts += [f"ranking loss on the energies (weight {t.ranking_weight:g}, τ = {t.ranking_temperature:g})"] \
+        if t.ranking_weight else []
+    parts += [f"monotone-descent penalty (weight {t.monotone_weight:g})"] if t.monotone_weight else []
     return "; ".join(parts)
 
 
