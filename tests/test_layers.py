@@ -26,7 +26,7 @@ LAYERS = [
     ["ebt.nn", "ebt.decoding", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # blocks, decoding, task objects
     ["ebt.energy", "ebt.baselines", "ebt.baselines.transformer", "ebt.baselines.diffusion", "ebt.baselines.dit",
      "ebt.models", "ebt.image_protocol"],  # the models, handed a task; how the image models are scored
-    ["ebt.objectives", "ebt.evaluate", "ebt.generate"],
+    ["ebt.objectives", "ebt.evaluate", "ebt.generate", "ebt.verifier"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
     ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],

@@ -105,7 +105,7 @@ class Scoring:
         return torch.Generator(device=self.device).manual_seed(self.seed)
 
 
-def _for_model(scoring: Scoring | None, given: dict[str, Any], **defaults: Any) -> Scoring:
+def scoring_for_model(scoring: Scoring | None, given: dict[str, Any], **defaults: Any) -> Scoring:
     """`Scoring.of` for a function that scores a model alone: its precision must be given (fp32
     by default); ConfigError for None, as for any other value not in PRECISIONS."""
     scoring = Scoring.of(scoring, given, **defaults)
@@ -115,7 +115,7 @@ def _for_model(scoring: Scoring | None, given: dict[str, Any], **defaults: Any) 
 
 
 @contextlib.contextmanager
-def _evaluating(model: nn.Module):
+def evaluating(model: nn.Module):
     """The model in eval mode, without gradients; its mode restored after."""
     was_training = model.training
     model.eval()
@@ -205,12 +205,12 @@ def evaluate(
     for a precision not in ebt.precision.PRECISIONS, or fp16 off CUDA.
     """
     given, thinking = Scoring.split(given)
-    scoring = _for_model(scoring, given)
+    scoring = scoring_for_model(scoring, given)
     options = ThinkingOptions.of(options, **thinking)
     window = model.config.context_len + 1
     generator = scoring.generator()
     batches = []
-    with _evaluating(model):
+    with evaluating(model):
         for batch in TokenSplit.of(tokens, "evaluation split").windows(window, scoring.batch_size, max_windows):
             x, targets = split_window(batch.to(scoring.device))
             with scoring.autocast():
@@ -256,13 +256,13 @@ def evaluate_clips(
     is affine and orthonormal up to one scale: `FrameEncoder.pixels_per_latent`). `options` go to
     the EBT's `think`; forward_passes is per frame. `scoring`: as `evaluate`'s.
     """
-    scoring = _for_model(scoring, given)
+    scoring = scoring_for_model(scoring, given)
     options = options or ThinkingOptions()
     latents = latents[:max_clips] if max_clips is not None else latents
     generator = scoring.generator()
     sums = dict.fromkeys(("smooth_l1", "mse", "copy_smooth_l1", "copy_mse", "forward_passes"), 0.0)
     frames = 0
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(latents), scoring.batch_size):
             batch = latents[start:start + scoring.batch_size].to(scoring.device)
             x, targets = batch[:, :-1], batch[:, 1:]  # (B, S, C) each
@@ -297,7 +297,7 @@ def energy_by_frame(
     predicted frame 1 … T−1, and around the frame where a clip's second digit appears (offset 0
     = the first frame showing it; clips where it is there from frame 0 are left out).
     `scoring`: as `evaluate`'s."""
-    scoring = _for_model(scoring, given)
+    scoring = scoring_for_model(scoring, given)
     latents = latents[:max_clips] if max_clips is not None else latents
     appears = torch.as_tensor(appears[:len(latents)])
     generator = scoring.generator()
@@ -351,12 +351,12 @@ def denoise_metrics(
     `noisy_mse`, `noisy_psnr` of the noisy input (0–255 after clamping; PSNR is the mean of
     per-image PSNRs), `forward_passes` per image and `images`.
     """
-    scoring = _for_model(scoring, given, batch_size=64)
+    scoring = scoring_for_model(scoring, given, batch_size=64)
     t = timestep(noise_level)
     generator = torch.Generator().manual_seed(scoring.seed)
     dtype = next(model.parameters()).dtype
     sums = {"loss": 0.0, "mse": 0.0, "psnr": 0.0, "noisy_mse": 0.0, "noisy_psnr": 0.0, "forward_passes": 0.0}
-    with _evaluating(model):
+    with evaluating(model):
         for start in range(0, len(images), scoring.batch_size):
             clean = to_unit_range(images[start:start + scoring.batch_size], dtype)  # (B, C, H, W)
             noisy = add_noise(clean, t, torch.randn(clean.shape, generator=generator, dtype=dtype))

@@ -8,6 +8,14 @@ forward passes (`forward_passes` also counts the scoring pass that best-of-M nee
 those: the OOD shift (dataset ppl / in-distribution ppl, both without thinking) and the %
 improvement from thinking, beside a Transformer++ run's perplexity when one is given.
 
+The verifier (`ebt.verifier.diagnose`), per dataset under "verifier": on the first
+min(max_windows, 16) windows, best-of-10 at 3 steps with every candidate kept: how often the
+energy picks the best of the 10, the share of the mean → oracle gap its pick closes, the rank
+correlation of energy and loss across the 10, soft selection's loss, and a per-step trace of the
+descent to 6 steps. Its cost: 16 windows × 70 passes (10 samples × 6 steps and the scoring
+pass) per dataset, against 73 passes per window for the budgets (2 + 3 + 8 + 20 + 40): a quarter
+more at the default 64 windows, about twice the budgets' cost at 16 windows or fewer.
+
 Uncertainty (SPEC §4): the Spearman correlation of per-token energy with per-token loss, a
 heatmap of per-token energies across thinking steps for a sample text, and the mean energy of
 random characters against real text.
@@ -39,16 +47,27 @@ from ebt.models import is_energy_based
 from ebt.options import ThinkingOptions
 from ebt.rundata import load_data
 from ebt.runs import Run
+from ebt.verifier import diagnose
 
 # (steps, samples): the paper's budgets of 2, 3, 6, 15 and 30 forward passes per token.
 BUDGETS = ((2, 1), (3, 1), (3, 2), (3, 5), (3, 10))
 IN_DISTRIBUTION = "validation"
+# The verifier diagnostics: best-of-10 at 3 steps (the last budget), traced to twice its steps,
+# on at most 16 windows per dataset.
+VERIFIER_STEPS, VERIFIER_SAMPLES = BUDGETS[-1]
+VERIFIER_WINDOWS = 16
 
 
-def suite_datasets(run: Run) -> dict[str, Tensor]:
-    """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer."""
-    streams = {IN_DISTRIBUTION: load_data(run.config, run.path).validation}
-    for name in OOD_SETS:
+def suite_datasets(run: Run, names: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """Token streams: the run's validation split, then each OOD set whole, in the run's tokenizer
+    (only `names`, in this order, when given; ConfigError naming the sets for another)."""
+    names = (IN_DISTRIBUTION, *OOD_SETS) if names is None else names
+    unknown = [n for n in names if n not in (IN_DISTRIBUTION, *OOD_SETS)]
+    if unknown:
+        raise ConfigError(f"sets {', '.join(map(repr, unknown))} not known; the suite's sets are "
+                          f"{', '.join((IN_DISTRIBUTION, *OOD_SETS))}", field="sets")
+    streams = {IN_DISTRIBUTION: load_data(run.config, run.path).validation} if IN_DISTRIBUTION in names else {}
+    for name in (n for n in names if n != IN_DISTRIBUTION):
         corpus = load_corpus(name)
         streams[name] = encode_split(corpus.train + corpus.validation, run.tokenizer, run.config.data.layout, name)
     return streams
@@ -79,6 +98,7 @@ def paper_suite(
     datasets: dict[str, dict] = {}
     for name, tokens in streams.items():
         entry = thinking_budgets(run.model, tokens, options, scoring=mine, max_windows=max_windows)
+        entry["verifier"] = verifier(run.model, tokens, options, scoring=mine, max_windows=max_windows)
         if baseline is not None:
             entry["transformer_ppl"] = _ppl(baseline.model, tokens, theirs, max_windows)
         datasets[name] = entry
@@ -206,6 +226,16 @@ def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOption
             "gain_think_longer_pct": 100 * (ppl[0] - ppl[1]) / ppl[0],
             "gain_self_verify_pct": 100 * (ppl[0] - ppl[-1]) / ppl[0],
             "gain_best_pct": 100 * (ppl[0] - min(ppl)) / ppl[0]}
+
+
+def verifier(model, tokens: Tensor | TokenSplit, options: ThinkingOptions, *, scoring: Scoring,
+             max_windows: int) -> dict:
+    """The verifier's figures for the suite (`ebt.verifier.CandidateScores.summary`): best-of-10 at
+    3 steps on min(max_windows, 16) windows, traced to 6 steps; `options` (step_size, langevin_std)
+    as for the budgets."""
+    steps = dataclasses.replace(options, steps=VERIFIER_STEPS)
+    return diagnose(model, tokens, steps, scoring=scoring, max_windows=min(max_windows, VERIFIER_WINDOWS),
+                    samples=VERIFIER_SAMPLES, trace_steps=2 * VERIFIER_STEPS).summary()
 
 
 def uncertainty(run: Run, tokens: Tensor | TokenSplit, *, scoring: Scoring | None = None, out: Path | None = None,

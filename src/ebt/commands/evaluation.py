@@ -10,6 +10,7 @@ self-verification, out-of-distribution sets, uncertainty; the downstream sets).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,7 +239,8 @@ def _budget_head(width: int = 11) -> str:
 
 def _print_paper(result: dict, plots: Path) -> None:
     """The paper suite as a table: perplexity by thinking budget per dataset, the gains, the
-    Transformer++ beside it; then the uncertainty figures."""
+    Transformer++ beside it; then a line of verifier figures per dataset, and the uncertainty
+    figures."""
     print(f"perplexity by thinking budget (forward passes: {', '.join(str(s * m) for s, m in BUDGETS)})")
     print(f"{'dataset':<12}{'shift':>10}{_budget_head()}{'longer':>10}{'verify':>10}{'T++':>11}")
     for name, e in result["datasets"].items():
@@ -246,11 +248,21 @@ def _print_paper(result: dict, plots: Path) -> None:
         tpp = f"{e['transformer_ppl']:>11.5g}" if "transformer_ppl" in e else f"{'':>11}"
         print(f"{name:<12}{e['ood_shift']:>10.4g}{ppl}{e['gain_think_longer_pct']:>9.3g}%"
               f"{e['gain_self_verify_pct']:>9.3g}%{tpp}")
+    for name, e in result["datasets"].items():
+        print(f"verifier on {name}: {_verifier_line(e['verifier'])}")
     u = result["uncertainty"]
     print(f"uncertainty: Spearman(energy, loss) = {u['spearman_energy_loss']:.3f} over {u['tokens']} tokens; "
           f"mean energy real text {u['mean_energy_real_text']:.4f} vs random characters "
           f"{u['mean_energy_random_characters']:.4f}")
     print(f"plots in {plots}")
+
+
+def _verifier_line(v: dict) -> str:
+    """The verifier diagnostics (`ebt.verifier`) of one dataset in a line."""
+    gap = "no gap to close" if math.isnan(v["gap_closed"]) else \
+        f"closes {100 * v['gap_closed']:.0f}% of the mean→oracle gap"
+    return (f"energy picks the best of {v['samples']} at {100 * v['pick_is_best']:.0f}% of positions, {gap}, "
+            f"ρ = {v['spearman']:.2f} ({v['positions']} positions, {v['steps']} steps)")
 
 
 def _print_downstream(result: dict) -> None:
