@@ -163,6 +163,8 @@ def test_a_zero_start_starts_at_the_uniform_distribution_and_needs_noise_for_sam
     ("ranking_weight", float("inf"), "think.ranking_weight = inf is not allowed"),
     ("ranking_temperature", 0.0, "think.ranking_temperature = 0.0 is not allowed; it must be a finite number > 0"),
     ("monotone_weight", -0.5, "think.monotone_weight = -0.5 is not allowed"),
+    ("ranking_samples", 0, r"think.ranking_samples = 0 is not allowed; it must be an integer in \[1, 64\]"),
+    ("ranking_samples", 4, "1 when think.ranking_weight is 0"),
 ])
 def test_training_terms_are_checked(key, value, message):
     from ebt.config import _check_think
@@ -215,8 +217,31 @@ def test_monotone_penalty_counts_rises_and_skips_padding():
     assert float(rising) == pytest.approx(rise * torch.sigmoid(torch.tensor(rise)).item(), rel=1e-5)
 
 
+def test_ranking_samples_need_starts_that_differ():
+    from ebt.config import _check_think
+    with pytest.raises(ConfigError, match="every start would be the same"):
+        _check_think(dataclasses.replace(ThinkConfig(), ranking_weight=1.0, ranking_samples=3, start_std=0.0))
+
+
+def test_other_starts_join_the_ranked_pool(monkeypatch):
+    import ebt.objectives as objectives
+    seen = []
+    original = objectives.ranking_loss
+
+    def spy(model, energy, visited, *args):
+        seen.append(sum(c.shape[1] for c in visited))
+        return original(model, energy, visited, *args)
+
+    monkeypatch.setattr(objectives, "ranking_loss", spy)
+    model = tiny_model(overrides={"think.ranking_weight": 1.0, "think.ranking_samples": 3})
+    loss, _ = UnrolledThinking(model)(random_ids(2, 8), random_ids(2, 8, seed=1), torch.arange(2))
+    loss.backward()
+    assert seen == [3 * (model.think_config.steps + 1)]  # 3 descents: each start and its steps
+
+
 @pytest.mark.parametrize("overrides", [
     {"think.ranking_weight": 1.0},
+    {"think.ranking_weight": 1.0, "think.ranking_samples": 2},
     {"think.monotone_weight": 1.0},
     {"think.ranking_weight": 0.5, "think.monotone_weight": 0.5, "think.mirror_descent": True,
      "think.start_std": 0.0, "think.langevin_std": 0.5, "think.logit_decay": 0.2},

@@ -134,8 +134,9 @@ def train_flops_per_token(config: RunConfig) -> float:
     candidate, then the parameter backward through both: SPEC §7's 2N + 4N + 4N); a step without
     it (System 2's truncated steps) 2 forwards. System 2 runs (min_steps + steps) / 2 steps on
     average, and its replay buffer adds half a batch of replayed sequences to every batch. The
-    ranking term (think.ranking_weight) scores the steps + 1 visited candidates once more with a
-    first-order backward: 3 forwards each.
+    ranking term (think.ranking_weight) scores the steps + 1 visited candidates of each of its
+    think.ranking_samples descents once more with a first-order backward (3 forwards each), the
+    descents beyond the first running first-order (2 forwards a step).
     """
     m = config.model
     n = 2 * count_parameters(build_model(config))  # 2 FLOPs per multiply-add
@@ -147,8 +148,9 @@ def train_flops_per_token(config: RunConfig) -> float:
     steps = (t.min_steps + t.steps) / 2 if t.min_steps else t.steps
     graph_steps = 1 if t.truncate_graph else steps
     candidate = (5 * graph_steps + 2 * (steps - graph_steps)) * (n + attention + head)
-    if t.ranking_weight:
-        candidate += 3 * (steps + 1) * (n + attention + head)
+    if t.ranking_weight:  # the other starts' first-order steps, then the pool's scoring pass and its backward
+        m = t.ranking_samples
+        candidate += (2 * (m - 1) * steps + 3 * (steps + 1) * m) * (n + attention + head)
     contexts = t.num_landscapes
     replay = 1.5 if t.replay_buffer_size else 1.0
     return replay * (contexts * 3 * (n + attention) + candidate)

@@ -80,6 +80,9 @@ class ThinkConfig:
     # loss (target softmax(−loss/ranking_temperature), nats), first-order in θ; its weight.
     ranking_weight: float = 0.0
     ranking_temperature: float = 0.1
+    # with ranking_samples M > 1, the candidates of M − 1 more descents from fresh starts join the
+    # ranked pool (first-order, sharing the context pass): candidates best-of-M will choose among.
+    ranking_samples: int = 1
     # a penalty SiLU(loss_k − loss_{k−1}) per position on each step whose loss rose; its weight.
     monotone_weight: float = 0.0
     # Then the inner optimizer's knobs (think.momentum, …), with which thinking trains and by default
@@ -332,6 +335,12 @@ def _check_think(t: ThinkConfig) -> None:
     check_real("think.ranking_weight", t.ranking_weight, 0)
     check_real("think.ranking_temperature", t.ranking_temperature, 0, low_open=True)
     check_real("think.monotone_weight", t.monotone_weight, 0)
+    check_int("think.ranking_samples", t.ranking_samples, 1, 64)
+    check("think.ranking_samples", t.ranking_samples, t.ranking_samples == 1 or t.ranking_weight > 0,
+          "1 when think.ranking_weight is 0 (its extra descents feed only the ranking loss)")
+    check("think.ranking_samples", t.ranking_samples,
+          t.ranking_samples == 1 or t.start_std > 0 or t.langevin_std > 0,
+          "1 when think.start_std and think.langevin_std are 0 (every start would be the same)")
     InnerOptimizer.check(t, "think", config=True)
     check("think.loss_every_step", t.loss_every_step, not (t.loss_every_step and t.truncate_graph),
           "false when think.truncate_graph is true (earlier steps have no graph to learn through)")

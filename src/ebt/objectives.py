@@ -100,6 +100,8 @@ class UnrolledThinking(nn.Module):
             penalty = monotone_penalty(model.task, visited, targets)
             loss, stats["monotone"] = loss + cfg.monotone_weight * penalty, penalty.detach()
         if cfg.ranking_weight:
+            if cfg.ranking_samples > 1:  # more candidates of the same positions, from other starts
+                visited += other_starts(model, energy, x, cfg.ranking_samples - 1, steps, alpha)
             ranking = ranking_loss(model, energy, visited, targets, steps, cfg.ranking_temperature)
             loss, stats["ranking"] = loss + cfg.ranking_weight * ranking, ranking.detach()
         return loss, stats
@@ -109,18 +111,30 @@ def ranking_loss(model: nn.Module, energy, visited: list[Tensor], targets: Tenso
                  temperature: float) -> Tensor:
     """The listwise ranking loss that asks the energy to order candidates of one position as their
     losses do (`think.ranking_weight`; a ListNet-style cross-entropy): for the N candidates a
-    position's descent visited, `visited` (N tensors (B, 1, S, C)), the target distribution
+    position's descents visited, `visited` (tensors (B, M, S, C), N candidates in all), the target distribution
     q = softmax(−loss/τ) over them (τ = `temperature`, nats) against the energy's softmax(−E),
     E of each candidate scored afresh in the last landscape with the candidates detached, so its
     gradient reaches θ to first order only (one more candidate pass over N candidates, no
     second-order term). The mean of −Σ q log softmax(−E) over scored positions."""
-    pool = torch.cat([c.detach() for c in visited], dim=1)  # (B, N, S, C)
+    pool = torch.cat([c.detach() for c in visited], dim=1)  # (B, N, S, C), N = Σ of the candidates' M
     with torch.no_grad():
         q = torch.softmax(-model.task.position_losses(pool, targets) / temperature, dim=1)  # (B, N, S)
     e = energy(model.task.prepare(pool), steps - 1)  # (B, N, S), graph to θ
     each = -(q * torch.log_softmax(-e.float(), dim=1)).sum(dim=1)  # (B, S)
     scored = model.task.scored(targets).to(each.dtype)
     return (each * scored).sum() / scored.sum().clamp_min(1)
+
+
+def other_starts(model: nn.Module, energy, x: Tensor, samples: int, steps: int, alpha: Tensor) -> list[Tensor]:
+    """The candidates (B, M, S, C) that `samples` = M more descents from fresh starts visit (the
+    start, then each step's), for the ranking loss (`think.ranking_samples`): they share the
+    training descent's context passes (`energy`), its steps and α, and run first-order (no graph
+    to θ: only the ranking loss's own scoring pass trains on them). Drawn from torch's generator."""
+    cfg = model.think_config
+    start = model.initial_candidate(x, samples)
+    thought = think(energy, start, steps=steps, step_size=alpha.detach(), prepare=model.task.prepare,
+                    langevin_std=cfg.langevin_std, optimizer=inner_optimizer(cfg))
+    return [start, *thought.candidates]
 
 
 def monotone_penalty(task, visited: list[Tensor], targets: Tensor) -> Tensor:
