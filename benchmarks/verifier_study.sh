@@ -34,6 +34,7 @@ mirror-decay $PAPER $MIRROR --think.logit_decay=0.2
 mirror-mono $PAPER $MIRROR $MONO
 ours-rank-mono $OURS $RANK $MONO
 mirror-forget-rank $PAPER $MIRROR $FORGET $RANK
+mirror-rank4 $PAPER $MIRROR $RANK --think.ranking_samples=4
 CELLS
 )
 mkdir -p "$OUT"
