@@ -35,9 +35,12 @@ def test_step_acceptance_never_raises_a_positions_energy_where_plain_descent_div
     plain = think(stiff, start(), steps=8, step_size=0.05, score_final=True)
     accepted = think(stiff, start(), steps=8, step_size=0.05, accept_steps=True)
     assert float(plain.energies[-1].max()) > float(plain.energies[0].max())  # overshoots: E grows
-    for before, after in zip(accepted.energies, accepted.energies[1:]):
+    # energies[i]: of the candidate step i starts from; from the first prediction (energies[1]) on
+    # they never rise (the first step, leaving the start, is always taken)
+    for before, after in zip(accepted.energies[1:], accepted.energies[2:]):
         assert bool((after <= before).all())
-    assert float(accepted.energies[-1].max()) < float(accepted.energies[0].max())
+    assert float(accepted.energies[-1].max()) < float(plain.energies[-1].max())
+    assert float(accepted.energies[-1].max()) < float(accepted.energies[1].max())
     # the trace is consistent: the last energy is the final prediction's
     assert torch.allclose(stiff(accepted.y, 0), accepted.energies[-1])
     assert accepted.forward_passes == plain.forward_passes  # the checks use energies computed anyway
@@ -47,6 +50,14 @@ def test_step_acceptance_changes_nothing_where_every_step_lowers_the_energy():
     plain = think(stiff, start(), steps=4, step_size=0.005, score_final=True)
     accepted = think(stiff, start(), steps=4, step_size=0.005, accept_steps=True)
     assert torch.equal(plain.y, accepted.y)
+
+
+def test_step_acceptance_never_returns_to_the_start():
+    # an overshooting first step raises E (p − 0.05·100·p = −4p on the stiff coordinate), and is kept
+    near = torch.full((2, 1, 3, 3), 0.1, dtype=torch.float64)
+    thought = think(stiff, near, steps=1, step_size=0.05, accept_steps=True)
+    assert float(thought.energies[-1].min()) > float(stiff(near, 0).max())
+    assert torch.allclose(thought.y[..., 2], torch.full_like(thought.y[..., 2], -0.4))
 
 
 def test_step_acceptance_is_for_inference():

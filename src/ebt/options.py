@@ -157,7 +157,8 @@ class ThinkingOptions:
         `decoded`; text: the one-hot of its argmax token, where a greedy decoder pays its loss)
         rather than at the soft prediction; one scoring pass, as before. Needs samples > 1.
     accept_steps: a step that raises a position's energy is undone there and α halved for that
-        position (backtracking), so each position's energy never rises; the energies it compares
+        position (backtracking), so each position's energy never rises after its first prediction
+        (the first step, which leaves the random start, is always taken); the energies it compares
         are the ones the next step computes anyway (one extra scoring pass for the last step).
         Not with tolerance (a rejected step changes the energy by 0 and would stop the position).
     momentum, nesterov, spectral_step, max_step_norm, mirror_descent: the inner optimizer

@@ -84,8 +84,9 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
     score_final: one more energy evaluation of the last prediction (needed to pick among samples).
     optimizer: how ∇E becomes the update (`InnerOptimizer`; default: plain descent, p − α∇E).
     accept_steps: step acceptance (inference only, no graph): where a step raised a position's
-        energy, the step is undone there and α halved for that position (`Backtracking`); the last
-        step is checked by a final scoring pass, so `energies` never rise and its last entry is
+        energy, the step is undone there and α halved for that position (`Backtracking`; every
+        step after the first, which leaves the start); the last step is checked by a final
+        scoring pass, so from the first prediction on `energies` never rise, and the last entry is
         the final prediction's energy.
 
     Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
@@ -179,20 +180,23 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
 
 
 class Backtracking:
-    """Step acceptance for `think(accept_steps=True)`: per position, a candidate whose energy is
-    higher than that of the candidate the previous step started from is replaced by that one (its
+    """Step acceptance for `think(accept_steps=True)`: per position, a prediction whose energy is
+    higher than that of the prediction the previous step started from is replaced by that one (its
     noisy form, prepared form, energy, gradient and velocity, all kept from the previous step), and
-    α there is halved for the rest of the descent. No energy evaluation is added: each check uses
+    α there is halved for the rest of the descent. The first step is always taken: the start is
+    noise, not a prediction to fall back to (text: random logits, whose energy can be low by
+    chance — undoing the first step there costs far more than any step gains). No energy evaluation is added: each check uses
     the energy the step computes anyway. `undone` counts the positions × steps undone."""
 
     def __init__(self) -> None:
         self.last: tuple | None = None  # (start, y, p, e, g, velocity) of the last accepted candidate
         self.scale: Tensor | None = None  # (…, S): α's factor per position, halved at each undone step
         self.undone = 0
+        self.predicted = False  # the first step's candidate is the start (noise), never returned to
 
     def check(self, start: Tensor, y: Tensor, p: Tensor, e: Tensor, g: Tensor, velocity: Tensor | None,
               step_size: Tensor | float) -> tuple:
-        if self.last is not None:
+        if self.last is not None and self.predicted:
             raised = e > self.last[3]  # (…, S)
             self.undone += int(raised.sum())
             if self.scale is None:
@@ -204,6 +208,7 @@ class Backtracking:
                 None if new is None else torch.where(back if new.dim() > raised.dim() else raised,
                                                       torch.zeros_like(new) if old is None else old, new)
                 for new, old in zip(now, self.last))  # no velocity yet: none
+        self.predicted = self.last is not None  # from the second check on, `last` is a prediction
         self.last = (start, y, p, e, g, velocity)
         if self.scale is None:
             return start, y, p, e, g, velocity, step_size
@@ -211,8 +216,10 @@ class Backtracking:
 
     def final(self, thought: Thought) -> None:
         """After the scoring pass: where the last step raised the energy, the prediction is the
-        candidate it started from, with that energy."""
+        candidate it started from, with that energy (unless that was the start)."""
         e, last = thought.energies[-1], self.last
+        if not self.predicted:
+            return
         raised = e > last[3]
         self.undone += int(raised.sum())
         back = raised.view(*raised.shape, *(1,) * (last[0].dim() - raised.dim()))
