@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from ebt.denoise import PLOT_LEVELS, image_grid, validation_images
 from ebt.evaluate import denoise_metrics
 from ebt.options import ThinkingOptions
@@ -34,7 +36,18 @@ GRID = "demo-images.png"
 
 def image_act(steps: int, images: int, out: Path) -> dict:
     """Train both image models `steps` steps, score them on `images` held-out images, print the
-    table and write the grid; the figures, as demo.json's "images" (see `score`)."""
+    table and write the grid; the figures, as demo.json's "images" (see `score`). Runs on one
+    torch thread (restored after): on 2 shared cores two threads made an image EBT step 6.5×
+    slower (docs/results.md, "Image denoising": OpenMP threads spinning for cores they do not get)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _act(steps, images, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _act(steps: int, images: int, out: Path) -> dict:
     runs, seconds = train_image_models(steps, out)
     held_out = validation_images(runs["ebt"], images)  # the first of Fashion-MNIST's 10,000 test images
     start = time.perf_counter()
