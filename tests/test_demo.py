@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from ebt import demo, demo_images
 
 
 def test_the_demo_trains_both_models_and_reports_the_thinking_budgets(tmp_path, capsys) -> None:
+    threads = torch.get_num_threads()
     demo.main(["--steps", "2", "--windows", "1", "--image-steps", "2", "--images", "3", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     summary = json.loads((tmp_path / "demo.json").read_text())
@@ -39,6 +41,7 @@ def test_the_demo_trains_both_models_and_reports_the_thinking_budgets(tmp_path, 
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     for kind in ("ebt", "dit"):
         assert json.loads((tmp_path / f"demo-image-{kind}" / "config.json").read_text())["model"]["kind"] == kind
+    assert torch.get_num_threads() == threads  # the image act runs on one thread and gives the others back
 
 
 def test_image_steps_0_skips_the_image_act(tmp_path, monkeypatch, capsys) -> None:
