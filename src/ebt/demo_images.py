@@ -37,8 +37,9 @@ GRID = "demo-images.png"
 def image_act(steps: int, images: int, out: Path) -> dict:
     """Train both image models `steps` steps, score them on `images` held-out images, print the
     table and write the grid; the figures, as demo.json's "images" (see `score`). Runs on one
-    torch thread (restored after): on 2 shared cores two threads made an image EBT step 6.5×
-    slower (docs/results.md, "Image denoising": OpenMP threads spinning for cores they do not get)."""
+    torch thread (restored after): on 2 cores shared with other jobs, two threads made an image EBT
+    step 6.5× slower (OpenMP threads spinning for cores they do not get; docs/results.md, "Image
+    denoising", saw the same)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
