@@ -30,7 +30,7 @@ LAYERS = [
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
     ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],
-    ["ebt.suite", "ebt.denoise", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
+    ["ebt.suite", "ebt.denoise", "ebt.demo_images", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.running", "ebt.scaling.curves", "ebt.scaling.worker"],
     ["ebt.commands", "ebt.commands.common", "ebt.commands.train", "ebt.commands.evaluation",
      "ebt.commands.generation", "ebt.commands.images", "ebt.commands.data", "ebt.commands.bench",

@@ -5,7 +5,7 @@
 - `compute_curve`: PSNR against forward passes over the model's budgets (`ebt.image_protocol`:
   EBT 1 … 4 thinking steps; DiT DDIM on sub-grids of the timesteps, the full grid, recursive re-runs).
 - `write_plots`: the curves at λ = 0.1 (in distribution) and 0.2 (out of distribution) and an
-  image grid clean | noisy | first run | second run.
+  image grid clean | noisy | first run | second run (`image_grid`, which `make demo` draws too).
 
 Every model sees the same noisy images (the noise generator is seeded). Each run denoises at
 `precision` (autocast, `ebt.evaluate`), by default the one it trained at (its train.precision).
@@ -113,11 +113,17 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
     fig.tight_layout()
     atomic_write(out / "psnr_vs_passes.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
-    _image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device, precision=precision)
+    image_grid(runs, images[:8], out / "denoised_grid.png", seed=seed, device=device, precision=precision)
     return curves
 
 
-def _image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device, precision: str | None) -> None:
+def image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device, precision: str | None) -> None:
+    """A PNG at `path`: for each of PLOT_LEVELS, a strip of the uint8 images (N, C, H, W) clean,
+    noised (seeded by `seed`), then denoised by each run as trained (EBT: its thinking steps; DiT:
+    DDIM on every timestep). `precision`: None runs each at its own train.precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = []
