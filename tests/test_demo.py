@@ -21,6 +21,11 @@ def test_the_demo_trains_both_models_and_reports_the_thinking_budgets(tmp_path, 
         assert [(b["steps"], b["samples"]) for b in budgets] == [(2, 1), (3, 1), (3, 2), (3, 5), (3, 10)]
         assert summary["thinking"][name]["transformer_ppl"] > 1
     assert len(summary["energy_per_step"]) == 7 and len(summary["loss_per_step"]) == 6
+    for name in ("validation", "austen"):  # the verifier's figures beside the perplexities
+        figures = summary["verifier"][name]
+        assert 0 <= figures["pick_is_best"] <= 1 and figures["oracle_loss"] <= figures["mean_loss"]
+    assert "the energy as a verifier: best of 10 at 3 steps" in out
+    assert "As a verifier the energy picked the best of 10 candidates at " in out
     assert "EBT, 3 steps, best of 10" in out and "(the most steps it trained with)" in out
     assert "Thinking longer (3 steps against 2): perplexity" in out and "Best budget (" in out
     assert "Only 1 window(s) per set: too few to tell" in out and "Transformer++'s (" in out
@@ -79,6 +84,14 @@ def test_the_verdict_names_the_budget_and_says_when_thinking_helped() -> None:
     flat = demo.verdict({"validation": entry([10, 10.2, 10.1, 10.3, 10.4], 11.0),
                          "austen": entry([12, 12.1, 12.2, 12.3, 12.4], 13.0)})
     assert "did not help much" in flat and "9% below the Transformer++'s (10.000 against 11.000)" in flat
+    weak = {"validation": {"pick_is_best": 0.38, "gap_closed": 0.13}, "austen": {"pick_is_best": 0.35,
+                                                                               "gap_closed": float("nan")}}
+    said = demo.verdict({"validation": entry([10, 9.5, 9.4, 9.3, 9.0], 8.0)}, verifier=weak)
+    assert ("As a verifier the energy picked the best of 10 candidates at 38% on validation, 35% on austen of "
+            "positions (chance: 10%), closing at least 13% of the gap to an oracle's pick: a weak verifier still.") in said
+    strong = {"validation": {"pick_is_best": 0.6, "gap_closed": 0.45}}
+    assert "closing at least 45% of the gap to an oracle's pick." in demo.verdict(
+        {"validation": entry([10, 9.5, 9.4, 9.3, 9.0], 8.0)}, verifier=strong)
 
 
 def _images(ebt: tuple[float, float], dit: tuple[float, float], higher: tuple[float, float]) -> dict:

@@ -34,6 +34,7 @@ from ebt.rundata import load_data
 from ebt.runs import Run, load_run
 from ebt.suite import thinking_budgets
 from ebt.train import train
+from ebt.verifier import diagnose
 
 PROMPT = "HAMLET\nTo be, or not to be"
 RECIPE = "text-ebt-s2-tiny"  # the recommended thinking recipe (docs/results.md, "Which System 2 recipe thinks best")
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows).summary()["ppl"]
         results[name] = entry
     print_budgets(results, ebt.config.think, args.windows)
+    verifier = verifier_figures(ebt, streams, args.windows)
     energies, losses = thinking_trace(ebt, streams["validation"], args.windows)
     print("\n=== samples (temperature 0.8) ===")
     prompt = ebt.tokenizer.encode(PROMPT)
@@ -61,11 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         text = run.tokenizer.decode(generate(run.model, prompt, 160, temperature=0.8, seed=0))
         print(f"--- {kind} ---\n{PROMPT}{text}\n")
     images = image_act(args.image_steps, args.images, args.out) if args.image_steps else None
-    print(verdict(results, args.windows))
+    print(verdict(results, args.windows, verifier))
     if images:
         print(image_verdict(images))
     summary = {"steps": args.steps, "windows": args.windows, "recipe": RECIPE, "seconds": seconds,
-               "thinking": results, "energy_per_step": energies, "loss_per_step": losses, "images": images}
+               "thinking": results, "verifier": verifier, "energy_per_step": energies, "loss_per_step": losses, "images": images}
     atomic_write(args.out / "demo.json", lambda p: p.write_text(standard_json(summary, indent=2) + "\n"))
     print(f"summary written to {args.out / 'demo.json'}")
 
@@ -128,6 +130,26 @@ def print_budgets(results: dict[str, dict], think, windows: int) -> None:
     print("(best of M: M candidates think, the lowest final energy is kept; passes count its scoring pass too)")
 
 
+VERIFIER_SAMPLES = 10
+
+
+def verifier_figures(ebt: Run, streams: dict, windows: int) -> dict[str, dict]:
+    """How well the EBT's energy picks among its own candidates (`ebt.verifier.diagnose`: best of
+    10 at 3 steps, on up to 16 windows per set), printed one line per set, and returned."""
+    print(f"\n=== the energy as a verifier: best of {VERIFIER_SAMPLES} at 3 steps, per position (chance picks the "
+          f"best 1 time in {VERIFIER_SAMPLES}) ===")
+    figures = {}
+    for name, tokens in streams.items():
+        f = diagnose(ebt.model, tokens, steps=3, samples=VERIFIER_SAMPLES, max_windows=min(16, windows),
+                     trace_steps=3).summary()
+        figures[name] = {k: f[k] for k in ("pick_is_best", "gap_closed", "spearman", "picked_loss", "mean_loss",
+                                            "oracle_loss", "positions")}
+        print(f"  {name:<11} picks the best candidate at {f['pick_is_best']:.0%} of positions; closes "
+              f"{f['gap_closed']:.0%} of the gap from the mean candidate ({f['mean_loss']:.3f} nats) to the best "
+              f"({f['oracle_loss']:.3f}); rank correlation of energy and loss ρ = {f['spearman']:.2f}")
+    return figures
+
+
 def thinking_trace(ebt: Run, tokens, windows: int) -> tuple[list[float], list[float]]:
     """The EBT's mean energy after each of 6 thinking steps (and at the start) and its loss after
     each, on up to 16 validation windows; printed, and returned."""
@@ -149,10 +171,11 @@ def thinking_trace(ebt: Run, tokens, windows: int) -> tuple[list[float], list[fl
 FEW_WINDOWS = 16  # fewer windows than this (2,048 bytes) per set: too few to read a gain of a few %
 
 
-def verdict(results: dict[str, dict], windows: int = 64) -> str:
+def verdict(results: dict[str, dict], windows: int = 64, verifier: dict[str, dict] | None = None) -> str:
     """What the figures say: whether thinking longer (3 steps) and thinking longer with
     self-verification (the best budget, named with its cost) lowered the EBT's perplexity against
-    2 steps on each set, and where that leaves it against the Transformer++."""
+    2 steps on each set, how well the energy picked among its candidates (`verifier`, from
+    `verifier_figures`), and where that leaves the EBT against the Transformer++."""
     def said(key: str) -> str:
         return ", ".join(f"{-r[key]:+.1f}% on {name}" for name, r in results.items())
 
@@ -171,6 +194,13 @@ def verdict(results: dict[str, dict], windows: int = 64) -> str:
     else:
         lines.append("So thinking did not help much at this size; docs/results.md, \"Which System 2 recipe thinks "
                      "best\", says what was tried and what limits it.")
+    if verifier:
+        picks = ", ".join(f"{v['pick_is_best']:.0%} on {name}" for name, v in verifier.items())
+        gaps = [v["gap_closed"] for v in verifier.values() if v["gap_closed"] == v["gap_closed"]]  # not NaN
+        closed = (f", closing at least {min(gaps):.0%} of the gap to an oracle's pick"
+                  + (": a weak verifier still" if min(gaps) < 0.3 else "")) if gaps else ""
+        lines.append(f"As a verifier the energy picked the best of {VERIFIER_SAMPLES} candidates at {picks} of "
+                     f"positions (chance: {1 / VERIFIER_SAMPLES:.0%}){closed}.")
     theirs = r["transformer_ppl"]
     side = "above" if best["ppl"] > theirs else "below"
     lines.append(f"At its best the EBT's validation perplexity is {abs(best['ppl'] / theirs - 1):.0%} {side} the "
