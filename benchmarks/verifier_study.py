@@ -61,21 +61,25 @@ BUDGETS = (("2", 2, 1, {}), ("3", 3, 1, {}), ("3x10", 3, 10, {}), ("6", 6, 1, {}
            ("3x10+decoded", 3, 10, {"score_decoded": True}))
 
 
-def score(path: Path, windows: int) -> dict:
+def score(path: Path, windows: int, only: set[str] | None = None, previous: dict | None = None) -> dict:
+    """The cell's figures; with `only`, those budgets recomputed into `previous` (a score file's)."""
     run = load_run(path)
     if run.config.model.task != "text" or not is_energy_based(run.model):
         raise SystemExit(f"verifier_study.py: error: {path} is not a text EBT run")
     think = run.config.think
     noise = think.langevin_std if think.start_std == 0 else 0.0
     streams = suite_datasets(run)
-    result = {"run": str(path), "windows": windows, "langevin_std": noise, "sets": {}}
+    result = previous or {"run": str(path), "windows": windows, "langevin_std": noise, "sets": {}}
     for name in SETS:
-        entry = {}
+        entry = result["sets"].setdefault(name, {})
         for label, steps, samples, extra in BUDGETS:
-            options = ThinkingOptions(steps=steps, samples=samples, langevin_std=noise, **extra)
-            entry[label] = evaluate(run.model, streams[name], options, scoring=Scoring(), max_windows=windows).summary()
-        entry["verifier"] = diagnose(run.model, streams[name], ThinkingOptions(steps=3, langevin_std=noise),
-                                     max_windows=windows, samples=10, trace_steps=6).summary()
+            if only is None or label in only:
+                options = ThinkingOptions(steps=steps, samples=samples, langevin_std=noise, **extra)
+                entry[label] = evaluate(run.model, streams[name], options, scoring=Scoring(),
+                                        max_windows=windows).summary()
+        if only is None or "verifier" in only:
+            entry["verifier"] = diagnose(run.model, streams[name], ThinkingOptions(steps=3, langevin_std=noise),
+                                         max_windows=windows, samples=10, trace_steps=6).summary()
         result["sets"][name] = entry
         print(f"  {path.name} {name}: " + ", ".join(f"{k} {v['ppl']:.3f}" for k, v in entry.items() if "ppl" in v),
               file=sys.stderr)
@@ -171,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("score", help="score one cell's run")
     s.add_argument("run", type=Path)
     s.add_argument("--windows", type=int, default=32)
+    s.add_argument("--only", help="comma-separated budget labels (or 'verifier') to recompute into the existing "
+                                  "score file, e.g. 6+accept,6x10+accept")
     t = sub.add_parser("table", help="the tables of a study directory")
     t.add_argument("dir", type=Path)
     t.add_argument("--json", action="store_true")
@@ -182,8 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "score":
             if args.windows < 1:
                 parser.error(f"--windows must be ≥ 1, got {args.windows}")
-            result = score(args.run, args.windows)
             out = args.run.parent / f"{args.run.name}.score.json"
+            only = set(args.only.split(",")) if args.only else None
+            known = {label for label, *_ in BUDGETS} | {"verifier"}
+            if only and (only - known or not out.is_file()):
+                parser.error(f"--only takes labels of {sorted(known)} and an existing {out.name}")
+            result = score(args.run, args.windows, only, json.loads(out.read_text()) if only else None)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             tmp.replace(out)
