@@ -31,7 +31,7 @@ LAYERS = [
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
     ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.demo_images", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
-     "ebt.scaling.running", "ebt.scaling.curves", "ebt.scaling.worker"],
+     "ebt.scaling.running", "ebt.scaling.curves", "ebt.scaling.worker", "ebt.scaling.gains"],
     ["ebt.commands", "ebt.commands.common", "ebt.commands.train", "ebt.commands.evaluation",
      "ebt.commands.generation", "ebt.commands.images", "ebt.commands.data", "ebt.commands.bench",
      "ebt.commands.scale"],  # typed arguments, never an argparse Namespace

@@ -169,21 +169,33 @@ def data_sweep(tmp_path_factory: pytest.TempPathFactory, corpus_file: Path) -> P
     return out
 
 
-def test_the_data_axis_is_one_run_per_kind_read_at_log_spaced_steps(data_sweep: Path, capsys) -> None:
+def test_the_data_axis_is_one_run_per_kind_read_at_log_spaced_steps(data_sweep: Path, tmp_path: Path,
+                                                                    capsys) -> None:
     config = load_run(data_sweep / "ebt-seed0").config
     assert config.train.lr_schedule == "constant" and config.train.eval_spacing == "log"
-    code, out, _ = run_cli(["scale", "fit", data_sweep, "--json", "--replicates", "200", "--thinking"], capsys)
+    code, out, _ = run_cli(["scale", "fit", data_sweep, "--json", "--replicates", "200", "--thinking",
+                            "--thinking-windows", "3", "--plots", tmp_path], capsys)
     assert code == 0
     result = json.loads(out)
     steps = [2, 3, 4, 6, 8, 11, 16, 23, 32]  # 32/16 · √2^i
     tokens = [s * 4 * 16 for s in steps]  # steps × batch × context
     assert [p["x"] for p in result["models"]["transformer"]["points"]] == tokens
-    for point in result["models"]["ebt"]["points"]:  # scored from the weights kept at each step
-        budgets = point["thinking"]["budgets"]
-        assert [b["budget"] for b in budgets] == [2, 3, 6, 15, 30]  # the paper's axis: steps × samples
-        assert [b["forward_passes"] for b in budgets] == [2, 3, 8, 20, 40]  # + the scoring pass per sample
-        assert point["thinking"]["gain_think_longer_pct"] == pytest.approx(
-            100 * (budgets[0]["ppl"] - budgets[1]["ppl"]) / budgets[0]["ppl"])
+    thinking = result["thinking"]  # each EBT point scored from the weights kept at its step
+    assert [p["x"] for p in thinking["points"]] == tokens and thinking["windows"] == 3
+    assert [b["budget"] for b in thinking["budgets"]] == [2, 3, 6, 15, 30]  # the paper's axis: steps × samples
+    assert thinking["forward_passes"] == [2, 3, 8, 20, 40]  # + the scoring pass per sample
+    for point in thinking["points"]:
+        ppl = point["ppl"]
+        assert point["gains"]["think_longer"]["pct"] == pytest.approx(100 * (ppl[0] - ppl[1]) / ppl[0])
+        low, high = point["gains"]["self_verify"]["ci"]
+        assert low <= point["gains"]["self_verify"]["pct"] <= high
+    assert set(thinking["trend"]) == {"think_longer", "self_verify", "verify_only"}
+    assert result["plots"] == [str(tmp_path / "scale-data.png"), str(tmp_path / "thinking-data.png")]
+    assert (tmp_path / "thinking-data.png").is_file()
+    code, _, err = run_cli(["scale", "fit", data_sweep, "--thinking", "--thinking-windows", "5"], capsys)
+    assert code == 2 and "thinking_windows = 5 is more than the 4 validation windows" in err
+    code, _, err = run_cli(["scale", "fit", data_sweep, "--thinking-windows", "2"], capsys)
+    assert code == 2 and "--thinking-windows" in err and "--thinking" in err
 
 
 def test_a_non_finite_point_is_named_and_only_left_out_when_asked(data_sweep: Path, tmp_path: Path, capsys) -> None:

@@ -12,6 +12,9 @@ built on `matplotlib.figure.Figure` directly, so no pyplot state or interactive 
 - `plot_gain_vs_shift`: % perplexity improvement from thinking against distribution shift
   (dataset ppl / in-distribution ppl), with a least-squares line. Mirrors the paper's figure
   whose gain grows linearly with shift (about +12% at shift 1.0 to +23% at shift 4.4).
+- `plot_thinking_gains`: the gains from thinking longer and from best-of-M against a scaling
+  axis (e.g. training tokens), with intervals and trend lines, beside the paper's figure (SPEC §4:
+  self-verification gains grow with training data).
 - `plot_energy_heatmap`: per-token energy at every thinking step for one sample text. Mirrors the
   paper's uncertainty heatmaps: hard or unfamiliar tokens keep a higher energy.
 - `plot_energy_vs_loss`: per-token energy against per-token loss. The paper has no such figure;
@@ -396,6 +399,46 @@ def plot_scaling(result: Mapping, path: str | os.PathLike, *, axis: str, x_label
         interval = f" (95% CI {_signed_percent(ci[0])} … {_signed_percent(ci[1])})" if ci else ""
         title = f"{axis}: EBT scaling rate {_signed_percent(ratio)}{interval} vs Transformer++"
     ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_thinking_gains(result: Mapping, path: str | os.PathLike, *, x_label: str,
+                        paper: Mapping[str, tuple[float, float]] | None = None) -> Path:
+    """% perplexity gains from thinking against an axis value (log x), from
+    `ebt.scaling.gains.fit_gains`' result: each gain's points with their 95% bootstrap intervals as
+    error bars and its least-squares line against ln(x), the slope per doubling in the legend.
+    `paper` ({label: (low %, high %)}) adds the paper's figure as grey bands across the plot,
+    labelled as the paper's at its own scale (its x is not this plot's)."""
+    points = result.get("points") or []
+    if not points:
+        raise ValueError("plot_thinking_gains: the result has no points; pass what fit_gains returned")
+    fig = Figure(figsize=(6.8, 5.6), dpi=_DPI, layout="constrained")
+    ax = fig.subplots()
+    xs = np.asarray([p["x"] for p in points], dtype=float)
+    ax.axhline(0.0, color="0.6", linewidth=0.8)
+    for j, (label, (low, high)) in enumerate((paper or {}).items()):
+        ax.axhspan(low, high, color="0.5", alpha=0.12 + 0.1 * j, linewidth=0,
+                   label=f"paper, best-of-5, {label}: {low:g}–{high:g}% (its scale, not this x)")
+    for i, (name, label) in enumerate(result["gain_names"].items()):
+        gains = [p["gains"][name] for p in points]
+        y = np.asarray([g["pct"] for g in gains], dtype=float)
+        ci = np.asarray([g["ci"] if g["ci"] else (math.nan, math.nan) for g in gains], dtype=float)  # (P, 2)
+        shift = xs * 1.03 ** (i - 1)  # side by side at each x
+        ax.errorbar(shift, y, yerr=np.abs(np.stack([y - ci[:, 0], ci[:, 1] - y])), fmt="o", color=f"C{i}",
+                    markersize=4, capsize=3, linewidth=1)
+        trend = result["trend"].get(name)
+        if trend is not None:
+            per = math.log(2)
+            span = f" ({trend['ci'][0] * per:+.2f} … {trend['ci'][1] * per:+.2f})" if trend["ci"] else ""
+            line_x = np.geomspace(xs.min(), xs.max(), 50)
+            ax.plot(line_x, trend["intercept"] + trend["slope"] * np.log(line_x), color=f"C{i}", linewidth=1.2,
+                    label=f"{label}: {trend['slope'] * per:+.2f}{span} points per doubling")
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("% lower perplexity (95% interval)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.legend(fontsize=7, loc="outside lower center")  # below the axes: the bands fill their width
+    ax.set_title("EBT thinking gains against " + x_label, fontsize=10)
     return _save(fig, path)
 
 

@@ -17,8 +17,9 @@ from ebt.checks import check_int, check_real
 from ebt.commands.common import MAX_SEED, device_field, directory, json_field, option, pick, required, seed_field
 from ebt.errors import ConfigError, Interrupted
 from ebt.files import standard_json
-from ebt.plots import plot_scaling
-from ebt.scaling.curves import X_LABELS, Measured, collect, curves, thinking_gains
+from ebt.plots import plot_scaling, plot_thinking_gains
+from ebt.scaling import gains
+from ebt.scaling.curves import X_LABELS, Measured, collect, curves, thinking_scores
 from ebt.scaling.fit import PAPER_RATIOS, fit_scaling, report
 from ebt.scaling.running import print_commands, run_sweep, summary
 from ebt.scaling.sweep import SWEEP_FILE, Sweep
@@ -106,7 +107,9 @@ class ScaleFitArgs:
     json: bool = json_field()
     plots: Path | None = option(None, "write DIR/scale-AXIS.png: loss against x, fitted lines and bands")
     thinking: bool = option(False, "also score each EBT point at the paper suite's thinking budgets (think longer, "
-                                   "best-of-M)")
+                                   "best-of-M): the gains along the axis with intervals, and their trend")
+    thinking_windows: int | None = option(None, "with --thinking: validation windows each budget scores (default: all "
+                                                "of each point's)")
     skip_failed: bool = option(False, "fit without unfinished or failed points (listed)")
     replicates: int = option(2000, "bootstrap replicates (default 2000)")
     seed: int = seed_field("seed of the bootstrap")
@@ -123,6 +126,10 @@ class ScaleFitArgs:
             raise ConfigError("ebt scale fit needs at least one sweep directory", field="dirs")
         self.dirs = list({Path(d).resolve(): Path(d) for d in self.dirs}.values())  # a directory given twice counts once
         check_int("replicates", self.replicates, 100, 1_000_000)
+        check_int("thinking_windows", self.thinking_windows, 1, 10**9, optional=True, unset="all of each point's")
+        if self.thinking_windows is not None and not self.thinking:
+            raise ConfigError(f"thinking_windows = {self.thinking_windows} applies only with thinking; set thinking "
+                              "or leave thinking_windows unset", field="thinking_windows")
         check_int("seed", self.seed, 0, MAX_SEED)
         pick(self.device)
 
@@ -131,13 +138,18 @@ def scale_fit_command(args: ScaleFitArgs) -> int:
     say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result, used = _fit(args)
     if args.thinking:
-        gains = thinking_gains(used, pick(args.device), say=say)
-        for point in result["models"].get("ebt", {}).get("points", []):
-            point["thinking"] = gains.get(point["x"])
+        scores = thinking_scores(used, pick(args.device), windows=args.thinking_windows, say=say)
+        result["thinking"] = {**gains.fit_gains(scores["x"], scores["budgets"], scores["losses"], scores["tokens"],
+                                                reps=args.replicates, seed=args.seed),
+                              "forward_passes": scores["forward_passes"]}
     if args.plots is not None:
         path = args.plots / f"scale-{result['axis']}.png"
         plot_scaling(result, path, axis=result["axis"], x_label=result["x_label"])
         result["plots"] = [str(path)]
+        if args.thinking:
+            path = args.plots / f"thinking-{result['axis']}.png"
+            plot_thinking_gains(result["thinking"], path, x_label=result["x_label"], paper=gains.PAPER_BON5_GAIN_PCT)
+            result["plots"].append(str(path))
     if args.json:
         print(standard_json(result))
     else:
@@ -174,16 +186,12 @@ def _fit(args: ScaleFitArgs) -> tuple[dict, list[Measured]]:
 def _print_fit(args: ScaleFitArgs, result: dict, used: list[Measured]) -> None:
     print(report(result, result["axis"]))
     if args.thinking:
-        print("thinking gains of the EBT (% lower perplexity than 2 steps): x, think longer (3 steps), "
-              "self-verify (best of 10)")
-        for point in result["models"].get("ebt", {}).get("points", []):
-            t = point.get("thinking") or {}
-            print(f"  {point['x']:<12.4g} {t.get('gain_think_longer_pct', math.nan):+7.2f}% "
-                  f"{t.get('gain_self_verify_pct', math.nan):+7.2f}%")
+        print()
+        print(gains.report(result["thinking"], result["x_label"]))
     for e in result["excluded"]:
         print(f"left out: {e['run']}{' step ' + str(e['step']) if 'step' in e else ''}: {e['why']}")
     low, high = args.min_x or 0.0, args.max_x or math.inf
     print(f"points used: {len(used)} ({len({str(m.run) for m in used})} runs)"
           + (f"; x in [{low:g}, {high:g}]" if args.min_x or args.max_x else ""))
     if args.plots is not None:
-        print(f"plot: {result['plots'][0]}")
+        print(f"plot{'s' if len(result['plots']) > 1 else ''}: {', '.join(result['plots'])}")

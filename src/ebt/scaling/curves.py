@@ -23,13 +23,14 @@ from ebt.bench import train_flops_per_token
 from ebt.checkpoint import DATA, load_config, validation_rows
 from ebt.config import RunConfig
 from ebt.errors import ConfigError, DataError
-from ebt.evaluate import Scoring
+from ebt.evaluate import Scoring, evaluate
 from ebt.files import read_json
 from ebt.models import build_model, count_parameters
+from ebt.options import ThinkingOptions
 from ebt.rundata import load_data
 from ebt.runs import load_run
 from ebt.scaling.sweep import KINDS, LOGS, Sweep, data_steps, point_state
-from ebt.suite import thinking_budgets
+from ebt.suite import BUDGETS
 
 FIT_AXES = ("data", "width", "depth", "batch", "params", "flops")
 X_LABELS = {"data": "training tokens", "width": "model width (model.dim)", "depth": "blocks (model.n_layers)",
@@ -183,15 +184,25 @@ def curves(measured: list[Measured]) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return result
 
 
-def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
-                   say=lambda line: None) -> dict[float, dict]:
-    """For each EBT point: perplexity at the paper suite's thinking budgets on its validation
-    windows, and the gains from thinking longer and from self-verification (best-of-M), averaged
-    over seeds, by x. Points of the data axis load the weights kept at their step."""
-    scoring = Scoring(device)
-    by_x: dict[float, list[dict]] = {}
-    streams: dict[str, torch.Tensor] = {}
-    for m in [m for m in measured if m.kind == "ebt"]:
+def thinking_scores(measured: list[Measured], device: str | torch.device = "cpu", windows: int | None = None,
+                    say=lambda line: None) -> dict:
+    """Each EBT point scored at the paper suite's thinking budgets (`ebt.suite.BUDGETS`) on its
+    first `windows` validation windows (all of them by default; more than a point has is a
+    ConfigError naming thinking_windows): what `ebt.scaling.gains.fit_gains` takes. Points of the
+    data axis load the weights kept at their step; every point thinks from the same random starts.
+
+    Returns {"x": (P,), "budgets": [(steps, samples)] (B), "forward_passes": (B,) per token,
+    "losses": (S, P, B, W) per-window mean losses in nats (NaN where a seed lacks a point),
+    "tokens": (W,) the targets each window scores}."""
+    mine = [m for m in measured if m.kind == "ebt"]
+    have = min((len(m.window_losses) for m in mine), default=0)
+    if windows is not None and windows > have:
+        raise ConfigError(f"thinking_windows = {windows} is more than the {have} validation windows each point "
+                          f"has; give at most {have}", field="thinking_windows")
+    scoring, streams = Scoring(device), {}
+    xs, seeds = sorted({m.x for m in mine}), sorted({m.seed for m in mine})
+    losses, tokens, passes = None, None, [0.0] * len(BUDGETS)
+    for m in mine:
         run = load_run(m.run, device, step=None if m.final else m.step)
         key = str(m.run) if run.config.text.tokenizer == "bpe" else "shared"
         if key not in streams:
@@ -200,18 +211,14 @@ def thinking_gains(measured: list[Measured], device: str | torch.device = "cpu",
             except DataError as e:
                 raise DataError(f"point {m.run}: {e}") from None
         say(f"  thinking budgets: {m.run.name} step {m.step}")
-        r = thinking_budgets(run.model, streams[key], scoring=scoring, max_windows=len(m.window_losses))
-        by_x.setdefault(m.x, []).append(r)
-    gains = {}
-    for x, results in by_x.items():
-        gains[x] = {
-            "runs": len(results),
-            "budgets": [{"budget": b["budget"], "forward_passes": b["forward_passes"], "steps": b["steps"],
-                         "samples": b["samples"],
-                         "ppl": float(np.mean([r["budgets"][i]["ppl"] for r in results]))}
-                        for i, b in enumerate(results[0]["budgets"])],
-            **{k: float(np.mean([r[k] for r in results]))
-               for k in ("gain_think_longer_pct", "gain_self_verify_pct", "gain_best_pct")},
-        }
-    return gains
-
+        for b, (steps, samples) in enumerate(BUDGETS):
+            scores = evaluate(run.model, streams[key], ThinkingOptions(steps=steps, samples=samples), scoring=scoring,
+                              max_windows=windows or have)
+            if losses is None:
+                losses = np.full((len(seeds), len(xs), len(BUDGETS), len(scores)), np.nan)
+                tokens = scores.tokens.numpy().astype(float)
+            losses[seeds.index(m.seed), xs.index(m.x), b] = scores.loss.numpy()
+            passes[b] = scores.summary()["forward_passes"]
+    return {"x": np.array(xs), "budgets": list(BUDGETS), "forward_passes": passes,
+            "losses": losses if losses is not None else np.zeros((0, 0, len(BUDGETS), 0)),
+            "tokens": tokens if tokens is not None else np.zeros(0)}

@@ -13,6 +13,7 @@ kinds, which would otherwise swamp a slope difference of a few percent.
 - `fit_line`: one OLS fit in log–log space.
 - `fit_scaling`: fits, bootstrap intervals, per-seed fits, an offset power law, where the lines cross.
 - `report`: the result as text. `ebt.plots.plot_scaling` draws it.
+- `resample_counts`, `percentile_interval`: the bootstrap's pieces, shared with `ebt.scaling.gains`.
 
 numpy only; scipy is imported for the offset power law alone. Read next: `ebt/scaling/sweep.py`.
 """
@@ -104,7 +105,7 @@ def fit_scaling(
         k_ebt, k_tpp = boot["ebt"][0], boot["transformer"][0]
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios = k_ebt / k_tpp - 1.0
-        result["scaling_rate_ratio_ci"] = _interval(ratios)
+        result["scaling_rate_ratio_ci"] = percentile_interval(ratios)
         result["scaling_rate_ratio_by_seed"] = [
             _ratio(a, b) for a, b in zip(ebt["slope_by_seed"], tpp["slope_by_seed"])
         ]
@@ -226,11 +227,11 @@ def _bootstrap(data: dict, reps: int, rng: np.random.Generator) -> dict[str, tup
     for start in range(0, reps, _CHUNK):
         r = min(_CHUNK, reps - start)
         # One window resample per replicate, shared by every point, seed and kind: the pairing.
-        window_counts = _counts(rng.integers(0, n_windows, (r, n_windows)), n_windows)  # (R, W)
+        window_counts = resample_counts(rng.integers(0, n_windows, (r, n_windows)), n_windows)  # (R, W)
         for kind, d in data.items():
             s, p = d["present"].shape
             means = (window_counts @ flat[kind] / n_windows).reshape(r, s, p)  # (R, S, P)
-            seed_counts = _counts(rng.integers(0, s, (r, s)), s) if s > 1 else np.ones((r, 1))  # (R, S)
+            seed_counts = resample_counts(rng.integers(0, s, (r, s)), s) if s > 1 else np.ones((r, 1))  # (R, S)
             weight = seed_counts[:, :, None] * d["present"][None]  # (R, S, P)
             total = weight.sum(axis=1)  # (R, P)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -243,7 +244,7 @@ def _bootstrap(data: dict, reps: int, rng: np.random.Generator) -> dict[str, tup
     return out
 
 
-def _counts(indices: np.ndarray, n: int) -> np.ndarray:
+def resample_counts(indices: np.ndarray, n: int) -> np.ndarray:
     """(R, n) counts of each index in every row of `indices` (R, k)."""
     rows = indices.shape[0]
     flat = (indices + n * np.arange(rows)[:, None]).ravel()
@@ -268,7 +269,7 @@ def _model(d: dict, boot: tuple[np.ndarray, np.ndarray], band_points: int) -> di
             for xi, li, n in zip(x, mean, d["present"].sum(axis=0))
         ],
         "slope": slope,
-        "slope_ci": _interval(slopes),
+        "slope_ci": percentile_interval(slopes),
         "intercept": intercept,
         "slope_by_seed": by_seed,
         "offset_power_law": offset_power_law(x, mean),
@@ -350,7 +351,7 @@ def _ratio(k_ebt: float | None, k_tpp: float | None) -> float | None:
     return _finite(k_ebt / k_tpp - 1.0)
 
 
-def _interval(values: np.ndarray) -> list[float] | None:
+def percentile_interval(values: np.ndarray) -> list[float] | None:
     """The 2.5/97.5 percentiles of the finite values, None if there are none."""
     values = values[np.isfinite(values)]
     if values.size == 0:
