@@ -3,7 +3,9 @@ than the Transformer++" (SPEC §7).
 
 `run` trains one ordinary run directory per (model kind, axis value, seed) (`ebt.scaling.sweep`,
 `ebt.scaling.running`); `fit` reads their validation losses (`ebt.scaling.curves`) and fits the
-scaling rate of each kind with bootstrap intervals (`ebt.scaling.fit`).
+scaling rate of each kind with bootstrap intervals (`ebt.scaling.fit`); with `thinking`, also the
+EBT's gains from thinking longer and from best-of-M along the axis, and their trend
+(`ebt.scaling.curves.thinking_scores`, `ebt.scaling.gains`).
 """
 
 from __future__ import annotations
