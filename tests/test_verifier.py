@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ebt.verifier
+from ebt.options import ThinkingOptions
 from conftest import random_ids, run_cli, tiny_model
 from ebt.data.tokens import TokenSplit
 from ebt.errors import ConfigError
@@ -217,3 +218,17 @@ def test_the_script_has_help(script, capsys) -> None:
     with pytest.raises(SystemExit) as exit:
         script.main(["--help"])
     assert exit.value.code == 0 and "--windows" in capsys.readouterr().out
+
+
+def test_diagnose_refuses_what_it_does_not_measure_and_identical_candidates():
+    from conftest import tiny_model as make
+    from ebt.verifier import diagnose
+    tokens = torch.randint(0, 11, (200,), generator=torch.Generator().manual_seed(0))
+    for given, field in (({"selection_temperature": 0.5, "samples": 4}, "selection_temperature"),
+                         ({"score_decoded": True, "samples": 4}, "score_decoded")):
+        with pytest.raises(ConfigError, match="is not measured here") as e:
+            diagnose(make(), tokens, ThinkingOptions(**given), samples=4)
+        assert e.value.field == field
+    with pytest.raises(ConfigError, match="identical candidates") as e:
+        diagnose(make(overrides={"think.start_std": 0.0}), tokens, samples=3)
+    assert e.value.field == "langevin_std"

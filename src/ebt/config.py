@@ -83,7 +83,7 @@ class ThinkConfig:
     # with ranking_samples M > 1, the candidates of M − 1 more descents from fresh starts join the
     # ranked pool (first-order, sharing the context pass): candidates best-of-M will choose among.
     ranking_samples: int = 1
-    # a penalty SiLU(loss_k − loss_{k−1}) per position on each step whose loss rose; its weight.
+    # a penalty max(0, loss_k − loss_{k−1}) per position on each step whose loss rose; its weight.
     monotone_weight: float = 0.0
     # Then the inner optimizer's knobs (think.momentum, …), with which thinking trains and by default
     # thinks: declared once, default, range and meaning, in `ebt.options.InnerOptimizer`; `adopt` adds them.
@@ -331,10 +331,11 @@ def _check_think(t: ThinkConfig) -> None:
     check_int("think.min_steps", t.min_steps, 0, t.steps, note=" (at most think.steps)")
     check_real("think.langevin_std", t.langevin_std, 0)
     check_int("think.replay_buffer_size", t.replay_buffer_size, 0)
-    check_real("think.start_std", t.start_std, 0)
-    check_real("think.ranking_weight", t.ranking_weight, 0)
-    check_real("think.ranking_temperature", t.ranking_temperature, 0, low_open=True)
-    check_real("think.monotone_weight", t.monotone_weight, 0)
+    # Bounds far past anything useful, so that a typo is refused before it overflows a step.
+    check_real("think.start_std", t.start_std, 0, 1e3)
+    check_real("think.ranking_weight", t.ranking_weight, 0, 1e3)
+    check_real("think.ranking_temperature", t.ranking_temperature, 1e-6, 1e6)
+    check_real("think.monotone_weight", t.monotone_weight, 0, 1e3)
     check_int("think.ranking_samples", t.ranking_samples, 1, 64)
     check("think.ranking_samples", t.ranking_samples, t.ranking_samples == 1 or t.ranking_weight > 0,
           "1 when think.ranking_weight is 0 (its extra descents feed only the ranking loss)")

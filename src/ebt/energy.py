@@ -379,7 +379,10 @@ def think_best_of(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
     # With one sample this picks it; with M the one of lowest final energy, per position.
     picked = thought.take_sample(lowest_energy_sample(final))
     if options.selection_temperature is not None:
-        weights = torch.softmax(-final / options.selection_temperature, dim=1)
+        # From each position's lowest energy: −(E − E_min)/τ ≤ 0, so a tiny τ gives weights (1, 0, …), never inf − inf.
+        # In float64: τ below float32's range (1e-300) would round to 0 and make 0/0.
+        gap = (final - final.amin(dim=1, keepdim=True)).double()
+        weights = torch.softmax(-gap / options.selection_temperature, dim=1).to(final.dtype)
         picked.candidates[-1] = model.task.mix(thought.y, weights)
     return picked
 
@@ -396,8 +399,8 @@ def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
     samples, steps = options.samples, model.think_config.steps if options.steps is None else options.steps
     decoded = getattr(model.task, "decoded", None)
     if options.score_decoded and decoded is None:
-        raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which a "
-                          f"{type(model.task).__name__} candidate is already; use it for text", field="score_decoded")
+        raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which an "
+                          f"{model.config.task} candidate already is; use it for text", field="score_decoded")
     y = model.initial_candidate(x, samples, generator)  # (B, M, S, C)
     scoring = score_final or samples > 1
     thought = think(

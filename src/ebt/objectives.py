@@ -118,7 +118,8 @@ def ranking_loss(model: nn.Module, energy, visited: list[Tensor], targets: Tenso
     second-order term). The mean of −Σ q log softmax(−E) over scored positions."""
     pool = torch.cat([c.detach() for c in visited], dim=1)  # (B, N, S, C), N = Σ of the candidates' M
     with torch.no_grad():
-        q = torch.softmax(-model.task.position_losses(pool, targets) / temperature, dim=1)  # (B, N, S)
+        losses = model.task.position_losses(pool, targets)  # (B, N, S)
+        q = torch.softmax(-(losses - losses.amin(dim=1, keepdim=True)) / temperature, dim=1)  # a tiny τ: one-hot
     e = energy(model.task.prepare(pool), steps - 1)  # (B, N, S), graph to θ
     each = -(q * torch.log_softmax(-e.float(), dim=1)).sum(dim=1)  # (B, S)
     scored = model.task.scored(targets).to(each.dtype)
@@ -138,13 +139,13 @@ def other_starts(model: nn.Module, energy, x: Tensor, samples: int, steps: int, 
 
 
 def monotone_penalty(task, visited: list[Tensor], targets: Tensor) -> Tensor:
-    """Σ over steps of the mean over scored positions of SiLU(loss_k − loss_{k−1}) (`think.monotone_weight`):
-    a soft hinge on each step that raised a position's loss (candidates `visited`, the start first,
-    each (B, 1, S, C)). Only steps whose candidate carries the graph train θ (System 2's truncated
+    """Σ over steps of the mean over scored positions of max(0, loss_k − loss_{k−1}) (`think.monotone_weight`):
+    a hinge on each step that raised a position's loss, nothing for one that lowered it (candidates
+    `visited`, the start first, each (B, 1, S, C)). Only steps whose candidate carries the graph train θ (System 2's truncated
     graph: the last, against the detached one before it)."""
     losses = [task.position_losses(c.squeeze(1), targets) for c in visited]  # (B, S) each
     scored = task.scored(targets).to(losses[0].dtype)
-    rises = [torch.nn.functional.silu(now - before) for before, now in zip(losses, losses[1:])]
+    rises = [torch.relu(now - before) for before, now in zip(losses, losses[1:])]
     return sum((r * scored).sum() for r in rises) / scored.sum().clamp_min(1)
 
 

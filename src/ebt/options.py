@@ -178,10 +178,10 @@ class ThinkingOptions:
     tolerance: float | None = knob(None, "EBT adaptive thinking: a position stops when its energy changes by "
                                    "less than this", partial(check_real, low=0), unset="off")
     selection_temperature: float | None = knob(
-        None, "EBT soft selection over best-of-M: the mixture Σ softmax(−E_i/T)·p_i of the samples, T in energy "
-        "units (default: off, the lowest energy's sample)", partial(check_real, low=0, low_open=True),
+        None, "EBT soft selection over best-of-M (samples ≥ 2): the mixture Σ softmax(−E_i/T)·p_i of the samples, "
+        "T in energy units (default: off, the lowest energy's sample)", partial(check_real, low=0, low_open=True),
         unset="off", metavar="T")
-    score_decoded: bool = knob(False, "EBT best-of-M: score each sample's energy at what it decodes to (text: "
+    score_decoded: bool = knob(False, "EBT best-of-M (samples ≥ 2): score each sample's energy at what it decodes to (text: "
                                "the one-hot of its most likely token) instead of at its soft prediction", check_bool)
     accept_steps: bool = knob(False, "EBT step acceptance: a step that raises a position's energy is undone "
                               "there and its α halved", check_bool)

@@ -95,6 +95,7 @@ class CandidateScores:
     def at_step(self, step: int) -> dict:
         """Step `step` (1 … T): the candidates' `mean_energy`, and `picking`'s figures (their
         `mean_loss` among them)."""
+        check_int("step", step, 1, self.loss.shape[1], note=" (the steps traced)")
         loss, energy = self.loss[:, step - 1], self.energy[:, step - 1]
         return {"step": step, "mean_energy": float(energy.mean()), **picking(loss, energy)}
 
@@ -125,7 +126,11 @@ def soft_loss(loss: Tensor, energy: Tensor, temperature: float) -> float:
     if math.isinf(temperature):
         weights = torch.full_like(energy, -math.log(energy.shape[1]))
     else:
-        weights = torch.log_softmax(-energy / temperature, dim=1)  # (P, M): log wᵢ
+        if not temperature > 0:
+            raise ConfigError(f"temperature = {temperature!r} is not allowed; it must be a number > 0 (math.inf: the "
+                              "plain ensemble)", field="temperature")
+        gap = (energy - energy.amin(dim=1, keepdim=True)).double()  # float64: a τ below float32's range is not 0
+        weights = torch.log_softmax(-gap / temperature, dim=1).to(loss.dtype)  # (P, M): log wᵢ
     return float(-torch.logsumexp(weights - loss, dim=1).mean())  # −log Σ wᵢ pᵢ(target)
 
 
@@ -178,6 +183,15 @@ def diagnose(
     scoring = scoring_for_model(scoring, given)
     options = ThinkingOptions.of(options, **thinking)
     _check_text_ebt(model)
+    for name in ("selection_temperature", "score_decoded"):
+        if getattr(options, name) not in (None, False):
+            raise ConfigError(f"ThinkingOptions.{name} = {getattr(options, name)!r} is not measured here: the verifier "
+                              "reports the energy's argmin pick and soft selection at several temperatures "
+                              "(summary's soft_loss) from the same candidates; leave it unset", field=name)
+    if not model.think_config.start_std and not options.langevin_std:
+        raise ConfigError(f"samples = {samples} would be identical candidates: this model starts every sample at "
+                          "zero (think.start_std = 0); add Langevin noise (ThinkingOptions.langevin_std) so that "
+                          "they differ", field="langevin_std")
     check_int("samples", samples, 2, MAX_SAMPLES, note=" (the candidates per position the energy picks among)")
     check_int("max_windows", max_windows, 1)
     if options.tolerance is not None:
