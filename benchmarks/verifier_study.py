@@ -42,6 +42,7 @@ import ebt.errors
 from ebt.checkpoint import load_config
 from ebt.data.batches import Batch
 from ebt.evaluate import Scoring, evaluate
+from ebt.files import standard_json
 from ebt.models import build_model, is_energy_based
 from ebt.objectives import make_objective
 from ebt.options import ThinkingOptions
@@ -128,11 +129,11 @@ def table(directory: Path, as_json: bool) -> None:
     paper_2pass = {n: paper[n]["ppl"]["2"] for n in SETS} if paper else None
     rows = {name: figures(scores, paper_2pass) for name, scores in cells.items()}
     if as_json:
-        print(json.dumps(rows, indent=1))
+        print(standard_json(rows, indent=1))  # NaN (no paper cell) as null
         return
     short = {"validation": "val", "kjv": "KJV", "austen": "Austen"}
     print("| cell | seeds | set | 2 | 3 | 3×10 | 6 | 6×10 | 6 acc | 6×10 acc | 3×10 dec | soft τ=1 | gain 2→3×10 "
-          "| best vs paper 2-pass | 6 vs 3 | bo10 vs bo1 | gap closed | pick best | ρ |")
+          "| best vs paper 2-pass | 6 vs 3 (+ = worse) | bo10 vs bo1 | gap closed | pick best | ρ |")
     print("|" + "---|" * 19)
     for name, row in rows.items():
         for s in SETS:
@@ -150,12 +151,17 @@ def cost(directory: Path, repeats: int, warmup: int = 2) -> None:
     setups = {}
     for run_dir in sorted(p for p in directory.iterdir() if (p / "config.json").is_file() and "-seed" not in p.name):
         config = load_config(run_dir)
+        if config.model.task != "text":
+            print(f"{run_dir.name}: skipped, a {config.model.task} run", file=sys.stderr)
+            continue
         model = build_model(config)
         optimizer = torch.optim.AdamW(parameter_groups(model, config.train, config.think.step_size_lr_mult), betas=BETAS)
         setups[run_dir.name] = partial(train_step, Parallel(make_objective(model), model, torch.device("cpu")),
                                        optimizer, lr_scheduler(optimizer, config.train, config.train.steps),
                                        grad_scaler("fp32", "cpu"), data=TextData, tc=config.train)
         b, s, v = config.train.batch_size, config.model.context_len, config.text.vocab_size
+    if not setups:
+        raise SystemExit(f"verifier_study.py: error: no text run directories in {directory}")
     times: dict[str, list[float]] = {k: [] for k in setups}
     for i in range(warmup + repeats):
         batch = [Batch(torch.randint(0, v, (b, s + 1)), torch.randint(0, 2**62, (b,)))]
@@ -164,9 +170,10 @@ def cost(directory: Path, repeats: int, warmup: int = 2) -> None:
             step(batch)
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
-    base = statistics.median(times.get("ours") or next(iter(times.values())))
+    reference = "ours" if "ours" in times else next(iter(times))
+    base = statistics.median(times[reference])
     for name, t in times.items():
-        print(f"{name}: {statistics.median(t):.3f} s per step, {statistics.median(t) / base:.2f}× ours")
+        print(f"{name}: {statistics.median(t):.3f} s per step, {statistics.median(t) / base:.2f}× {reference}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,13 +200,19 @@ def main(argv: list[str] | None = None) -> int:
             known = {label for label, *_ in BUDGETS} | {"verifier"}
             if only and (only - known or not out.is_file()):
                 parser.error(f"--only takes labels of {sorted(known)} and an existing {out.name}")
-            result = score(args.run, args.windows, only, json.loads(out.read_text()) if only else None)
+            previous = json.loads(out.read_text()) if only else None
+            if previous and previous["windows"] != args.windows:
+                parser.error(f"{out.name} was scored on {previous['windows']} windows; give --windows "
+                             f"{previous['windows']} so that its budgets stay comparable")
+            result = score(args.run, args.windows, only, previous)
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(result, indent=1) + "\n")
             tmp.replace(out)
         elif args.command == "table":
             table(args.dir, args.json)
         else:
+            if args.repeats < 1:
+                parser.error(f"--repeats must be ≥ 1, got {args.repeats}")
             cost(args.dir, args.repeats)
     except ebt.errors.EBTError as error:
         parser.exit(2, f"verifier_study.py: error: {error}\n")

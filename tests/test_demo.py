@@ -40,8 +40,9 @@ def test_the_demo_trains_both_models_and_reports_the_thinking_budgets(tmp_path, 
             ("DiT, DDIM 100 passes", 100)]
         assert all(0 < b["psnr"] < 100 for b in level["budgets"]) and 0 < level["noisy_psnr"] < 100
     assert "λ = 0.1 (trained)" in out and "DiT, DDIM 100 passes" in out and "noisy input" in out
-    assert out.rstrip().splitlines()[-3].startswith("Images at λ = 0.1 (both trained there): the EBT denoises ")
-    assert out.rstrip().splitlines()[-2].startswith("Images at λ = 0.2 (noisier than either trained on)")
+    assert out.rstrip().splitlines()[-4].startswith("Images at λ = 0.1 (both trained there): the EBT denoises ")
+    assert out.rstrip().splitlines()[-3].startswith("Images at λ = 0.2 (noisier than either trained on)")
+    assert out.rstrip().splitlines()[-2].startswith("Only 3 image(s) scored: too few to tell")
     png = (tmp_path / "demo-images.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 1000
     for kind in ("ebt", "dit"):

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import ebt.verifier
-from ebt.options import ThinkingOptions
 from conftest import random_ids, run_cli, tiny_model
 from ebt.data.tokens import TokenSplit
 from ebt.errors import ConfigError
 from ebt.evaluate import evaluate
+from ebt.options import ThinkingOptions
 from ebt.plots import spearman
 from ebt.think import Thought
 from ebt.verifier import diagnose, rank_correlations

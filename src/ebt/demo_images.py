@@ -6,7 +6,7 @@ held-out test images, both seeing the same seeded noise, each is scored with
 `ebt.evaluate.denoise_metrics` at the training level and at λ = 0.2 (noisier than either trained
 on): the EBT thinking 1 step (as trained) and 3, the DiT's DDIM sampler on 10 and 100 passes (100:
 every timestep at λ = 0.1, as it trained). The PSNR (dB) and forward passes per image go into one
-table, a grid of noisy / EBT / DiT / clean images into OUT/demo-images.png (`ebt.denoise.image_grid`),
+table, a grid of clean / noisy / EBT / DiT images into OUT/demo-images.png (`ebt.denoise.image_grid`),
 and `verdict` says from the figures whether the EBT denoised better, at what cost in passes.
 The paper's claim it checks: an EBT denoises better than a DiT with ~1% of its passes
 (docs/results.md, "Image denoising (EBT vs DiT)").
@@ -111,6 +111,9 @@ def print_table(figures: dict) -> None:
         print(f"{row['label']:<28}{cells}")
 
 
+FEW_IMAGES = 16  # fewer held-out images than this: too few to read a gap of a few tenths of a dB
+
+
 def verdict(figures: dict) -> str:
     """One line per level: whether the EBT's best budget denoised better than the DiT's sampler as
     it trained (its most passes), each with its passes, and where the DiT's best budget stands when
@@ -129,6 +132,9 @@ def verdict(figures: dict) -> str:
             gap = ebt["psnr"] - best["psnr"]
             line += f"; the DiT's best budget, {_figure(best)}, is {abs(gap):.1f} dB {'below' if gap > 0 else 'above'}"
         lines.append(line + ".")
+    if figures.get("images", FEW_IMAGES) < FEW_IMAGES:
+        lines.append(f"Only {figures['images']} image(s) scored: too few to tell a difference of a few tenths of a dB "
+                     f"(use --images {FEW_IMAGES} or more).")
     return "\n".join(lines)
 
 
