@@ -104,7 +104,7 @@ def test_soft_selection_goes_from_the_argmin_to_the_ensemble():
         cold = model.think(x, samples=4, selection_temperature=1e-9, generator=generator())
         hot = model.think(x, samples=4, selection_temperature=1e9, generator=generator())
     assert torch.allclose(torch.softmax(cold.y, -1), torch.softmax(hard.y, -1), atol=1e-9)
-    from ebt.energy import think_samples
+    from ebt.best_of import think_samples
     with torch.no_grad():
         samples = think_samples(model, model.landscapes(x, differentiable=False), x, ThinkingOptions(samples=4),
                                 generator=generator())
@@ -133,7 +133,7 @@ def test_a_tiny_ranking_temperature_stays_finite():
 
 def test_scoring_at_the_decoded_token_scores_one_hot_candidates():
     model, x = tiny_model(), random_ids(2, 8)
-    from ebt.energy import think_samples
+    from ebt.best_of import think_samples
     options = ThinkingOptions(samples=3, score_decoded=True)
     with torch.no_grad():
         t = think_samples(model, model.landscapes(x, differentiable=False), x, options,

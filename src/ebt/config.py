@@ -72,19 +72,13 @@ class ThinkConfig:
     langevin_std: float = 0.0  # σ of Gaussian noise added to the candidate before each training step
     replay_buffer_size: int = 0  # sequences whose final candidates are replayed (FIFO); memory =
     # size × context_len × (candidate_dim × 4 + 16) bytes, e.g. 256 × 128 × 256 logits ≈ 34 MB; 0 = off
-    # σ of the N(0, σ²) start candidates (text logits, video latents); 0 = start at zero (text: the
-    # uniform distribution; samples then differ only by Langevin noise). Images start from the noisy image.
-    start_std: float = 1.0
-    # Training terms that make the energy a verifier (issue 22; `ebt.objectives`), each 0 = off:
-    # a listwise ranking loss on the energies of the candidates the descent visited, ordered by their
-    # loss (target softmax(−loss/ranking_temperature), nats), first-order in θ; its weight.
+    start_std: float = 1.0  # σ of the start candidates (text logits, video latents); 0 = zero (text: uniform)
+    # Terms that make the energy a verifier (`ebt.objectives`; weights 0 = off): a listwise ranking
+    # loss on the energies of the candidates the descent visits, by their loss (first-order in θ);
     ranking_weight: float = 0.0
-    ranking_temperature: float = 0.1
-    # with ranking_samples M > 1, the candidates of M − 1 more descents from fresh starts join the
-    # ranked pool (first-order, sharing the context pass): candidates best-of-M will choose among.
-    ranking_samples: int = 1
-    # a penalty max(0, loss_k − loss_{k−1}) per position on each step whose loss rose; its weight.
-    monotone_weight: float = 0.0
+    ranking_temperature: float = 0.1  # τ of its target softmax(−loss/τ), nats
+    ranking_samples: int = 1  # descents whose candidates it ranks (M − 1 more from fresh starts, first-order)
+    monotone_weight: float = 0.0  # a penalty max(0, loss_k − loss_{k−1}) per position on each step
     # Then the inner optimizer's knobs (think.momentum, …), with which thinking trains and by default
     # thinks: declared once, default, range and meaning, in `ebt.options.InnerOptimizer`; `adopt` adds them.
 

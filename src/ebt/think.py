@@ -408,7 +408,7 @@ def _normal(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
 
 
-# --- Best-of-M self-verification (`ebt.energy.think_best_of`) ---------------------------------------
+# --- Best-of-M self-verification (`ebt.best_of.think_best_of`) ---------------------------------------
 
 
 def lowest_energy_sample(energies: Tensor) -> Tensor:

@@ -1,9 +1,9 @@
 """Verifier diagnostics: how well an EBT's energy picks among its own candidates, and how its
 descent behaves step by step (SPEC §4, self-verification).
 
-Best-of-M (`ebt.energy.think_best_of`) descends M candidates per position from independent
+Best-of-M (`ebt.best_of.think_best_of`) descends M candidates per position from independent
 starts and keeps the one of lowest final energy. `diagnose` keeps all M
-(`ebt.energy.think_samples`) and asks, position by position: do the energies order the
+(`ebt.best_of.think_samples`) and asks, position by position: do the energies order the
 candidates as their losses do (Spearman's ρ across the M), is the energy's pick the best
 candidate, and how much of the gap between the mean candidate and the best one (an oracle) does
 the pick close. It asks the same after every step of a descent run past the pick's steps (twice
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ebt.checks import check_int
 from ebt.data.tokens import PAD, TokenSplit, split_window
-from ebt.energy import think_samples
+from ebt.best_of import think_samples
 from ebt.errors import ConfigError, DataError
 from ebt.evaluate import Scoring, evaluating, scoring_for_model
 from ebt.models import is_energy_based
