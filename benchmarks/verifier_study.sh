@@ -35,6 +35,7 @@ mirror-mono $PAPER $MIRROR $MONO
 ours-rank-mono $OURS $RANK $MONO
 mirror-forget-rank $PAPER $MIRROR $FORGET $RANK
 mirror-rank4 $PAPER $MIRROR $RANK --think.ranking_samples=4
+ours-rank0.1 $OURS --think.ranking_weight=0.1 --think.ranking_temperature=0.1
 CELLS
 )
 mkdir -p "$OUT"
