@@ -182,49 +182,43 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
 class Backtracking:
     """Step acceptance for `think(accept_steps=True)`: per position, a prediction whose energy is
     higher than that of the prediction the previous step started from is replaced by that one (its
-    noisy form, prepared form, energy, gradient and velocity, all kept from the previous step), and
-    α there is halved for the rest of the descent. The first step is always taken: the start is
-    noise, not a prediction to fall back to (text: random logits, whose energy can be low by
-    chance — undoing the first step there costs far more than any step gains). No energy evaluation is added: each check uses
-    the energy the step computes anyway. `undone` counts the positions × steps undone."""
+    noisy form, prepared form, energy, gradient and velocity, kept from the previous step), and α
+    there is halved for the rest of the descent. No energy evaluation is added: each check uses
+    the energy the step computes anyway. The first step is always taken: the start is noise, not a
+    prediction to fall back to (text: random logits, whose energy can be low by chance)."""
 
     def __init__(self) -> None:
-        self.last: tuple | None = None  # (start, y, p, e, g, velocity) of the last accepted candidate
+        self.kept: tuple | None = None  # (start, y, p, e, g, velocity) the last step started from
+        self.predicted = False  # whether `kept` is a prediction (not the start)
         self.scale: Tensor | None = None  # (…, S): α's factor per position, halved at each undone step
-        self.undone = 0
-        self.predicted = False  # the first step's candidate is the start (noise), never returned to
 
     def check(self, start: Tensor, y: Tensor, p: Tensor, e: Tensor, g: Tensor, velocity: Tensor | None,
               step_size: Tensor | float) -> tuple:
-        if self.last is not None and self.predicted:
-            raised = e > self.last[3]  # (…, S)
-            self.undone += int(raised.sum())
-            if self.scale is None:
-                self.scale = torch.ones_like(e)
+        """The step's (start, y, p, e, g, velocity) with the previous ones where its energy rose,
+        and the step size to take from there."""
+        now = (start, y, p, e, g, velocity)
+        if self.predicted:
+            raised = e > self.kept[3]  # (…, S)
             self.scale = torch.where(raised, self.scale / 2, self.scale)
             back = raised.view(*raised.shape, *(1,) * (p.dim() - raised.dim()))
-            now = (start, y, p, e, g, velocity)
-            start, y, p, e, g, velocity = (
-                None if new is None else torch.where(back if new.dim() > raised.dim() else raised,
-                                                      torch.zeros_like(new) if old is None else old, new)
-                for new, old in zip(now, self.last))  # no velocity yet: none
-        self.predicted = self.last is not None  # from the second check on, `last` is a prediction
-        self.last = (start, y, p, e, g, velocity)
+            now = tuple(None if new is None else torch.where(back if new.dim() > raised.dim() else raised,
+                                                            torch.zeros_like(new) if old is None else old, new)
+                        for new, old in zip(now, self.kept))  # no velocity before the first step: zero
+        self.predicted, self.kept = self.kept is not None, now
         if self.scale is None:
-            return start, y, p, e, g, velocity, step_size
-        return start, y, p, e, g, velocity, step_size * self.scale.view(*self.scale.shape, *(1,) * (p.dim() - e.dim()))
+            self.scale = torch.ones_like(e)
+        return (*now, step_size * self.scale.view(*self.scale.shape, *(1,) * (p.dim() - e.dim())))
 
     def final(self, thought: Thought) -> None:
         """After the scoring pass: where the last step raised the energy, the prediction is the
         candidate it started from, with that energy (unless that was the start)."""
-        e, last = thought.energies[-1], self.last
         if not self.predicted:
             return
-        raised = e > last[3]
-        self.undone += int(raised.sum())
-        back = raised.view(*raised.shape, *(1,) * (last[0].dim() - raised.dim()))
-        thought.candidates[-1] = torch.where(back, last[0].detach(), thought.candidates[-1])
-        thought.energies[-1] = torch.where(raised, last[3].detach(), e)
+        start, e = self.kept[0], self.kept[3]
+        raised = thought.energies[-1] > e
+        back = raised.view(*raised.shape, *(1,) * (start.dim() - raised.dim()))
+        thought.candidates[-1] = torch.where(back, start.detach(), thought.candidates[-1])
+        thought.energies[-1] = torch.where(raised, e.detach(), thought.energies[-1])
 
 
 def _adaptive(thought: Thought, step: int, e: Tensor, update: Tensor, tolerance: float) -> Tensor | None:
