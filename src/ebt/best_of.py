@@ -54,8 +54,8 @@ def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
     samples, steps = options.samples, model.think_config.steps if options.steps is None else options.steps
     decoded = getattr(model.task, "decoded", None)
     if options.score_decoded and decoded is None:
-        raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which an "
-                          f"{model.config.task} candidate already is; use it for text", field="score_decoded")
+        raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which the candidate "
+                          f"of a {model.config.task} run already is; use it for text", field="score_decoded")
     y = model.initial_candidate(x, samples, generator)  # (B, M, S, C)
     scoring = score_final or samples > 1
     thought = think(

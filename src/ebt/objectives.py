@@ -111,11 +111,12 @@ def ranking_loss(model: nn.Module, energy, visited: list[Tensor], targets: Tenso
                  temperature: float) -> Tensor:
     """The listwise ranking loss that asks the energy to order candidates of one position as their
     losses do (`think.ranking_weight`; a ListNet-style cross-entropy): for the N candidates a
-    position's descents visited, `visited` (tensors (B, M, S, C), N candidates in all), the target distribution
-    q = softmax(−loss/τ) over them (τ = `temperature`, nats) against the energy's softmax(−E),
-    E of each candidate scored afresh in the last landscape with the candidates detached, so its
-    gradient reaches θ to first order only (one more candidate pass over N candidates, no
-    second-order term). The mean of −Σ q log softmax(−E) over scored positions."""
+    position's descents visited (`visited`: tensors (B, M, S, C), N candidates in all), the
+    target distribution q = softmax(−loss/τ) over them (τ = `temperature`, nats) against the
+    energy's softmax(−E), E of each candidate scored afresh in the last landscape with the
+    candidates detached, so its gradient reaches θ to first order only (one more candidate pass
+    over N candidates, no second-order term). The mean of −Σ q log softmax(−E) over scored
+    positions."""
     pool = torch.cat([c.detach() for c in visited], dim=1)  # (B, N, S, C), N = Σ of the candidates' M
     with torch.no_grad():
         losses = model.task.position_losses(pool, targets)  # (B, N, S)
@@ -139,10 +140,11 @@ def other_starts(model: nn.Module, energy, x: Tensor, samples: int, steps: int, 
 
 
 def monotone_penalty(task, visited: list[Tensor], targets: Tensor) -> Tensor:
-    """Σ over steps of the mean over scored positions of max(0, loss_k − loss_{k−1}) (`think.monotone_weight`):
-    a hinge on each step that raised a position's loss, nothing for one that lowered it (candidates
-    `visited`, the start first, each (B, 1, S, C)). Only steps whose candidate carries the graph train θ (System 2's truncated
-    graph: the last, against the detached one before it)."""
+    """Σ over steps of the mean over scored positions of max(0, loss_k − loss_{k−1})
+    (`think.monotone_weight`): a hinge on each step that raised a position's loss, nothing for one
+    that lowered it (candidates `visited`, the start first, each (B, 1, S, C)). Only steps whose
+    candidate carries the graph train θ (System 2's truncated graph: the last, against the
+    detached one before it)."""
     losses = [task.position_losses(c.squeeze(1), targets) for c in visited]  # (B, S) each
     scored = task.scored(targets).to(losses[0].dtype)
     rises = [torch.relu(now - before) for before, now in zip(losses, losses[1:])]
