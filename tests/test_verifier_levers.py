@@ -144,9 +144,16 @@ def test_scoring_at_the_decoded_token_scores_one_hot_candidates():
     assert t.forward_passes == 3 * (model.think_config.steps + 1)
 
 
+@pytest.mark.parametrize("given, field", [({"selection_temperature": 0.5}, "selection_temperature"),
+                                          ({"score_decoded": True}, "score_decoded")])
+def test_selection_options_need_samples_where_thinking_runs(given, field):
+    options = ThinkingOptions(**given)  # a suite gives them for its best-of-M budgets only
+    with pytest.raises(ConfigError, match="selects among samples; it needs samples ≥ 2") as e:
+        tiny_model().think(random_ids(1, 8), options)
+    assert e.value.field == field
+
+
 @pytest.mark.parametrize("given, field, message", [
-    ({"selection_temperature": 0.5}, "selection_temperature", "needs samples ≥ 2"),
-    ({"score_decoded": True}, "score_decoded", "needs samples ≥ 2"),
     ({"samples": 2, "selection_temperature": 0.0}, "selection_temperature", "must be a finite number > 0"),
     ({"samples": 2, "selection_temperature": float("nan")}, "selection_temperature", "finite number"),
     ({"accept_steps": True, "tolerance": 0.1}, "accept_steps", "cannot be combined with tolerance"),
@@ -167,9 +174,13 @@ def test_score_decoded_is_refused_for_images():
     assert e.value.field == "score_decoded"
 
 
-def test_the_cli_names_the_flags_of_selection_errors(tmp_path, capsys):
-    code, _, err = run_cli(["eval", tmp_path, "--selection-temperature", "1"], capsys)
+def test_the_cli_names_the_flags_of_selection_errors(trained_runs, capsys):
+    code, _, err = run_cli(["eval", trained_runs["ebt"]["dir"], "--selection-temperature", "1"], capsys)
     assert code == 2 and "--selection-temperature" in err and "samples ≥ 2" in err
+    # the suite applies them to its best-of-M budgets
+    code, out, err = run_cli(["eval", trained_runs["ebt"]["dir"], "--suite", "paper", "--max-examples", "1",
+                              "--selection-temperature", "1", "--json"], capsys)
+    assert code == 0, err
 
 
 # --- the start --------------------------------------------------------------------------------------

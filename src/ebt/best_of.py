@@ -51,6 +51,7 @@ def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
     `options.score_decoded` (the task's `decoded`; ConfigError for a task without one).
     `forward_passes` counts every energy evaluation, all samples included (`ebt.verifier`
     measures how well the energy picks among them)."""
+    options.check_selection()
     samples, steps = options.samples, model.think_config.steps if options.steps is None else options.steps
     decoded = getattr(model.task, "decoded", None)
     if options.score_decoded and decoded is None:

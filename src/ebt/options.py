@@ -188,14 +188,19 @@ class ThinkingOptions:
 
     def __post_init__(self) -> None:
         check_fields(self, "ThinkingOptions")
-        for name in ("selection_temperature", "score_decoded"):
-            if getattr(self, name) not in (None, False) and self.samples < 2:
-                raise ConfigError(f"ThinkingOptions.{name} = {getattr(self, name)!r} selects among samples; it "
-                                  f"needs samples ≥ 2 (samples = {self.samples})", field=name)
         if self.accept_steps and self.tolerance is not None:
             raise ConfigError(f"ThinkingOptions.accept_steps = true cannot be combined with tolerance = "
                               f"{self.tolerance!r}: an undone step changes the energy by 0 and would stop the "
                               "position; use one of them", field="accept_steps")
+
+    def check_selection(self) -> None:
+        """ConfigError when a selection option (selection_temperature, score_decoded) is set for one
+        sample: there is nothing to select among. Checked where thinking runs, not where options are
+        made, so that a suite can give them for its best-of-M budgets only."""
+        for name in ("selection_temperature", "score_decoded"):
+            if getattr(self, name) not in (None, False) and self.samples < 2:
+                raise ConfigError(f"ThinkingOptions.{name} = {getattr(self, name)!r} selects among samples; it "
+                                  f"needs samples ≥ 2 (samples = {self.samples})", field=name)
 
     def optimizer(self, trained: InnerOptimizer) -> InnerOptimizer:
         """The inner optimizer a model trained with `trained` thinks with under these options."""

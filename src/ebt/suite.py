@@ -212,14 +212,16 @@ def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOption
                      scoring: Scoring | None = None, max_windows: int | None = None, **given) -> dict:
     """An EBT's perplexity on token ids (N,) at each of the paper's budgets (BUDGETS), and the %
     improvement from thinking longer (3 steps against 2), from self-verification (best-of-10
-    against 2 steps) and at the best budget. `options` (step_size, langevin_std) apply to every
-    budget; `scoring` (or its fields as keywords) and `max_windows` go to `evaluate`."""
+    against 2 steps) and at the best budget. `options` (step_size, langevin_std, …) apply to every
+    budget, the selection options (selection_temperature, score_decoded) to the best-of-M ones; `scoring` (or its fields as keywords) and `max_windows` go to `evaluate`."""
     options = options or ThinkingOptions()
     scoring = Scoring.of(scoring, given)
     budgets = []
     for steps, samples in BUDGETS:
-        windows = evaluate(model, tokens, dataclasses.replace(options, steps=steps, samples=samples), scoring=scoring,
-                           max_windows=max_windows)
+        # Selection options (soft selection, decoded scoring) choose among samples: best-of-M budgets only.
+        alone = {} if samples > 1 else {"selection_temperature": None, "score_decoded": False}
+        budget = dataclasses.replace(options, steps=steps, samples=samples, **alone)
+        windows = evaluate(model, tokens, budget, scoring=scoring, max_windows=max_windows)
         budgets.append({"steps": steps, "samples": samples, "budget": steps * samples, **windows.summary()})
     ppl = [b["ppl"] for b in budgets]
     return {"tokens": budgets[0]["tokens"], "budgets": budgets,
@@ -232,8 +234,9 @@ def verifier(model, tokens: Tensor | TokenSplit, options: ThinkingOptions, *, sc
              max_windows: int) -> dict:
     """The verifier's figures for the suite (`ebt.verifier.CandidateScores.summary`): best-of-10 at
     3 steps on min(max_windows, 16) windows, traced to 6 steps; `options` (step_size, langevin_std)
-    as for the budgets."""
-    steps = dataclasses.replace(options, steps=VERIFIER_STEPS)
+    as for the budgets. It measures the argmin pick (and soft selection at several temperatures)
+    itself, so the selection options are not passed on."""
+    steps = dataclasses.replace(options, steps=VERIFIER_STEPS, selection_temperature=None, score_decoded=False)
     return diagnose(model, tokens, steps, scoring=scoring, max_windows=min(max_windows, VERIFIER_WINDOWS),
                     samples=VERIFIER_SAMPLES, trace_steps=2 * VERIFIER_STEPS).summary()
 
