@@ -5,7 +5,9 @@
 `name` is how the caller's reader knows the field ("steps", "model_args batch_size",
 "think.step_size"); `field` (default: `name`) is the API field the error carries for the command
 line to translate into its flag (`ebt.errors.EBTError.field`). Library code never names a flag.
-Each check returns the value it passed, so a caller can check and assign in one line.
+Each check returns the value it passed, so a caller can check and assign in one line. Below
+them, how a value read from a config file or an override string gets its field's type
+(`check_type`, `parse_value`), for `ebt.config`.
 """
 
 from __future__ import annotations
@@ -87,3 +89,45 @@ def check(name: str, value: Any, ok: bool, allowed: str, *, field: str | None = 
     if not ok:
         raise _refuse(name, value, allowed, field)
     return value
+
+
+# --- Values read from config files and override strings (`ebt.config`) ---------------------------
+
+
+def json_type(value: Any) -> str:
+    """How a JSON reader names a value's type ("an object", "an integer", …)."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "an integer",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def check_type(key: str, value: Any, kind: type) -> Any:
+    """A value read from config.json, checked against its field's type (an int is a float too)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        raise ConfigError(f"{key} = {value!r} has the wrong type; it must be {names.get(kind, kind.__name__)}")
+    return value
+
+
+def parse_value(raw: str, kind: type, key: str) -> Any:
+    """A command-line override's text (`--section.key=raw`) as a field of type `kind` (bool: also
+    1/0, yes/no, on/off; int: also 1e3), or ConfigError naming `key`."""
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            f = float(raw)
+            if not f.is_integer():
+                raise ValueError
+            return int(f)
+        return kind(raw)
+    except ValueError:
+        allowed = {bool: "; it must be true or false (also 1/0, yes/no, on/off)", int: "; it must be an integer",
+                   float: "; it must be a number"}
+        raise ConfigError(f"{key} = {raw!r} is not a valid {kind.__name__}{allowed.get(kind, '')}") from None

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ebt.checks import check, check_choice, check_int, check_real
+from ebt.checks import check, check_choice, check_int, check_real, check_type, json_type, parse_value
 from ebt.errors import ConfigError
 from ebt.options import InnerOptimizer, adopt
 
@@ -217,7 +217,7 @@ class RunConfig:
         """A config from its JSON form (any version: older files are migrated), validated."""
         if not isinstance(d, dict):
             raise ConfigError(f"a run config must be an object with sections {', '.join(SECTIONS)}; "
-                              f"this one is {_json_type(d)}")
+                              f"this one is {json_type(d)}")
         d = migrate(d)
         sections = {}
         for name in SECTIONS:
@@ -226,13 +226,13 @@ class RunConfig:
             if values is None:
                 continue
             if not isinstance(values, dict):
-                raise ConfigError(f"config section '{name}' must be an object; it is {_json_type(values)}: {values!r}")
+                raise ConfigError(f"config section '{name}' must be an object; it is {json_type(values)}: {values!r}")
             known = {g.name: g for g in dataclasses.fields(section_cls)}
             unknown = set(values) - set(known)
             if unknown:
                 raise ConfigError(f"unknown keys in config section '{name}': {sorted(unknown)}; valid: {sorted(known)}")
             defaults = section_cls()
-            typed = {key: _check_type(f"{name}.{key}", value, type(getattr(defaults, key))) for key, value in values.items()}
+            typed = {key: check_type(f"{name}.{key}", value, type(getattr(defaults, key))) for key, value in values.items()}
             sections[name] = section_cls(**typed)
         unknown = set(d) - set(SECTIONS) - {"version"}
         if unknown:
@@ -260,7 +260,7 @@ class RunConfig:
                 f"unknown config key '{key}'; valid keys in '{section}': "
                 + ", ".join(f"{section}.{n}" for n in sorted(fields))
             )
-        value = _parse(raw, type(getattr(obj, name)), key)
+        value = parse_value(raw, type(getattr(obj, name)), key)
         sections[section] = dataclasses.replace(obj, **{name: value})
         if section == "model" and name == "task" and value != self.model.task:
             # Another task: its own section, at its defaults; the old task's section goes.
@@ -427,39 +427,3 @@ def migrate(d: dict[str, Any]) -> dict[str, Any]:
         train["eval_examples"] *= train.get("batch_size", TrainConfig.batch_size)  # was: batches of images
     d["version"] = CONFIG_VERSION
     return d
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "true/false", int: "an integer",
-             float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _check_type(key: str, value: Any, kind: type) -> Any:
-    """A value read from config.json, checked against its field's type (an int is a float too)."""
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-        raise ConfigError(f"{key} = {value!r} has the wrong type; it must be {names.get(kind, kind.__name__)}")
-    return value
-
-
-def _parse(raw: str, kind: type, key: str) -> Any:
-    try:
-        if kind is bool:
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            f = float(raw)
-            if not f.is_integer():
-                raise ValueError
-            return int(f)
-        return kind(raw)
-    except ValueError:
-        allowed = {bool: "; it must be true or false (also 1/0, yes/no, on/off)", int: "; it must be an integer",
-                   float: "; it must be a number"}
-        raise ConfigError(f"{key} = {raw!r} is not a valid {kind.__name__}{allowed.get(kind, '')}") from None
