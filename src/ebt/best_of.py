@@ -53,6 +53,10 @@ def think_samples(model: nn.Module, energy: Callable[[Tensor, int], Tensor], x: 
     measures how well the energy picks among them)."""
     options.check_selection()
     samples, steps = options.samples, model.think_config.steps if options.steps is None else options.steps
+    if samples > 1 and model.think_config.start_std == 0 and not options.langevin_std:
+        raise ConfigError(f"samples = {samples} would run {samples} identical candidates: this model starts every "
+                          "sample at zero (think.start_std = 0); add Langevin noise (ThinkingOptions.langevin_std) so "
+                          "that they differ, or use samples = 1", field="langevin_std")
     decoded = getattr(model.task, "decoded", None)
     if options.score_decoded and decoded is None:
         raise ConfigError(f"score_decoded = true scores a candidate at what it decodes to, which the candidate "

@@ -257,11 +257,6 @@ class AutoregressiveEBT(nn.Module):
         """
         options = ThinkingOptions.of(options, **given)
         check_context(ids, self.token_embedding, self.config.context_len)
-        if options.samples > 1 and not self.think_config.start_std and not options.langevin_std:
-            raise ConfigError(f"samples = {options.samples} would run {options.samples} identical candidates: this model "
-                              "starts every sample at zero (think.start_std = 0); add Langevin noise "
-                              "(ThinkingOptions.langevin_std) so that they differ, or use samples = 1",
-                              field="langevin_std")
         if isinstance(self.token_embedding, nn.Embedding) and landscapes is None:  # decoding's caller checked its ids
             check_token_ids(ids, self.token_embedding.num_embeddings)
         energy = landscapes if landscapes is not None else self.landscapes(ids, differentiable=False)

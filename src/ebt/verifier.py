@@ -188,10 +188,6 @@ def diagnose(
             raise ConfigError(f"ThinkingOptions.{name} = {getattr(options, name)!r} is not measured here: the verifier "
                               "reports the energy's argmin pick and soft selection at several temperatures "
                               "(summary's soft_loss) from the same candidates; leave it unset", field=name)
-    if not model.think_config.start_std and not options.langevin_std:
-        raise ConfigError(f"samples = {samples} would be identical candidates: this model starts every sample at "
-                          "zero (think.start_std = 0); add Langevin noise (ThinkingOptions.langevin_std) so that "
-                          "they differ", field="langevin_std")
     check_int("samples", samples, 2, MAX_SAMPLES, note=" (the candidates per position the energy picks among)")
     check_int("max_windows", max_windows, 1)
     if options.tolerance is not None:
