@@ -210,15 +210,15 @@ class _Interrupted(Exception):
 
 def train_until_checkpoint(config, out: Path, stop_after: int) -> None:
     """Train, and crash right after the checkpoint of step `stop_after` is written."""
-    save_weights = ebt.train.save_weights
+    save = ebt.train.save_checkpoint_files
 
-    def save_then_crash(out_dir, model, step, train_state=None):
-        save_weights(out_dir, model, step, train_state)
+    def save_then_crash(out_dir, step, *args, **kwargs):
+        save(out_dir, step, *args, **kwargs)
         if step == stop_after:
             raise _Interrupted
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ebt.train, "save_weights", save_then_crash)
+        patch.setattr(ebt.train, "save_checkpoint_files", save_then_crash)
         with pytest.raises(_Interrupted):
             ebt.train.train(config, out, quiet=True)
     assert load_run(out).step == stop_after

@@ -12,15 +12,21 @@
     + the task data's files (text: tokenizer.json; video: encoder.safetensors) and data.json
 
 Every file is written to a temporary name in the same directory and renamed into place, so a
-crash mid-write never destroys the previous checkpoint. Loading a run with its model is
-`ebt.runs.load_run`; this module knows files, not models.
+crash mid-write never destroys the previous checkpoint. A training checkpoint (weights, training
+state, config, the kept snapshot) is one unit (`save_checkpoint_files`): written whole into
+.checkpoint.partial/, made the run's by one rename to .checkpoint.complete/, then moved into
+place; whatever a kill leaves, `finish_interrupted_save` restores one complete checkpoint, the
+new one or the one before. Loading a run with its model is `ebt.runs.load_run`; this module knows
+files, not models.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -78,13 +84,95 @@ def _cpu_state(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_weights(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int,
-                 train_state: dict[str, Any] | None = None) -> None:
-    """model.safetensors from a model or its (full) state dict, and train_state.pt if given."""
+def save_weights(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int) -> None:
+    """model.safetensors from a model or its (full) state dict (an export; training saves its
+    checkpoints with `save_checkpoint_files`)."""
     state = _cpu_state(weights)
     atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
-    if train_state is not None:
-        atomic_write(out / TRAIN_STATE, lambda p: torch.save({"step": step, **train_state}, p))
+
+
+SAVING, SAVED = ".checkpoint.partial", ".checkpoint.complete"
+
+
+def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor], train_state: dict[str, Any],
+                          config: RunConfig, keep: bool = False) -> None:
+    """A training checkpoint at `step`, as one unit: model.safetensors, train_state.pt, config.json
+    and (`keep`) checkpoints/step-N.safetensors appear together or not at all, and the checkpoint
+    before stays until the new one is complete.
+
+    Each file is written and flushed to disk in OUT/.checkpoint.partial/; one rename of that folder
+    to .checkpoint.complete/ is the moment the new checkpoint becomes the run's; its files then
+    replace the old ones. A kill before that rename leaves the old checkpoint (the partial folder is
+    removed by the next command); after it, the next command finishes the moves
+    (`finish_interrupted_save`). A failure while writing (a full disk, an I/O error) removes the
+    partial folder and raises CheckpointError with the cause and the free space left."""
+    state = _cpu_state(weights)
+    files: dict[str, Callable[[Path], None]] = {
+        WEIGHTS: lambda p: save_file(state, str(p), metadata={"step": str(step)}),
+        TRAIN_STATE: lambda p: torch.save({"step": step, **train_state}, p),
+        CONFIG: lambda p: p.write_text(config.to_json() + "\n")}
+    if keep:
+        files[f"{CHECKPOINTS}/step-{step}.safetensors"] = files[WEIGHTS]
+    finish_interrupted_save(out)
+    partial = out / SAVING
+    try:
+        partial.mkdir()
+        for name, write in files.items():
+            (partial / name).parent.mkdir(exist_ok=True)
+            atomic_write(partial / name, write)
+            _flush(partial / name)
+        _flush(partial)
+        partial.rename(out / SAVED)  # the commit
+    except Exception as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        cause = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e)
+                 else type(e).__name__)
+        raise CheckpointError(f"saving the checkpoint of step {step} in {out} failed: {cause} "
+                              f"({_free_space(out)} free there)") from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finish_interrupted_save(out)
+
+
+def finish_interrupted_save(out: Path) -> bool:
+    """Complete or undo what an interrupted `save_checkpoint_files` left in run directory `out`: a
+    committed checkpoint's files still in .checkpoint.complete/ are moved into place, a partial one
+    is removed. True when there was something to do. Call it only as the directory's writer
+    (`ebt.files.DirectoryLock`), or where no process writes it."""
+    out, found = Path(out), False
+    if (out / SAVING).exists():
+        shutil.rmtree(out / SAVING, ignore_errors=True)
+        found = True
+    complete = out / SAVED
+    if complete.is_dir():
+        for file in sorted(p for p in complete.rglob("*") if p.is_file()):
+            target = out / file.relative_to(complete)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(file, target)
+        shutil.rmtree(complete)
+        found = True
+    return found
+
+
+def _flush(path: Path) -> None:
+    """Make `path` (a file or folder) reach the disk before the commit (a power cut then cannot
+    leave a committed checkpoint with empty files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def _free_space(path: Path) -> str:
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 2**20:.1f} MiB" if free < 2**30 else f"{free / 2**30:.1f} GiB"
 
 
 def validation_rows(out: Path) -> dict[int, dict]:
@@ -115,14 +203,6 @@ def weights_step(file: Path) -> int | None:
 def snapshot_path(out: Path, step: int) -> Path:
     """Where train.keep_checkpoints keeps the weights of step `step`: OUT/checkpoints/step-N.safetensors."""
     return Path(out) / CHECKPOINTS / f"step-{step}.safetensors"
-
-
-def save_snapshot(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int) -> None:
-    """Keep a copy of the weights at `step` (train.keep_checkpoints), in the format of model.safetensors."""
-    state = _cpu_state(weights)
-    path = snapshot_path(out, step)
-    path.parent.mkdir(exist_ok=True)
-    atomic_write(path, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
 
 
 def snapshot_steps(out: Path) -> list[int]:

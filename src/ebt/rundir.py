@@ -1,18 +1,22 @@
 """The life of a run directory around training: claiming it, replacing an old run (`--overwrite`),
 resuming one, the initial weights of a fine-tuning run, the metrics log and the stop signals.
 
-A run directory belongs to one run. A new run over another needs overwrite=True, and the old run
-is set aside (`Replaced`) until the new one writes its first checkpoint: if the new run stops
-before that, the old one comes back. A resumed run may not change what shapes its model, its data
+A run directory belongs to one run, and has one writer: the command that trains it holds its
+lock (`ebt.files.DirectoryLock`) from before anything slow to its end, and first repairs what a
+killed writer left (`recover`). A new run over another needs overwrite=True, and the old run is
+set aside (`Replaced`) until the new one writes its first checkpoint: if the new run stops before
+that, even by a kill, the old one comes back. A resumed run may not change what shapes its model, its data
 or its batches (`refuse_fixed_changes`). The files themselves are `ebt.checkpoint`'s; the loop
 that fills them is `ebt.train`, which reads this module's pieces in order: `claim`, then
-`check_resumable` or `resolve_init`, `MetricsLog`, `StopSignals`.
+`check_resumable` or `resolve_init`, `MetricsLog`, `StopSignals`; `resume_command` is the line
+that continues a run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import threading
@@ -21,24 +25,34 @@ from typing import Any
 
 from torch import nn
 
-from ebt.checkpoint import METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, load_config
+from ebt.checkpoint import METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, finish_interrupted_save, load_config
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, standard_json
 from ebt.runs import load_run
 from ebt.trackers import Tracker
 
+# The signals that stop a command cleanly (saving first); SIGHUP where the platform has one.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 # What --resume may not change besides the model, its thinking and the data: what fixes the batches.
 RESUME_FIXED_TRAIN_FIELDS = ("train.seed", "train.batch_size")
 
 
-def claim(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+def resume_command(out: Path) -> str:
+    """The shell line that continues the run in `out` (quoted: a path with spaces pastes whole)."""
+    return shlex.join(["ebt", "train", "--resume", "--out", str(out)])
+
+
+def claim(out: Path, resume: bool, overwrite: bool, say=print) -> list[Path]:
     """Refuse to start a run in a directory that holds another; returns the old run's files that
-    `overwrite` replaces (`Replaced`). Nothing is touched here."""
+    `overwrite` replaces (`Replaced`). Call it holding the directory's lock: what a killed writer
+    left is repaired first (`recover`, said through `say`); nothing else is touched."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file, not a run directory")
+    for line in recover(out):
+        say(line)
     if resume:
         return []
     found = [out / name for name in RUN_FILES if (out / name).exists()]
@@ -46,6 +60,19 @@ def claim(out: Path, resume: bool, overwrite: bool) -> list[Path]:
         raise CheckpointError(f"{out} already holds a run ({', '.join(p.name for p in found)}); "
                               "pass --resume to continue it or --overwrite to replace it")
     return found
+
+
+def recover(out: Path) -> list[str]:
+    """Repair what a killed writer left in run directory `out` (call it holding its lock): a
+    checkpoint cut off mid-save is completed or removed (`finish_interrupted_save`), and an
+    --overwrite killed before the new run's first checkpoint puts the old run back (after it, the
+    old run's set-aside files are removed). Returns a line for each repair."""
+    lines = []
+    if out.is_dir() and finish_interrupted_save(out):
+        lines.append(f"{out}: completed the checkpoint a killed process was saving (or removed its partial files)")
+    if (out / Replaced.ASIDE).is_dir() or (out / f"{Replaced.ASIDE}.dropped").is_dir():
+        lines.append(Replaced.recover(out))
+    return lines
 
 
 def check_resumable(out: Path, config: RunConfig) -> RunConfig:
@@ -113,9 +140,13 @@ def _flat(config: RunConfig) -> dict[str, Any]:
 class Replaced:
     """--overwrite: the old run's files, set aside in OUT/.replaced when the new run starts and
     deleted once it has written its first checkpoint. If the new run stops before that (an error,
-    divergence, a crash of the command), `restore` removes its files and puts the old run back."""
+    divergence, a crash of the command), `restore` removes its files and puts the old run back; if
+    it was killed, the next command that takes the directory does (`recover`).
 
-    ASIDE = ".replaced"
+    OUT/.replaced/names.json lists the old run's files before any moves, so a restore cut short
+    can be taken up again without confusing the two runs' files."""
+
+    ASIDE, NAMES = ".replaced", "names.json"
 
     def __init__(self) -> None:
         self.out: Path | None = None
@@ -124,35 +155,76 @@ class Replaced:
         if not files:
             return
         aside = out / self.ASIDE
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.mkdir()
+        aside.mkdir()  # `recover` has dealt with any earlier one
+        atomic_write(aside / self.NAMES, lambda p: p.write_text(json.dumps([path.name for path in files])))
+        self.out = out
         for path in files:
             os.replace(path, aside / path.name)
-        self.out = out
 
     def drop(self) -> None:
         if self.out is not None:
-            shutil.rmtree(self.out / self.ASIDE, ignore_errors=True)
+            dropped = self.out / f"{self.ASIDE}.dropped"
+            os.replace(self.out / self.ASIDE, dropped)  # one rename: a kill cannot leave half a drop
+            shutil.rmtree(dropped, ignore_errors=True)
             self.out = None
 
     def restore(self) -> None:
-        if self.out is None:
-            return
-        aside = self.out / self.ASIDE
-        for name in RUN_FILES:
-            if (self.out / name).is_dir():
-                shutil.rmtree(self.out / name)
+        if self.out is not None:
+            self._put_back(self.out)
+            self.out = None
+
+    @classmethod
+    def recover(cls, out: Path) -> str:
+        """What a killed --overwrite left: the new run's first checkpoint complete → the old run's
+        files are dropped; otherwise the old run comes back. A line saying which."""
+        shutil.rmtree(out / f"{cls.ASIDE}.dropped", ignore_errors=True)
+        if not (out / cls.ASIDE).is_dir():
+            return f"{out}: removed the files of a replaced run a killed process was deleting"
+        names = cls._names(out)
+        if not names:
+            shutil.rmtree(out / cls.ASIDE)
+            return f"{out}: an --overwrite was killed before it set anything aside; the run is as it was"
+        set_aside = cls._still_aside(out, names) == names  # and only the new run writes in out after that
+        if set_aside and (out / WEIGHTS).is_file() and (out / TRAIN_STATE).is_file():
+            shutil.rmtree(out / cls.ASIDE)
+            return (f"{out}: an --overwrite was killed after the new run's first checkpoint; "
+                    f"removed the replaced run's files it had set aside in {cls.ASIDE}/")
+        cls._put_back(out)
+        return (f"{out}: an --overwrite was killed before the new run's first checkpoint; "
+                "the run it was replacing is back in place")
+
+    @classmethod
+    def _put_back(cls, out: Path) -> None:
+        names = cls._names(out)
+        for name in RUN_FILES:  # the new run's files, except those of the old run not yet set aside
+            if name not in cls._still_aside(out, names) and name in names:
+                continue
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
             else:
-                (self.out / name).unlink(missing_ok=True)
-        for path in aside.iterdir():
-            os.replace(path, self.out / path.name)
-        aside.rmdir()
-        self.out = None
+                path.unlink(missing_ok=True)
+        for name in cls._still_aside(out, names):
+            os.replace(out / cls.ASIDE / name, out / name)
+        shutil.rmtree(out / cls.ASIDE)
+
+    @classmethod
+    def _names(cls, out: Path) -> list[str]:
+        try:
+            names = json.loads((out / cls.ASIDE / cls.NAMES).read_text())
+        except (OSError, ValueError):  # killed before the list was written: nothing was moved yet
+            names = []
+        return [n for n in names if n in RUN_FILES] if isinstance(names, list) else []
+
+    @classmethod
+    def _still_aside(cls, out: Path, names: list[str]) -> list[str]:
+        return [n for n in names if (out / cls.ASIDE / n).exists()]
 
 
 class StopSignals:
-    """SIGINT (Ctrl-C) and SIGTERM set a flag the training loop reads after each step, which then
-    saves a checkpoint and raises Interrupted; a second signal stops at once (KeyboardInterrupt).
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal, a lost ssh session) set a flag the
+    training loop reads after each step, which then saves a checkpoint and raises Interrupted; a
+    second signal stops at once (KeyboardInterrupt).
 
     Handlers can only be set in the main thread; elsewhere signals keep their usual effect. Under
     torchrun every rank gets the signal and the ranks agree on it each step (`ebt.train.train_step`).
@@ -163,7 +235,7 @@ class StopSignals:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in STOP_SIGNALS:
                 self.previous[s] = signal.signal(s, self._handle)
 
     def restore(self) -> None:

@@ -36,16 +36,17 @@ from torch import nn
 from tqdm import tqdm
 
 from ebt import distributed, rundir, train_state
-from ebt.checkpoint import save_config, save_run, save_snapshot, save_weights, validation_rows
+from ebt.checkpoint import save_checkpoint_files, save_run, validation_rows
 from ebt.config import RunConfig, TrainConfig
 from ebt.data.batches import Batch, TrainingBatches
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
+from ebt.files import DirectoryLock
 from ebt.models import build_model, count_parameters, set_activation_checkpointing
 from ebt.objectives import ReplayBuffer, make_objective
 from ebt.parallel import Parallel, check as check_parallel, full_tensor, wrap
 from ebt.precision import autocast, check_precision, grad_scaler
 from ebt.rundata import load_data, resolve_source
-from ebt.rundir import MetricsLog, Replaced, StopSignals
+from ebt.rundir import MetricsLog, Replaced, StopSignals, resume_command
 from ebt.schedule import BETAS, lr_scheduler, parameter_groups, resume_schedule, validation_steps
 from ebt.trackers import check as check_tracker, open_tracker
 
@@ -162,8 +163,13 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
+    # The main process is the directory's one writer, from here to the end (under torchrun the
+    # other ranks stop when it does, if another process holds it).
+    lock = DirectoryLock(out, field="out")
     stop, replaced, log = StopSignals(), Replaced(), MetricsLog(out, dist.is_main)
     try:
+        if dist.is_main:
+            lock.acquire()
         result = fit(setup(config, out, resume, overwrite, quiet, dist, replaced, log), stop)
         log.close()
         return result
@@ -173,6 +179,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
         raise
     finally:
         stop.restore()
+        lock.release()
         distributed.teardown(dist)
 
 
@@ -184,13 +191,15 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     restored on resume; a new run's files and tracker started."""
     say = print if dist.is_main and not quiet else _silent
     check_tracker(config.train.log_to)  # a tracker's missing package stops the run before it writes anything
-    old_run = rundir.claim(out, resume, overwrite)
+    # The main process, holding the directory's lock, checks it and repairs what a killed writer
+    # left; the others look at it only after (the barrier in _device).
+    old_run = rundir.claim(out, resume, overwrite, say) if dist.is_main else []
+    device, why = _device(config, dist)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
     config = config.override("data.corpus", resolve_source(config.data.corpus))
     if config.train.init and not resume:
         config = rundir.resolve_init(config, out)
     saved = rundir.check_resumable(out, config) if resume else None
-    device, why = _device(config, dist)
     torch.manual_seed(config.train.seed)
     data = load_data(config, out if resume else None)  # a resumed run keeps its tokenizer
     config = _with_data_overrides(config, data)
@@ -226,11 +235,11 @@ def _silent(*args) -> None:
 
 def _device(config: RunConfig, dist: distributed.Distributed) -> tuple[torch.device, str]:
     """This process's device and why it was picked, checked against train.parallel and
-    train.precision; under torchrun every process waits here until all have looked at --out."""
+    train.precision; under torchrun every process waits here until the main one has claimed --out."""
     device, why = distributed.pick_device(config.train.device, dist)
     check_parallel(config.train.parallel, dist, config.train.activation_checkpointing)
     check_precision(config.train.precision, device)
-    if dist.enabled:  # a barrier: every rank has looked at `out` before the main one writes there
+    if dist.enabled:  # a barrier: the main rank has claimed (and repaired) `out` before the others read it
         arrived = torch.zeros(1, device=device)
         torch.distributed.all_reduce(arrived)
         arrived.item()
@@ -321,7 +330,7 @@ def fit(t: Training, stop: StopSignals) -> dict:
                 save_checkpoint(t, t.parallel.full_state_dict())
             bar.close()
             raise Interrupted(f"interrupted at step {t.step} ({signal.Signals(signum).name}); checkpoint saved; "
-                              f"resume with: ebt train --resume --out {t.out}", 128 + signum)
+                              f"resume with: {resume_command(t.out)}", 128 + signum)
     bar.close()
     if not validated:  # resumed a finished run: the loop had nothing to do
         weights = t.parallel.full_state_dict()
@@ -416,19 +425,28 @@ def _diverged(t: Training, at: int, what: str) -> TrainingDiverged:
 
 
 def save_checkpoint(t: Training, weights: dict[str, torch.Tensor], kept: bool = False) -> None:
-    """Save weights (full tensors, from every process: a collective under FSDP2) and the training
-    state at t.step, and the config they were trained under; `kept`: also keep these weights
-    under checkpoints/. TrainingDiverged if a weight is not finite."""
+    """Save weights (full tensors, from every process: a collective under FSDP2), the training state
+    at t.step and the config they were trained under, as one unit (`save_checkpoint_files`);
+    `kept`: also keep these weights under checkpoints/. TrainingDiverged if a weight is not finite;
+    CheckpointError naming the cause and the last complete checkpoint if the save fails."""
     if not all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point()):
         raise _diverged(t, t.step, "a weight is not finite")
     state = train_state.state_dict(_state_parts(t), step=t.step, schedule_steps=t.schedule_steps)
     if t.dist.is_main:
-        save_weights(t.out, weights, t.step, state)
-        if kept:
-            save_snapshot(t.out, weights, t.step)
-        save_config(t.out, t.config)  # on --resume, with its overrides
+        try:
+            save_checkpoint_files(t.out, t.step, weights, state, t.config, keep=kept)  # with --resume's overrides
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}; {_last_checkpoint(t)}") from None
         t.replaced.drop()
     t.saved_step = t.step
+
+
+def _last_checkpoint(t: Training) -> str:
+    """Where the run can go on from, in words, when it stops (an error, a failed save)."""
+    if t.saved_step is None:
+        return "the run has no complete checkpoint yet" + (
+            " (the run it replaced is put back)" if t.replaced.out is not None else "")
+    return f"the last complete checkpoint, step {t.saved_step}, is in place: resume with {resume_command(t.out)}"
 
 
 def _state_parts(t: Training) -> dict[str, Any]:
