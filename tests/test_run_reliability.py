@@ -286,7 +286,8 @@ def test_a_damaged_training_state_is_one_clear_error(damage: str, finished_run: 
 # --- An interrupt loses nothing ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_a_signal_saves_a_checkpoint_and_the_run_resumes(signum: int, code: int, corpus_file: Path,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -135,15 +135,15 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
     finish_interrupted_save(out)
 
 
-def finish_interrupted_save(out: Path) -> bool:
+def finish_interrupted_save(out: Path) -> str | None:
     """Complete or undo what an interrupted `save_checkpoint_files` left in run directory `out`: a
     committed checkpoint's files still in .checkpoint.complete/ are moved into place, a partial one
-    is removed. True when there was something to do. Call it only as the directory's writer
-    (`ebt.files.DirectoryLock`), or where no process writes it."""
-    out, found = Path(out), False
+    is removed. A line saying which, or None when there was nothing to do. Call it only as the
+    directory's writer (`ebt.files.DirectoryLock`), or where no process writes it."""
+    out, done = Path(out), None
     if (out / SAVING).exists():
         shutil.rmtree(out / SAVING, ignore_errors=True)
-        found = True
+        done = f"{out}: removed the partial files of a checkpoint a killed process was saving (the one before stays)"
     complete = out / SAVED
     if complete.is_dir():
         for file in sorted(p for p in complete.rglob("*") if p.is_file()):
@@ -151,8 +151,8 @@ def finish_interrupted_save(out: Path) -> bool:
             target.parent.mkdir(exist_ok=True)
             os.replace(file, target)
         shutil.rmtree(complete)
-        found = True
-    return found
+        done = f"{out}: put in place the complete checkpoint a killed process was saving"
+    return done
 
 
 def _flush(path: Path) -> None:
@@ -230,3 +230,105 @@ def load_config(path: Path) -> RunConfig:
         raise CheckpointError(f"{path / CONFIG} is not a valid run config: {e}") from None
     except EBTError as e:
         raise CheckpointError(f"{path / CONFIG}: {e}") from None
+
+
+def recover(out: Path) -> list[str]:
+    """Repair what a killed writer left in run directory `out` (call it holding the directory's
+    lock, `ebt.files.DirectoryLock`): a checkpoint cut off mid-save is completed or removed
+    (`finish_interrupted_save`), and an --overwrite killed before the new run's first checkpoint
+    puts the old run back (after it, the old run's set-aside files are removed: `Replaced.recover`).
+    Returns a line for each repair."""
+    out = Path(out)
+    lines = [finish_interrupted_save(out)] if out.is_dir() else []
+    if (out / Replaced.ASIDE).is_dir() or (out / f"{Replaced.ASIDE}.dropped").is_dir():
+        lines.append(Replaced.recover(out))
+    return [line for line in lines if line]
+
+
+def needs_recovery(out: Path) -> bool:
+    """Whether a killed writer left something in run directory `out` for `recover` to repair."""
+    return any((Path(out) / name).exists() for name in (SAVING, SAVED, Replaced.ASIDE, f"{Replaced.ASIDE}.dropped"))
+
+
+class Replaced:
+    """--overwrite: the old run's files, set aside in OUT/.replaced when the new run starts and
+    deleted once it has written its first checkpoint. If the new run stops before that (an error,
+    divergence, a crash of the command), `restore` removes its files and puts the old run back; if
+    it was killed, the next command that takes the directory does (`recover`).
+
+    OUT/.replaced/names.json lists the old run's files before any moves, so a restore cut short
+    can be taken up again without confusing the two runs' files."""
+
+    ASIDE, NAMES = ".replaced", "names.json"
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+
+    def set_aside(self, out: Path, files: list[Path]) -> None:
+        if not files:
+            return
+        aside = out / self.ASIDE
+        aside.mkdir()  # `recover` has dealt with any earlier one
+        atomic_write(aside / self.NAMES, lambda p: p.write_text(json.dumps([path.name for path in files])))
+        self.out = out
+        for path in files:
+            os.replace(path, aside / path.name)
+
+    def drop(self) -> None:
+        if self.out is not None:
+            dropped = self.out / f"{self.ASIDE}.dropped"
+            os.replace(self.out / self.ASIDE, dropped)  # one rename: a kill cannot leave half a drop
+            shutil.rmtree(dropped, ignore_errors=True)
+            self.out = None
+
+    def restore(self) -> None:
+        if self.out is not None:
+            self._put_back(self.out)
+            self.out = None
+
+    @classmethod
+    def recover(cls, out: Path) -> str:
+        """What a killed --overwrite left: the new run's first checkpoint complete → the old run's
+        files are dropped; otherwise the old run comes back. A line saying which."""
+        shutil.rmtree(out / f"{cls.ASIDE}.dropped", ignore_errors=True)
+        if not (out / cls.ASIDE).is_dir():
+            return f"{out}: removed the files of a replaced run a killed process was deleting"
+        names = cls._names(out)
+        if not names:
+            shutil.rmtree(out / cls.ASIDE)
+            return f"{out}: an --overwrite was killed before it set anything aside; the run is as it was"
+        set_aside = cls._still_aside(out, names) == names  # and only the new run writes in out after that
+        if set_aside and (out / WEIGHTS).is_file() and (out / TRAIN_STATE).is_file():
+            shutil.rmtree(out / cls.ASIDE)
+            return (f"{out}: an --overwrite was killed after the new run's first checkpoint; "
+                    f"removed the replaced run's files it had set aside in {cls.ASIDE}/")
+        cls._put_back(out)
+        return (f"{out}: an --overwrite was killed before the new run's first checkpoint; "
+                "the run it was replacing is back in place")
+
+    @classmethod
+    def _put_back(cls, out: Path) -> None:
+        names = cls._names(out)
+        for name in RUN_FILES:  # the new run's files, except those of the old run not yet set aside
+            if name not in cls._still_aside(out, names) and name in names:
+                continue
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for name in cls._still_aside(out, names):
+            os.replace(out / cls.ASIDE / name, out / name)
+        shutil.rmtree(out / cls.ASIDE)
+
+    @classmethod
+    def _names(cls, out: Path) -> list[str]:
+        try:
+            names = json.loads((out / cls.ASIDE / cls.NAMES).read_text())
+        except (OSError, ValueError):  # killed before the list was written: nothing was moved yet
+            names = []
+        return [n for n in names if n in RUN_FILES] if isinstance(names, list) else []
+
+    @classmethod
+    def _still_aside(cls, out: Path, names: list[str]) -> list[str]:
+        return [n for n in names if (out / cls.ASIDE / n).exists()]

@@ -140,7 +140,8 @@ def check_destination(out: Path) -> None:
     # Anything else there must be an earlier export (hidden files, such as a clone's .git, aside):
     # a folder of the user's own files is not written over.
     others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
-    if others and not _is_export(out):
+    cut_short = CONFIG not in others and set(others) <= set(EXPORTED)  # an export killed before its config.json
+    if others and not cut_short and not _is_export(out):
         raise CheckpointError(f"{str(out)!r} holds files that are not an export of a model ({', '.join(others[:4])}"
                               f"{', ...' if len(others) > 4 else ''}); save_pretrained writes only into a new or "
                               "empty directory or over an earlier export: choose another")

@@ -15,9 +15,7 @@ that continues a run.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import signal
 import threading
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from ebt.checkpoint import METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, finish_interrupted_save, load_config
+from ebt.checkpoint import METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, Replaced, load_config, recover
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, standard_json
@@ -51,7 +49,7 @@ def claim(out: Path, resume: bool, overwrite: bool, say=print) -> list[Path]:
         raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass one of them")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"--out {out} is a file, not a run directory")
-    for line in recover(out):
+    for line in recover(out):  # the checkpoint a killed process was saving, an --overwrite it was doing
         say(line)
     if resume:
         return []
@@ -60,19 +58,6 @@ def claim(out: Path, resume: bool, overwrite: bool, say=print) -> list[Path]:
         raise CheckpointError(f"{out} already holds a run ({', '.join(p.name for p in found)}); "
                               "pass --resume to continue it or --overwrite to replace it")
     return found
-
-
-def recover(out: Path) -> list[str]:
-    """Repair what a killed writer left in run directory `out` (call it holding its lock): a
-    checkpoint cut off mid-save is completed or removed (`finish_interrupted_save`), and an
-    --overwrite killed before the new run's first checkpoint puts the old run back (after it, the
-    old run's set-aside files are removed). Returns a line for each repair."""
-    lines = []
-    if out.is_dir() and finish_interrupted_save(out):
-        lines.append(f"{out}: completed the checkpoint a killed process was saving (or removed its partial files)")
-    if (out / Replaced.ASIDE).is_dir() or (out / f"{Replaced.ASIDE}.dropped").is_dir():
-        lines.append(Replaced.recover(out))
-    return lines
 
 
 def check_resumable(out: Path, config: RunConfig) -> RunConfig:
@@ -135,90 +120,6 @@ def load_initial_weights(model: nn.Module, config: RunConfig, init: Path) -> str
 def _flat(config: RunConfig) -> dict[str, Any]:
     return {f"{section}.{k}": v for section, fields in config.to_dict().items() if isinstance(fields, dict)
             for k, v in fields.items()}
-
-
-class Replaced:
-    """--overwrite: the old run's files, set aside in OUT/.replaced when the new run starts and
-    deleted once it has written its first checkpoint. If the new run stops before that (an error,
-    divergence, a crash of the command), `restore` removes its files and puts the old run back; if
-    it was killed, the next command that takes the directory does (`recover`).
-
-    OUT/.replaced/names.json lists the old run's files before any moves, so a restore cut short
-    can be taken up again without confusing the two runs' files."""
-
-    ASIDE, NAMES = ".replaced", "names.json"
-
-    def __init__(self) -> None:
-        self.out: Path | None = None
-
-    def set_aside(self, out: Path, files: list[Path]) -> None:
-        if not files:
-            return
-        aside = out / self.ASIDE
-        aside.mkdir()  # `recover` has dealt with any earlier one
-        atomic_write(aside / self.NAMES, lambda p: p.write_text(json.dumps([path.name for path in files])))
-        self.out = out
-        for path in files:
-            os.replace(path, aside / path.name)
-
-    def drop(self) -> None:
-        if self.out is not None:
-            dropped = self.out / f"{self.ASIDE}.dropped"
-            os.replace(self.out / self.ASIDE, dropped)  # one rename: a kill cannot leave half a drop
-            shutil.rmtree(dropped, ignore_errors=True)
-            self.out = None
-
-    def restore(self) -> None:
-        if self.out is not None:
-            self._put_back(self.out)
-            self.out = None
-
-    @classmethod
-    def recover(cls, out: Path) -> str:
-        """What a killed --overwrite left: the new run's first checkpoint complete → the old run's
-        files are dropped; otherwise the old run comes back. A line saying which."""
-        shutil.rmtree(out / f"{cls.ASIDE}.dropped", ignore_errors=True)
-        if not (out / cls.ASIDE).is_dir():
-            return f"{out}: removed the files of a replaced run a killed process was deleting"
-        names = cls._names(out)
-        if not names:
-            shutil.rmtree(out / cls.ASIDE)
-            return f"{out}: an --overwrite was killed before it set anything aside; the run is as it was"
-        set_aside = cls._still_aside(out, names) == names  # and only the new run writes in out after that
-        if set_aside and (out / WEIGHTS).is_file() and (out / TRAIN_STATE).is_file():
-            shutil.rmtree(out / cls.ASIDE)
-            return (f"{out}: an --overwrite was killed after the new run's first checkpoint; "
-                    f"removed the replaced run's files it had set aside in {cls.ASIDE}/")
-        cls._put_back(out)
-        return (f"{out}: an --overwrite was killed before the new run's first checkpoint; "
-                "the run it was replacing is back in place")
-
-    @classmethod
-    def _put_back(cls, out: Path) -> None:
-        names = cls._names(out)
-        for name in RUN_FILES:  # the new run's files, except those of the old run not yet set aside
-            if name not in cls._still_aside(out, names) and name in names:
-                continue
-            path = out / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        for name in cls._still_aside(out, names):
-            os.replace(out / cls.ASIDE / name, out / name)
-        shutil.rmtree(out / cls.ASIDE)
-
-    @classmethod
-    def _names(cls, out: Path) -> list[str]:
-        try:
-            names = json.loads((out / cls.ASIDE / cls.NAMES).read_text())
-        except (OSError, ValueError):  # killed before the list was written: nothing was moved yet
-            names = []
-        return [n for n in names if n in RUN_FILES] if isinstance(names, list) else []
-
-    @classmethod
-    def _still_aside(cls, out: Path, names: list[str]) -> list[str]:
-        return [n for n in names if (out / cls.ASIDE / n).exists()]
 
 
 class StopSignals:

@@ -12,6 +12,7 @@ live here, above the models, which never see files or runs.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,12 @@ from torch import nn
 from ebt import hub
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
-from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, snapshot_path, snapshot_steps,
-                            weights_step)
+from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, needs_recovery, recover,
+                            snapshot_path, snapshot_steps, weights_step)
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import CheckpointError
+from ebt.files import DirectoryLock
 from ebt.models import build_model
 from ebt.rundata import load_artifacts
 
@@ -44,6 +46,20 @@ class Run:
     path: Path
     tokenizer: Any = None
     frame_encoder: Any = None
+
+
+def _recover_if_idle(path: Path) -> None:
+    """A run a killed process left mid-save or mid --overwrite is repaired before it is read
+    (`ebt.checkpoint.recover`), unless a live process writes it (it repairs its own) or it cannot
+    be written (the files in place are then read: each is a complete file)."""
+    if not needs_recovery(path):
+        return
+    try:
+        with DirectoryLock(path):
+            for line in recover(path):
+                print(line, file=sys.stderr)
+    except (CheckpointError, OSError):
+        pass
 
 
 def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: int | None = None,
@@ -62,6 +78,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
     path = hub.local_directory(path, revision, step=step)
+    _recover_if_idle(path)
     config = load_config(path)
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
     if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:
@@ -130,15 +147,19 @@ class Pretrained(ModelHubMixin, library_name=hub.LIBRARY, license=hub.LICENSE, p
         directory's name). Returns the commit URL when pushed, else None.
 
         Files of the export are overwritten and the export's files this model does not have
-        (another task's artifact) removed; other files are left alone. Raises CheckpointError for a
-        file or a training run (train_state.pt, checkpoints/) at `save_directory`, and for `config`:
+        (another task's artifact) removed; other files are left alone; config.json is written last, so
+        an export cut short (even by a kill) is no loadable run, and the next save_pretrained there
+        completes it. Raises CheckpointError for a file or a training run (train_state.pt,
+        checkpoints/) at `save_directory`, for a directory another process is writing
+        (`ebt.files.DirectoryLock`), and for `config`:
         the saved config is always the run's (`model.run.config`)."""
         if config is not None:
             raise CheckpointError("save_pretrained writes the model's own RunConfig (model.run.config); "
                                   "config= is not accepted")
         out = Path(save_directory)
-        hub.check_destination(out)
-        self._save_pretrained(out, **(model_card_kwargs or {}))
+        with DirectoryLock(out, field="save_directory"):  # one writer, as for a run
+            hub.check_destination(out)
+            self._save_pretrained(out, **(model_card_kwargs or {}))
         if push_to_hub:
             return self.push_to_hub(repo_id or out.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
         return None

@@ -46,10 +46,11 @@ class PrepareDataArgs:
 
 
 def prepare_data_command(args: PrepareDataArgs) -> int:
-    def stop(signum, frame):  # SIGTERM (kill, slurm) cleans up as Ctrl-C does
-        raise Interrupted("prepare-data: stopped by SIGTERM; nothing was written", 128 + signum)
+    def stop(signum, frame):  # SIGTERM (kill, slurm) and SIGHUP (a closed terminal) clean up as Ctrl-C does
+        raise Interrupted(f"prepare-data: stopped by {signal.Signals(signum).name}; nothing was written", 128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    hangup = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, *hangup)}
     try:
         index = prepare(args.source, args.out, args.tokenizer, args.bpe_vocab_size or 2048, args.validation_fraction,
                         args.shard_tokens, args.overwrite)
@@ -57,7 +58,8 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
         print(f"ebt {e}", file=sys.stderr)
         return e.exit_code
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if args.json:
         print(standard_json(index))
         return 0

@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import mmap
 import json
+import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -43,6 +45,7 @@ from ebt.data.tokenizers import KINDS, build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.checks import check_int
 from ebt.errors import CheckpointError, ConfigError, DataError
+from ebt.files import DirectoryLock
 
 INDEX = "index.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -183,19 +186,31 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
     `tokenizer`: see `resolve_tokenizer` ("bpe" is trained on the training documents first, a
     second pass over the corpus). The directory is written beside `out` and moved there when
     complete, so an interrupted run (an exception, Ctrl-C; `ebt prepare-data` also turns SIGTERM
-    into one) leaves nothing half-written; an existing `out` is refused unless it is a prepared
-    corpus and `overwrite`. Raises ConfigError for bad arguments, DataError for bad data (and for
+    and SIGHUP into one; or a kill, repaired by the next `prepare`) leaves nothing half-written; an
+    existing `out` is refused unless it is a prepared corpus and `overwrite`. `out` may be a
+    symbolic link: the corpus it points to is the one replaced. The process holds `out`'s lock
+    (`ebt.files.DirectoryLock`) throughout: a second `prepare` into it is a CheckpointError. Raises ConfigError for bad arguments, DataError for bad data (and for
     a `validation_fraction` outside (0, 0.5], as `load_corpus` does).
     """
     started = time.monotonic()
-    out = Path(out).expanduser()
+    given = Path(out).expanduser()
+    out = given.resolve()  # a link to an earlier prepared corpus: that corpus is the one replaced
     check_int("shard_tokens", shard_tokens, 1)
-    _check_out(out, overwrite)
+    with DirectoryLock(out, field="out"):
+        _recover(out)
+        _check_out(given, out, overwrite)
+        index = _prepare_into(source, out, tokenizer, bpe_vocab_size, validation_fraction, shard_tokens, progress)
+    return {**index, "seconds": time.monotonic() - started}
+
+
+def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, validation_fraction: float,
+                  shard_tokens: int, progress: bool) -> dict[str, Any]:
+    """`prepare`'s work, holding `out`'s lock: everything written into a hidden sibling, then put
+    in place (`_put_in_place`)."""
     train_documents = (d for split, d in _documents(source, validation_fraction) if split == "train")
     tok = resolve_tokenizer(tokenizer, train_documents if tokenizer == "bpe" else None, bpe_vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     separator = np.asarray(tok.encode(DOCUMENT_SEPARATOR), dtype=dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)  # what an interrupted run left
     partial.mkdir()
@@ -212,24 +227,54 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
                  "dtype": dtype.name, "separator": separator.tolist(),
                  "splits": {s: writers[s].close() for s in SPLITS}}
         (partial / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return {**index, "seconds": time.monotonic() - started}
+    _put_in_place(partial, out)
+    return index
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """`out` may be written: it does not exist, or is empty, or (with `overwrite`) is a prepared corpus."""
+def _recover(out: Path) -> None:
+    """What a killed `prepare` left beside `out`: a partial corpus is removed (`_prepare_into`); a
+    corpus set aside to be replaced while the new one was not yet in place is put back."""
+    old = out.parent / f".{out.name}.replaced"
+    if old.is_dir() and not out.exists():
+        os.rename(old, out)
+        print(f"{out}: put back the prepared corpus a killed prepare-data was replacing", file=sys.stderr)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _put_in_place(partial: Path, out: Path) -> None:
+    """Move the finished corpus `partial` to `out`, replacing what is there: the old one is renamed
+    aside first and removed only once the new one is in place. If a rename fails, the old corpus
+    is put back and the finished one stays in `partial`, named in the DataError: finished work is
+    never deleted because the last step failed."""
+    old = out.parent / f".{out.name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    try:
+        if out.exists():
+            os.rename(out, old)
+        os.rename(partial, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        raise DataError(f"the prepared corpus is complete in {partial} but could not be moved to {out}: "
+                        f"{e.strerror}; move it there yourself (mv {shlex.quote(str(partial))} "
+                        f"{shlex.quote(str(out))})") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_out(given: Path, out: Path, overwrite: bool) -> None:
+    """`out` (the resolved `given`) may be written: it does not exist, or is empty, or (with
+    `overwrite`) is a prepared corpus."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"out {str(out)!r} is a file; give a directory to write", field="out")
+        raise ConfigError(f"out {str(given)!r} is a file; give a directory to write", field="out")
+    link = f" (a link to {str(out)!r})" if given.is_symlink() else ""
     if out.exists() and not is_prepared(out) and any(out.iterdir()):
-        raise ConfigError(f"out {str(out)!r} holds files that are not a prepared corpus; choose another directory "
-                          "(overwrite replaces only a prepared corpus)", field="out")
+        raise ConfigError(f"out {str(given)!r}{link} holds files that are not a prepared corpus; choose another "
+                          "directory (overwrite replaces only a prepared corpus)", field="out")
     if out.exists() and not overwrite:
-        raise ConfigError(f"out {str(out)!r} holds a prepared corpus; set overwrite to replace it, or choose "
+        raise ConfigError(f"out {str(given)!r}{link} holds a prepared corpus; set overwrite to replace it, or choose "
                           "another directory", field="overwrite")
 
 

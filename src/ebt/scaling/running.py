@@ -5,7 +5,8 @@
 line of each point still to run (for a cluster's job array); `run_sweep` trains them here, a
 pool of `jobs` processes each handed one point at a time, and reports each point's state
 (finished, failed with its log, interrupted) and the time spent outside the training loops.
-SIGINT/SIGTERM are passed on once to each running point, which saves a checkpoint.
+SIGINT/SIGTERM/SIGHUP are passed on once to each running point, which saves a checkpoint; a
+worker whose sweep died (even by SIGKILL) stops its point the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Callable
 from ebt.checkpoint import WEIGHTS, load_config
 from ebt.checks import check_int
 from ebt.errors import CheckpointError, Interrupted
+from ebt.files import DirectoryLock
 from ebt.scaling.sweep import LOGS, SWEEP_FILE, Point, Sweep, final_validation, point_state, weights_step
 from ebt.rundir import StopSignals
 
@@ -41,7 +43,7 @@ def prepare(sweep: Sweep, out: Path) -> Sweep:
             raise CheckpointError(f"{out} holds another sweep: {'; '.join(differ)}; give another out, or the "
                                   f"same settings to continue it (ebt scale run --out {out} alone reuses them)",
                                   field="out")
-    elif out.is_dir() and any(p.name != LOGS for p in out.iterdir()):
+    elif out.is_dir() and any(p.name != LOGS and not p.name.endswith(".lock") for p in out.iterdir()):
         raise CheckpointError(f"{out} is not empty and holds no {SWEEP_FILE}; give a new or empty out", field="out")
     sweep.save(out)
     return sweep
@@ -50,7 +52,8 @@ def prepare(sweep: Sweep, out: Path) -> Sweep:
 def print_commands(sweep: Sweep, out: Path, write: Callable[[str], None] = print) -> int:
     """Write sweep.json and print one `ebt train` line per point that is not finished (the
     command that starts, resumes or restarts it); returns how many were printed."""
-    prepare(sweep, out)
+    with DirectoryLock(out, field="out"):
+        prepare(sweep, out)
     n = 0
     for point in sweep.points():
         state, _ = point_state(sweep, point, out)
@@ -67,11 +70,18 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None]
     processes, loading data, building models).
 
     Points that fail do not stop the others: they are listed (state "failed", the log named) and
-    the caller reports them. SIGINT/SIGTERM stop handing out points, pass the signal on to each
-    running point (which saves a checkpoint) and raise Interrupted once they have stopped.
+    the caller reports them. SIGINT/SIGTERM/SIGHUP stop handing out points, pass the signal on to
+    each running point (which saves a checkpoint) and raise Interrupted once they have stopped. If
+    this process dies without a word (SIGKILL), each worker sees it and stops its point, saving
+    (`ebt.scaling.worker`). The sweep holds `out`'s lock (`ebt.files.DirectoryLock`) throughout.
     """
     check_int("jobs", jobs, 1, 256)
     out = Path(out)
+    with DirectoryLock(out, field="out"):  # one sweep at a time in `out`; each point's run has its own lock
+        return _run_locked(sweep, out, jobs, say)
+
+
+def _run_locked(sweep: Sweep, out: Path, jobs: int, say: Callable[[str], None]) -> dict:
     prepare(sweep, out)
     points = {p.name: p for p in sweep.points()}
     todo, report = [], []
@@ -96,7 +106,7 @@ def run_sweep(sweep: Sweep, out: Path, jobs: int = 1, say: Callable[[str], None]
         stopped = [r["name"] for r in report if r["state"] == "interrupted" and "saved" in r["detail"]]
         raise Interrupted(f"sweep interrupted ({signal.Signals(signum).name}); "
                           f"{len(stopped)} point(s) saved a checkpoint mid-run; "
-                          f"resume with: ebt scale run --out {out}", 128 + signum)
+                          f"resume with: {shlex.join(['ebt', 'scale', 'run', '--out', str(out)])}", 128 + signum)
     return result
 
 
@@ -237,7 +247,7 @@ def _finished(point: Point, code: int, seconds: float, out: Path, started: bool 
 
 
 class _Forward(StopSignals):
-    """SIGINT/SIGTERM while a sweep runs: remembered (however many arrive), and passed on once to
+    """SIGINT/SIGTERM/SIGHUP while a sweep runs: remembered (however many arrive), and passed on once to
     each running point (started in their own sessions, so a terminal's Ctrl-C reaches them only
     through here: a second signal would make a point stop without saving)."""
 

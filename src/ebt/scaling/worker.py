@@ -8,6 +8,10 @@ the same preset and overrides in the same order, through the same trainer. The p
 (both file descriptors, so C-level warnings too) goes to SWEEP_DIR/logs/POINT.log; the worker
 answers `POINT EXIT_CODE` on stdout (0 done, 2 an error, 130/143 interrupted after saving).
 
+A worker stops with its sweep: if the process that started it dies, however it dies (a SIGKILL
+included), the worker sends itself SIGTERM, so its point saves a checkpoint and it exits, rather
+than training on as an orphan beside the next sweep (`watch_parent`).
+
 One process for many points pays for importing torch and setting it up once per job rather
 than once per point: on 2 CPU cores that is several seconds, a large share of a short point.
 It holds one model at a time: a point's model is freed when its training returns.
@@ -18,7 +22,10 @@ from __future__ import annotations
 import gc
 import os
 import shlex
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from ebt.checkpoint import load_config
@@ -51,10 +58,24 @@ def train_point(sweep: Sweep, out: Path, name: str, how: str) -> int:
     return 0
 
 
+def watch_parent(every_s: float = 0.5) -> None:
+    """Send this process SIGTERM once the process that started it has gone (the worker is then
+    another's child: init's, or a subreaper's), checked every `every_s` seconds on a daemon thread."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0])
     sweep = Sweep.load(out)
+    watch_parent()
     answers = os.fdopen(os.dup(1), "w", buffering=1)  # stdout before it is pointed at each log
     answers.write("ready\n")  # imports done: from now on a signal stops a point cleanly
     try:
@@ -71,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
                     os.dup2(saved[0], 1), os.dup2(saved[1], 2)
                     os.close(saved[0]), os.close(saved[1])
             gc.collect()
-            answers.write(f"{name} {code}\n")
+            try:
+                answers.write(f"{name} {code}\n")
+            except BrokenPipeError:  # the sweep has gone: the point has saved, nobody is listening
+                return code
             if code in (130, 143):
                 break
     except KeyboardInterrupt:  # a signal while waiting for work: nothing is running
