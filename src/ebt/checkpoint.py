@@ -22,8 +22,10 @@ files, not models.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -106,10 +108,10 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
     removed by the next command); after it, the next command finishes the moves
     (`finish_interrupted_save`). A failure while writing (a full disk, an I/O error) removes the
     partial folder and raises CheckpointError with the cause and the free space left."""
-    state = _cpu_state(weights)
+    out, state = Path(out), _cpu_state(weights)
     files: dict[str, Callable[[Path], None]] = {
         WEIGHTS: lambda p: save_file(state, str(p), metadata={"step": str(step)}),
-        TRAIN_STATE: lambda p: torch.save({"step": step, **train_state}, p),
+        TRAIN_STATE: lambda p: _torch_save({"step": step, **train_state}, p),
         CONFIG: lambda p: p.write_text(config.to_json() + "\n")}
     if keep:
         files[f"{CHECKPOINTS}/step-{step}.safetensors"] = files[WEIGHTS]
@@ -125,9 +127,7 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
         partial.rename(out / SAVED)  # the commit
     except Exception as e:
         shutil.rmtree(partial, ignore_errors=True)
-        cause = (e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[0] if str(e)
-                 else type(e).__name__)
-        raise CheckpointError(f"saving the checkpoint of step {step} in {out} failed: {cause} "
+        raise CheckpointError(f"saving the checkpoint of step {step} in {out} failed: {_cause(e)} "
                               f"({_free_space(out)} free there)") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -153,6 +153,44 @@ def finish_interrupted_save(out: Path) -> str | None:
         shutil.rmtree(complete)
         done = f"{out}: put in place the complete checkpoint a killed process was saving"
     return done
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save into `path`, through a file object that keeps the operating system's error: torch
+    reports a failed write (a full disk) only as "unexpected pos" in its zip writer."""
+    with open(path, "wb") as f:
+        recorder = _Recording(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _Recording(io.RawIOBase):
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _cause(e: Exception) -> str:
+    """A failed write's cause in words: the operating system's (safetensors gives "... (os error 28)")."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    found = re.search(r"os error (\d+)", str(e))
+    if found:
+        return os.strerror(int(found.group(1)))
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _flush(path: Path) -> None:
