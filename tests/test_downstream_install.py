@@ -36,7 +36,8 @@ NO_PIP = f"{sys.executable}: No module named pip\n"
 STAND_IN_GYM = '''
 def create_dataset(name, size, seed, **config):
     if name == "gsm_symbolic":
-        return [{"question": f"Ann has {i} apples. How many? Give the result as your final answer. Do not include units.",
+        return [{"question": f"Ann has {i} apples. How many? Give the result as your final answer. "
+                             "Do not include units.",
                  "answer": str(i), "metadata": {"answer_cot": f"She has {i}.\\n#### {i}"}} for i in range(size)]
     return [{"question": f"Calculate {i} + 1.", "answer": str(i + 1)} for i in range(size)]
 '''
@@ -196,7 +197,8 @@ def test_files_kept_from_an_earlier_install_are_not_downloaded_again(pip, tmp_pa
     del manifest["missing"]
     manifest["files"]["elementary_math_qa.jsonl"] = {"pairs": 1, "bytes": math.stat().st_size,
                                                      "sha256": hashlib.sha256(math.read_bytes()).hexdigest(),
-                                                     "source": "PyPI bigbench==1.0.0 (sdist), …", "licence": "Apache-2.0"}
+                                                     "source": "PyPI bigbench==1.0.0 (sdist), …",
+                                                     "licence": "Apache-2.0"}
     (tmp_path / "MANIFEST.json").write_text(json.dumps(manifest))
     pip.calls = []
     manifest = installer.install(tmp_path)

@@ -170,7 +170,8 @@ def downstream_suite(
     reason in ``missing`` (set → `not_installed`'s reason: no registry serves it, an install step
     failed, or nothing installed); DataError naming `make downstream-data` when none is installed,
     ConfigError as `paper_suite` for runs that cannot be compared."""
-    from ebt.data.downstream import DOWNSTREAM_SETS, INSTALL_COMMAND, downstream_dir, load_downstream, not_installed
+    from ebt.data.downstream import (DOWNSTREAM_SETS, INSTALL_COMMAND, downstream_dir, load_downstream,
+                                     not_installed)
     from ebt.data.pairs import encode_pairs
 
     options = options or ThinkingOptions()
