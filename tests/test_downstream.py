@@ -1,7 +1,8 @@
 """Tests of the downstream sets (`ebt.data.downstream`): loading, the converters, the errors.
 
 No network: the installed format comes from tiny files in tests/fixtures/downstream/, and the
-converters are fed tiny inputs in each source's raw format.
+converters are fed tiny inputs in each source's raw format. The installer's own tests, failures
+included, are in test_downstream_install.py.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from ebt.data.downstream import (
     DOWNSTREAM_SETS,
     arithmetic_pairs,
     downstream_dir,
+    dyck_pairs,
     gsm_symbolic_pairs,
     load_downstream,
-    multiple_choice_pairs,
-    squad_pairs,
+    not_installed,
+    olmes_squad_pairs,
 )
 from ebt.errors import ConfigError, DataError
 
@@ -77,6 +79,26 @@ def test_a_missing_set_names_the_dir_and_the_install_command(monkeypatch, tmp_pa
     assert "make downstream-data" in message and "ebt downstream-data" in message
 
 
+def unavailable_math(directory: Path) -> Path:
+    """`directory` holding the fixture sets but Math QA, which its manifest says no registry serves."""
+    for name in DOWNSTREAM_SETS:
+        if name != "elementary_math_qa":
+            (directory / f"{name}.jsonl").write_bytes((FIXTURES / f"{name}.jsonl").read_bytes())
+    (directory / "MANIFEST.json").write_text(json.dumps({"version": 2, "files": {}, "missing": {
+        "elementary_math_qa": {"kind": "unavailable", "reason": "no package registry serves it"}}}))
+    return directory
+
+
+def test_a_set_not_installed_is_named_with_the_installers_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("EBT_DOWNSTREAM_DIR", str(unavailable_math(tmp_path)))
+    (tmp_path / "elementary_math_qa.jsonl").write_bytes((FIXTURES / "elementary_math_qa.jsonl").read_bytes())
+    with pytest.raises(DataError) as error:  # a file the manifest does not vouch for is not used
+        load_downstream("elementary_math_qa")
+    assert str(error.value) == ("downstream set 'elementary_math_qa' is not installed: no package registry serves it "
+                                f"(MANIFEST.json in {tmp_path})")
+    assert not_installed("squad") is None and len(load_downstream("squad")) == 3
+
+
 def test_an_unknown_set_lists_the_known_ones(fixture_dir):
     with pytest.raises(ConfigError) as error:
         load_downstream("gsm8k")
@@ -97,43 +119,45 @@ def test_a_damaged_file_is_a_data_error_naming_it(monkeypatch, tmp_path, content
         load_downstream("squad")
 
 
-def test_squad_pairs_put_the_question_last_and_take_the_first_answer():
-    raw = {"version": "1.1", "data": [{"title": "Warsaw", "paragraphs": [
-        {"context": "Warsaw is the capital of Poland. It lies on the Vistula.",
-         "qas": [{"id": "a", "question": "What is the capital of Poland?",
-                  "answers": [{"answer_start": 0, "text": "Warsaw"}, {"answer_start": 0, "text": "Warsaw "}]},
-                 {"id": "b", "question": "Which river does Warsaw lie on? ",
-                  "answers": [{"answer_start": 45, "text": "the Vistula"}, {"answer_start": 49, "text": "Vistula"}]}]},
-        {"context": "Poland joined the EU in 2004.",
-         "qas": [{"id": "c", "question": "When did Poland join the EU?", "answers": [{"text": "2004"}]}]}]}]}
-    paragraph = "Warsaw is the capital of Poland. It lies on the Vistula.\n\n"
-    assert squad_pairs(raw) == [
-        (paragraph + "Question: What is the capital of Poland?\nAnswer:", " Warsaw"),
-        (paragraph + "Question: Which river does Warsaw lie on?\nAnswer:", " the Vistula"),
-        ("Poland joined the EU in 2004.\n\nQuestion: When did Poland join the EU?\nAnswer:", " 2004"),
+def test_olmes_squad_pairs_put_the_question_last_and_take_the_first_answer():
+    rows = [{"doc": {"query": "Title: Warsaw\nBackground: Warsaw is the capital of Poland. It lies on the Vistula.\n"
+                              "Question: Which river does Warsaw lie on? \nAnswer:",
+                     "answers_text": ["the Vistula", "Vistula"]}},
+            {"doc": {"query": "Title: Q\nBackground: A line with\nQuestion: inside it.\nQuestion: Which?\nAnswer:",
+                     "answers_text": ["inside"]}}]
+    assert olmes_squad_pairs(rows) == [
+        ("Warsaw is the capital of Poland. It lies on the Vistula.\n\nQuestion: Which river does Warsaw lie on?\n"
+         "Answer:", " the Vistula"),
+        ("A line with\nQuestion: inside it.\n\nQuestion: Which?\nAnswer:", " inside"),  # the last question is asked
     ]
-    with pytest.raises(DataError, match="SQuAD"):
-        squad_pairs({"data": [{"paragraphs": [{"context": "x", "qas": [{"question": "y", "answers": []}]}]}]})
+    for bad in ({"doc": {"query": "Background: x\nQuestion: y\nAnswer:", "answers_text": ["z"]}},
+                {"doc": {"query": "Title: t\nBackground: x\nQuestion: y\nAnswer:", "answers_text": []}},
+                {"query": "Title: t\nBackground: x\nQuestion: y\nAnswer:"}):
+        with pytest.raises(DataError, match="row 2 is not an OLMES SQuAD request"):
+            olmes_squad_pairs([rows[0], bad])
 
 
-def test_multiple_choice_pairs_take_the_target_of_highest_score():
-    task = {"name": "dyck_languages", "examples": [
-        {"input": "( < [ ( )", "target_scores": {")": 0, "] > )": 1, "] )": 0}},
-        {"input": "{ [ ]", "target_scores": {"}": 1.0, ")": 0.0}},
-        {"input": "< >  [", "target_scores": {"]": 0.5, ")": 0.5}},  # a tie: the first listed
-    ]}
-    assert multiple_choice_pairs(task, downstream.DYCK_TEMPLATE) == [
-        ("Complete the rest of the sequence, making sure that the parentheses are closed properly.\n"
-         "Input: ( < [ ( )\nOutput:", " ] > )"),
-        ("Complete the rest of the sequence, making sure that the parentheses are closed properly.\n"
-         "Input: { [ ]\nOutput:", " }"),
-        ("Complete the rest of the sequence, making sure that the parentheses are closed properly.\n"
-         "Input: < >  [\nOutput:", " ]"),
-    ]
-    math = {"examples": [{"input": "120 is what percent of 50 ?", "target_scores": {"5 %": 0, "240 %": 1}}]}
-    assert multiple_choice_pairs(math) == [("Question: 120 is what percent of 50 ?\nAnswer:", " 240 %")]
-    with pytest.raises(DataError, match="target_scores"):
-        multiple_choice_pairs({"examples": [{"input": "x", "target_scores": {}}]})
+def test_dyck_pairs_follow_big_benchs_definition():
+    """Dyck-4 words of 4–100 brackets, cut before their last 1–3 closing brackets; the answer closes
+    exactly what the input left open; distinct inputs; the same seed gives the same set."""
+    closing = {"(": ")", "[": "]", "{": "}", "<": ">"}
+    pairs = dyck_pairs(300, seed=5)
+    assert len(pairs) == 300 and len({p for p, _ in pairs}) == 300 and dyck_pairs(300, seed=5) == pairs
+    assert dyck_pairs(300, seed=6) != pairs
+    for prompt, answer in pairs:
+        head, _, rest = prompt.partition("\nInput: ")
+        assert head == "Complete the rest of the sequence, making sure that the parentheses are closed properly."
+        assert rest.endswith("\nOutput:") and answer.startswith(" ")
+        given, wanted = rest.removesuffix("\nOutput:").split(" "), answer[1:].split(" ")
+        stack = []
+        for bracket in given:
+            if bracket in closing:
+                stack.append(closing[bracket])
+            else:
+                assert stack.pop() == bracket  # the input is a well-nested prefix
+        assert wanted == stack[::-1] and 1 <= len(wanted) <= 3  # the answer closes all that is open
+        assert 4 <= len(given) + len(wanted) <= 100
+    assert {len(a.split()) for _, a in pairs} == {1, 2, 3}
 
 
 def test_gsm_symbolic_pairs_answer_with_the_chain_of_thought():
@@ -153,29 +177,6 @@ def test_arithmetic_test_problems_are_distinct_and_held_out():
     assert test == [("Question: Calculate 7 + 8.\nAnswer:", " 15"), ("Question: Calculate 9 + 1.\nAnswer:", " 10")]
     with pytest.raises(DataError, match="distinct"):
         arithmetic_pairs(items, train=5, test=2)
-
-
-def test_install_keeps_files_whose_checksum_matches(monkeypatch, tmp_path):
-    """A second install downloads nothing: every file is checked against MANIFEST.json."""
-    made = {stem: [(f"Question: {stem}?\nAnswer:", " 1")] for stem in downstream.SOURCES}
-    calls = []
-    monkeypatch.setattr(downstream, "_bigbench_files", lambda tmp: calls.append("bigbench") or {
-        "squad": {"data": []}, "elementary_math_qa": {"examples": []}, "dyck_languages": {"examples": []}})
-    monkeypatch.setattr(downstream, "_generated_sets", lambda tmp: calls.append("gym") or {
-        stem: made[stem] for stem in ("gsm_symbolic", "arithmetic_train", "arithmetic_test")})
-    downstream.install(tmp_path)
-    assert calls == ["bigbench", "gym"]
-    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
-    assert set(manifest["files"]) == {f"{stem}.jsonl" for stem in downstream.SOURCES}
-    assert manifest["files"]["arithmetic_test.jsonl"]["pairs"] == 1
-    downstream.install(tmp_path)
-    assert calls == ["bigbench", "gym"]  # nothing again
-    (tmp_path / "gsm_symbolic.jsonl").write_text("damaged\n")
-    downstream.install(tmp_path)
-    assert calls == ["bigbench", "gym", "gym"]  # only the damaged file's source again
-    assert json.loads((tmp_path / "gsm_symbolic.jsonl").read_text()) == {"prompt": "Question: gsm_symbolic?\nAnswer:",
-                                                                          "answer": " 1"}
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the temporary folder is gone
 
 
 # --- The downstream suite: `ebt eval RUN --suite downstream` --------------------------------------
@@ -234,3 +235,20 @@ def test_downstream_suite_refuses_what_it_cannot_score(monkeypatch, tmp_path, tr
     assert code == 2 and "reads 24 tokens (model.context_len)" in err
     code, out, err = run_cli(["eval", trained_runs["transformer"]["dir"], "--suite", "downstream", "--json"], capsys)
     assert code == 0 and json.loads(out)["datasets"]["squad"]["ppl"] > 1
+
+
+def test_downstream_suite_scores_the_installed_sets_and_names_the_missing_one(monkeypatch, tmp_path, trained_runs,
+                                                                            capsys):
+    from conftest import run_cli
+
+    monkeypatch.setenv("EBT_DOWNSTREAM_DIR", str(unavailable_math(tmp_path)))
+    run = trained_runs["ebt"]["dir"]
+    code, out, err = run_cli(["eval", run, "--suite", "downstream", "--max-examples", "2", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(out)
+    assert list(result["datasets"]) == ["validation", "gsm_symbolic", "squad", "dyck_languages"]
+    assert result["missing"] == {"elementary_math_qa": f"no package registry serves it (MANIFEST.json in {tmp_path})"}
+    code, out, err = run_cli(["eval", run, "--suite", "downstream", "--max-examples", "2"], capsys)
+    assert code == 0 and err == ""
+    assert out.splitlines()[-1] == ("elementary_math_qa: not scored, not installed: no package registry serves it "
+                                    f"(MANIFEST.json in {tmp_path})")

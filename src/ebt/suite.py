@@ -41,7 +41,7 @@ from ebt import plots
 from ebt.data.tokens import TokenSplit, encode_split, sequential_windows
 from ebt.data.corpus import load_corpus
 from ebt.data.probes import OOD_SETS
-from ebt.errors import ConfigError
+from ebt.errors import ConfigError, DataError
 from ebt.evaluate import Scoring, evaluate
 from ebt.models import is_energy_based
 from ebt.options import ThinkingOptions
@@ -166,9 +166,12 @@ def downstream_suite(
     `scoring`: as `paper_suite`'s.
 
     A prompt longer than a model's context keeps its last tokens (the question comes last); how
-    many were cut is reported per set. Raises DataError naming `make downstream-data` for a set
-    that is not installed, ConfigError as `paper_suite` for runs that cannot be compared."""
-    from ebt.data.downstream import DOWNSTREAM_SETS, load_downstream
+    many were cut is reported per set. A set that is not installed is left out and named with the
+    reason in ``missing`` (set → `not_installed`'s reason: no registry serves it, an install step
+    failed, or nothing installed); DataError naming `make downstream-data` when none is installed,
+    ConfigError as `paper_suite` for runs that cannot be compared."""
+    from ebt.data.downstream import (DOWNSTREAM_SETS, INSTALL_COMMAND, downstream_dir, load_downstream,
+                                     not_installed)
     from ebt.data.pairs import encode_pairs
 
     options = options or ThinkingOptions()
@@ -184,7 +187,12 @@ def downstream_suite(
                           field="baseline")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
         raise ConfigError(f"max_examples = {max_examples!r} is not allowed; it must be an integer ≥ 1")
-    pairs = {name: load_downstream(name, limit=max_examples) for name in (sets or DOWNSTREAM_SETS)}
+    names = sets or DOWNSTREAM_SETS
+    missing = {name: why for name in names if (why := not_installed(name)) is not None}
+    if len(missing) == len(names):
+        raise DataError(f"no downstream set is installed in {downstream_dir()} ({', '.join(names)}); install them "
+                        f"with {INSTALL_COMMAND}, or set $EBT_DOWNSTREAM_DIR to a folder that holds them")
+    pairs = {name: load_downstream(name, limit=max_examples) for name in names if name not in missing}
 
     def score(tokens: Tensor | TokenSplit) -> dict:
         if is_energy_based(run.model):
@@ -205,7 +213,7 @@ def downstream_suite(
             entry["transformer_ppl"] = _ppl(baseline.model, theirs_encoded.split, theirs, max_examples)
         datasets[name] = entry
     return {"run": str(run.path), "baseline": str(baseline.path) if baseline else None, "kind": run.config.model.kind,
-            "max_examples": max_examples, "datasets": datasets}
+            "max_examples": max_examples, "datasets": datasets, "missing": missing}
 
 
 def thinking_budgets(model, tokens: Tensor | TokenSplit, options: ThinkingOptions | None = None, *,

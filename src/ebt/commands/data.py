@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ebt.checks import check_int, check_real
 from ebt.commands.common import directory, json_field, option, required
-from ebt.data.downstream import install
+from ebt.data.downstream_install import install
 from ebt.data.prepared import DEFAULT_SHARD_TOKENS, prepare
 from ebt.errors import ConfigError, Interrupted
 from ebt.files import standard_json

@@ -289,3 +289,5 @@ def _print_downstream(result: dict) -> None:
         cut = [f"{n} {e[key]}/{e['pairs']}" for n, e in entries.items() if e.get(key)]
         if cut:
             print(f"{what} cut at {where} to fit the context: {', '.join(cut)}")
+    for name, why in result.get("missing", {}).items():
+        print(f"{name}: not scored, not installed: {why}")
