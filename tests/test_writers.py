@@ -449,3 +449,11 @@ def test_an_export_cut_short_is_completed_by_the_next(trained_runs, tmp_path: Pa
     (out / "config.json").unlink()  # what a kill before the last file leaves
     model.save_pretrained(out)
     assert torch.equal(next(iter(ebt.load(out).state_dict().values())), next(iter(model.state_dict().values())))
+
+
+def test_no_hint_deletes_weights_a_run_cannot_resume_from(small_run: Path, capsys) -> None:
+    (small_run / "train_state.pt").unlink()  # e.g. lost in a copy: the weights are all that is left
+    code, _, err = run_cli(["train", "--resume", "--out", small_run, "--quiet"], capsys)
+    err = one_line(err)
+    assert code == 2 and "--overwrite" not in err and "--train.init=" in err and "ebt eval" in err
+    assert load_run(small_run).step == 2

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ from torch import nn
 
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, EBTError
-from ebt.files import atomic_write, read_json
+from ebt.files import DirectoryLock, atomic_write, read_json
 
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
@@ -283,9 +284,20 @@ def recover(out: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def needs_recovery(out: Path) -> bool:
-    """Whether a killed writer left something in run directory `out` for `recover` to repair."""
-    return any((Path(out) / name).exists() for name in (SAVING, SAVED, Replaced.ASIDE, f"{Replaced.ASIDE}.dropped"))
+def recover_if_idle(out: Path) -> None:
+    """For a reader (`ebt.load_run`, a sweep looking at its points): repair what a killed writer
+    left in run directory `out` (`recover`, each repair said on stderr), unless a live process
+    writes it (that one repairs its own) or it cannot be written (the files in place are then
+    read: each is a whole file). Takes the lock only when there is something to repair."""
+    out = Path(out)
+    if not any((out / name).exists() for name in (SAVING, SAVED, Replaced.ASIDE, f"{Replaced.ASIDE}.dropped")):
+        return
+    try:
+        with DirectoryLock(out):
+            for line in recover(out):
+                print(line, file=sys.stderr)
+    except (CheckpointError, OSError):
+        pass
 
 
 class Replaced:

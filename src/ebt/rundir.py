@@ -64,10 +64,13 @@ def check_resumable(out: Path, config: RunConfig) -> RunConfig:
     """--resume: the config `out` was saved with, once its checkpoint's files are there and
     `config` keeps its data and batches (the model's sections are checked after the data fills
     them in: `refuse_fixed_changes`)."""
-    for name in (WEIGHTS, TRAIN_STATE):
-        if not (out / name).is_file():
-            raise CheckpointError(f"--resume: {out} has no {name} to resume from "
-                                  "(to start it afresh instead, pass --overwrite without --resume)")
+    if (out / WEIGHTS).is_file() and not (out / TRAIN_STATE).is_file():  # --overwrite would delete the weights
+        raise CheckpointError(f"--resume: {out} holds weights but no {TRAIN_STATE}, so it cannot resume exactly; "
+                              f"its weights still load (ebt eval); to train on from them, start a new run: "
+                              f"--train.init={shlex.quote(str(out))} --out NEW_DIR")
+    if not (out / WEIGHTS).is_file():
+        raise CheckpointError(f"--resume: {out} has no {WEIGHTS} to resume from: the run stopped before its first "
+                              "checkpoint (to start it afresh, pass --overwrite without --resume)")
     saved = load_config(out)
     refuse_fixed_changes(saved, config, out, ("data",), RESUME_FIXED_TRAIN_FIELDS)
     return saved
@@ -82,7 +85,7 @@ def refuse_fixed_changes(saved: RunConfig, config: RunConfig, out: Path, section
     changed = [f"{k} (saved {before[k]!r}, now {now[k]!r})" for k in keys if before[k] != now[k]]
     if changed:
         raise ConfigError(f"--resume: {'; '.join(changed)}: cannot change in the middle of the run in {out}; "
-                          "start a new run (another --out, or --overwrite) to change it")
+                          "start a new run in another --out to change it (from this run's weights: --train.init)")
 
 
 def resolve_init(config: RunConfig, out: Path) -> RunConfig:

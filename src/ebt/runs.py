@@ -12,7 +12,6 @@ live here, above the models, which never see files or runs.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from torch import nn
 from ebt import hub
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
-from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, needs_recovery, recover,
+from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, recover_if_idle,
                             snapshot_path, snapshot_steps, weights_step)
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
@@ -48,20 +47,6 @@ class Run:
     frame_encoder: Any = None
 
 
-def _recover_if_idle(path: Path) -> None:
-    """A run a killed process left mid-save or mid --overwrite is repaired before it is read
-    (`ebt.checkpoint.recover`), unless a live process writes it (it repairs its own) or it cannot
-    be written (the files in place are then read: each is a complete file)."""
-    if not needs_recovery(path):
-        return
-    try:
-        with DirectoryLock(path):
-            for line in recover(path):
-                print(line, file=sys.stderr)
-    except (CheckpointError, OSError):
-        pass
-
-
 def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: int | None = None,
              revision: str | None = None) -> Run:
     """The run in directory `path`, its model on `map_location` in eval mode: its last weights, or
@@ -78,7 +63,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
     path = hub.local_directory(path, revision, step=step)
-    _recover_if_idle(path)
+    recover_if_idle(path)
     config = load_config(path)
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
     if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:

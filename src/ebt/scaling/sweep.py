@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, validation_rows
+from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, recover_if_idle, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
 from ebt.checks import check_choice, check_int
 from ebt.config import RunConfig, TrainConfig
@@ -292,6 +292,7 @@ def point_state(sweep: Sweep, point: Point, out: Path) -> tuple[str, str]:
     checkpoint), "restart" (stopped before its first), or "start" (nothing there). A directory
     holding another config is a CheckpointError naming the point and the fields that differ."""
     run = out / point.name
+    recover_if_idle(run)  # a point killed mid-save or mid-restart: its last complete state first
     if not (run / CONFIG).is_file():
         return ("restart", "no config.json") if run.is_dir() and any(run.iterdir()) else ("start", "")
     _check_point_config(sweep, point, run)
