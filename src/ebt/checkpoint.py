@@ -114,10 +114,10 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
         WEIGHTS: lambda p: save_file(state, str(p), metadata={"step": str(step)}),
         TRAIN_STATE: lambda p: _torch_save({"step": step, **train_state}, p),
         CONFIG: lambda p: p.write_text(config.to_json() + "\n")}
-    if keep:
-        files[f"{CHECKPOINTS}/step-{step}.safetensors"] = files[WEIGHTS]
-    finish_interrupted_save(out)
     partial = out / SAVING
+    if keep:  # the same bytes as the weights just written
+        files[f"{CHECKPOINTS}/step-{step}.safetensors"] = lambda p: shutil.copyfile(partial / WEIGHTS, p)
+    finish_interrupted_save(out)
     try:
         partial.mkdir()
         for name, write in files.items():
