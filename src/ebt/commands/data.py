@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ebt.checks import check_int, check_real
 from ebt.commands.common import directory, json_field, option, required
+from ebt.data.corpus import KNOWN_CORPORA, corpus_files
 from ebt.data.downstream_install import install
-from ebt.data.prepared import DEFAULT_SHARD_TOKENS, prepare
+from ebt.data.prepared import DEFAULT_SHARD_TOKENS, is_prepared, prepare
 from ebt.errors import ConfigError, Interrupted
 from ebt.files import standard_json
 
@@ -49,6 +50,10 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
     def stop(signum, frame):  # SIGTERM (kill, slurm) and SIGHUP (a closed terminal) clean up as Ctrl-C does
         raise Interrupted(f"prepare-data: stopped by {signal.Signals(signum).name}; nothing was written", 128 + signum)
 
+    source = Path(args.source).expanduser()
+    # A corpus directory's files, listed (and an ebt output refused) before the long tokenizing.
+    files = (corpus_files(source) if args.source not in KNOWN_CORPORA and source.is_dir() and not is_prepared(source)
+             else None)
     hangup = (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, *hangup)}
     try:
@@ -60,6 +65,8 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if files is not None:
+        index["files"] = files.summary()
     if args.json:
         print(standard_json(index))
         return 0
@@ -70,6 +77,8 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
           f"({tokens / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
     for name, split in splits.items():
         print(f"  {name}: {split['tokens']:,} tokens, {split['documents']:,} documents, {len(split['shards'])} shard(s)")
+    if files is not None:
+        print(f"  files: {files.summary()}")
     print(f"train on it with `ebt train --preset ... --data {args.out}` (add --data.layout=padded for the paper's "
           "one-document-per-window layout)")
     return 0

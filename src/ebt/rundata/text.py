@@ -38,6 +38,7 @@ class TextData:
     source: str  # the corpus name, or its absolute path
     fingerprint: dict[str, str]
     examples: str = "windows"  # or "pairs": prompt/answer pairs, one per example, scored on the answer
+    files: str = ""  # a corpus directory's files read and left out (`CorpusFiles.summary`), for the log
 
     @functools.cached_property
     def train(self) -> TokenSplit:
@@ -56,6 +57,10 @@ class TextData:
 
     @property
     def summary(self) -> str:
+        return self._sizes + (f"; from the corpus directory: {self.files}" if self.files else "")
+
+    @property
+    def _sizes(self) -> str:
         if self.examples == "pairs":
             window = self.context_len + 1
             return (f"{self.train.examples(window):,} training / {self.validation.examples(window):,} validation "
@@ -133,7 +138,8 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
         def encode(name: str) -> TokenSplit:
             return encode_split(getattr(corpus, name), tokenizer, layout, f"{name} split of {source!r}")
 
-        data = TextData(tokenizer, encode, context_len, source, corpus_fingerprint(corpus, source))
+        data = TextData(tokenizer, encode, context_len, source, corpus_fingerprint(corpus, source),
+                        files=corpus.files.summary() if corpus.files is not None else "")
     if run_dir is None:
         _ = (data.train, data.validation)  # read, and checked to hold a window, now
     return data
