@@ -111,3 +111,103 @@ def test_the_data_summary_and_prepare_data_say_what_was_read_and_skipped(tmp_pat
     assert "files: read 6 .txt/.jsonl files; skipped 3 hidden" in out and "runs/first (a run directory)" in out
     code, out, err = run_cli(["prepare-data", root, "--out", tmp_path / "prep2", "--json"], capsys)
     assert code == 0 and json.loads(out)["files"].startswith("read 6 .txt/.jsonl files")
+
+
+
+def test_an_image_folder_skips_hidden_files_and_folders(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ebt.data.images import load_images
+
+    folder = tmp_path / "images"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / ".ipynb_checkpoints" / "0-checkpoint.png")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(folder / ".thumb.png")
+    splits = load_images(str(folder), 8)
+    assert splits.channels == 1 and len(splits.train) + len(splits.validation) == 4  # the RGB copies unread
+    only_hidden = tmp_path / "only-hidden"
+    (only_hidden / ".cache").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(only_hidden / ".cache" / "x.png")
+    with pytest.raises(DataError, match=r"has no .* files outside hidden files and folders \(1 inside them, skipped\)"):
+        load_images(str(only_hidden), 8)
+
+# --- 7. A package installed but broken is one line ------------------------------------------------
+
+_BROKEN = {  # how an installed package fails to import, as users report it
+    "TypeError": 'raise TypeError("Descriptors cannot be created directly.\\nIf this call came from a _pb2.py file, '
+                 'your generated code is out of date")',  # wandb / tensorboard with a mismatched protobuf
+    "AttributeError": "import os\nos.fake_numpy_abi",  # built against another numpy
+    "OSError": 'raise OSError("libcudart.so.12: cannot open shared object file")',
+    "ModuleNotFoundError": "import ebt_fake_dependency_gone",  # one of its dependencies is missing
+    "SystemExit": 'raise SystemExit("this package needs Python 3.13")',
+}
+
+
+def _fake_package(root: Path, name: str, body: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text(body + "\n")
+    return root
+
+
+@pytest.mark.parametrize("error", sorted(_BROKEN))
+def test_any_failure_to_import_an_installed_package_is_one_line_naming_it(error: str, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    from ebt.packages import PackageError, import_package
+
+    name = f"ebt_fake_broken_{error.lower()}"
+    monkeypatch.syspath_prepend(str(_fake_package(tmp_path, name, _BROKEN[error])))
+    with pytest.raises(PackageError) as caught:
+        import_package(name, needed_for="the feature", otherwise="turn the feature off")
+    line = str(caught.value)
+    assert "\n" not in line and isinstance(caught.value, ImportError)
+    assert line.startswith(f"the feature needs the package {name}, which is installed but fails to import ({error}")
+    assert line.endswith(f"reinstall it with: pip install --force-reinstall {name}, or turn the feature off")
+    with pytest.raises(PackageError, match=r"ebt_fake_missing, which is not installed; install it with: pip install x"):
+        import_package("ebt_fake_missing", needed_for="the feature", pip="x")
+
+
+@pytest.mark.parametrize("kind", ["wandb", "tensorboard"])
+def test_a_broken_tracker_stops_the_run_in_one_line_before_it_writes(kind: str, corpus_file: Path, tmp_path: Path,
+                                                                      monkeypatch, capsys) -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == kind or m.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(_fake_package(tmp_path / "site", kind, _BROKEN["TypeError"])))
+    code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", tmp_path / "run",
+                            "--train.steps=2", f"--train.log_to={kind}"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"train.log_to = '{kind}' needs the package {kind}, which is installed but fails to import (TypeError" in err
+    assert f"pip install --force-reinstall {kind}, or set train.log_to to 'none'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_broken_matplotlib_stops_only_the_plots_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import sys
+
+    from ebt.plots import plot_energy_by_frame
+    from ebt.packages import PackageError
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # its import now fails; matplotlib is there
+    with pytest.raises(PackageError, match="drawing plots needs the package matplotlib, which is installed but fails"):
+        plot_energy_by_frame({"ebt": [1.0, 2.0]}, tmp_path / "plot.png")
+
+
+def test_the_command_line_names_a_broken_required_package_in_one_line(tmp_path: Path) -> None:
+    """huggingface_hub is imported by every command (the models are its ModelHubMixins): broken, the
+    command line says so in one line before any command, instead of a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    site = _fake_package(tmp_path, "huggingface_hub", _BROKEN["TypeError"])
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(src)])}
+    done = subprocess.run([sys.executable, "-m", "ebt.cli", "eval", "runs/x"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("ebt: error: ebt needs the package huggingface_hub, which is installed but fails")
+    assert "pip install --force-reinstall huggingface_hub" in done.stderr

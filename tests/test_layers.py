@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # From the bottom. A module may import its own layer or below; a package's __init__ counts as
 # the layer of its name.
 LAYERS = [
-    ["ebt.errors", "ebt.checks"],
+    ["ebt.errors", "ebt.checks", "ebt.packages"],
     ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
     ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",

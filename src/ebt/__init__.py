@@ -9,7 +9,19 @@ Start reading at `ebt/think.py` (energy descent), then `ebt/energy.py` (the ener
 """
 
 from ebt.options import InnerOptimizer, ThinkingOptions
-from ebt.runs import Pretrained, Run, load, load_run
 from ebt.think import Thought, think
+
+_RUNS = ("Pretrained", "Run", "load", "load_run")
+
+
+def __getattr__(name: str):
+    # ebt.runs (and huggingface_hub, which it builds on) is imported on first use, so that the
+    # command line starts first and names a broken install of a package in one line (ebt.packages).
+    if name in _RUNS:
+        from ebt import runs
+
+        return getattr(runs, name)
+    raise AttributeError(f"module 'ebt' has no attribute {name!r}")
+
 
 __all__ = ["load", "load_run", "Run", "Pretrained", "think", "Thought", "ThinkingOptions", "InnerOptimizer"]

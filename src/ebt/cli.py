@@ -39,8 +39,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ebt import commands
 from ebt.errors import ConfigError, EBTError
+from ebt.packages import broken_package_line
+
+try:
+    from ebt import commands
+except Exception as _error:  # noqa: BLE001  a package installed but broken: one line, not a traceback
+    if broken_package_line(_error) is None:
+        raise
+    print(f"ebt: error: {broken_package_line(_error)}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 OVERRIDES = "overrides"  # the argument-class field that takes --section.key=value
 

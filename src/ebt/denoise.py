@@ -24,6 +24,7 @@ from ebt.evaluate import PRECISION_OPTION, denoise_metrics
 from ebt.files import atomic_write
 from ebt.image_protocol import budgets, denoise
 from ebt.options import ThinkingOptions
+from ebt.packages import import_package
 from ebt.precision import autocast, check_precision
 from ebt.rundata import load_data
 
@@ -91,10 +92,7 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
     `precision` applies to every run; None runs each at its own train.precision."""
     for run in runs:
         check_precision(run_precision(run, precision), device, PRECISION_OPTION)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     out.mkdir(parents=True, exist_ok=True)
     curves = {}
@@ -117,14 +115,18 @@ def write_plots(runs: list, images: torch.Tensor, out: Path, *, seed: int = 0, d
     return curves
 
 
+def _pyplot():
+    """pyplot on the Agg backend (files, no display); PackageError in one line when matplotlib is
+    missing or broken (`ebt.packages`)."""
+    import_package("matplotlib", needed_for="the denoising plots").use("Agg")
+    return import_package("matplotlib.pyplot", needed_for="the denoising plots")
+
+
 def image_grid(runs: list, images: torch.Tensor, path: Path, *, seed: int, device, precision: str | None) -> None:
     """A PNG at `path`: for each of PLOT_LEVELS, a strip of the uint8 images (N, C, H, W) clean,
     noised (seeded by `seed`), then denoised by each run as trained (EBT: its thinking steps; DiT:
     DDIM on every timestep). `precision`: None runs each at its own train.precision."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     rows = []
     for level in PLOT_LEVELS:

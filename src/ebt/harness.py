@@ -54,14 +54,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from ebt.packages import PackageError, import_package
+
+
+def _lm_eval(module: str):
+    """An lm_eval module; PackageError in one line when lm_eval is missing or broken (an optional extra)."""
+    return import_package(module, package="lm_eval", needed_for="ebt.harness (lm-evaluation-harness's model type)",
+                          pip="'energy-based-transformers[eval]'",
+                          otherwise="run `make venv` (it installs requirements-eval.txt)")
+
+
 try:
-    import lm_eval.models  # noqa: F401  lm_eval's own models: get_model adds them only to an empty registry
-    from lm_eval.api.model import LM
-    from lm_eval.api.registry import model_registry
-    from lm_eval.utils import simple_parse_args_string
-except ImportError as error:  # an optional extra: say how to get it
-    raise ImportError("ebt.harness needs lm-evaluation-harness: pip install 'energy-based-transformers[eval]' "
-                      "(`make venv` installs it from requirements-eval.txt)") from error
+    _lm_eval("lm_eval.models")  # lm_eval's own models: get_model adds them only to an empty registry
+    LM = _lm_eval("lm_eval.api.model").LM
+    model_registry = _lm_eval("lm_eval.api.registry").model_registry
+    simple_parse_args_string = _lm_eval("lm_eval.utils").simple_parse_args_string
+except PackageError as error:
+    if __name__ == "__main__":  # `python -m ebt.harness`: the one line, not a traceback
+        print(f"python -m ebt.harness: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    raise
 
 from ebt.checks import check_int
 from ebt.data.downstream import DOWNSTREAM_SETS, downstream_dir
@@ -374,8 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["tasks"]:
             return _tasks(argv[1:])
-        from lm_eval.__main__ import cli_evaluate
-
+        cli_evaluate = _lm_eval("lm_eval.__main__").cli_evaluate
         if _option(argv, "--model", "-M") == "ebt" and _option(argv, "--device") is None:
             argv += ["--device", "auto"]
         saved, sys.argv = sys.argv, ["lm-eval", *argv]  # lm_eval's parser reads sys.argv

@@ -30,13 +30,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, NullLocator, ScalarFormatter
 
 from ebt.files import atomic_write
+from ebt.packages import import_package
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # SPEC §4: the paper's gain from thinking at two distribution shifts, (shift, % improvement).
 PAPER_GAIN_VS_SHIFT = ((1.0, 12.0), (4.4, 23.0))
@@ -46,6 +48,16 @@ PAPER_GAIN_VS_SHIFT = ((1.0, 12.0), (4.4, 23.0))
 _SHARED_AXES_MAX_RATIO = 4.0
 
 _DPI = 120
+
+
+def _figure(**kwargs) -> Figure:
+    """A matplotlib Figure. matplotlib is imported when a plot is first drawn, so that a broken
+    install of it stops only a command that draws, in one line (`ebt.packages`)."""
+    return import_package("matplotlib.figure", needed_for="drawing plots").Figure(**kwargs)
+
+
+def _ticker():
+    return import_package("matplotlib.ticker", needed_for="drawing plots")
 
 
 def plot_thinking_curves(
@@ -70,7 +82,7 @@ def plot_thinking_curves(
     n_panels = 1 if shared else len(points)
     cols = min(n_panels, 3)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(5.0 * cols + (1.5 if shared else 0.0), 3.8 * rows), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(5.0 * cols + (1.5 if shared else 0.0), 3.8 * rows), dpi=_DPI, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
         ax.set_visible(False)
@@ -126,20 +138,20 @@ def _thinking_axes(ax, passes: list[float], shared: bool) -> None:
     values span decades; grid, labels and legend."""
     ax.set_xscale("log")
     # Ticks at the budgets actually measured (2, 3, 6, 15, 30), not at powers of ten.
-    ax.xaxis.set_major_locator(FixedLocator(passes))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_locator(_ticker().FixedLocator(passes))
+    ax.xaxis.set_major_formatter(_ticker().ScalarFormatter())
+    ax.xaxis.set_minor_locator(_ticker().NullLocator())
     if shared:
         # Log y so that equal relative gains look alike across datasets; the span is under a
         # decade, so the minor ticks (1.5..9 x 10^k) are the informative ones to label.
         ax.set_yscale("log")
-        ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_locator(_ticker().LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+        ax.yaxis.set_major_formatter(_ticker().FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(_ticker().FormatStrFormatter("%g"))
     elif _spans_decades(ax):  # far-OOD perplexities can span many decades: log y
         ax.set_yscale("log")
     else:
-        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        ax.yaxis.set_major_formatter(_ticker().ScalarFormatter(useOffset=False))
     if len(passes) > 1:
         ax.set_xlim(passes[0] / 1.15, passes[-1] * 1.15)
     ax.grid(True, which="both", alpha=0.3)
@@ -172,7 +184,7 @@ def plot_gain_vs_shift(
         raise ValueError(f"plot_gain_vs_shift: (shift, gain %) pairs must be finite, got {dict(points)!r}")
     xs, ys = data[:, 0], data[:, 1]
 
-    fig = Figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     ax.axhline(0.0, color="0.6", linewidth=0.8, label="Transformer++ (no thinking gain)")
     ax.scatter(xs, ys, s=40, color="C0", zorder=3, label="EBT (this run)")
@@ -233,7 +245,7 @@ def plot_energy_heatmap(
     width = min(max(6.0, 2.2 + 0.17 * n_tokens), 40.0)
     rotation = 0 if longest <= 1 else 90  # single characters read best upright
     height = 1.6 + 0.32 * steps + (0.08 * min(longest, 16) if rotation else 0.0)
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(energies, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xticks(range(n_tokens), labels, rotation=rotation, fontsize=8, family="DejaVu Sans Mono")
@@ -259,7 +271,7 @@ def plot_energy_vs_loss(
             "plot_energy_vs_loss: energy and loss must be non-empty and equally long, "
             f"got {energy.size} and {loss.size}"
         )
-    fig = Figure(figsize=(5.6, 4.4), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(5.6, 4.4), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     alpha = float(np.clip(30.0 / math.sqrt(energy.size), 0.05, 0.6))
     # Rasterized: tens of thousands of points cost nothing in a PNG but keep any vector export small.
@@ -281,7 +293,7 @@ def plot_energy_by_frame(profile: Mapping[str, Sequence[float]], path: str | os.
     `profile` is what `ebt.evaluate.energy_by_frame` returns. The paper's claim: energy is
     high where the next frame is hard to foresee and falls once the content is known.
     """
-    fig = Figure(figsize=(10, 3.8), dpi=_DPI)
+    fig = _figure(figsize=(10, 3.8), dpi=_DPI)
     left, right = fig.subplots(1, 2)
     left.plot(profile["frame"], profile["energy"], "o-", color="C0", label="energy")
     left.set_xlabel("predicted frame")
@@ -368,7 +380,7 @@ def plot_scaling(result: Mapping, path: str | os.PathLike, *, axis: str, x_label
     models = result.get("models") or {}
     if not models:
         raise ValueError("plot_scaling: the result has no models; pass what fit_scaling returned")
-    fig = Figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(6.4, 4.6), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     for i, (kind, model) in enumerate(models.items()):
         label, colour = _SCALING_KINDS.get(kind, (kind, f"C{(i + 2) % 10}"))
@@ -384,9 +396,9 @@ def plot_scaling(result: Mapping, path: str | os.PathLike, *, axis: str, x_label
     ax.set_xscale("log")
     ax.set_yscale("log")
     # Losses rarely span a decade, so label the minor ticks too (as in plot_thinking_curves).
-    ax.yaxis.set_minor_locator(LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
-    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_locator(_ticker().LogLocator(subs=(1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+    ax.yaxis.set_major_formatter(_ticker().FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(_ticker().FormatStrFormatter("%g"))
     ax.set_xlabel(x_label)
     ax.set_ylabel("validation loss (nats, log scale)")
     ax.grid(True, which="both", alpha=0.3)
@@ -412,7 +424,7 @@ def plot_thinking_gains(result: Mapping, path: str | os.PathLike, *, x_label: st
     points = result.get("points") or []
     if not points:
         raise ValueError("plot_thinking_gains: the result has no points; pass what fit_gains returned")
-    fig = Figure(figsize=(6.8, 5.6), dpi=_DPI, layout="constrained")
+    fig = _figure(figsize=(6.8, 5.6), dpi=_DPI, layout="constrained")
     ax = fig.subplots()
     xs = np.asarray([p["x"] for p in points], dtype=float)
     ax.axhline(0.0, color="0.6", linewidth=0.8)

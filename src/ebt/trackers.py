@@ -30,6 +30,7 @@ from ebt.checkpoint import TENSORBOARD, WANDB_RUN
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json, standard_json
+from ebt.packages import import_package
 
 DEFAULT_WANDB_PROJECT = "ebt"
 
@@ -48,12 +49,7 @@ def check(kind: str) -> None:
     """Import what tracker `kind` needs, so that a missing package stops the run before it starts."""
     if kind == "none":
         return
-    try:
-        _import(kind)
-    except ImportError as e:
-        raise ConfigError(f"train.log_to = {kind!r} needs the {kind} package, which cannot be imported ({e}); "
-                          f"install it with: pip install 'energy-based-transformers[track]' (or: pip install {kind}), "
-                          "or set train.log_to to 'none'") from None
+    _import(kind)
 
 
 def open_tracker(kind: str, out: Path, config: RunConfig, step: int) -> Tracker:
@@ -128,11 +124,10 @@ def _wandb_run(out: Path) -> dict[str, str] | None:
 
 
 def _import(kind: str):
-    """TensorBoard's SummaryWriter or the wandb module; ImportError when it is not installed."""
-    if kind == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter  # raises ImportError without the tensorboard package
-
-        return SummaryWriter
-    import wandb
-
-    return wandb
+    """TensorBoard's SummaryWriter or the wandb module; PackageError (one line naming train.log_to)
+    when the package is not installed or fails to import."""
+    module = import_package("torch.utils.tensorboard" if kind == "tensorboard" else kind, package=kind,
+                            needed_for=f"train.log_to = {kind!r}", field="train.log_to",
+                            pip=f"'energy-based-transformers[track]' (or: pip install {kind})",
+                            otherwise="set train.log_to to 'none'")
+    return module.SummaryWriter if kind == "tensorboard" else module

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ebt.errors import DataError
+from ebt.packages import import_package
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -109,11 +110,15 @@ def _read_mnist_5k() -> Tensor:
 
 
 def _read_folder(folder: Path) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
+    pil = import_package("PIL.Image", needed_for="reading an image folder", pip="pillow")
+    Image, UnidentifiedImageError = pil, pil.UnidentifiedImageError
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    # Hidden files and folders (a notebook's .ipynb_checkpoints/ copies) are not the user's images.
+    files = sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
-        raise DataError(f"{str(folder)!r} has no {'/'.join(IMAGE_SUFFIXES)} files")
+        hidden = f" outside hidden files and folders ({len(found)} inside them, skipped)" if found else ""
+        raise DataError(f"{str(folder)!r} has no {'/'.join(IMAGE_SUFFIXES)} files{hidden}")
     pictures = []
     for path in files:
         try:

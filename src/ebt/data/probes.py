@@ -31,6 +31,7 @@ import zlib
 from pathlib import Path
 
 from ebt.errors import DataError
+from ebt.packages import import_package
 
 # Every corpus name this module serves, and the suite's out-of-distribution sets: near (KJV, Austen:
 # English prose of other centuries) to far (synthetic). `make venv` installs the data of all four.
@@ -225,13 +226,7 @@ def _austen_novels() -> tuple[tuple[str, str], ...]:
             "Rdata.rdx and Rdata.rdb; install the Debian package with "
             "`apt-get install --no-install-recommends r-cran-janeaustenr`"
         )
-    try:
-        import rdata
-    except ImportError:
-        raise DataError(
-            "the 'austen' corpus is decoded with the package rdata, which is not installed; "
-            "run `make venv` (or `pip install rdata` in the project's venv)"
-        ) from None
+    rdata = import_package("rdata", needed_for="the 'austen' corpus", otherwise="run `make venv`")
     # janeaustenr's data is an R lazy-load database: the .rdx index (an RDS file) maps each
     # variable to (offset, length) in the .rdb, where a record is a 4-byte big-endian length
     # and a compressed, serialized R object. rdata reads the serialized objects; the records

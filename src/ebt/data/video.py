@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ebt.errors import CheckpointError, DataError
+from ebt.packages import import_package
 
 FRAME_SIZE = 32  # canvas side: 1024 pixels, small enough for the raw-pixel encoder on a CPU
 DIGIT_SIDE = 14  # MNIST's 28×28 digits halved: two fit a 32×32 canvas with room to move
@@ -196,7 +197,7 @@ def fit_encoder(frames: Tensor, kind: str, dim: int, max_frames: int = 20000, se
 
 def write_strip(frames: np.ndarray, path: Path, gap: int = 2) -> None:
     """Frames (R, T, H, W) in [0, 1] as one grayscale PNG: a row of T frames per clip, R rows."""
-    from PIL import Image
+    Image = import_package("PIL.Image", needed_for="writing frames as PNG", pip="pillow")
 
     rows, count, h, w = frames.shape
     canvas = np.ones((rows * (h + gap) - gap, count * (w + gap) - gap), dtype=np.float32) * 0.5
@@ -210,7 +211,7 @@ def write_strip(frames: np.ndarray, path: Path, gap: int = 2) -> None:
 
 def write_gif(frames: np.ndarray, path: Path, milliseconds: int = 200) -> None:
     """Frames (T, H, W) in [0, 1] as a looping animated GIF (Pillow, which matplotlib depends on)."""
-    from PIL import Image
+    Image = import_package("PIL.Image", needed_for="writing frames as a GIF", pip="pillow")
 
     images = [Image.fromarray(np.rint(np.clip(f, 0, 1) * 255).astype(np.uint8), mode="L").resize(
         (f.shape[1] * 4, f.shape[0] * 4), Image.NEAREST) for f in frames]

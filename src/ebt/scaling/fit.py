@@ -26,6 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ebt.packages import PackageError, import_package
+
 # The paper's printed EBT gains in scaling rate (figure titles), as fractions; SPEC §7.
 PAPER_RATIOS = {"data": 0.3598, "batch": 0.2846, "depth": 0.0529, "params": 0.0291, "flops": 0.0292, "width": 0.0002}
 
@@ -289,9 +291,10 @@ def offset_power_law(x: np.ndarray, loss: np.ndarray) -> dict:
         return {"error": f"needs at least {_OFFSET_MIN_POINTS} points, got {len(x)}"}
     try:
         # scipy only for this optional offset fit (it reports its absence instead of failing).
-        from scipy.optimize import OptimizeWarning, curve_fit
-    except ImportError:
-        return {"error": "scipy is not installed"}
+        optimize = import_package("scipy.optimize", needed_for="the offset fit")
+    except PackageError as e:
+        return {"error": str(e)}
+    OptimizeWarning, curve_fit = optimize.OptimizeWarning, optimize.curve_fit
     x_min = x.min()
     u = x / x_min
     upper_e = loss.min() * (1 - 1e-9)
