@@ -180,7 +180,8 @@ def _bad_inputs(tmp: Path, corpus: Path, runs: dict[str, Path]) -> dict[str, tup
     (tmp / "empty.txt").write_text(" \n\n")
     (tmp / "short.txt").write_text("to be\nor not\n")
     (tmp / "not-a-run").mkdir()
-    train = ["train", "--preset", "text-ebt-tiny", "--out", tmp / "out", "--data", corpus, *TINY]
+    own_data = ["train", "--preset", "text-ebt-tiny", "--out", tmp / "out", *TINY]  # a flag is given once
+    train = [*own_data, "--data", corpus]
     return {
         "unknown preset": (["train", "--preset", "text-ebt-huge", "--out", tmp / "out"],
                            ["text-ebt-huge", "text-ebt-tiny"]),
@@ -189,9 +190,9 @@ def _bad_inputs(tmp: Path, corpus: Path, runs: dict[str, Path]) -> dict[str, tup
         "bad value type": ([*train, "--train.steps=many"], ["train.steps", "many"]),
         "bad value range": ([*train, "--train.steps=0"], ["train.steps", "0"]),
         "heads not dividing width": ([*train, "--model.n_heads=3"], ["model.n_heads", "3"]),
-        "missing data path": ([*train, "--data", tmp / "missing.txt"], ["missing.txt"]),
-        "empty corpus": ([*train, "--data", tmp / "empty.txt"], ["empty"]),
-        "corpus shorter than the context": ([*train, "--data", tmp / "short.txt"], ["context"]),
+        "missing data path": ([*own_data, "--data", tmp / "missing.txt"], ["missing.txt"]),
+        "empty corpus": ([*own_data, "--data", tmp / "empty.txt"], ["empty"]),
+        "corpus shorter than the context": ([*own_data, "--data", tmp / "short.txt"], ["context"]),
         "eval on a non-run directory": (["eval", tmp / "not-a-run"], ["not-a-run", "config.json"]),
         "eval on a missing directory": (["eval", tmp / "nowhere"], ["nowhere"]),
         "eval --steps 0": (["eval", runs["ebt"], "--steps", "0"], ["--steps", "0"]),

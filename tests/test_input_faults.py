@@ -211,3 +211,123 @@ def test_the_command_line_names_a_broken_required_package_in_one_line(tmp_path: 
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("ebt: error: ebt needs the package huggingface_hub, which is installed but fails")
     assert "pip install --force-reinstall huggingface_hub" in done.stderr
+
+
+# --- 8. Nothing given is silently dropped ---------------------------------------------------------
+
+TINY = ["--model.dim=32", "--model.n_heads=2", "--model.context_len=32", "--train.batch_size=4",
+        "--train.eval_examples=4", "--train.steps=1", "--quiet"]
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--train.steps=5", "--train.steps=3"], "train.steps is given twice, '5' then '3'; give it once"),
+    (["--train.steps", "5", "--train.steps=3"], "train.steps is given twice, '5' then '3'; give it once"),
+    (["--think.step_size=1", "--think.steps=2", "--think.step_size", "2"], "think.step_size is given twice, '1' then '2'"),
+])
+def test_an_override_given_twice_is_refused_naming_both_values(argv: list[str], line: str, corpus_file: Path,
+                                                                tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", tmp_path / "run",
+                            *argv], capsys)
+    assert code == 2 and err.count("\n") == 1 and line in err, err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_the_same_override_twice_and_the_api_agree(capsys) -> None:
+    from ebt.config import RunConfig
+    from ebt.errors import ConfigError
+
+    assert RunConfig().with_overrides([("train.steps", "5"), ("train.steps", "5")]).train.steps == 5  # nothing lost
+    with pytest.raises(ConfigError, match="train.lr is given twice, '0.1' then '0.2'") as caught:
+        RunConfig().with_overrides([("train.lr", "0.1"), ("train.steps", "5"), ("train.lr", "0.2")])
+    assert caught.value.field == "train.lr"
+    code, _, err = run_cli(["bench", "--train.lr=1e-3", "--train.lr=2e-3"], capsys)
+    assert code == 2 and "train.lr is given twice, '1e-3' then '2e-3'" in err
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--preset", "text-ebt-tiny", "--preset", "text-transformer-tiny", "--out", "x"],
+     "--preset is given twice, 'text-ebt-tiny' then 'text-transformer-tiny'; give it once"),
+    (["train", "--preset", "text-ebt-tiny", "--out", "a", "--out", "b"], "--out is given twice, 'a' then 'b'"),
+    (["bench", "--preset", "tiny", "--size", "xxs"], "--preset 'tiny' and --size 'xxs' set the same option; give one"),
+    (["bench", "--memory", "--no-memory"], "--memory and --no-memory are both given; give one"),
+    (["eval", "runs/x", "--steps", "2", "--steps", "3"], "--steps is given twice, '2' then '3'"),
+])
+def test_a_flag_given_twice_with_two_values_is_refused(argv: list[str], line: str, tmp_path: Path, capsys,
+                                                       monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and line in err, err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_flag_given_twice_with_one_value_is_accepted(tmp_path: Path) -> None:
+    from ebt.cli import arguments, build_parser
+
+    namespace, extra = build_parser().parse_known_args(["train", "--preset", "text-ebt-tiny", "--out", "a",
+                                                        "--out", "a", "--overwrite", "--overwrite"])
+    args = arguments(namespace, extra)
+    assert str(args.out) == "a" and args.overwrite
+
+
+def test_a_sweep_keeps_the_users_eval_every_and_refuses_a_repeat() -> None:
+    from ebt.config import ConfigError
+    from ebt.scaling.sweep import Sweep
+
+    sweep = Sweep("depth", overrides=[("train.eval_every", "50")])
+    for point in sweep.points():
+        assert sweep.config(point).train.eval_every == 50
+        assert [k for k, _ in point.overrides].count("train.eval_every") == 1
+        assert sweep.command(point, Path("out")).count("--train.eval_every=50") == 1
+    assert all(sweep.config(p).train.eval_every == 0 for p in Sweep("depth").points())  # its default otherwise
+    data = Sweep("data", steps=32, overrides=[("train.lr_schedule", "wsd")])  # a schedule the data axis allows
+    assert {data.config(p).train.lr_schedule for p in data.points()} == {"wsd"}
+    with pytest.raises(ConfigError, match="train.lr is given twice, '0.2' then '0.1'"):
+        Sweep("depth", overrides=[("train.lr", "0.2"), ("train.lr", "0.1")])
+
+
+def _grey_folder(root: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((12, 12), 30 * i, dtype=np.uint8)).save(root / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["bpe_vocab_size with byte", "validation_fraction of shakespeare",
+                                  "validation_fraction of a prepared corpus", "channels of grey images",
+                                  "vocab_size of bytes"])
+def test_an_override_the_data_cannot_honour_is_refused_not_recorded(case: str, corpus_file: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    text = ["train", "--preset", "text-ebt-tiny", "--out", tmp_path / "run", *TINY]
+    if case == "validation_fraction of a prepared corpus":
+        assert run_cli(["prepare-data", corpus_file, "--out", tmp_path / "prep"], capsys)[0] == 0
+    argv, line = {
+        "bpe_vocab_size with byte": (text + ["--data", corpus_file, "--text.bpe_vocab_size=4096"],
+                                     "text.bpe_vocab_size does not apply to this run: it sizes a BPE, and "
+                                     "text.tokenizer is 'byte'"),
+        "validation_fraction of shakespeare": (text + ["--data", "shakespeare", "--data.validation_fraction=0.3"],
+                                               "the 'shakespeare' corpus is split by play"),
+        "validation_fraction of a prepared corpus": (
+            text + ["--data", tmp_path / "prep", "--data.validation_fraction=0.3"],
+            "data.validation_fraction does not apply to this run: " + f"{tmp_path / 'prep'} is a prepared corpus"),
+        "channels of grey images": (
+            ["train", "--preset", "image-ebt-tiny", "--out", tmp_path / "run", "--data", _grey_folder(tmp_path / "g"),
+             "--image.channels=3", "--image.image_size=12", "--model.dim=16", "--model.n_layers=1", "--quiet"],
+            "image.channels comes from the data (1); 3 was given: drop the override"),
+        "vocab_size of bytes": (text + ["--data", corpus_file, "--text.vocab_size=300"],
+                                "text.vocab_size comes from the data (256); 300 was given"),
+    }[case]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and line in err, err
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_bench_refuses_overrides_it_would_drop(capsys) -> None:
+    for argv, line in ((["--train.precision=bf16"], "train.precision is set by bench's own precision; give it as "
+                                                    "precision (flag --precision)"),
+                       (["--text.vocab_size=300"], "text.vocab_size does not apply to bench"),
+                       (["--data.corpus=kjv"], "data.corpus does not apply to bench")):
+        code, _, err = run_cli(["bench", *argv], capsys)
+        assert code == 2 and line in err, err

@@ -34,7 +34,10 @@ CLI = ["--quiet", "--model.dim=16", "--model.n_heads=2", "--model.n_layers=1", "
 
 
 def cli_train(corpus: Path, out: Path, *args: str) -> list[str]:
-    return ["train", "--preset", "text-transformer-tiny", "--data", str(corpus), *CLI, *args, "--out", str(out)]
+    """`ebt train` on the tiny settings, `args` replacing those of the same key (a key is given once)."""
+    given = {a.split("=")[0] for a in args}
+    return ["train", "--preset", "text-transformer-tiny", "--data", str(corpus),
+            *[a for a in CLI if a.split("=")[0] not in given], *args, "--out", str(out)]
 
 
 def rows(out: Path, split: str) -> list[dict]:

@@ -157,9 +157,9 @@ def _add_field(p: argparse.ArgumentParser, dest: str, f: dataclasses.Field, anno
         return
     names = [meta.get("flag", "--" + f.name.replace("_", "-")), *meta.get("aliases", ())]
     if kind is bool:
-        kw["action"] = argparse.BooleanOptionalAction if optional or default is True else "store_true"
+        kw["action"] = _Switch if optional or default is True else _StoreTrue
     else:
-        kw.setdefault("metavar", f.name.upper())  # the field's name, not the dest of a nested field
+        kw.update(action=_Store, metavar=kw.get("metavar", f.name.upper()))  # the field's name, not a nested dest
     if default is dataclasses.MISSING:
         kw["required"] = True
     else:
@@ -168,6 +168,46 @@ def _add_field(p: argparse.ArgumentParser, dest: str, f: dataclasses.Field, anno
         if shown and "default" not in help:  # the declared default, written once, in its field
             kw["help"] = f"{help} (default {default})"
     p.add_argument(*names, dest=dest, **kw)
+
+
+class _Store(argparse.Action):
+    """argparse's "store", noting a flag given twice with two values (`repeated`): argparse would
+    keep the last silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _note(namespace, self.dest, option_string, values)
+        setattr(namespace, self.dest, values)
+
+
+class _StoreTrue(argparse.Action):
+    def __init__(self, option_strings, dest, default=False, required=False, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, required=required, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, True)  # twice is the same
+
+
+class _Switch(argparse.BooleanOptionalAction):
+    """--x / --no-x, noting both given (`repeated`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _note(namespace, self.dest, option_string, getattr(namespace, self.dest))
+
+
+def _note(namespace: argparse.Namespace, dest: str, flag: str | None, value: Any) -> None:
+    given = namespace.__dict__.setdefault("_given", {})
+    if dest in given and given[dest][1] != value and "_repeated" not in namespace:
+        first, before = given[dest]
+        namespace._repeated = (
+            f"{first} and {flag} are both given; give one" if isinstance(value, bool)
+            else f"{flag} is given twice, {_shown(before)} then {_shown(value)}; give it once" if first == flag
+            else f"{first} {_shown(before)} and {flag} {_shown(value)} set the same option; give one")
+    given[dest] = (flag, value)
+
+
+def _shown(value: Any) -> str:
+    return repr(" ".join(map(str, value)) if isinstance(value, list) else str(value))
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -200,7 +240,10 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def arguments(namespace: argparse.Namespace, extra: list[str]) -> Any:
-    """The argument-class instance of a parsed command line (`build_parser().parse_known_args`)."""
+    """The argument-class instance of a parsed command line (`build_parser().parse_known_args`);
+    ConfigError for a flag given twice with two values."""
+    if "_repeated" in namespace:
+        raise ConfigError(namespace._repeated)
     return typed(namespace._command.args, namespace, extra)
 
 

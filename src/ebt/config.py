@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from ebt.checks import check, check_choice, check_int, check_real, check_type, json_type, parse_value
 from ebt.errors import ConfigError
@@ -182,6 +182,16 @@ MOVED_KEYS = {
 }
 
 
+def refuse_repeated(pairs: Iterable[tuple[str, str]]) -> None:
+    """ConfigError naming the first `section.key` given twice with different values (of
+    `(key, text)` pairs, in the order given): the later one would silently replace the earlier."""
+    seen: dict[str, str] = {}
+    for key, raw in pairs:
+        if key in seen and seen[key] != raw:
+            raise ConfigError(f"{key} is given twice, {seen[key]!r} then {raw!r}; give it once", field=key)
+        seen[key] = raw
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run: the network, thinking, training, the data, and the section
@@ -272,7 +282,8 @@ class RunConfig:
     def with_overrides(self, pairs: list[tuple[str, str]]) -> RunConfig:
         """A copy with every `(section.key, text)` pair applied in order, then checked once: a
         field that depends on another (train.eval_every with train.eval_spacing) may be given
-        before or after it."""
+        before or after it. A key given twice with two values is a ConfigError (`refuse_repeated`)."""
+        refuse_repeated(pairs)
         config = self
         for key, raw in pairs:
             config = config.override(key, raw, validate=False)

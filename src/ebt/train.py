@@ -29,7 +29,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -45,14 +45,10 @@ from ebt.models import build_model, count_parameters, set_activation_checkpointi
 from ebt.objectives import ReplayBuffer, make_objective
 from ebt.parallel import Parallel, check as check_parallel, full_tensor, wrap
 from ebt.precision import autocast, check_precision, grad_scaler
-from ebt.rundata import load_data, resolve_source
+from ebt.rundata import load_data, resolve_source, with_data_overrides
 from ebt.rundir import MetricsLog, Replaced, StopSignals, resume_command
 from ebt.schedule import BETAS, lr_scheduler, parameter_groups, resume_schedule, validation_steps
 from ebt.trackers import check as check_tracker, open_tracker
-
-# Fields the data sets (0 = unset); a different value given by hand is refused, not overwritten.
-SET_BY_THE_DATA = ("text.vocab_size", "video.latent_dim")
-
 
 @dataclass
 class StepResult:
@@ -150,13 +146,14 @@ class Training:
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, given: Iterable[str] = ()) -> dict:
     """Train the model a RunConfig describes into run directory `out`.
 
     `out` must not hold another run unless `resume` (continue it; `config` may change only what
     can change mid-run) or `overwrite` (replace it: `ebt.rundir.Replaced`). Raises TrainingDiverged
     on a non-finite loss, gradient norm, weight or validation loss, and Interrupted on
-    SIGINT/SIGTERM (after saving a checkpoint).
+    SIGINT/SIGTERM (after saving a checkpoint). `given`: the config keys set by hand (the command
+    line's overrides); one that the data fixes to another value, or leaves unused, is a ConfigError.
 
     Returns the final validation (the task's metrics; text: {"loss", "ppl", "tokens",
     "forward_passes"}) on the main process, {} on the other ranks of a distributed run.
@@ -170,7 +167,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     try:
         if dist.is_main:
             lock.acquire()
-        result = fit(setup(config, out, resume, overwrite, quiet, dist, replaced, log), stop)
+        result = fit(setup(config, out, resume, overwrite, quiet, dist, replaced, log, frozenset(given)), stop)
         log.close()
         return result
     except BaseException as e:
@@ -184,7 +181,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
 
 
 def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bool, dist: distributed.Distributed,
-          replaced: Replaced, log: MetricsLog) -> Training:
+          replaced: Replaced, log: MetricsLog, given: frozenset[str] = frozenset()) -> Training:
     """Everything training needs: the run directory claimed (`ebt.rundir`), the config completed
     by the data and checked against a resumed run's, this process's device, the model (with its
     saved or initial weights), optimizer, schedule, loss scaler and batches, the training state
@@ -202,7 +199,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     saved = rundir.check_resumable(out, config) if resume else None
     torch.manual_seed(config.train.seed)
     data = load_data(config, out if resume else None)  # a resumed run keeps its tokenizer
-    config = _with_data_overrides(config, data)
+    config = with_data_overrides(config, data, given)
     if resume:  # after the data's overrides: text.vocab_size, video.latent_dim, image.channels come from the data
         rundir.refuse_fixed_changes(saved, config, out, ("model", "think", config.model.task))
     tc = config.train
@@ -247,18 +244,6 @@ def _device(config: RunConfig, dist: distributed.Distributed) -> tuple[torch.dev
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     return device, why
-
-
-def _with_data_overrides(config: RunConfig, data) -> RunConfig:
-    """`config` with the fields the data fixes (`data.overrides`); ConfigError for one of
-    SET_BY_THE_DATA given by hand with another value."""
-    for key, value in data.overrides.items():
-        section, name = key.split(".")
-        given = getattr(getattr(config, section), name)
-        if key in SET_BY_THE_DATA and given not in (0, int(value)):
-            raise ConfigError(f"{key} comes from the data ({value}); {given} was given: drop the override")
-        config = config.override(key, value)
-    return config
 
 
 def _describe(config: RunConfig, model: nn.Module, data, device: torch.device, why: str,

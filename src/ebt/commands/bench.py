@@ -40,6 +40,12 @@ class BenchArgs:
             raise ConfigError(f"size {self.size!r} is not a size of the text presets; known: {', '.join(sizes)}", field="size")
         for kind in KINDS:
             preset(kind + self.size).with_overrides(self.overrides)  # a ConfigError naming a bad override
+        for key, _ in self.overrides:  # what bench would drop silently
+            if key in ("train.precision", "train.device"):
+                raise ConfigError(f"{key} is set by bench's own {key[6:]}; give it as {key[6:]}", field=key[6:])
+            if key.partition(".")[0] in ("data", "text"):
+                raise ConfigError(f"{key} does not apply to bench: it times random byte windows (V = 256), with "
+                                  "no corpus or tokenizer; drop the override", field=key)
         check_int("repeats", self.repeats, 1, 10_000)
         check_int("prompt_len", self.prompt_len, 1, 1_000_000)
         check_int("new_tokens", self.new_tokens, 1, 1_000_000)

@@ -62,7 +62,7 @@ def train_command(args: TrainArgs) -> int:
     config = _resumed_config(args) if args.resume else preset(args.preset)
     config = config.with_overrides(([("data.corpus", args.data)] if args.data is not None else []) + args.overrides)
     return _train(config, args.out, "train", "run saved", resume=args.resume, overwrite=args.overwrite,
-                  quiet=args.quiet)
+                  quiet=args.quiet, given=[key for key, _ in args.overrides])
 
 
 def _resumed_config(args: TrainArgs) -> RunConfig:
@@ -135,4 +135,5 @@ def finetune_command(args: FinetuneArgs) -> int:
                           "drop it", field="data.layout")
     fixed = [("data.layout", "padded")] if pairs else []
     config = base.with_overrides([("data.corpus", args.data), ("train.init", str(args.run))] + fixed + args.overrides)
-    return _train(config, args.out, "finetune", "fine-tuned run saved", overwrite=args.overwrite, quiet=args.quiet)
+    return _train(config, args.out, "finetune", "fine-tuned run saved", overwrite=args.overwrite, quiet=args.quiet,
+                  given=[key for key, _ in args.overrides])

@@ -3,7 +3,11 @@
 The trainer talks to a task's data object and never sees text, images or frames:
   summary                       one line for the log
   overrides                     config fields the data fixes, e.g. {"text.vocab_size": "256"},
-                                and a corpus path resolved to an absolute one
+                                and a corpus path resolved to an absolute one; one given by hand
+                                with another value is refused (`ebt.train`)
+  unused                        config fields this data leaves unused, by key, with why (a
+                                prepared corpus's split: {"data.validation_fraction": "..."});
+                                one given by hand is refused, not recorded as if applied
   training_batches(batch_size, seed, rank, world_size, micro_batches)
                                 a `TrainingBatches`: for each optimizer step this process's
                                 micro-batches (`Batch`: data and one seed per example) of the
@@ -35,13 +39,16 @@ from typing import Any
 
 from ebt.checkpoint import ENCODER, TOKENIZER
 from ebt.config import RunConfig
-from ebt.errors import CheckpointError
+from ebt.errors import CheckpointError, ConfigError
 from ebt.rundata import image, text, video
 from ebt.rundata.fingerprint import check_fingerprint, resolve_source
 
 TASK_DATA = {"text": text, "image": image, "video": video}  # model.task → its module
 
-__all__ = ["load_data", "load_artifacts", "save_artifacts", "resolve_source"]
+__all__ = ["load_data", "load_artifacts", "save_artifacts", "resolve_source", "with_data_overrides"]
+
+# Fields the data sets (0 = unset); a different value given by hand is refused, not overwritten.
+SET_BY_THE_DATA = ("text.vocab_size", "video.latent_dim")
 
 
 def load_data(config: RunConfig, run_dir: Path | None = None):
@@ -53,6 +60,22 @@ def load_data(config: RunConfig, run_dir: Path | None = None):
     if run_dir is not None:
         check_fingerprint(run_dir, data.fingerprint)
     return data
+
+
+def with_data_overrides(config: RunConfig, data, given: frozenset[str] = frozenset()) -> RunConfig:
+    """`config` with the fields the data fixes (`data.overrides`); ConfigError for one given by hand
+    (a key of `given`, or one of SET_BY_THE_DATA set) with another value, or for a key of `given`
+    that the data leaves unused (`data.unused`)."""
+    for key, why in data.unused.items():
+        if key in given:
+            raise ConfigError(f"{key} does not apply to this run: {why}; drop the override", field=key)
+    for key, value in data.overrides.items():
+        section, name = key.split(".")
+        now = getattr(getattr(config, section), name)
+        if key != "data.corpus" and (key in given or key in SET_BY_THE_DATA and now != 0) and str(now) != value:
+            raise ConfigError(f"{key} comes from the data ({value}); {now} was given: drop the override", field=key)
+        config = config.override(key, value)
+    return config
 
 
 def load_artifacts(config: RunConfig, run_dir: Path) -> dict[str, Any]:

@@ -33,6 +33,13 @@ class ImageData:
     def overrides(self) -> dict[str, str]:
         return {"image.channels": str(self.splits.channels), "data.corpus": self.source}
 
+    @property
+    def unused(self) -> dict[str, str]:
+        """Config fields this data leaves unused, and why (`ebt.rundata`)."""
+        if self.source == "fashion-mnist":
+            return {"data.validation_fraction": "fashion-mnist comes split (its 10,000 test images validate)"}
+        return {}
+
     unit = "images"  # what the training speed counts
 
     @staticmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,6 +39,7 @@ class TextData:
     fingerprint: dict[str, str]
     examples: str = "windows"  # or "pairs": prompt/answer pairs, one per example, scored on the answer
     files: str = ""  # a corpus directory's files read and left out (`CorpusFiles.summary`), for the log
+    unused: dict[str, str] = field(default_factory=dict)  # config fields it leaves unused: why
 
     @functools.cached_property
     def train(self) -> TokenSplit:
@@ -124,8 +125,9 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     if is_prepared(source):
         prepared = open_prepared(source)
         check_prepared_tokenizer(prepared, config, saved)
+        made = f"{source} is a prepared corpus, tokenized and split by `ebt prepare-data`"
         data = TextData(prepared.tokenizer, lambda name: prepared.split(name, layout), context_len, source,
-                        prepared.fingerprint)
+                        prepared.fingerprint, unused={"data.validation_fraction": made, "text.bpe_vocab_size": made})
     elif is_pairs_file(source):
         data = _pairs_data(config, source, saved)
     else:
@@ -139,10 +141,20 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
             return encode_split(getattr(corpus, name), tokenizer, layout, f"{name} split of {source!r}")
 
         data = TextData(tokenizer, encode, context_len, source, corpus_fingerprint(corpus, source),
-                        files=corpus.files.summary() if corpus.files is not None else "")
+                        files=corpus.files.summary() if corpus.files is not None else "", unused=_unused(config, saved))
     if run_dir is None:
         _ = (data.train, data.validation)  # read, and checked to hold a window, now
     return data
+
+
+def _unused(config: RunConfig, saved: Path | None) -> dict[str, str]:
+    """The config fields a corpus read now leaves unused (`TextData.unused`)."""
+    unused = {}
+    if config.data.corpus == "shakespeare":
+        unused["data.validation_fraction"] = "the 'shakespeare' corpus is split by play (four fixed plays validate)"
+    if saved is None and config.text.tokenizer != "bpe":
+        unused["text.bpe_vocab_size"] = f"it sizes a BPE, and text.tokenizer is {config.text.tokenizer!r}"
+    return unused
 
 
 def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
@@ -164,7 +176,8 @@ def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
 
     fingerprint = {"source": source, "sha256": content_hash(
         [json.dumps([p.prompt, p.answer]).encode("utf-8", "surrogatepass") for p in pairs])}
-    return TextData(tokenizer, encode, config.model.context_len, source, fingerprint, examples="pairs")
+    return TextData(tokenizer, encode, config.model.context_len, source, fingerprint, examples="pairs",
+                    unused=_unused(config, saved))
 
 
 def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir: Path | None = None) -> None:

@@ -44,6 +44,10 @@ class VideoData:
     def overrides(self) -> dict[str, str]:
         return {"video.latent_dim": str(self.encoder.dim)}
 
+    @property
+    def unused(self) -> dict[str, str]:
+        return {}
+
     def training_batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                          micro_batches: int = 1) -> TrainingBatches:
         """Endless micro-batches of clips (b, T, C) drawn with replacement (`TrainingBatches`)."""

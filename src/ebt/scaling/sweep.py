@@ -37,7 +37,7 @@ from typing import Any
 from ebt.checkpoint import CONFIG, TRAIN_STATE, WEIGHTS, load_config, recover_if_idle, validation_rows
 from ebt.checkpoint import weights_step as checkpoint_weights_step
 from ebt.checks import check_choice, check_int
-from ebt.config import RunConfig, TrainConfig
+from ebt.config import RunConfig, TrainConfig, refuse_repeated
 from ebt.data.corpus import KNOWN_CORPORA
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, read_json
@@ -90,6 +90,7 @@ class Sweep:
 
     def __post_init__(self) -> None:
         self._check_settings()
+        refuse_repeated(self.overrides)  # in the order given, before the sort
         self.overrides = sorted(tuple(pair) for pair in self.overrides)  # in any order, the same sweep
         for key, value in self.overrides:
             self._check_override(key, value)
@@ -184,14 +185,14 @@ class Sweep:
         base = self.base()
         steps = self.steps or base.train.steps
         before = [("train.steps", str(steps)), ("train.eval_examples", str(self.windows))]
-        if self.axis == "data":  # the user's overrides may change the schedule (e.g. wsd), not the spacing
-            before.append(("train.lr_schedule", "constant"))
+        # Defaults the user's overrides replace (a key is given once): a data sweep's schedule (e.g.
+        # wsd; its spacing is the axis's), and the other axes' validation (once, at the end).
+        defaults = [("train.lr_schedule", "constant")] if self.axis == "data" else [("train.eval_every", "0")]
+        before += [(key, value) for key, value in defaults if key not in dict(self.overrides)]
         after = [("train.seed", str(seed))]
         if self.axis == "data":
             after += [("train.eval_spacing", "log"), ("train.eval_every", str(round(steps / DATA_SPAN))),
                       ("train.keep_checkpoints", "true")]
-        else:
-            after.append(("train.eval_every", "0"))  # validated once, at the end
         head_width = base.model.dim // base.model.n_heads
         if self.axis == "width":
             after += [("model.dim", str(value)), ("model.n_heads", str(value // head_width))]

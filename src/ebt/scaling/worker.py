@@ -41,7 +41,8 @@ def train_point(sweep: Sweep, out: Path, name: str, how: str) -> int:
     print(f"$ {shlex.join(['ebt', *sweep.command(point, out, how)])}  (run by an ebt scale run worker)", flush=True)
     try:
         config = load_config(run) if how == "resume" else sweep.config(point)
-        train(config, run, resume=how == "resume", overwrite=how == "restart", quiet=True)
+        train(config, run, resume=how == "resume", overwrite=how == "restart", quiet=True,
+              given=() if how == "resume" else [key for key, _ in point.overrides])  # as its command line gives them
     except Interrupted as e:
         print(f"ebt train: {e}", file=sys.stderr)
         return e.exit_code
