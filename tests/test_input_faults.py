@@ -331,3 +331,128 @@ def test_bench_refuses_overrides_it_would_drop(capsys) -> None:
                        (["--data.corpus=kjv"], "data.corpus does not apply to bench")):
         code, _, err = run_cli(["bench", *argv], capsys)
         assert code == 2 and line in err, err
+
+
+# --- 9. Messages tell the truth -------------------------------------------------------------------
+
+
+def test_finetuning_an_image_run_on_pairs_says_pairs_need_a_text_run(tmp_path: Path, capsys) -> None:
+    from conftest import bar_images_run
+
+    run = bar_images_run(tmp_path, steps=1)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "2+2=", "answer": "4"}\n' * 4)
+    code, _, err = run_cli(["finetune", run, "--data", pairs, "--out", tmp_path / "ft", "--quiet"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{pairs} holds prompt/answer pairs, which fine-tune a text run; {run} is an image run" in err
+    assert "data.layout" not in err
+
+
+def test_shards_shorter_than_a_window_say_so(tmp_path: Path) -> None:
+    import torch
+
+    from ebt.data.tokens import TokenSplit
+
+    shards = [torch.arange(20) for _ in range(50)]  # 1,000 tokens, no shard holding 33
+    with pytest.raises(DataError) as caught:
+        TokenSplit(shards, name="train split").check(33)
+    line = str(caught.value)
+    assert line.startswith("the train split has 1,000 tokens in 50 shards, the longest 20 tokens, and no window")
+    assert "fewer than" not in line and "shard_tokens of at least 33" in line
+    with pytest.raises(DataError, match="has 20 tokens, fewer than the context window \\(32\\) \\+ 1 = 33"):
+        TokenSplit(shards[:1], name="train split").check(33)
+
+
+def _shell_argv(line: str) -> list[str]:
+    """The arguments a POSIX shell gives `line`'s command (its first word replaced by a printer)."""
+    import subprocess
+    import sys
+
+    printer = f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+    command = line.split("`")[1] if "`" in line else line
+    assert command.startswith("ebt ")
+    done = subprocess.run(["sh", "-c", printer + command[3:]], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+AWKWARD = "my runs/it's $HOME"  # a space, a quote and a dollar: each breaks an unquoted hint
+
+
+def test_printed_commands_survive_a_shell(tmp_path: Path, capsys) -> None:
+    from ebt.errors import CheckpointError
+    from ebt.scaling.running import prepare
+    from ebt.scaling.sweep import Sweep
+
+    out = tmp_path / AWKWARD
+    code, printed, err = run_cli(["scale", "run", "--axis", "depth", "--out", out, "--print-commands",
+                                  "--steps", "3"], capsys)
+    assert code == 0, err
+    sweep = Sweep.load(out)
+    assert [_shell_argv(line) for line in printed.splitlines()] == [sweep.command(p, out) for p in sweep.points()]
+    (hint,) = [line for line in err.splitlines() if "then:" in line]
+    assert _shell_argv(hint.split("then: ")[1]) == ["scale", "fit", str(out)]
+    with pytest.raises(CheckpointError) as caught:
+        prepare(Sweep("width"), out)  # another sweep in that directory: the hint reuses its settings
+    assert _shell_argv(str(caught.value).split("(")[-1].split(" alone")[0]) == ["scale", "run", "--out", str(out)]
+    code, printed, _ = run_cli(["prepare-data", "kjv", "--out", tmp_path / AWKWARD / "prep"], capsys)
+    assert code == 0 and _shell_argv(printed.splitlines()[-1].split("`")[1].replace(" ... ", " x ")) == [
+        "train", "--preset", "x", "--data", str(tmp_path / AWKWARD / "prep")]
+
+
+def test_the_interrupt_and_divergence_hints_resume_through_a_shell(corpus_file: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / AWKWARD / "run"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
+    process = subprocess.Popen([sys.executable, "-m", "ebt.cli", "train", "--preset", "text-transformer-tiny",
+                                "--data", str(corpus_file), "--out", str(out), *TINY[:-2], "--train.steps=100000",
+                                "--train.eval_every=0", "--train.log_every=1", "--quiet"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count("\n") >= 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err[-2000:]
+    hint = err.strip().splitlines()[-1].split("resume with: ")[1]
+    argv = _shell_argv(hint)
+    assert argv == ["train", "--resume", "--out", str(out)]
+    step = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    done = subprocess.run(["sh", "-c", f"{sys.executable} -m ebt.cli{hint[3:]} --train.steps={step + 1} --quiet"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Divergence keeps the checkpoint and says how to resume from it, quoted.
+    code, _, err = run_cli(["train", "--resume", "--out", out, f"--train.steps={step + 3}", "--train.lr=1e30",
+                            "--quiet"], capsys)
+    assert code == 2 and "and resume from it, e.g. ebt train --resume --out" in err, err
+    assert _shell_argv(err.split("e.g. ")[1].strip()) == ["train", "--resume", "--out", str(out), "--train.lr=1e+29"]
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt(), 130), ("SIGTERM", 143)])
+def test_ctrl_c_in_make_demo_is_one_line_saying_what_rerunning_does(stop, code: int, tmp_path: Path, monkeypatch,
+                                                                    capsys) -> None:
+    from ebt import demo
+    from ebt.errors import Interrupted
+
+    def stopped(steps, out):
+        print("=== training text-transformer-tiny ===")
+        raise stop if isinstance(stop, BaseException) else Interrupted("interrupted at step 3 (SIGTERM); checkpoint "
+                                                                       "saved; resume with: ebt train --resume", 143)
+
+    monkeypatch.setattr(demo, "train_both", stopped)
+    assert demo.main(["--out", str(tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--resume" not in err
+    assert err.startswith("make demo: interrupted; running `make demo` again starts it from the beginning")

@@ -17,6 +17,7 @@ runs/demo-images.png.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ebt.data.corpus import load_corpus
 from ebt.data.tokens import encode_split, sequential_windows
 from ebt.demo_images import image_act
 from ebt.demo_images import verdict as image_verdict
+from ebt.errors import EBTError, Interrupted
 from ebt.evaluate import evaluate
 from ebt.files import atomic_write, standard_json
 from ebt.generate import generate
@@ -41,8 +43,24 @@ RECIPE = "text-ebt-s2-tiny"  # the recommended thinking recipe (docs/results.md,
 OOD = "austen"  # prose out of distribution (the paper suite's shift ≈ 1.1)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`make demo`: 0, or 130 / 143 after Ctrl-C / SIGTERM and 2 after an error, each in one line
+    (the runs' resume hints do not apply: `make demo` starts again from the beginning)."""
     args = _arguments(argv)
+    try:
+        demo(args)
+    except (Interrupted, KeyboardInterrupt) as e:
+        print(f"make demo: interrupted; running `make demo` again starts it from the beginning (it retrains both "
+              f"models, replacing the runs in {args.out})", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except EBTError as e:
+        print(f"make demo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo(args: argparse.Namespace) -> None:
+    """The text act, then the image act (`--image-steps 0` skips it), printed and saved to OUT/demo.json."""
     runs, seconds = train_both(args.steps, args.out)
     ebt, transformer = runs["ebt"], runs["transformer"]
     print(f"\ntrain time: Transformer++ {seconds['transformer']:.0f} s, EBT {seconds['ebt']:.0f} s")
@@ -210,4 +228,4 @@ def verdict(results: dict[str, dict], windows: int = 64, verifier: dict[str, dic
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

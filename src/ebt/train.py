@@ -398,12 +398,14 @@ def validate(t: Training, weights: dict[str, torch.Tensor]) -> dict:
 
 
 def _diverged(t: Training, at: int, what: str) -> TrainingDiverged:
+    tc = t.config.train
+    resume = f"{resume_command(t.out)} --train.lr={tc.lr / 10:g}"  # the value needs no quoting
     kept = (f"the last good checkpoint (step {t.saved_step}) is kept in {t.out}" if t.saved_step is not None
             else "no checkpoint was written; the run it was to replace is put back" if t.replaced.out is not None
             else "no checkpoint was written (start again with --overwrite)")
-    tc = t.config.train
-    return TrainingDiverged(f"step {at}: {what}; {kept}; lower train.lr (now {tc.lr:g}) or train.grad_clip "
-                            f"(now {tc.grad_clip:g})")
+    fix = f"lower train.lr (now {tc.lr:g}) or train.grad_clip (now {tc.grad_clip:g})"
+    return TrainingDiverged(f"step {at}: {what}; {kept}; {fix}" + (f" and resume from it, e.g. {resume}"
+                                                                    if t.saved_step is not None else ""))
 
 
 # --- Checkpoints ---------------------------------------------------------------------------------

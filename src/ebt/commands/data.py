@@ -7,6 +7,7 @@ paper's downstream sets as prompt/answer JSON lines (`ebt.data.downstream`).
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from dataclasses import dataclass
@@ -79,8 +80,8 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
         print(f"  {name}: {split['tokens']:,} tokens, {split['documents']:,} documents, {len(split['shards'])} shard(s)")
     if files is not None:
         print(f"  files: {files.summary()}")
-    print(f"train on it with `ebt train --preset ... --data {args.out}` (add --data.layout=padded for the paper's "
-          "one-document-per-window layout)")
+    print(f"train on it with `ebt train --preset ... --data {shlex.quote(str(args.out))}` (add --data.layout=padded "
+          "for the paper's one-document-per-window layout)")
     return 0
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def generate_command(args: GenerateArgs) -> int:
     run = load_run(args.run, device)
     task = run.config.model.task
     if task == "image":
-        raise ConfigError(f"{run.path} is an image run: it denoises rather than generates; use `ebt denoise {run.path}`")
+        raise ConfigError(f"{run.path} is an image run: it denoises rather than generates; use "
+                          f"`{shlex.join(['ebt', 'denoise', str(run.path)])}`")
     precision = run_precision(args.precision, run, device)
     with compiled_inference(run.model, args.compile):
         print((_continue_text if task == "text" else _continue_clip)(args, run, device, precision))

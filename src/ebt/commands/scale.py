@@ -11,6 +11,7 @@ EBT's gains from thinking longer and from best-of-M along the axis, and their tr
 from __future__ import annotations
 
 import math
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ def scale_run_command(args: ScaleRunArgs) -> int:
     sweep = args.sweep()
     if args.print_commands:
         n = print_commands(sweep, args.out)
-        print(f"# {n} point(s) to run; then: ebt scale fit {args.out}", file=sys.stderr)
+        print(f"# {n} point(s) to run; then: {shlex.join(['ebt', 'scale', 'fit', str(args.out)])}", file=sys.stderr)
         return 0
     try:
         result = run_sweep(sweep, args.out, jobs=args.jobs)
@@ -92,9 +93,10 @@ def scale_run_command(args: ScaleRunArgs) -> int:
     failed = [r["name"] for r in result["points"] if r["state"] != "finished"]
     if failed:
         print(f"ebt scale run: error: {len(failed)} point(s) failed: {', '.join(failed)} (their logs are in "
-              f"{args.out}/logs); fix the cause and run again: ebt scale run --out {args.out}", file=sys.stderr)
+              f"{args.out / 'logs'}); fix the cause and run again: "
+              f"{shlex.join(['ebt', 'scale', 'run', '--out', str(args.out)])}", file=sys.stderr)
         return 2
-    print(f"fit it with: ebt scale fit {args.out}")
+    print(f"fit it with: {shlex.join(['ebt', 'scale', 'fit', str(args.out)])}")
     return 0
 
 

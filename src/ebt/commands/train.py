@@ -7,6 +7,7 @@ trainer itself is `ebt.train`; the config and its overrides `ebt.config` and `eb
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,11 +125,15 @@ def finetune_command(args: FinetuneArgs) -> int:
         if not init or Path(init) != args.run.expanduser().resolve():
             raise ConfigError(f"resume: the run in {args.out} was " + (f"fine-tuned from {init}" if init else
                               "not fine-tuned from a run") + f", not from {args.run}; pass that run, or resume "
-                              f"with `ebt train --resume --out {args.out}`", field="resume")
+                              f"with `{shlex.join(['ebt', 'train', '--resume', '--out', str(args.out)])}`",
+                              field="resume")
         return train_command(TrainArgs(out=args.out, data=args.data, overrides=args.overrides, resume=True,
                                        quiet=args.quiet))
     base = load_config(args.run)  # names the directory when it is not a run
     pairs = is_pairs_file(args.data)
+    if pairs and base.model.task != "text":
+        raise ConfigError(f"{args.data} holds prompt/answer pairs, which fine-tune a text run; {args.run} is an "
+                          f"{base.model.task} run: fine-tune it on {base.model.task} data", field="data")
     layout = [value for key, value in args.overrides if key == "data.layout"]
     if pairs and layout and layout[-1] != "padded":
         raise ConfigError(f"data.layout = {layout[-1]!r}: prompt/answer pairs are one example each ('padded'); "

@@ -215,9 +215,15 @@ class TokenSplit:
         padded: a document of ≥ 2 tokens)."""
         check_window(window)
         if self.layout == "packed" and not any(len(s) >= window for s in self.shards):
+            if len(self) >= window:  # tokens enough, but a window never crosses a shard's end
+                raise DataError(
+                    f"the {self.name} has {len(self):,} tokens in {len(self.shards)} shards, the longest "
+                    f"{max(len(s) for s in self.shards):,} tokens, and no window of the context window "
+                    f"({window - 1}) + 1 = {window} tokens fits in one (a window never crosses shards); prepare "
+                    f"the data again with shard_tokens of at least {window}, or use a shorter model.context_len")
             raise DataError(
                 f"the {self.name} has {len(self)} tokens, fewer than the context window "
-                f"({window - 1}) + 1 = {window} tokens; use a shorter --model.context_len "
+                f"({window - 1}) + 1 = {window} tokens; use a shorter model.context_len "
                 "or a corpus with more text"
             )
         if self.layout == "padded" and self.examples(window) == 0:

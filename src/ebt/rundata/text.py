@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -189,7 +190,7 @@ def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir:
             raise DataError(
                 f"{prepared.path} was prepared with another tokenizer ({prepared.tokenizer.kind}, "
                 f"{prepared.tokenizer.vocab_size} tokens) than the run {run_dir} ({saved.kind}, {saved.vocab_size} "
-                f"tokens); prepare it again with `ebt prepare-data ... --tokenizer {run_dir}`")
+                f"tokens); prepare it again with `ebt prepare-data ... --tokenizer {shlex.quote(str(run_dir))}`")
     elif config.text.tokenizer != prepared.tokenizer.kind:
         raise ConfigError(
             f"text.tokenizer = {config.text.tokenizer!r}, but {prepared.path} was prepared with a "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
         more = f" (and {len(excluded) - 1} more)" if len(excluded) > 1 else ""
         sweep_dir = Path(first["run"]).parent
         raise DataError(f"point {first['run']}{' step ' + str(first['step']) if 'step' in first else ''}: "
-                        f"{first['why']}{more}; finish the sweep with `ebt scale run --out {sweep_dir}`, "
+                        f"{first['why']}{more}; finish the sweep with "
+                        f"`{shlex.join(['ebt', 'scale', 'run', '--out', str(sweep_dir)])}`, "
                         "or fit without these points (skip_failed)", field="skip_failed")
     _check_same_windows(measured)
     return axis, measured, excluded

@@ -40,8 +40,9 @@ def prepare(sweep: Sweep, out: Path) -> Sweep:
         if saved.settings() != sweep.settings():
             mine, theirs = sweep.settings(), saved.settings()
             differ = [f"{k} (there {theirs[k]!r}, now {mine[k]!r})" for k in mine if mine[k] != theirs.get(k)]
+            again = shlex.join(["ebt", "scale", "run", "--out", str(out)])
             raise CheckpointError(f"{out} holds another sweep: {'; '.join(differ)}; give another out, or the "
-                                  f"same settings to continue it (ebt scale run --out {out} alone reuses them)",
+                                  f"same settings to continue it ({again} alone reuses them)",
                                   field="out")
     elif out.is_dir() and any(p.name != LOGS and not p.name.endswith(".lock") for p in out.iterdir()):
         raise CheckpointError(f"{out} is not empty and holds no {SWEEP_FILE}; give a new or empty out", field="out")
