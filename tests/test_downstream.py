@@ -17,12 +17,14 @@ from ebt.data.pairs import Pair
 from ebt.data import downstream
 from ebt.data.downstream import (
     DOWNSTREAM_SETS,
+    EXTRA_SETS,
     arithmetic_pairs,
     downstream_dir,
     dyck_pairs,
     gsm_symbolic_pairs,
     load_downstream,
     not_installed,
+    olmes_gsm8k_pairs,
     olmes_squad_pairs,
 )
 from ebt.errors import ConfigError, DataError
@@ -37,10 +39,11 @@ def fixture_dir(monkeypatch) -> Path:
 
 
 def test_sets_are_the_papers_four_in_order():
-    assert DOWNSTREAM_SETS == ("gsm_symbolic", "squad", "elementary_math_qa", "dyck_languages")
+    assert DOWNSTREAM_SETS == ("gsm8k", "squad", "elementary_math_qa", "dyck_languages")
+    assert EXTRA_SETS == ("gsm_symbolic", "arithmetic_train", "arithmetic_test")  # installed beside, not scored
 
 
-@pytest.mark.parametrize("name", DOWNSTREAM_SETS)
+@pytest.mark.parametrize("name", [*DOWNSTREAM_SETS, "gsm_symbolic"])
 def test_load_gives_the_files_pairs_in_order(fixture_dir, name):
     lines = (fixture_dir / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
     expected = [Pair(row["prompt"], row["answer"]) for row in map(json.loads, lines)]
@@ -99,10 +102,21 @@ def test_a_set_not_installed_is_named_with_the_installers_reason(monkeypatch, tm
     assert not_installed("squad") is None and len(load_downstream("squad")) == 3
 
 
+def test_a_set_no_registry_serves_says_the_installer_cannot_help_without_a_manifest(monkeypatch, tmp_path):
+    monkeypatch.setenv("EBT_DOWNSTREAM_DIR", str(tmp_path))  # a folder made by hand: no MANIFEST.json
+    with pytest.raises(DataError) as error:
+        load_downstream("elementary_math_qa")
+    message = str(error.value)
+    assert "make downstream-data` (or `ebt downstream-data`) cannot install it: no package registry serves" in message
+    assert "install it with" not in message and "\n" not in message
+    (tmp_path / "elementary_math_qa.jsonl").write_bytes((FIXTURES / "elementary_math_qa.jsonl").read_bytes())
+    assert len(load_downstream("elementary_math_qa")) == 3  # a file kept from an earlier install is read
+
+
 def test_an_unknown_set_lists_the_known_ones(fixture_dir):
     with pytest.raises(ConfigError) as error:
-        load_downstream("gsm8k")
-    assert "'gsm8k'" in str(error.value) and all(name in str(error.value) for name in DOWNSTREAM_SETS)
+        load_downstream("gsm_8k")
+    assert "'gsm_8k'" in str(error.value) and all(name in str(error.value) for name in DOWNSTREAM_SETS + EXTRA_SETS)
 
 
 @pytest.mark.parametrize("content", [
@@ -158,6 +172,23 @@ def test_dyck_pairs_follow_big_benchs_definition():
         assert wanted == stack[::-1] and 1 <= len(wanted) <= 3  # the answer closes all that is open
         assert 4 <= len(given) + len(wanted) <= 100
     assert {len(a.split()) for _, a in pairs} == {1, 2, 3}
+
+
+def test_olmes_gsm8k_pairs_keep_gsm8ks_text_verbatim():
+    """GSM8K's question and whole reference answer, as its test file writes them: the calculator
+    annotations, the commas of "#### 2,100", a double space; nothing stripped or normalised."""
+    answer = "It makes 1,050*2=$<<1050*2=2100>>2,100.\n#### 2,100"
+    rows = [{"doc": {"question": "Eggs sell for $2 a dozen.  How much for 1,050 dozen?", "answer": answer,
+                     "short_answer": "2,100", "id": 0, "choices": ["It makes 1,050 * 2 = 2,100. So the answer is 2,100."]},
+             "label": "2100"}]
+    assert olmes_gsm8k_pairs(rows) == [("Question: Eggs sell for $2 a dozen.  How much for 1,050 dozen?\nAnswer:",
+                                        " " + answer)]
+    for bad in ({"doc": {"question": "How many?", "answer": "It is 3."}},  # no "#### N" line
+                {"doc": {"question": "", "answer": "#### 3"}},
+                {"doc": {"question": "How many?"}},
+                {"question": "How many?", "answer": "#### 3"}):
+        with pytest.raises(DataError, match="row 2 is not an OLMES GSM8K request"):
+            olmes_gsm8k_pairs([rows[0], bad])
 
 
 def test_gsm_symbolic_pairs_answer_with_the_chain_of_thought():
@@ -246,7 +277,7 @@ def test_downstream_suite_scores_the_installed_sets_and_names_the_missing_one(mo
     code, out, err = run_cli(["eval", run, "--suite", "downstream", "--max-examples", "2", "--json"], capsys)
     assert code == 0, err
     result = json.loads(out)
-    assert list(result["datasets"]) == ["validation", "gsm_symbolic", "squad", "dyck_languages"]
+    assert list(result["datasets"]) == ["validation", "gsm8k", "squad", "dyck_languages"]
     assert result["missing"] == {"elementary_math_qa": f"no package registry serves it (MANIFEST.json in {tmp_path})"}
     code, out, err = run_cli(["eval", run, "--suite", "downstream", "--max-examples", "2"], capsys)
     assert code == 0 and err == ""

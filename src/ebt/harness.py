@@ -76,7 +76,7 @@ except PackageError as error:
     raise
 
 from ebt.checks import check_int
-from ebt.data.downstream import DOWNSTREAM_SETS, downstream_dir
+from ebt.data.downstream import DOWNSTREAM_SETS, UNAVAILABLE, downstream_dir
 from ebt.data.pairs import Pair, encode_pairs, rows_split
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.distributed import Distributed, pick_device
@@ -351,27 +351,36 @@ def answer_metrics(doc: dict[str, Any], results: Sequence[tuple[float, bool]]) -
     return {"acc": int(greedy), "byte_perplexity": (log_likelihood, size), "bits_per_byte": (log_likelihood, size)}
 
 
-def write_tasks(out: str | Path, data_dir: str | Path | None = None) -> tuple[list[Path], list[Path]]:
+def write_tasks(out: str | Path, data_dir: str | Path | None = None) -> tuple[list[Path], list[Path], list[str]]:
     """Write the lm_eval task YAMLs of the downstream sets (tasks `ebt_<set>`, group "ebt_downstream")
     into `out`, each reading `<data_dir>/<set>.jsonl`: `data_dir` made absolute, by default
     `ebt.data.downstream.downstream_dir()` ($EBT_DOWNSTREAM_DIR, else ~/.cache/ebt/downstream).
+    A set whose file is not there and that no registry serves (`ebt.data.downstream.UNAVAILABLE`)
+    has its task written but is left out of the group, which lm_eval would fail as a whole.
 
-    Returns (the files written, the data files not there yet). Raises OSError when `out` cannot be
-    written."""
-    if data_dir is None:
-        data_dir = downstream_dir()
-    data_dir = Path(data_dir).expanduser().resolve()
+    Returns (the files written, the data files not there yet that `make downstream-data` installs,
+    the sets left out of the group). Raises OSError when `out` cannot be written."""
+    data_dir = _data_dir(data_dir)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    absent = [s for s in DOWNSTREAM_SETS if not (data_dir / f"{s}.jsonl").is_file()]
+    left_out = [s for s in absent if s in UNAVAILABLE]
     written = []
     templates = resources.files("ebt") / "harness_tasks"
     for name in [f"ebt_{s}.yaml" for s in DOWNSTREAM_SETS] + [f"{GROUP}.yaml"]:
         # A JSON string's escapes are those of a double-quoted YAML string, where the templates put it.
         text = (templates / name).read_text(encoding="utf-8").replace(DATA_DIR, json.dumps(str(data_dir))[1:-1])
+        if name == f"{GROUP}.yaml":
+            text = "".join(line for line in text.splitlines(keepends=True)
+                           if line.strip() not in {f"- ebt_{s}" for s in left_out})
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
-    missing = [data_dir / f"{s}.jsonl" for s in DOWNSTREAM_SETS if not (data_dir / f"{s}.jsonl").is_file()]
-    return written, missing
+    return written, [data_dir / f"{s}.jsonl" for s in absent if s not in left_out], left_out
+
+
+def _data_dir(data_dir: str | Path | None) -> Path:
+    """The data folder the tasks read: `data_dir`, by default `downstream_dir()`, made absolute."""
+    return Path(data_dir if data_dir is not None else downstream_dir()).expanduser().resolve()
 
 
 # --- Command line ------------------------------------------------------------------------------
@@ -411,11 +420,16 @@ def _tasks(argv: list[str]) -> int:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="folder of <set>.jsonl (default: $EBT_DOWNSTREAM_DIR, else ~/.cache/ebt/downstream)")
     args = parser.parse_args(argv)
-    written, missing = write_tasks(args.out, args.data_dir)
+    written, missing, left_out = write_tasks(args.out, args.data_dir)
+    grouped = [f"ebt_{s}" for s in DOWNSTREAM_SETS if s not in left_out]
     print(f"wrote {len(written)} task files to {args.out}: tasks {', '.join(f'ebt_{s}' for s in DOWNSTREAM_SETS)}, "
-          f"group {GROUP}")
+          f"group {GROUP} ({', '.join(grouped)})")
     print(f"run: python -m ebt.harness --model ebt --model_args pretrained=RUN_DIR --include_path {args.out} "
           f"--tasks {GROUP}")
+    for name in left_out:  # one line each: `make downstream-data` cannot help
+        print(f"warning: ebt_{name} is left out of group {GROUP}: {name}.jsonl is not in "
+              f"{_data_dir(args.data_dir)} and `make downstream-data` cannot install it ({UNAVAILABLE[name]}); "
+              "put a file from an earlier install there and write the tasks again", file=sys.stderr)
     if missing:
         print(f"warning: {len(missing)} data files are not there yet: {', '.join(map(str, missing))}; install the "
               "sets with `make downstream-data`", file=sys.stderr)
