@@ -179,7 +179,8 @@ def test_olmes_gsm8k_pairs_keep_gsm8ks_text_verbatim():
     annotations, the commas of "#### 2,100", a double space; nothing stripped or normalised."""
     answer = "It makes 1,050*2=$<<1050*2=2100>>2,100.\n#### 2,100"
     rows = [{"doc": {"question": "Eggs sell for $2 a dozen.  How much for 1,050 dozen?", "answer": answer,
-                     "short_answer": "2,100", "id": 0, "choices": ["It makes 1,050 * 2 = 2,100. So the answer is 2,100."]},
+                     "short_answer": "2,100", "id": 0,
+                     "choices": ["It makes 1,050 * 2 = 2,100. So the answer is 2,100."]},
              "label": "2100"}]
     assert olmes_gsm8k_pairs(rows) == [("Question: Eggs sell for $2 a dozen.  How much for 1,050 dozen?\nAnswer:",
                                         " " + answer)]

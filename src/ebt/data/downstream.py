@@ -184,7 +184,8 @@ def olmes_gsm8k_pairs(rows: Iterable[dict]) -> list[tuple[str, str]]:
             pairs.append((QA_TEMPLATE.format(input=question), " " + answer))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"row {number} is not an OLMES GSM8K request: it needs doc.question and doc.answer "
-                            f"(GSM8K's reference answer, ending with a line '#### N') ({type(e).__name__}: {e})") from None
+                            "(GSM8K's reference answer, ending with a line '#### N') "
+                            f"({type(e).__name__}: {e})") from None
     return pairs
 
 

