@@ -318,6 +318,9 @@ def quadratic(p: Tensor, step: int) -> Tensor:
     ("float16 step overflow", r"α·∇E overflows torch.float16 \(largest finite value 6.55e\+04\) at step 0"),
     ("float16 energy overflow", r"the energy is not finite at step 0.*overflowed torch.float16"),
     ("nan start", r"the candidate thinking starts from is not finite"),
+    # Finite, but past √(float32's largest value), where the next energy's squares overflow.
+    ("step_size 1e20", r"the step α·∇E makes the candidate as large as 2e\+20 at step 0 \(α = 1e\+20\).*1.845e\+19"),
+    ("langevin_std 1e25", r"langevin_std = 1e\+25 makes the candidate as large as .* at step 0"),
 ])
 def test_divergence_names_its_cause(case: str, fragment: str) -> None:
     y, energy, options = torch.ones(1, 2, 4), quadratic, {"steps": 3, "step_size": 0.1}
@@ -325,6 +328,10 @@ def test_divergence_names_its_cause(case: str, fragment: str) -> None:
         options["step_size"] = float("inf")
     elif case == "langevin_std inf":
         options["langevin_std"] = float("inf")
+    elif case == "step_size 1e20":
+        options["step_size"] = 1e20
+    elif case == "langevin_std 1e25":
+        options["langevin_std"] = 1e25
     elif case == "energy nan":
         energy = lambda p, step: quadratic(p, step) + float("nan")  # noqa: E731 (∇E is finite)
     elif case == "energy nan at step 2":

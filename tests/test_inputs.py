@@ -191,12 +191,15 @@ def test_the_issues_reproductions_fail_clearly(trained_runs, image_run: Path, ca
 # --- 2. Thinking that diverges names its cause ---------------------------------------------------
 
 
+@pytest.mark.parametrize("alpha, shown", [("1e300", "1e+300"), ("1e30", "1e+30")])
 @pytest.mark.parametrize("command", ["eval", "generate", "denoise"])
-def test_a_huge_finite_step_size_stops_thinking_naming_the_step_size(command: str, trained_runs, image_run: Path,
-                                                                     capsys) -> None:
-    line = refused(capsys, *command_line(command, trained_runs, image_run), "--step-size", "1e300")
+def test_a_huge_finite_step_size_stops_thinking_naming_the_step_size(command: str, alpha: str, shown: str,
+                                                                     trained_runs, image_run: Path, capsys) -> None:
+    # 1e300 overflows float32; 1e30 stays finite but puts the candidate past √(float32's
+    # largest value), where text's softmax would hide it and the loss would only measure α.
+    line = refused(capsys, *command_line(command, trained_runs, image_run), "--step-size", alpha)
     # The step size as given (not rounded to float32's inf), and what to do about it.
-    assert "α = 1e+300" in line and "lower the step size" in line, line
+    assert f"α = {shown}" in line and "lower the step size" in line, line
 
 
 def test_a_huge_finite_step_size_raises_thinking_diverged_in_the_api(trained_runs) -> None:
@@ -334,8 +337,9 @@ def test_an_old_key_on_the_command_line_names_the_new_one(old: str, new: str, tm
 def test_eval_json_is_standard_even_when_a_number_is_not_finite(trained_runs, image_run: Path, capsys) -> None:
     run = trained_runs["ebt"]["dir"]
     assert math.isfinite(scored(capsys, "eval", run, "--max-examples", "4")["ppl"])
-    # α = 1e30 stays finite in float32 but wrecks the prediction: its perplexity overflows.
-    wrecked = scored(capsys, "eval", run, "--max-examples", "4", "--step-size", "1e30")
+    # α = 1e10 keeps the candidate within float32's range for thinking (`largest_candidate`) but
+    # wrecks the prediction: its perplexity overflows.
+    wrecked = scored(capsys, "eval", run, "--max-examples", "4", "--step-size", "1e10")
     assert wrecked["loss"] > 710 and wrecked["ppl"] is None
     assert math.isfinite(scored(capsys, "eval", image_run)["psnr"])
 

@@ -21,6 +21,7 @@ Its knobs are declared in `ebt.options`; read `energy.py` (the energy model) nex
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -89,7 +90,9 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
         scoring pass, so from the first prediction on `energies` never rise, and the last entry is
         the final prediction's energy.
 
-    Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite candidate or energy.
+    Raises ThinkingDiverged, naming the cause, as soon as a step makes a non-finite energy or a
+    candidate that is not finite or is larger in magnitude than `largest_candidate` (√ of the
+    dtype's largest value, float32: 1.8e19), where the next energy evaluation's squares overflow.
     """
     if torch.is_inference_mode_enabled():
         raise ConfigError("thinking takes gradients of the energy, which torch.inference_mode() forbids; use "
@@ -122,10 +125,11 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
                                               generator)
             base = y if optimizer.mirror_descent else p
             update = (1 - optimizer.logit_decay) * base - delta if optimizer.logit_decay else base - delta
-            # One check (one device sync) per step: the candidate it makes and the energy it saw.
-            # Which part went wrong is worked out only once something has.
-            if not bool(torch.isfinite(update).all() & torch.isfinite(e).all()):
-                raise _divergence(step, start, y, p, e, g, step_size, langevin_std, model_dtype)
+            # One check (one device sync) per step: the candidate it makes (finite, and small enough
+            # to square: `largest_candidate`) and the energy it saw. Which part went wrong is worked
+            # out only once something has.
+            if not bool((update.detach().abs().amax() <= largest_candidate(update.dtype)) & torch.isfinite(e).all()):
+                raise _divergence(step, start, y, p, e, g, step_size, langevin_std, model_dtype, update)
             if tolerance is not None:
                 update = _adaptive(thought, step, e, update, tolerance)
                 if update is None:  # every position has stopped
@@ -323,12 +327,22 @@ def first_order(energy: Callable[[Tensor], Tensor], p: Tensor) -> tuple[Tensor, 
     return e, g
 
 
+def largest_candidate(dtype: torch.dtype) -> float:
+    """The largest magnitude a candidate of `dtype` may reach: √ of the dtype's largest finite
+    value (float32: 1.8e19; float16: 256), past which squaring it — a norm in the energy model,
+    a quadratic energy — overflows. A step that goes past it stops thinking (`think`): the next
+    energy evaluation would overflow (or, where `prepare` saturates, as text's softmax does,
+    the prediction would only measure α)."""
+    return math.sqrt(torch.finfo(dtype).max)
+
+
 def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g: Tensor,
-                step_size: Tensor | float, langevin_std: float, model_dtype: torch.dtype) -> ThinkingDiverged:
-    """Why step `step` made a non-finite candidate or energy: the first non-finite link of
-    start → (+ Langevin noise) → prepare → E → ∇E → p − α∇E, with the option to change as its
-    field. `model_dtype`: the dtype the energy came out in (16 bits under autocast, while the
-    candidate is float32)."""
+                step_size: Tensor | float, langevin_std: float, model_dtype: torch.dtype,
+                update: Tensor) -> ThinkingDiverged:
+    """Why step `step` made a non-finite energy or a candidate (`update`) past `largest_candidate`:
+    the first non-finite link of start → (+ Langevin noise) → prepare → E → ∇E → p − α∇E, else
+    the step's size, with the option to change as its field. `model_dtype`: the dtype the energy
+    came out in (16 bits under autocast, while the candidate is float32)."""
     def finite(t: Tensor) -> bool:
         return bool(torch.isfinite(t).all())
 
@@ -350,6 +364,12 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
         return ThinkingDiverged(f"Langevin noise with langevin_std = {langevin_std:.4g} makes the candidate non-finite "
                                 f"{at}; langevin_std must be finite and small next to the candidate's scale{dtype_hint}",
                                 field="langevin_std")
+    noisiest = float(noisy.detach().abs().max())
+    if langevin_std and noisiest > largest_candidate(noisy.dtype):
+        return ThinkingDiverged(f"Langevin noise with langevin_std = {langevin_std:.4g} makes the candidate as large as "
+                                f"{noisiest:.4g} {at}, past √(largest {noisy.dtype} value) = "
+                                f"{largest_candidate(noisy.dtype):.4g}, where squaring it overflows; langevin_std must "
+                                "be small next to the candidate's scale", field="langevin_std")
     if not finite(p):
         return ThinkingDiverged(f"preparing the candidate (the task's prepare) makes it non-finite {at}{dtype_hint}"
                                 f"{noise_hint}", field="langevin_std" if langevin_std else None)
@@ -364,9 +384,16 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
         return ThinkingDiverged(f"step size α = {alpha:.4g} makes the candidate non-finite at step {step}; α must be "
                                 "finite and > 0 (ThinkingOptions.step_size, or the trained think.step_size)",
                                 field="step_size")
-    return ThinkingDiverged(f"the step α·∇E overflows {dtype} (largest finite value {torch.finfo(dtype).max:.4g}) "
-                            f"{at}, max |∇E| = {float(g.abs().max()):.4g}; lower the step size"
-                            + (", or think in float32" if torch.finfo(dtype).bits <= 16 else ""), field="step_size")
+    wider = ", or think in float32" if torch.finfo(dtype).bits <= 16 else ""
+    if not finite(update):
+        return ThinkingDiverged(f"the step α·∇E overflows {dtype} (largest finite value {torch.finfo(dtype).max:.4g}) "
+                                f"{at}, max |∇E| = {float(g.abs().max()):.4g}; lower the step size{wider}",
+                                field="step_size")
+    bound = largest_candidate(update.dtype)
+    return ThinkingDiverged(f"the step α·∇E makes the candidate as large as {float(update.detach().abs().max()):.4g} "
+                            f"{at}, max |∇E| = {float(g.abs().max()):.4g}: past √(largest {update.dtype} value) = "
+                            f"{bound:.4g}, where squaring it (a norm, a quadratic energy) overflows; lower the step "
+                            f"size{wider}", field="step_size")
 
 
 def _overflow_hint(dtype: torch.dtype, fix: str) -> str:
