@@ -3,11 +3,14 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py RANKS_DIR train ...
 
 Only rank 0 writes the run directory, so each rank saves the model it trained to
-RANKS_DIR/rank{RANK}.pt for the test to compare.
+RANKS_DIR/rank{RANK}.pt for the test to compare, and its exit code to RANKS_DIR/rank{RANK}.done.
+With `--nan-validation` before the command (RANKS_DIR --nan-validation train ...), every text
+validation scores a NaN loss (test_parallel.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -20,7 +23,12 @@ import ebt.train
 
 def main(argv: list[str]) -> int:
     ranks_dir, cli_args = argv[0], argv[1:]
-    built = []
+    if cli_args[:1] == ["--nan-validation"]:
+        from ebt.rundata.text import TextData
+
+        cli_args = cli_args[1:]
+        TextData.validate = lambda self, model, **kw: {"loss": math.nan, "ppl": math.nan}
+    built, code = [], None
     build_model = ebt.train.build_model
 
     def build_and_keep(config):
@@ -29,7 +37,8 @@ def main(argv: list[str]) -> int:
 
     ebt.train.build_model = build_and_keep
     try:
-        return ebt.cli.main(cli_args)
+        code = ebt.cli.main(cli_args)
+        return code
     finally:  # also when the command fails after training, so the test can tell the two apart
         rank, world_size = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
         if built:
@@ -38,7 +47,8 @@ def main(argv: list[str]) -> int:
             torch.save({"world_size": world_size, "state": state}, path + ".tmp")
             os.replace(path + ".tmp", path)
         # A file barrier: a rank that exits early (e.g. failing) makes torchrun stop the others.
-        open(os.path.join(ranks_dir, f"rank{rank}.done"), "w").close()
+        with open(os.path.join(ranks_dir, f"rank{rank}.done"), "w") as done:
+            done.write(f"{code}\n")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(
             os.path.exists(os.path.join(ranks_dir, f"rank{r}.done")) for r in range(world_size)

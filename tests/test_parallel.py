@@ -180,6 +180,27 @@ def test_a_run_resumes_on_another_number_of_processes(two_process_runs, corpus_f
     assert_close(_weights(root / "resumed"), _weights(tmp_path / "one"))
 
 
+def test_a_non_finite_validation_loss_stops_every_rank_with_the_same_error(corpus_file: Path, tmp_path: Path) -> None:
+    """Only the main rank validates; the others learn its loss and stop with it (they used to go on
+    to the next step's collective and wait there until torchrun killed them)."""
+    ranks, logs = tmp_path / "ranks", tmp_path / "logs"
+    ranks.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log-dir", str(logs), "--redirects", "3", str(Path(__file__).with_name("ddp_worker.py")), str(ranks),
+               "--nan-validation", "train", *_argv("text-ebt-tiny", tmp_path / "run", corpus_file, 4,
+                                                    "--train.eval_every=2")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode != 0
+    codes = [(ranks / f"rank{r}.done").read_text().strip() for r in (0, 1)]  # each rank ran to its own end
+    assert codes == ["2", "2"], done.stderr[-3000:]
+    errors = [p.read_text() for p in sorted(logs.rglob("stderr.log"))]
+    assert len(errors) == 2 and errors[0] == errors[1], errors
+    assert errors[0].startswith("ebt train: error: step 2: the validation loss is nan; no checkpoint was written")
+    assert len(errors[0].strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize("name", ["ebt-s2-fsdp", "ebt-s2-ddp"])
 def test_system2_trains_under_both_modes_and_loads_in_one_process(name: str, two_process_runs) -> None:
     root, done = two_process_runs

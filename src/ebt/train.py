@@ -358,7 +358,8 @@ def _log_step(t: Training, done: StepResult, clock: _Clock, bar: tqdm) -> None:
 
 
 def _validate_and_save(t: Training, clock: _Clock, bar: tqdm) -> dict:
-    """A validation step: score the weights (main process) and save a checkpoint (every process)."""
+    """A validation step: score the weights (main process) and save a checkpoint (every process).
+    A non-finite validation loss stops every process with the same TrainingDiverged."""
     clock.stop_training()
     weights = t.parallel.full_state_dict()  # every process: a collective under FSDP2
     result = {}
@@ -368,14 +369,24 @@ def _validate_and_save(t: Training, clock: _Clock, bar: tqdm) -> dict:
         t.log.write({"step": t.step, "split": "validation", **result, "train_s": clock.trained_s,
                      "wall_s": time.perf_counter() - clock.started})
         result = _scalars(result)
-        if not math.isfinite(result["loss"]):
-            raise _diverged(t, t.step, f"the validation loss is {result['loss']:.4g}")
-        if not t.quiet:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
-            bar.write(f"step {t.step}: validation {shown}")
+    loss = _from_main(result.get("loss", 0.0), t)  # the other ranks stop with the main one, not at its timeout
+    if not math.isfinite(loss):
+        raise _diverged(t, t.step, f"the validation loss is {loss:.4g}")
+    if t.dist.is_main and not t.quiet:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float))
+        bar.write(f"step {t.step}: validation {shown}")
     save_checkpoint(t, weights, kept=t.config.train.keep_checkpoints)
     clock.restart()
     return result
+
+
+def _from_main(value: float, t: Training) -> float:
+    """The main process's `value` on every process (one broadcast under torchrun)."""
+    if not t.dist.enabled:
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=t.device)
+    torch.distributed.broadcast(shared, src=0)
+    return float(shared.item())
 
 
 def _scalars(result: dict) -> dict:
