@@ -22,6 +22,7 @@ files, not models.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -71,6 +72,39 @@ def check_weights(state: dict[str, torch.Tensor], file: Path) -> None:
                                   "the run diverged before this checkpoint, or the file is damaged")
 
 
+def weights_metadata(step: int, config: RunConfig | None) -> dict[str, str]:
+    """The metadata of a weights file: the step, and the model section of the config the weights
+    were trained with, which `check_trained_with` compares config.json against when they load
+    (model.n_heads, model.context_len, model.rope_theta … do not show in the weights' shapes)."""
+    metadata = {"step": str(step)}
+    if config is not None:
+        metadata["model"] = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
+    return metadata
+
+
+def check_trained_with(metadata: dict[str, str], config: RunConfig, weights: Path, config_file: Path) -> None:
+    """CheckpointError naming the field when config.json (`config`, read from `config_file`) says
+    another model than the one `weights` recorded (`weights_metadata`): a hand-edited config, or
+    another run's. Weights saved before the record existed are not checked; a field this version
+    no longer has is skipped."""
+    recorded = metadata.get("model")
+    if recorded is None:
+        return
+    try:
+        trained = json.loads(recorded)
+    except json.JSONDecodeError:
+        trained = None
+    if not isinstance(trained, dict):
+        raise CheckpointError(f"{weights} has metadata model = {recorded[:80]!r}; it must be the JSON object of the "
+                              "config's model section: the file is damaged")
+    for name, value in sorted(trained.items()):
+        given = getattr(config.model, name, value)
+        if given != value:
+            raise CheckpointError(f"{config_file} says model.{name} = {given!r}, but {weights} was trained with "
+                                  f"model.{name} = {value!r}: the config was edited or is another run's; set it back "
+                                  f"to {value!r}")
+
+
 def save_run(out: Path, config: RunConfig, data) -> None:
     """The parts of a run that do not change while it trains: its config and the task data's files."""
     out.mkdir(parents=True, exist_ok=True)
@@ -87,11 +121,11 @@ def _cpu_state(weights: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def save_weights(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int) -> None:
-    """model.safetensors from a model or its (full) state dict (an export; training saves its
-    checkpoints with `save_checkpoint_files`)."""
+def save_weights(out: Path, weights: nn.Module | dict[str, torch.Tensor], step: int, config: RunConfig) -> None:
+    """model.safetensors from a model or its (full) state dict, recording `config`'s model section
+    (`weights_metadata`): an export; training saves its checkpoints with `save_checkpoint_files`."""
     state = _cpu_state(weights)
-    atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata={"step": str(step)}))
+    atomic_write(out / WEIGHTS, lambda p: save_file(state, str(p), metadata=weights_metadata(step, config)))
 
 
 SAVING, SAVED = ".checkpoint.partial", ".checkpoint.complete"
@@ -111,7 +145,7 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
     partial folder and raises CheckpointError with the cause and the free space left."""
     out, state = Path(out), _cpu_state(weights)
     files: dict[str, Callable[[Path], None]] = {
-        WEIGHTS: lambda p: save_file(state, str(p), metadata={"step": str(step)}),
+        WEIGHTS: lambda p: save_file(state, str(p), metadata=weights_metadata(step, config)),
         TRAIN_STATE: lambda p: _torch_save({"step": step, **train_state}, p),
         CONFIG: lambda p: p.write_text(config.to_json() + "\n")}
     partial = out / SAVING

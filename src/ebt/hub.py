@@ -170,7 +170,7 @@ def export(out: Path, config: RunConfig, model: nn.Module, step: int, artifacts:
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).unlink(missing_ok=True)
     written = save_artifacts(config, out, **artifacts)
-    save_weights(out, model, step)
+    save_weights(out, model, step, config=config)
     written.append(WEIGHTS)
     for name in (DATA, METRICS):
         file = source / name if source is not None else None

@@ -25,8 +25,8 @@ from torch import nn
 from ebt import hub
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
-from ebt.checkpoint import (CONFIG, WEIGHTS, check_weights, load_config, migrate_weights, recover_if_idle,
-                            snapshot_path, snapshot_steps, weights_step)
+from ebt.checkpoint import (CONFIG, WEIGHTS, check_trained_with, check_weights, load_config, migrate_weights,
+                            recover_if_idle, snapshot_path, snapshot_steps, weights_step)
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import CheckpointError
@@ -76,7 +76,6 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
                                      "it keeps none (train with --train.keep_checkpoints=true)"))
         raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
     artifacts = load_artifacts(config, path)
-    model = build_model(config, PRETRAINED)  # its kind, with the Hub methods
     try:
         state = load_file(str(weights), device=str(map_location))
         with safe_open(str(weights), framework="pt") as f:
@@ -84,6 +83,8 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is corrupt or unreadable: {e}") from None
     check_weights(state, weights)
+    check_trained_with(metadata, config, weights, path / CONFIG)
+    model = build_model(config, PRETRAINED)  # its kind, with the Hub methods
     expected = model.state_dict()
     state = migrate_weights(state, expected)
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

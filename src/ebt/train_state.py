@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from ebt.checkpoint import TRAIN_STATE, WEIGHTS, migrate_weights, weights_step
+from ebt.checkpoint import (CONFIG, TRAIN_STATE, WEIGHTS, check_trained_with, load_config, migrate_weights,
+                            weights_step)
 from ebt.errors import CheckpointError
 
 NUMBERS = ("step", "schedule_steps")
@@ -105,4 +106,6 @@ def load_weights(out: Path, expected: dict[str, torch.Tensor], step: int,
     if (saved := weights_step(out / WEIGHTS)) != step:
         raise CheckpointError(f"{out / WEIGHTS} is from step {saved} but {out / TRAIN_STATE} from step "
                               f"{step} (a save was cut short); the run cannot continue exactly")
+    with safe_open(str(out / WEIGHTS), framework="pt") as f:
+        check_trained_with(f.metadata() or {}, load_config(out), out / WEIGHTS, out / CONFIG)
     return migrate_weights(weights, expected)

@@ -82,9 +82,9 @@ def load_artifacts(config: RunConfig, run_dir: Path) -> dict[str, Any]:
     """What a saved run needs besides its weights, by name (text: {"tokenizer"}; video:
     {"frame_encoder"}; images: {}), checked against its config."""
     if config.model.task == "text":
-        return {"tokenizer": text.load_tokenizer(run_dir, config.text.vocab_size)}
+        return {"tokenizer": text.load_tokenizer(run_dir, config.text.vocab_size, config.text.tokenizer)}
     if config.model.task == "video":
-        return {"frame_encoder": video.load_encoder(run_dir, config.video.latent_dim)}
+        return {"frame_encoder": video.load_encoder(run_dir, config.video.latent_dim, config.video.frame_encoder)}
     return {}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from ebt.checkpoint import TOKENIZER
+from ebt.checkpoint import CONFIG, TOKENIZER
 from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
@@ -134,7 +134,8 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     else:
         corpus = load_corpus(source, config.data.validation_fraction)
         if saved is not None:
-            tokenizer = load_tokenizer(saved)  # a resumed or fine-tuned run keeps its vocabulary
+            # A resumed or fine-tuned run keeps its vocabulary.
+            tokenizer = load_tokenizer(saved, kind=config.text.tokenizer)
         else:
             tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
 
@@ -166,7 +167,7 @@ def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
     pairs = read_pairs(source)
     splits = split_pairs(pairs, config.data.validation_fraction, source)
     if saved is not None:
-        tokenizer = load_tokenizer(saved)
+        tokenizer = load_tokenizer(saved, kind=config.text.tokenizer)
     else:
         tokenizer = build_tokenizer(config.text.tokenizer, [p.prompt + p.answer for p in splits["train"]],
                                     config.text.bpe_vocab_size)
@@ -203,8 +204,9 @@ def save_tokenizer(out: Path, tokenizer) -> None:
     atomic_write(Path(out) / TOKENIZER, lambda p: p.write_text(tokenizer.to_json()))
 
 
-def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
-    """The tokenizer saved in a run directory, checked against the config's vocabulary size."""
+def load_tokenizer(run_dir: Path, vocab_size: int | None = None, kind: str | None = None):
+    """The tokenizer saved in a run directory, checked against the config's vocabulary size and
+    tokenizer kind (text.vocab_size, text.tokenizer) when given: CheckpointError naming the field."""
     path = Path(run_dir) / TOKENIZER
     if not path.is_file():
         raise CheckpointError(f"run directory {str(run_dir)!r} has no {TOKENIZER}")
@@ -215,4 +217,8 @@ def load_tokenizer(run_dir: Path, vocab_size: int | None = None):
         raise CheckpointError(f"{path}: {e}") from None
     if vocab_size is not None and tokenizer.vocab_size != vocab_size:
         raise CheckpointError(f"{path} has {tokenizer.vocab_size} tokens but the config says text.vocab_size = {vocab_size}")
+    if kind is not None and tokenizer.kind != kind:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG} says text.tokenizer = {kind!r}, but {path} holds a "
+                              f"{tokenizer.kind!r} tokenizer ({tokenizer.vocab_size} tokens): the config was edited or "
+                              f"is another run's; set it back to {tokenizer.kind!r}")
     return tokenizer

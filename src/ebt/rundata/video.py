@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebt.checkpoint import ENCODER
+from ebt.checkpoint import CONFIG, ENCODER
 from ebt.files import atomic_write
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
@@ -95,7 +95,7 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     train, _ = clips(config, "train")
     validation, _ = clips(config, "validation")
     if run_dir is not None or init is not None:
-        encoder = load_encoder(run_dir or init)
+        encoder = load_encoder(run_dir or init, kind=config.video.frame_encoder)
     else:
         frames = torch.from_numpy(train).reshape(-1, FRAME_SIZE, FRAME_SIZE).float() / 255
         encoder = fit_encoder(frames, config.video.frame_encoder, config.video.encoder_dim)
@@ -109,12 +109,17 @@ def save_encoder(out: Path, encoder: FrameEncoder) -> None:
     atomic_write(Path(out) / ENCODER, encoder.save)
 
 
-def load_encoder(run_dir: Path, latent_dim: int | None = None) -> FrameEncoder:
-    """The frame encoder saved in a run directory, checked against the config's latent width."""
+def load_encoder(run_dir: Path, latent_dim: int | None = None, kind: str | None = None) -> FrameEncoder:
+    """The frame encoder saved in a run directory, checked against the config's latent width and
+    encoder kind (video.latent_dim, video.frame_encoder) when given: CheckpointError naming the field."""
     path = Path(run_dir) / ENCODER
     if not path.is_file():
         raise CheckpointError(f"run directory {str(run_dir)!r} has no {ENCODER}")
     encoder = FrameEncoder.load(path)
     if latent_dim is not None and encoder.dim != latent_dim:
         raise CheckpointError(f"{path} gives {encoder.dim}-d latents but the config says video.latent_dim = {latent_dim}")
+    if kind is not None and encoder.kind != kind:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG} says video.frame_encoder = {kind!r}, but {path} holds a "
+                              f"{encoder.kind!r} encoder: the config was edited or is another run's; set it back to "
+                              f"{encoder.kind!r}")
     return encoder
