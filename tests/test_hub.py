@@ -282,7 +282,7 @@ def test_image_models_export_and_load(kind: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     save_config(run, config)
-    save_weights(run, build_model(config), step=7)
+    save_weights(run, build_model(config), step=7, config=config)
     model = ebt.load(run)
     model.save_pretrained(tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted([CONFIG, WEIGHTS, CARD])

@@ -63,7 +63,7 @@ def video_run(out: Path) -> Path:
     atomic_write(out / "config.json", lambda p: p.write_text(config.to_json()))
     components = torch.linalg.qr(torch.randn(1024, 5, generator=torch.Generator().manual_seed(0)))[0].T
     FrameEncoder("pca", 32, torch.zeros(1024), 1.0, components.contiguous()).save(out / "encoder.safetensors")
-    save_weights(out, build_model(config), step=0)
+    save_weights(out, build_model(config), step=0, config=config)
     return out
 
 
@@ -71,11 +71,11 @@ def text_run(out: Path, tokenizer) -> Path:
     """An untrained tiny text EBT run with the given tokenizer."""
     config = tiny_config("ebt", overrides={"model.n_layers": 1, "model.dim": 16})
     config.text.vocab_size = tokenizer.vocab_size
-    config.data.tokenizer = tokenizer.kind
+    config.text.tokenizer = tokenizer.kind
     out.mkdir()
     atomic_write(out / "config.json", lambda p: p.write_text(config.to_json()))
     atomic_write(out / "tokenizer.json", lambda p: p.write_text(tokenizer.to_json()))
-    save_weights(out, build_model(config), step=0)
+    save_weights(out, build_model(config), step=0, config=config)
     return out
 
 
@@ -155,6 +155,58 @@ def test_config_field_of_the_wrong_type_is_a_checkpoint_error_naming_it(section:
         ebt.load_run(run)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("section, key, value, trained", [
+    ("model", "n_heads", 4, 2),  # the same weight shapes, another attention
+    ("model", "context_len", 64, 16),  # the same weights, another window
+    ("model", "rope_theta", 500.0, 10000.0),
+    ("text", "tokenizer", "bpe", "'byte' tokenizer"),  # contradicts tokenizer.json
+])
+def test_a_config_that_contradicts_its_weights_or_tokenizer_is_refused_naming_the_field(
+        section: str, key: str, value, trained, trained_runs, tmp_path: Path, capsys) -> None:
+    run = copy_run(trained_runs["ebt"]["dir"], tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    saved[section][key] = value
+    (run / "config.json").write_text(json.dumps(saved))
+    said = f"says {section}.{key} = {value!r}"
+    with pytest.raises(CheckpointError, match=r"config\.json") as info:
+        ebt.load_run(run)
+    assert said in str(info.value) and str(trained) in str(info.value), str(info.value)
+    for argv in (["eval", str(run)], ["train", "--resume", "--out", str(run), "--quiet"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert_one_line_naming(err, said)
+
+
+def test_an_export_records_its_model_and_a_hand_edit_is_refused(trained_runs, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    ebt.load(trained_runs["ebt"]["dir"]).save_pretrained(export)
+    saved = json.loads((export / "config.json").read_text())
+    saved["model"]["n_heads"] = 8
+    (export / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=r"says model.n_heads = 8, but .*model.safetensors was trained with "
+                                              r"model.n_heads = 2"):
+        ebt.load_run(export)
+
+
+def test_weights_saved_before_the_record_still_load(trained_runs, tmp_path: Path) -> None:
+    """Weights whose metadata has the step only (written before the model section was recorded)
+    are not checked against config.json: they load as before."""
+    run = copy_run(trained_runs["ebt"]["dir"], tmp_path)
+    _rewrite_weights(run, lambda state: state)
+    assert ebt.load_run(run).step == 1
+
+
+def test_a_video_config_that_contradicts_its_frame_encoder_is_refused(tmp_path: Path) -> None:
+    run = video_run(tmp_path / "video")
+    saved = json.loads((run / "config.json").read_text())
+    saved["video"]["frame_encoder"] = "pixels"
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=r"says video.frame_encoder = 'pixels', but .*encoder.safetensors holds "
+                                              r"a 'pca' encoder"):
+        ebt.load_run(run)
 
 
 def _rewrite_weights(run: Path, change) -> None:

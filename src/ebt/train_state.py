@@ -1,5 +1,5 @@
 """The training state, train_state.pt: what a resumed run needs besides its weights to continue
-exactly, saved beside model.safetensors at every checkpoint (`ebt.checkpoint.save_weights`).
+exactly, saved beside model.safetensors at every checkpoint (`ebt.checkpoint.save_checkpoint_files`).
 
 It is made of parts that have `state_dict()` and `load_state_dict(state)` (the optimizer through
 `ebt.parallel`, the lr scheduler, the training batches, System 2's replay buffer, the fp16 loss
