@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # the layer of its name.
 LAYERS = [
     ["ebt.errors", "ebt.checks", "ebt.packages"],
-    ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled"],
+    ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled",
+     "ebt.memory"],
     ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",
      "ebt.data.pairs", "ebt.data.downstream", "ebt.data.downstream_install"],

@@ -14,24 +14,37 @@ scored by the image evaluation protocol, `ebt.image_protocol`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Iterator, Mapping
 
+import torch
 from torch import nn
 
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
 from ebt.compiled import check_compile
-from ebt.config import RunConfig
+from ebt.config import ImageConfig, ModelConfig, RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import ConfigError
+from ebt.memory import check_fits, naming
 from ebt.nn import AdaLNBlock, Block
 from ebt.tasks import make_task
 
 
 def build_model(config: RunConfig, subclasses: Mapping[type, type] | None = None) -> nn.Module:
-    """A freshly initialized model for `config` (its vocabulary or latent width must be set).
-    `subclasses` maps a model class to a subclass to build in its place (`ebt.runs`: the same model
-    with the Hub methods). Raises ConfigError for a kind the task has no model of."""
+    """A freshly initialized model for `config` (its vocabulary or latent width must be set), built
+    on the host. `subclasses` maps a model class to a subclass to build in its place (`ebt.runs`:
+    the same model with the Hub methods). Raises ConfigError for a kind the task has no model of,
+    and, before allocating, for a model whose weights cannot fit in the host's memory, naming the
+    size to lower (`model_size`)."""
+    parameters, nbytes = model_size(config)
+    check_fits(nbytes, "cpu", f"the model ({describe_sizes(config)}: {parameters:.3g} parameters)",
+               largest_size(config))
+    with naming("building the model", {key: value for key, value in size_options(config).items() if key in TYPICAL}):
+        return _build(config, subclasses)
+
+
+def _build(config: RunConfig, subclasses: Mapping[type, type] | None = None) -> nn.Module:
     task, kind = config.model.task, config.model.kind
     handed = make_task(config)
     kinds = {"ebt": BidirectionalEBT, "dit": DiT} if task == "image" else {"ebt": AutoregressiveEBT,
@@ -41,6 +54,53 @@ def build_model(config: RunConfig, subclasses: Mapping[type, type] | None = None
                           + " or ".join(map(repr, kinds)))
     cls = (subclasses or {}).get(kinds[kind], kinds[kind])
     return cls(config.model, config.think, handed) if kind == "ebt" else cls(config.model, handed)
+
+
+def model_size(config: RunConfig) -> tuple[int, int]:
+    """(parameters, bytes of its parameters and buffers) of the model `config` describes, without
+    allocating it: built on the meta device with 1 and 2 layers, each further layer adding what
+    the second did (so model.n_layers = 1e9 costs no more than 2)."""
+    def measured(layers: int) -> tuple[int, int]:
+        with torch.device("meta"):
+            model = _build(dataclasses.replace(config, model=dataclasses.replace(config.model, n_layers=layers)))
+        tensors = (*model.parameters(), *model.buffers())
+        return sum(p.numel() for p in model.parameters()), sum(t.numel() * t.element_size() for t in tensors)
+
+    one, two = measured(1), measured(2)
+    layers = config.model.n_layers
+    return one[0] + (layers - 1) * (two[0] - one[0]), one[1] + (layers - 1) * (two[1] - one[1])
+
+
+# The options that size a model: all are described; the ones a user sets (not the vocabulary or
+# latent width, which come from the data) are measured against a typical value (the defaults;
+# model.dim's for model.ffn_dim) to name the one to lower.
+SIZES = ("model.n_layers", "model.dim", "model.ffn_dim", "model.context_len", "text.vocab_size", "image.image_size",
+         "image.patch_size", "image.channels", "video.latent_dim")
+TYPICAL = {"model.n_layers": ModelConfig.n_layers, "model.dim": ModelConfig.dim, "model.ffn_dim": ModelConfig.dim,
+           "model.context_len": ModelConfig.context_len, "image.image_size": ImageConfig.image_size,
+           "image.channels": ImageConfig.channels}
+
+
+def size_options(config: RunConfig) -> dict[str, int]:
+    """The options that size the model `config` describes, by key ("model.dim": 128, ...)."""
+    values = {}
+    for key in SIZES:
+        section, name = key.split(".")
+        part = getattr(config, section, None)
+        if part is not None:
+            values[key] = getattr(part, name)
+    return values
+
+
+def describe_sizes(config: RunConfig) -> str:
+    """'model.n_layers = 2, model.dim = 100000, ...': the options that size the model."""
+    return ", ".join(f"{k} = {v}" for k, v in size_options(config).items())
+
+
+def largest_size(config: RunConfig) -> str:
+    """The size option furthest above its typical value: the one to lower when a model cannot fit."""
+    sizes = {k: v for k, v in size_options(config).items() if k in TYPICAL}
+    return max(sizes, key=lambda key: sizes[key] / TYPICAL[key])
 
 
 def set_activation_checkpointing(model: nn.Module, on: bool) -> None:

@@ -42,9 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise
+from ebt.config import RunConfig
 from ebt.data.batches import example_normal, example_randint
 from ebt.energy import inner_optimizer
 from ebt.errors import CheckpointError
+from ebt.memory import check_fits
+from ebt.models import describe_sizes, largest_size, model_size
+from ebt.tasks import make_task
 from ebt.think import think
 
 
@@ -244,3 +248,22 @@ def make_objective(model: nn.Module) -> nn.Module:
     if hasattr(model, "think_config"):
         return UnrolledThinking(model)
     return NoisePrediction(model) if hasattr(model, "max_timestep") else DirectPrediction(model)
+
+
+
+def check_training_memory(config: RunConfig, device: torch.device, processes: int = 1) -> None:
+    """ConfigError, before the model is built, when what training it holds cannot fit on `device`:
+    its weights, gradients and AdamW's two moments (16 bytes a float32 parameter, shared among the
+    `processes` at best; `ebt.models.model_size`), or System 2's replay buffer (`ReplayBuffer`:
+    size × S × (C × 4 + 16) bytes). Lower bounds: activations come on top."""
+    parameters, _ = model_size(config)
+    check_fits(16 * parameters // processes, device,
+               f"training the model ({describe_sizes(config)}: {parameters:.3g} parameters; weights, gradients and "
+               "AdamW's two moments in float32" + (f", over {processes} processes" if processes > 1 else "") + ")",
+               largest_size(config))
+    size = config.think.replay_buffer_size if config.model.kind == "ebt" else 0
+    if size:
+        positions, values = config.model.context_len, make_task(config).candidate_dim
+        check_fits(size * positions * (values * 4 + 16), device,
+                   f"the replay buffer (think.replay_buffer_size = {size} sequences of {positions} candidates of "
+                   f"{values} values)", "think.replay_buffer_size")

@@ -42,7 +42,7 @@ from ebt.data.batches import Batch, TrainingBatches
 from ebt.errors import CheckpointError, ConfigError, Interrupted, ThinkingDiverged, TrainingDiverged
 from ebt.files import DirectoryLock
 from ebt.models import build_model, count_parameters, set_activation_checkpointing
-from ebt.objectives import ReplayBuffer, make_objective
+from ebt.objectives import ReplayBuffer, check_training_memory, make_objective
 from ebt.parallel import Parallel, check as check_parallel, full_tensor, wrap
 from ebt.precision import autocast, check_precision, grad_scaler
 from ebt.rundata import load_data, resolve_source, with_data_overrides
@@ -203,6 +203,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     if resume:  # after the data's overrides: text.vocab_size, video.latent_dim, image.channels come from the data
         rundir.refuse_fixed_changes(saved, config, out, ("model", "think", config.model.task))
     tc = config.train
+    check_training_memory(config, device, dist.world_size)  # before anything of the model is allocated
     model = build_model(config).to(device)
     say(_describe(config, model, data, device, why, dist))
     set_activation_checkpointing(model, tc.activation_checkpointing)

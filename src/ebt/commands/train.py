@@ -17,6 +17,8 @@ from ebt.config import RunConfig
 from ebt.commands.common import directory, option, required
 from ebt.data.pairs import is_pairs_file
 from ebt.errors import ConfigError, Interrupted
+from ebt.memory import naming
+from ebt.models import size_options
 from ebt.presets import preset
 from ebt.train import train
 
@@ -79,9 +81,14 @@ def _resumed_config(args: TrainArgs) -> RunConfig:
 
 
 def _train(config: RunConfig, out: Path, name: str, saved: str, **how) -> int:
-    """Train `config` into `out` and report: 0, or the exit code of the signal that stopped it."""
+    """Train `config` into `out` and report: 0, or the exit code of the signal that stopped it. An
+    allocation that fails while training is one line naming the sizes that set what it held."""
+    tc = config.train
+    sizes = {**size_options(config), "train.batch_size": tc.batch_size, "train.grad_accum": tc.grad_accum,
+             "think.steps": config.think.steps}
     try:
-        result = train(config, out, **how)
+        with naming("training", sizes):
+            result = train(config, out, **how)
     except Interrupted as e:
         print(f"ebt {name}: {e}", file=sys.stderr)
         return e.exit_code

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ebt.errors import DataError
+from ebt.memory import check_fits
 from ebt.packages import import_package
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -147,6 +148,9 @@ def _fit(images: Tensor, size: int) -> Tensor:
     h, w = images.shape[-2:]
     if h == w == size:
         return images
+    # Resized in float32 (N, C, size, size), then rounded to bytes: what cannot fit is refused here.
+    check_fits(images.shape[0] * images.shape[1] * size * size * 5, "cpu",
+               f"resizing {images.shape[0]} images to image.image_size = {size}", "image.image_size")
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2
     x = images[..., top:top + s, left:left + s].float()

@@ -40,6 +40,7 @@ from typing import Any
 from ebt.checkpoint import ENCODER, TOKENIZER
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
+from ebt.memory import naming
 from ebt.rundata import image, text, video
 from ebt.rundata.fingerprint import check_fingerprint, resolve_source
 
@@ -56,7 +57,10 @@ def load_data(config: RunConfig, run_dir: Path | None = None):
     refuses data that differs from what the run trained on (DataError naming both). A new run
     started from another's weights (train.init) reuses that run's artifacts (its tokenizer)."""
     init = Path(config.train.init) if config.train.init and run_dir is None else None
-    data = TASK_DATA[config.model.task].load_data(config, run_dir, init)
+    module = TASK_DATA[config.model.task]
+    sizes = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in module.SIZES}
+    with naming(f"loading the {config.model.task} data", sizes):
+        data = module.load_data(config, run_dir, init)
     if run_dir is not None:
         check_fingerprint(run_dir, data.fingerprint)
     return data

@@ -15,6 +15,8 @@ from ebt.data.images import ImageSplits, load_images, to_unit_range
 from ebt.evaluate import Scoring, denoise_metrics
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
+SIZES = ("image.image_size", "image.channels")  # what sets the data's memory
+
 
 @dataclass
 class ImageData:

@@ -26,6 +26,8 @@ from ebt.errors import CheckpointError, ConfigError, DataError
 from ebt.evaluate import Scoring, evaluate
 from ebt.rundata.fingerprint import content_hash, resolve_source, save_fingerprint
 
+SIZES = ("model.context_len", "text.bpe_vocab_size")  # what sets the data's memory
+
 
 @dataclass
 class TextData:

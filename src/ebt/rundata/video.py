@@ -17,12 +17,14 @@ from ebt.data.batches import TrainingBatches
 from ebt.data.video import FRAME_SIZE, FrameEncoder, digit_split, fit_encoder, mnist_digits, moving_digits
 from ebt.errors import CheckpointError, ConfigError
 from ebt.evaluate import Scoring, evaluate_clips
+from ebt.memory import check_fits
 from ebt.rundata.fingerprint import content_hash, save_fingerprint
 
 CORPUS = "moving-mnist"
 # The clips are data, not a training choice: fixed seeds, so every run (EBT or Transformer++,
 # any train.seed) sees the same training and validation clips.
 TRAIN_SEED, VALIDATION_SEED = 0, 1
+SIZES = ("video.clips", "model.context_len", "video.encoder_dim")  # what sets the data's memory
 
 
 @dataclass
@@ -81,8 +83,14 @@ def clips(config: RunConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     if d.corpus != CORPUS:
         raise ConfigError(f"the video task generates its clips: data.corpus must be {CORPUS!r}, got {d.corpus!r}")
     count = v.clips if split == "train" else max(1, round(v.clips * d.validation_fraction))
+    frames = config.model.context_len + 1
+    # Drawn in float32 (N, T, H, W), then rounded to bytes (5 bytes a pixel at the peak): what cannot
+    # fit is refused here, not by the allocator (or the OOM killer, once the pages are written).
+    check_fits(count * frames * FRAME_SIZE * FRAME_SIZE * 5, "cpu",
+               f"generating the {split} clips (video.clips = {v.clips}, each of model.context_len + 1 = {frames} "
+               f"{FRAME_SIZE}×{FRAME_SIZE} frames)", "video.clips" if v.clips >= frames else "model.context_len")
     seed = TRAIN_SEED if split == "train" else VALIDATION_SEED
-    return moving_digits(digit_split(mnist_digits(), split), count, config.model.context_len + 1, FRAME_SIZE, seed)
+    return moving_digits(digit_split(mnist_digits(), split), count, frames, FRAME_SIZE, seed)
 
 
 def encode(encoder: FrameEncoder, frames: np.ndarray) -> Tensor:
