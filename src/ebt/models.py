@@ -23,7 +23,7 @@ from torch import nn
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
 from ebt.compiled import check_compile
-from ebt.config import ImageConfig, ModelConfig, RunConfig
+from ebt.config import ImageConfig, ModelConfig, RunConfig, ThinkConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import ConfigError
 from ebt.memory import check_fits, naming
@@ -78,7 +78,7 @@ SIZES = ("model.n_layers", "model.dim", "model.ffn_dim", "model.context_len", "t
          "image.patch_size", "image.channels", "video.latent_dim")
 TYPICAL = {"model.n_layers": ModelConfig.n_layers, "model.dim": ModelConfig.dim, "model.ffn_dim": ModelConfig.dim,
            "model.context_len": ModelConfig.context_len, "image.image_size": ImageConfig.image_size,
-           "image.channels": ImageConfig.channels}
+           "image.channels": ImageConfig.channels, "think.steps": ThinkConfig.steps}
 
 
 def size_options(config: RunConfig) -> dict[str, int]:
@@ -89,6 +89,8 @@ def size_options(config: RunConfig) -> dict[str, int]:
         part = getattr(config, section, None)
         if part is not None:
             values[key] = getattr(part, name)
+    if config.model.kind == "ebt" and config.think.landscape_per_step:  # an energy landscape per step
+        values["think.steps"] = config.think.steps
     return values
 
 

@@ -252,18 +252,26 @@ def make_objective(model: nn.Module) -> nn.Module:
 
 
 def check_training_memory(config: RunConfig, device: torch.device, processes: int = 1) -> None:
-    """ConfigError, before the model is built, when what training it holds cannot fit on `device`:
-    its weights, gradients and AdamW's two moments (16 bytes a float32 parameter, shared among the
-    `processes` at best; `ebt.models.model_size`), or System 2's replay buffer (`ReplayBuffer`:
-    size × S × (C × 4 + 16) bytes). Lower bounds: activations come on top."""
+    """ConfigError, before the model is built, when what training holds cannot fit on `device`, each
+    a lower bound (activations come on top): the model's weights, gradients and AdamW's two moments
+    (16 bytes a float32 parameter, shared among the `processes` at best; `ebt.models.model_size`);
+    a micro-batch's predictions, float32, one per thinking step for an EBT (`think` keeps every
+    step's candidate); System 2's replay buffer (`ReplayBuffer`: size × S × (C × 4 + 16) bytes)."""
     parameters, _ = model_size(config)
     check_fits(16 * parameters // processes, device,
                f"training the model ({describe_sizes(config)}: {parameters:.3g} parameters; weights, gradients and "
                "AdamW's two moments in float32" + (f", over {processes} processes" if processes > 1 else "") + ")",
                largest_size(config))
-    size = config.think.replay_buffer_size if config.model.kind == "ebt" else 0
+    tc, ebt = config.train, config.model.kind == "ebt"
+    values = make_task(config).example_values(config.model.context_len)
+    examples, steps = max(1, tc.batch_size // processes // tc.grad_accum), config.think.steps if ebt else 1
+    check_fits(examples * values * 4 * steps, device,
+               f"a micro-batch's predictions (train.batch_size = {tc.batch_size} over {processes} process(es) and "
+               f"train.grad_accum = {tc.grad_accum}: {examples} examples of {values} values"
+               + (f", kept for each of think.steps = {steps}" if ebt else "") + ")",
+               "think.steps" if ebt and steps > examples else "train.batch_size")
+    size = config.think.replay_buffer_size if ebt else 0
     if size:
-        positions, values = config.model.context_len, make_task(config).candidate_dim
-        check_fits(size * positions * (values * 4 + 16), device,
-                   f"the replay buffer (think.replay_buffer_size = {size} sequences of {positions} candidates of "
-                   f"{values} values)", "think.replay_buffer_size")
+        check_fits(size * (values * 4 + 16 * config.model.context_len), device,
+                   f"the replay buffer (think.replay_buffer_size = {size} sequences of {values} values)",
+                   "think.replay_buffer_size")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from torch import Tensor
 
-from ebt.checkpoint import CONFIG, TOKENIZER
+from ebt.checkpoint import CONFIG, TOKENIZER, load_config
 from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
@@ -136,8 +136,9 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     else:
         corpus = load_corpus(source, config.data.validation_fraction)
         if saved is not None:
-            # A resumed or fine-tuned run keeps its vocabulary.
-            tokenizer = load_tokenizer(saved, kind=config.text.tokenizer)
+            # A resumed or fine-tuned run keeps its vocabulary (checked against its own config.json,
+            # not the overrides, which refuse_fixed_changes names).
+            tokenizer = load_tokenizer(saved, kind=load_config(saved).text.tokenizer)
         else:
             tokenizer = build_tokenizer(config.text.tokenizer, corpus.train, config.text.bpe_vocab_size)
 
@@ -169,7 +170,7 @@ def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
     pairs = read_pairs(source)
     splits = split_pairs(pairs, config.data.validation_fraction, source)
     if saved is not None:
-        tokenizer = load_tokenizer(saved, kind=config.text.tokenizer)
+        tokenizer = load_tokenizer(saved, kind=load_config(saved).text.tokenizer)
     else:
         tokenizer = build_tokenizer(config.text.tokenizer, [p.prompt + p.answer for p in splits["train"]],
                                     config.text.bpe_vocab_size)

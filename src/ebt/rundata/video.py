@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ebt.checkpoint import CONFIG, ENCODER
+from ebt.checkpoint import CONFIG, ENCODER, load_config
 from ebt.files import atomic_write
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
@@ -103,7 +103,7 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     train, _ = clips(config, "train")
     validation, _ = clips(config, "validation")
     if run_dir is not None or init is not None:
-        encoder = load_encoder(run_dir or init, kind=config.video.frame_encoder)
+        encoder = load_encoder(run_dir or init, kind=load_config(run_dir or init).video.frame_encoder)
     else:
         frames = torch.from_numpy(train).reshape(-1, FRAME_SIZE, FRAME_SIZE).float() / 255
         encoder = fit_encoder(frames, config.video.frame_encoder, config.video.encoder_dim)

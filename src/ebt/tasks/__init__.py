@@ -3,6 +3,8 @@
 A task object (no parameters, no data, no files) is what the models and `think` talk to; models
 are handed one (`ebt.models.build_model`):
   candidate_dim                 size of one candidate vector (text: the vocabulary; video: the latent)
+  example_values(context_len)   values in one example's candidate (text, video: context_len ×
+                                candidate_dim; images: the image), for memory estimates
   input_embedding(dim)          the module taking one context element to width D (text: a token
                                 table nn.Embedding(V, D); video: nn.Linear(latent, D, bias=False))
   initial_candidate(x, samples, like, generator, seeds)

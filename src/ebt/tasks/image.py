@@ -30,6 +30,10 @@ class Denoising:
         self.candidate_dim = channels * image_size * image_size
         self.noise_level = noise_level  # λ the models train at
 
+    def example_values(self, context_len: int) -> int:
+        """Values in one example's candidate: the whole image (context_len plays no part)."""
+        return self.candidate_dim
+
     @classmethod
     def from_config(cls, config: ImageConfig) -> Denoising:
         return cls(config.channels, config.image_size, config.patch_size, config.noise_level)

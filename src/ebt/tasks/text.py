@@ -31,6 +31,10 @@ class NextToken:
             raise ConfigError("text.vocab_size is unset: it comes from the tokenizer")
         self.candidate_dim = vocab_size
 
+    def example_values(self, context_len: int) -> int:
+        """Values in one example's candidate: one candidate (logits over the vocabulary) per position."""
+        return context_len * self.candidate_dim
+
     @classmethod
     def from_config(cls, config: TextConfig) -> NextToken:
         return cls(config.vocab_size)

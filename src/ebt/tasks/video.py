@@ -32,6 +32,10 @@ class NextFrame:
             raise ConfigError("video.latent_dim is unset: it comes from the frame encoder (video.frame_encoder)")
         self.candidate_dim = latent_dim
 
+    def example_values(self, context_len: int) -> int:
+        """Values in one example's candidate: one candidate (a latent frame) per position."""
+        return context_len * self.candidate_dim
+
     @classmethod
     def from_config(cls, config: VideoConfig) -> NextFrame:
         return cls(config.latent_dim)
