@@ -72,7 +72,9 @@ def generate(
             if temperature == 0:
                 token = int(logits.argmax())
             else:
-                probs = torch.softmax(logits / temperature, dim=-1)
+                # In float64 (any temperature > 0 is one), shifted so the largest is 0: a tiny temperature
+                # gives the argmax (−∞ elsewhere) instead of ∞/∞ = NaN.
+                probs = torch.softmax((logits.double() - logits.max()) / temperature, dim=-1)
                 token = int(torch.multinomial(probs, 1, generator=generator))
             new.append(token)
             if stop is not None and stop(new):

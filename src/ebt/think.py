@@ -178,8 +178,11 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
         velocity = delta.detach() if velocity is None else optimizer.momentum * velocity + delta.detach()
         delta = delta + optimizer.momentum * velocity if optimizer.nesterov else delta + (velocity - delta.detach())
     if optimizer.max_step_norm:
-        norm = delta.detach().norm(dim=per, keepdim=True)
-        delta = delta * (optimizer.max_step_norm / norm.clamp_min(optimizer.max_step_norm))
+        # A vector norm over all of a position's candidate dimensions (an image's are three), and a
+        # bound past the dtype's range is no bound: no finite norm exceeds it.
+        norm = torch.linalg.vector_norm(delta.detach(), dim=per, keepdim=True)
+        bound = min(optimizer.max_step_norm, torch.finfo(norm.dtype).max)
+        delta = delta * (bound / norm.clamp_min(bound))
     return delta, velocity
 
 
@@ -305,12 +308,12 @@ def lambda_max(energy: Energy, p: Tensor, step: int, iterations: int = 3,
         per = tuple(range(e.dim(), p.dim()))
         (g,) = torch.autograd.grad(e.to(p.dtype).sum(), p, create_graph=True)
         v = _normal(p, generator)
-        v = v / v.norm(dim=per, keepdim=True).clamp_min(1e-30)
+        v = v / torch.linalg.vector_norm(v, dim=per, keepdim=True).clamp_min(1e-30)
         lam = torch.zeros(e.shape, dtype=p.dtype, device=p.device)
         for _ in range(iterations):
             (hv,) = torch.autograd.grad((g * v).sum(), p, retain_graph=True)
             lam = (hv * v).sum(dim=per)  # the Rayleigh quotient of a unit vector
-            v = hv / hv.norm(dim=per, keepdim=True).clamp_min(1e-30)
+            v = hv / torch.linalg.vector_norm(hv, dim=per, keepdim=True).clamp_min(1e-30)
     return lam.detach()
 
 

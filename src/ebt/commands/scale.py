@@ -82,7 +82,9 @@ def scale_run_command(args: ScaleRunArgs) -> int:
     sweep = args.sweep()
     if args.print_commands:
         n = print_commands(sweep, args.out)
-        print(f"# {n} point(s) to run; then: {shlex.join(['ebt', 'scale', 'fit', str(args.out)])}", file=sys.stderr)
+        print(f"# {n} point(s) to run; each line trains the weights `ebt scale run` would when it runs on as many "
+              "torch threads (OMP_NUM_THREADS=1 as with --jobs > 1); then: "
+              f"{shlex.join(['ebt', 'scale', 'fit', str(args.out)])}", file=sys.stderr)
         return 0
     try:
         result = run_sweep(sweep, args.out, jobs=args.jobs)

@@ -2,7 +2,9 @@
 (`ebt.scaling.worker`), side by side, stopped and resumed cleanly.
 
 `prepare` checks the sweep directory and writes sweep.json; `print_commands` prints the `ebt train`
-line of each point still to run (for a cluster's job array); `run_sweep` trains them here, a
+line of each point still to run (for a cluster's job array: the same weights as `run_sweep`
+gives when run on the same number of torch threads, one each with jobs > 1; on another, equal
+to float rounding); `run_sweep` trains them here, a
 pool of `jobs` processes each handed one point at a time, and reports each point's state
 (finished, failed with its log, interrupted) and the time spent outside the training loops.
 SIGINT/SIGTERM/SIGHUP are passed on once to each running point, which saves a checkpoint; a
