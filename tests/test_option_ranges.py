@@ -170,7 +170,8 @@ LONG = {("config", "train.steps"), ("ThinkingOptions", "steps"), ("ThinkingOptio
         ("GenerateArgs", "length")}
 LONG_S, SAFETY_S = 3, 300  # a long job's time before the test stops it; anything else's, as a safety net
 
-TINY = {"model.n_layers": 1, "model.dim": 16, "model.n_heads": 2, "model.context_len": 8, "train.steps": 1,
+# Two steps: the second runs on weights the first updated at the full rate (no warm-up in 2 steps).
+TINY = {"model.n_layers": 1, "model.dim": 16, "model.n_heads": 2, "model.context_len": 8, "train.steps": 2,
         "train.batch_size": 2, "train.eval_examples": 2, "train.log_every": 1, "train.device": "cpu"}
 TINY_TASK = {"image": {"image.image_size": 12}, "video": {"model.context_len": 4, "video.clips": 10,
                                                            "video.encoder_dim": 5}}

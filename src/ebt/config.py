@@ -24,6 +24,13 @@ LAYOUTS = ("packed", "padded")  # data.layout of text windows (ebt.data.tokens)
 PARALLEL = ("ddp", "fsdp")  # train.parallel
 LOG_TO = ("none", "tensorboard", "wandb")  # train.log_to (ebt.trackers)
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
+# The largest learning rate of any parameter group (train.lr, α's train.lr × think.step_size_lr_mult;
+# also train.lr × train.weight_decay, AdamW's decay factor): AdamW scales it by up to 1/(1 − β₁) = 10
+# and applies it to float32 weights, whose range ends at 3.4e38 (a larger factor crashed the step).
+MAX_LR = 1e30
+# Past any published BPE vocabulary (256k), and small enough for the tokenizer trainer's tables
+# (about 66 bytes an entry, allocated up front: 2^32 aborted the process in its Rust allocator).
+MAX_BPE_VOCAB = 2**20
 
 
 @dataclass
@@ -301,6 +308,11 @@ class RunConfig:
         _check_model(self.model)
         _check_think(self.think)
         _check_train(self.train)
+        learned_alpha = self.model.kind == "ebt" and self.think.learn_step_size
+        check("think.step_size_lr_mult", self.think.step_size_lr_mult,
+              not learned_alpha or self.train.lr * self.think.step_size_lr_mult <= MAX_LR,
+              f"at most {MAX_LR:g} / train.lr = {MAX_LR / self.train.lr:.4g} (α's learning rate, train.lr × "
+              "think.step_size_lr_mult, must be one AdamW can apply)")
         _check_data(self.data, self.model.task)
         for name in TASK_SECTIONS:
             present = getattr(self, name) is not None
@@ -355,7 +367,7 @@ def _check_think(t: ThinkConfig) -> None:
 def _check_train(tr: TrainConfig) -> None:
     check_int("train.steps", tr.steps, 1)
     check_int("train.batch_size", tr.batch_size, 1)
-    check_real("train.lr", tr.lr, 0, low_open=True)
+    check_real("train.lr", tr.lr, 0, MAX_LR, low_open=True)
     check_real("train.warmup_fraction", tr.warmup_fraction, 0, 1, high_open=True)
     check_choice("train.lr_schedule", tr.lr_schedule, LR_SCHEDULES)
     check_real("train.decay_fraction", tr.decay_fraction, 0, 1, low_open=True, high_open=True)
@@ -363,6 +375,9 @@ def _check_train(tr: TrainConfig) -> None:
           f"at most 1 − train.warmup_fraction = {1 - tr.warmup_fraction:g} with train.lr_schedule = 'wsd' "
           "(warm-up and decay must fit in the run)")
     check_real("train.weight_decay", tr.weight_decay, 0)
+    check("train.weight_decay", tr.weight_decay, tr.lr * tr.weight_decay <= MAX_LR,
+          f"at most {MAX_LR:g} / train.lr = {MAX_LR / tr.lr:.4g} (AdamW multiplies the weights by 1 − train.lr × "
+          "train.weight_decay each step)")
     check_real("train.grad_clip", tr.grad_clip, 0, low_open=True)
     check_int("train.eval_every", tr.eval_every, 0)
     check_choice("train.eval_spacing", tr.eval_spacing, ("linear", "log"))
@@ -389,7 +404,7 @@ def _check_data(d: DataConfig, task: str) -> None:
 
 def _check_text(x: TextConfig) -> None:
     check_choice("text.tokenizer", x.tokenizer, ("byte", "bpe", "gpt2"))
-    check_int("text.bpe_vocab_size", x.bpe_vocab_size, 260)
+    check_int("text.bpe_vocab_size", x.bpe_vocab_size, 260, MAX_BPE_VOCAB)
     check_int("text.vocab_size", x.vocab_size, 0, note=" (0 = from the tokenizer)")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ebt.checks import check_int, check_real
 from ebt.commands.common import directory, json_field, option, required
+from ebt.config import MAX_BPE_VOCAB
 from ebt.data.corpus import KNOWN_CORPORA, corpus_files
 from ebt.data.downstream_install import install
 from ebt.data.prepared import DEFAULT_SHARD_TOKENS, is_prepared, prepare
@@ -39,7 +40,7 @@ class PrepareDataArgs:
     json: bool = json_field("print the index as one JSON object")
 
     def __post_init__(self) -> None:
-        check_int("bpe_vocab_size", self.bpe_vocab_size, 257, 1 << 32, optional=True, unset="2048")
+        check_int("bpe_vocab_size", self.bpe_vocab_size, 257, MAX_BPE_VOCAB, optional=True, unset="2048")
         if self.bpe_vocab_size is not None and self.tokenizer != "bpe":
             raise ConfigError(f"bpe_vocab_size sizes a BPE trained on the corpus; it goes with tokenizer 'bpe', "
                               f"not {self.tokenizer!r}", field="bpe_vocab_size")

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,7 +320,7 @@ def split_stream(documents: Iterable[str], validation_fraction: float, name: str
     goes to validation; with fewer than k documents, the last; a single document is split by
     position. DataError when there are none."""
     _check_fraction(validation_fraction)
-    k = max(2, round(1.0 / validation_fraction))
+    k = max(2, round(min(1.0 / validation_fraction, sys.maxsize)))  # a tiny fraction: inf, then every document
     documents = iter(documents)
     head = list(itertools.islice(documents, k))
     if not head:
