@@ -317,3 +317,64 @@ def test_each_end_of_each_range_gives_a_result_or_a_one_line_refusal(r: Range, v
     else:
         assert code == 0, (code, err)
         finite_result(command, out, tmp_path / "out")
+
+
+# --- Sizes inside the ranges that cannot fit in memory ---------------------------------------------
+
+
+@pytest.mark.parametrize("preset_name, override, named", [
+    ("text-ebt-tiny", "--model.dim=100000", "lower model.dim"),
+    ("text-ebt-tiny", "--model.n_layers=1000000000", "lower model.n_layers"),
+    ("text-ebt-tiny", "--think.steps=1000000000", "lower think.steps"),  # one landscape per step
+    ("text-ebt-tiny", "--train.batch_size=1000000000", "lower train.batch_size"),
+    ("text-transformer-tiny", "--train.batch_size=1000000000", "lower train.batch_size"),
+    ("text-ebt-s2-tiny", "--think.replay_buffer_size=1000000000", "lower think.replay_buffer_size"),
+    ("video-ebt-tiny", "--video.clips=1000000000", "lower video.clips"),
+    ("image-ebt-tiny", "--image.image_size=100000", "lower image.image_size"),
+])
+def test_a_size_that_cannot_fit_is_one_line_naming_it_before_anything_is_allocated(
+        preset_name: str, override: str, named: str, places: Places, tmp_path: Path, capsys) -> None:
+    task = preset_name.split("-")[0]
+    data = {"text": ["--data", str(places.corpus)], "image": ["--data", str(places.pictures)], "video": []}[task]
+    out = tmp_path / "run"
+    key = override[2:].split("=")[0]
+    code = main(["train", "--preset", preset_name, "--out", str(out), "--quiet", *data, *train_overrides(task, key),
+                 override])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert named in err and "of memory, more than the" in err, err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_the_estimate_is_checked_against_the_machine_it_runs_on(places: Places, tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """On a machine of 64 MB, a 2-layer model of width 512 (6.6M parameters: 105 MB to train with
+    AdamW) is refused; width 64 fits, and trains."""
+    import ebt.memory
+
+    monkeypatch.setattr(ebt.memory, "device_memory", lambda device="cpu": 64 * 10**6)
+    argv = ["train", "--preset", "text-ebt-tiny", "--quiet", "--data", str(places.corpus),
+            *train_overrides("text", "model.dim")]
+    assert main([*argv, "--out", str(tmp_path / "wide"), "--model.dim=512"]) == 2
+    err = capsys.readouterr().err
+    assert "training the model" in err and "more than the 64 MB this machine has; lower model.dim" in err, err
+    assert main([*argv, "--out", str(tmp_path / "narrow"), "--model.dim=64"]) == 0
+
+
+def test_an_allocation_that_fails_anyway_names_the_sizes_in_play(places: Places, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """What no estimate foresees (here: every training step) and the allocator refuses is one line
+    naming the sizes that set it, not torch's RuntimeError."""
+    import ebt.objectives
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 123456789012 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(ebt.objectives.UnrolledThinking, "forward", refuse)
+    code = main(["train", "--preset", "text-ebt-tiny", "--out", str(tmp_path / "run"), "--quiet", "--data",
+                 str(places.corpus), *train_overrides("text", None)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "training ran out of memory (tried to allocate 123456789012 bytes)" in err
+    assert "train.batch_size = 2" in err and "model.dim = 16" in err

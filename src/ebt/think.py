@@ -178,10 +178,12 @@ def _optimizer_step(optimizer: InnerOptimizer, energy: Energy, p: Tensor, step: 
         velocity = delta.detach() if velocity is None else optimizer.momentum * velocity + delta.detach()
         delta = delta + optimizer.momentum * velocity if optimizer.nesterov else delta + (velocity - delta.detach())
     if optimizer.max_step_norm:
-        # A vector norm over all of a position's candidate dimensions (an image's are three), and a
-        # bound past the dtype's range is no bound: no finite norm exceeds it.
+        # A vector norm over all of a position's candidate dimensions (an image's are three); the
+        # bound within the dtype's range (past its largest value no finite norm exceeds it; below
+        # its smallest normal it would round to 0, and a zero step to 0/0).
         norm = torch.linalg.vector_norm(delta.detach(), dim=per, keepdim=True)
-        bound = min(optimizer.max_step_norm, torch.finfo(norm.dtype).max)
+        info = torch.finfo(norm.dtype)
+        bound = min(max(optimizer.max_step_norm, info.tiny), info.max)
         delta = delta * (bound / norm.clamp_min(bound))
     return delta, velocity
 
@@ -390,11 +392,11 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
     wider = ", or think in float32" if torch.finfo(dtype).bits <= 16 else ""
     if not finite(update):
         return ThinkingDiverged(f"the step α·∇E overflows {dtype} (largest finite value {torch.finfo(dtype).max:.4g}) "
-                                f"{at}, max |∇E| = {float(g.abs().max()):.4g}; lower the step size{wider}",
+                                f"{at}, max |∇E| = {float(g.detach().abs().max()):.4g}; lower the step size{wider}",
                                 field="step_size")
     bound = largest_candidate(update.dtype)
     return ThinkingDiverged(f"the step α·∇E makes the candidate as large as {float(update.detach().abs().max()):.4g} "
-                            f"{at}, max |∇E| = {float(g.abs().max()):.4g}: past √(largest {update.dtype} value) = "
+                            f"{at}, max |∇E| = {float(g.detach().abs().max()):.4g}: past √(largest {update.dtype} value) = "
                             f"{bound:.4g}, where squaring it (a norm, a quadratic energy) overflows; lower the step "
                             f"size{wider}", field="step_size")
 
