@@ -182,6 +182,7 @@ WITH = {("ThinkingOptions", "selection_temperature"): ["--samples", "2", "--lang
         ("PrepareDataArgs", "bpe_vocab_size"): ["--tokenizer", "bpe"],
         ("ScaleFitArgs", "thinking_windows"): ["--thinking"],
         ("config", "think.ranking_samples"): ["--think.ranking_weight=1"],
+        ("config", "text.bpe_vocab_size"): ["--text.tokenizer=bpe"],
         ("config", "think.power_iterations"): ["--think.spectral_step=1"],
         ("config", "train.decay_fraction"): ["--train.lr_schedule=wsd", "--train.warmup_fraction=0"]}
 
