@@ -379,3 +379,26 @@ def test_an_allocation_that_fails_anyway_names_the_sizes_in_play(places: Places,
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "training ran out of memory (tried to allocate 123456789012 bytes)" in err
     assert "train.batch_size = 2" in err and "model.dim = 16" in err
+
+
+@pytest.mark.parametrize("error, words", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "tried to allocate 40000000000 bytes"),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of "
+                                 "79.19 GiB of which 1.2 GiB is free."), "CUDA out of memory; tried to allocate 20.00 GiB"),
+    (MemoryError("Unable to allocate 19.1 GiB for an array with shape (1000000, 5, 32, 32) and data type float32"),
+     "Unable to allocate 19.1 GiB"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None),
+])
+def test_the_allocators_words_are_kept_and_other_errors_pass(error: BaseException, words: str | None) -> None:
+    from ebt.errors import ConfigError
+    from ebt.memory import naming, out_of_memory
+
+    assert out_of_memory(error) == words
+    with pytest.raises(ConfigError if words else type(error)) as raised:
+        with naming("building it", {"model.dim": 100000}):
+            raise error
+    if words:
+        assert str(raised.value) == f"building it ran out of memory ({words}) at model.dim = 100000; lower one of them"
+        assert raised.value.field == "model.dim"

@@ -24,13 +24,10 @@ LAYOUTS = ("packed", "padded")  # data.layout of text windows (ebt.data.tokens)
 PARALLEL = ("ddp", "fsdp")  # train.parallel
 LOG_TO = ("none", "tensorboard", "wandb")  # train.log_to (ebt.trackers)
 MAX_INT = 10**9  # far past any useful size or count: a larger integer (--model.dim=1e30) is a typo
-# The largest learning rate of any parameter group (train.lr, α's train.lr × think.step_size_lr_mult;
-# also train.lr × train.weight_decay, AdamW's decay factor): AdamW scales it by up to 1/(1 − β₁) = 10
-# and applies it to float32 weights, whose range ends at 3.4e38 (a larger factor crashed the step).
+# train.lr, and its products with think.step_size_lr_mult (α's rate) and train.weight_decay: AdamW
+# scales a rate by up to 10 and applies it to float32 weights (range 3.4e38; past it the step crashed).
 MAX_LR = 1e30
-# Past any published BPE vocabulary (256k), and small enough for the tokenizer trainer's tables
-# (about 66 bytes an entry, allocated up front: 2^32 aborted the process in its Rust allocator).
-MAX_BPE_VOCAB = 2**20
+MAX_BPE_VOCAB = 2**20  # past any published BPE (256k); 2^32 aborted the tokenizer trainer's allocation
 
 
 @dataclass
@@ -308,9 +305,8 @@ class RunConfig:
         _check_model(self.model)
         _check_think(self.think)
         _check_train(self.train)
-        learned_alpha = self.model.kind == "ebt" and self.think.learn_step_size
-        check("think.step_size_lr_mult", self.think.step_size_lr_mult,
-              not learned_alpha or self.train.lr * self.think.step_size_lr_mult <= MAX_LR,
+        check("think.step_size_lr_mult", self.think.step_size_lr_mult, self.model.kind != "ebt"
+              or not self.think.learn_step_size or self.train.lr * self.think.step_size_lr_mult <= MAX_LR,
               f"at most {MAX_LR:g} / train.lr = {MAX_LR / self.train.lr:.4g} (α's learning rate, train.lr × "
               "think.step_size_lr_mult, must be one AdamW can apply)")
         _check_data(self.data, self.model.task)

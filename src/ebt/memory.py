@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,16 +74,16 @@ def check_fits(need: int, device: torch.device | str, what: str, field: str | No
 
 def out_of_memory(error: BaseException) -> str | None:
     """The allocator's words when `error` is an allocation that failed (CPU or CUDA, torch or
-    numpy), else None."""
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return str(error).split(". ")[0]
-    if isinstance(error, MemoryError):  # numpy: "Unable to allocate 238. TiB for an array with shape ..."
-        return str(error).split(" for an array")[0] or "out of memory"
+    numpy): "tried to allocate 40000000000 bytes", "Unable to allocate 19.1 GiB", …; else None."""
     text = str(error)
-    if isinstance(error, RuntimeError) and "can't allocate memory" in text:  # torch's CPU allocator
-        tried = text[text.find("you tried to allocate"):].split(" bytes")[0]
-        return f"{tried.replace('you tried to allocate', 'tried to allocate')} bytes" if tried else "out of memory"
-    return None
+    if isinstance(error, MemoryError):  # numpy: "Unable to allocate 238. TiB for an array with shape ..."
+        return text.split(" for an array")[0] or "out of memory"
+    cuda = isinstance(error, torch.cuda.OutOfMemoryError)  # "CUDA out of memory. Tried to allocate 20.00 GiB ..."
+    if not (cuda or isinstance(error, RuntimeError) and "can't allocate memory" in text):  # torch's CPU allocator
+        return None
+    tried = re.search(r"[Tt]ried to allocate [\d.]+ \w+", text)
+    words = f"t{tried.group(0)[1:]}" if tried else "out of memory"
+    return f"CUDA out of memory; {words}" if cuda else words
 
 
 @contextlib.contextmanager
