@@ -250,7 +250,6 @@ def make_objective(model: nn.Module) -> nn.Module:
     return NoisePrediction(model) if hasattr(model, "max_timestep") else DirectPrediction(model)
 
 
-
 def check_training_memory(config: RunConfig, device: torch.device, processes: int = 1) -> None:
     """ConfigError, before the model is built, when what training holds cannot fit on `device`, each
     a lower bound (activations come on top): the model's weights, gradients and AdamW's two moments
