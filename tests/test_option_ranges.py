@@ -349,14 +349,14 @@ def test_a_size_that_cannot_fit_is_one_line_naming_it_before_anything_is_allocat
 
 def test_the_estimate_is_checked_against_the_machine_it_runs_on(places: Places, tmp_path: Path, monkeypatch,
                                                                 capsys) -> None:
-    """On a machine of 64 MB, a 2-layer model of width 512 (6.6M parameters: 105 MB to train with
-    AdamW) is refused; width 64 fits, and trains."""
+    """On a machine of 64 MB, a 1-layer model of width 1024 (7.9M parameters: its weights, 31 MB,
+    fit; training them with AdamW, 126 MB, does not) is refused; width 64 (1 MB) trains."""
     import ebt.memory
 
     monkeypatch.setattr(ebt.memory, "device_memory", lambda device="cpu": 64 * 10**6)
     argv = ["train", "--preset", "text-ebt-tiny", "--quiet", "--data", str(places.corpus),
             *train_overrides("text", "model.dim")]
-    assert main([*argv, "--out", str(tmp_path / "wide"), "--model.dim=512"]) == 2
+    assert main([*argv, "--out", str(tmp_path / "wide"), "--model.dim=1024"]) == 2
     err = capsys.readouterr().err
     assert "training the model" in err and "more than the 64 MB this machine has; lower model.dim" in err, err
     assert main([*argv, "--out", str(tmp_path / "narrow"), "--model.dim=64"]) == 0
