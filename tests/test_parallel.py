@@ -187,8 +187,8 @@ def test_a_non_finite_validation_loss_stops_every_rank_with_the_same_error(corpu
     ranks.mkdir()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "--log-dir", str(logs), "--redirects", "3", str(Path(__file__).with_name("ddp_worker.py")), str(ranks),
-               "--nan-validation", "train", *_argv("text-ebt-tiny", tmp_path / "run", corpus_file, 4,
-                                                    "--train.eval_every=2")]
+               "--nan-validation", "train", *[a if a != "--train.eval_every=0" else "--train.eval_every=2"
+                                              for a in _argv("text-ebt-tiny", tmp_path / "run", corpus_file, 4)]]
     done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode != 0
