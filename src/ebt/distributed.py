@@ -37,6 +37,36 @@ def setup(device_request: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def barrier(d: Distributed, device: torch.device) -> None:
+    """Wait until every process has arrived (one all-reduce on `device`; nothing with one process)."""
+    if d.enabled:
+        arrived = torch.zeros(1, device=device)
+        dist.all_reduce(arrived)
+        arrived.item()
+
+
+def agree(finite: torch.Tensor, signum: int, d: Distributed | None) -> tuple[bool, int]:
+    """Whether a step's loss and gradient norm are finite on every process, and the stop signal if
+    one came to any: one device sync per step, and under torchrun one all-reduce, so every rank
+    stops at the same step."""
+    if d is None or not d.enabled:
+        return bool(finite), signum
+    flags = torch.stack(((~finite).long(), torch.tensor(signum, device=finite.device)))
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    bad, signum = flags.tolist()
+    return not bad, signum
+
+
+def from_main(value: float, d: Distributed, device: torch.device) -> float:
+    """The main process's `value` on every process (one broadcast under torchrun): what the main
+    process alone computed (the validation loss) stops every rank alike."""
+    if not d.enabled:
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(shared, src=0)
+    return float(shared.item())
+
+
 def teardown(d: Distributed) -> None:
     if d.enabled and dist.is_initialized():
         dist.destroy_process_group()

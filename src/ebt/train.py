@@ -95,7 +95,7 @@ def train_step(parallel: Parallel, optimizer: torch.optim.Optimizer, scheduler, 
     parallel.after_backward()
     scaler.unscale_(optimizer)
     grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(parallel.model.parameters(), tc.grad_clip))
-    finite, signum = _agree(finite & (torch.isfinite(grad_norm) | scaler.is_enabled()), signum, dist)
+    finite, signum = distributed.agree(finite & (torch.isfinite(grad_norm) | scaler.is_enabled()), signum, dist)
     if not finite:
         raise TrainingDiverged(f"loss is {float(totals['loss']):.4g} (grad norm {float(grad_norm):.4g})")
     lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -103,17 +103,6 @@ def train_step(parallel: Parallel, optimizer: torch.optim.Optimizer, scheduler, 
     scaler.update()
     scheduler.step()
     return StepResult(totals, grad_norm, lr, seen, signum)
-
-
-def _agree(finite: torch.Tensor, signum: int, dist: distributed.Distributed | None) -> tuple[bool, int]:
-    """Whether this step's loss and gradient norm are finite, and the stop signal if one came:
-    one device sync per step, and under DDP one all-reduce, so every rank stops at the same step."""
-    if dist is None or not dist.enabled:
-        return bool(finite), signum
-    flags = torch.stack(((~finite).long(), torch.tensor(signum, device=finite.device)))
-    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-    bad, signum = flags.tolist()
-    return not bad, signum
 
 
 @dataclass
@@ -237,10 +226,7 @@ def _device(config: RunConfig, dist: distributed.Distributed) -> tuple[torch.dev
     device, why = distributed.pick_device(config.train.device, dist)
     check_parallel(config.train.parallel, dist, config.train.activation_checkpointing)
     check_precision(config.train.precision, device)
-    if dist.enabled:  # a barrier: the main rank has claimed (and repaired) `out` before the others read it
-        arrived = torch.zeros(1, device=device)
-        torch.distributed.all_reduce(arrived)
-        arrived.item()
+    distributed.barrier(dist, device)  # the main rank has claimed (and repaired) `out` before the others read it
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # the reference trained fp32 with TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True
@@ -370,7 +356,7 @@ def _validate_and_save(t: Training, clock: _Clock, bar: tqdm) -> dict:
         t.log.write({"step": t.step, "split": "validation", **result, "train_s": clock.trained_s,
                      "wall_s": time.perf_counter() - clock.started})
         result = _scalars(result)
-    loss = _from_main(result.get("loss", 0.0), t)  # the other ranks stop with the main one, not at its timeout
+    loss = distributed.from_main(result.get("loss", 0.0), t.dist, t.device)  # every rank stops with the main one
     if not math.isfinite(loss):
         raise _diverged(t, t.step, f"the validation loss is {loss:.4g}")
     if t.dist.is_main and not t.quiet:
@@ -379,15 +365,6 @@ def _validate_and_save(t: Training, clock: _Clock, bar: tqdm) -> dict:
     save_checkpoint(t, weights, kept=t.config.train.keep_checkpoints)
     clock.restart()
     return result
-
-
-def _from_main(value: float, t: Training) -> float:
-    """The main process's `value` on every process (one broadcast under torchrun)."""
-    if not t.dist.enabled:
-        return value
-    shared = torch.tensor([value], dtype=torch.float64, device=t.device)
-    torch.distributed.broadcast(shared, src=0)
-    return float(shared.item())
 
 
 def _scalars(result: dict) -> dict:
