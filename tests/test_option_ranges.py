@@ -200,13 +200,16 @@ def interrupted_after(seconds: float) -> Iterator[list[bool]]:
         came[0] = True
         signal.raise_signal(signal.SIGINT)
 
-    previous = signal.signal(signal.SIGALRM, ring)
+    # SIGINT as Ctrl-C gives it: a shell starts a background job (`make test &`) with SIGINT ignored,
+    # and Python then keeps ignoring it; the test would wait on a long job for ever.
+    previous = signal.signal(signal.SIGALRM, ring), signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield came
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 @dataclass
