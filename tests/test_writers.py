@@ -25,9 +25,11 @@ import torch
 import ebt
 import ebt.checkpoint
 import ebt.data.prepared
+import ebt.rundir
 import ebt.train
 from conftest import run_cli
 from ebt.checkpoint import RUN_FILES, SAVED, SAVING, Replaced, recover
+from ebt.data.corpus import load_corpus
 from ebt.data.prepared import is_prepared, prepare
 from ebt.errors import CheckpointError, DataError
 from ebt.files import DirectoryLock
@@ -457,3 +459,63 @@ def test_no_hint_deletes_weights_a_run_cannot_resume_from(small_run: Path, capsy
     err = one_line(err)
     assert code == 2 and "--overwrite" not in err and "--train.init=" in err and "ebt eval" in err
     assert load_run(small_run).step == 2
+
+
+def test_a_resume_after_a_killed_overwrite_continues_the_run_put_back(small_run: Path, capsys) -> None:
+    saved = json.loads((small_run / "config.json").read_text())
+    Replaced().set_aside(small_run, [small_run / n for n in RUN_FILES if (small_run / n).exists()])
+    killed = {**saved, "train": {**saved["train"], "lr": 0.05, "steps": 2000}}  # the --overwrite's own run
+    (small_run / "config.json").write_text(json.dumps(killed))
+    code, _, err = run_cli(["train", "--resume", "--out", small_run, "--quiet", "--train.steps=3"], capsys)
+    assert code == 0 and "back in place" in err, err
+    assert json.loads((small_run / "config.json").read_text())["train"]["lr"] == saved["train"]["lr"]
+    assert consistent(small_run) == 3
+
+
+def test_a_reader_during_an_overwrite_is_told_the_old_run_is_kept(small_run: Path, holder) -> None:
+    Replaced().set_aside(small_run, [small_run / n for n in RUN_FILES if (small_run / n).exists()])
+    (small_run / "config.json").write_text((small_run / Replaced.ASIDE / "config.json").read_text())
+    holder(small_run)  # the --overwrite still running
+    with pytest.raises(CheckpointError, match=r"being replaced \(--overwrite\).*kept in .*\.replaced"):
+        load_run(small_run)
+
+
+def test_a_directory_in_a_read_only_parent_takes_its_lock_inside(tmp_path: Path) -> None:
+    (tmp_path / "mount" / "mine").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "mount")  # as a read-only mount
+        with DirectoryLock(tmp_path / "mount" / "mine") as lock:
+            assert lock.file == tmp_path / "mount" / "mine" / ".ebt.lock" and lock.file.is_file()
+            with pytest.raises(CheckpointError, match="this very process"):
+                DirectoryLock(tmp_path / "mount" / "mine").acquire()
+    assert list((tmp_path / "mount" / "mine").iterdir()) == []
+
+
+def test_a_full_disk_between_checkpoints_names_the_last_one(corpus_file: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    write = ebt.rundir.MetricsLog.write
+
+    def full_after_step_3(self, row: dict) -> None:
+        if row["step"] > 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        write(self, row)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ebt.rundir.MetricsLog, "write", full_after_step_3)
+        code, _, err = run_cli(train_args(corpus_file, out, "--train.steps=6", "--train.eval_every=2"), capsys)
+    err = one_line(err)
+    assert code == 2 and "No space left on device" in err and "metrics.jsonl" in err
+    assert "last complete checkpoint, step 2" in err and consistent(out) == 2
+
+
+def test_a_corpus_a_killed_prepare_had_finished_goes_in_place(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prep"
+    prepare(str(corpus_file), out, progress=False)
+    prepare(str(corpus_file), tmp_path / "new", progress=False, validation_fraction=0.2)
+    os.rename(out, tmp_path / ".prep.replaced")  # killed between the two renames, the new corpus finished
+    os.rename(tmp_path / "new", tmp_path / ".prep.partial")
+    with pytest.raises(DataError, match=r"left a prepared corpus in .*\.prep\.partial.*mv "):
+        load_corpus(str(out))  # a reader is told where it is
+    with pytest.raises(Exception, match="holds a prepared corpus"):
+        prepare(str(corpus_file), out, progress=False)  # repairs first, then refuses to overwrite
+    assert json.loads((out / "index.json").read_text())["validation_fraction"] == 0.2

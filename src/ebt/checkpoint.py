@@ -288,8 +288,10 @@ def snapshot_steps(out: Path) -> list[int]:
 
 def load_config(path: Path) -> RunConfig:
     """The RunConfig of run directory `path` (older versions migrated); CheckpointError naming the
-    file when it is missing, unreadable or invalid."""
+    file when it is missing, unreadable or invalid. What a killed writer left there is repaired
+    first, when no process writes it (`recover_if_idle`): the config read is the run's."""
     path = Path(path)
+    recover_if_idle(path)
     if not path.is_dir():
         raise CheckpointError(f"run directory {str(path)!r} " + ("is a file, not a directory" if path.exists()
                                                                   else "does not exist"))

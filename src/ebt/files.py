@@ -95,7 +95,9 @@ class DirectoryLock:
     a stale lock: the file may stay, but nothing holds it. The lock file sits beside the directory
     rather than in it, so it also guards a directory that does not exist yet or is replaced by a
     rename (`ebt prepare-data`), and a run directory holds only the run's files. Paths are resolved
-    first: two spellings of one directory (a symbolic link, `./`) take the same lock.
+    first: two spellings of one directory (a symbolic link, `./`) take the same lock. Where the
+    parent cannot be written (a mount point) and the directory exists, the lock file is
+    `.ebt.lock` inside it.
 
     A second writer gets CheckpointError (field `field`) naming the process that holds the lock:
     its pid, host, command line and start time. One process taking the same directory twice is
@@ -108,7 +110,10 @@ class DirectoryLock:
 
     def __init__(self, path: str | Path, field: str = "out") -> None:
         self.path = Path(path).expanduser().resolve()
-        self.file = self.path.parent / f".{self.path.name}.lock"
+        # Beside the directory; inside it when it exists and its parent cannot be written (a mount
+        # point, a scratch folder handed out by the admin). The rule gives every process the same file.
+        inside = self.path.is_dir() and not os.access(self.path.parent, os.W_OK)
+        self.file = self.path / ".ebt.lock" if inside else self.path.parent / f".{self.path.name}.lock"
         self.field, self.fd = field, None
         self.made: list[Path] = []  # the folders above `path` that acquire created, deepest first
 

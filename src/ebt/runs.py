@@ -25,8 +25,8 @@ from torch import nn
 from ebt import hub
 from ebt.baselines.dit import DiT
 from ebt.baselines.transformer import TransformerPP
-from ebt.checkpoint import (CONFIG, WEIGHTS, check_trained_with, check_weights, load_config, migrate_weights,
-                            recover_if_idle, snapshot_path, snapshot_steps, weights_step)
+from ebt.checkpoint import (CONFIG, WEIGHTS, Replaced, check_trained_with, check_weights, load_config,
+                            migrate_weights, snapshot_path, snapshot_steps, weights_step)
 from ebt.config import RunConfig
 from ebt.energy import AutoregressiveEBT, BidirectionalEBT
 from ebt.errors import CheckpointError
@@ -63,7 +63,6 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
         raise CheckpointError(f"step = {step!r} is not a training step; it must be an integer ≥ 0")
     path = hub.local_directory(path, revision, step=step)
-    recover_if_idle(path)
     config = load_config(path)
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
     if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:
@@ -74,6 +73,10 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
             raise CheckpointError(f"run directory {str(path)!r} keeps no weights of step {step}; "
                                   + (f"it keeps steps {', '.join(map(str, kept))}" if kept else
                                      "it keeps none (train with --train.keep_checkpoints=true)"))
+        if (path / Replaced.ASIDE).is_dir():  # a live --overwrite (a killed one was repaired by load_config)
+            raise CheckpointError(f"run directory {str(path)!r} is being replaced (--overwrite) by a run that has not "
+                                  f"reached its first checkpoint; the run it replaces is kept in {path / Replaced.ASIDE} "
+                                  "until then, and comes back if the new run stops first")
         raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
     artifacts = load_artifacts(config, path)
     try:

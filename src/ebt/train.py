@@ -156,7 +156,12 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     try:
         if dist.is_main:
             lock.acquire()
-        result = fit(setup(config, out, resume, overwrite, quiet, dist, replaced, log, frozenset(given)), stop)
+        t = setup(config, out, resume, overwrite, quiet, dist, replaced, log, frozenset(given))
+        try:
+            result = fit(t, stop)
+        except OSError as e:  # a full disk, a lost mount: the file, the cause and where the run can go on from
+            raise CheckpointError(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''} while training at "
+                                  f"step {t.step}; {_last_checkpoint(t)}") from None
         log.close()
         return result
     except BaseException as e:

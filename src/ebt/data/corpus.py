@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -80,10 +81,19 @@ def load_corpus(source: str, validation_fraction: float = 0.1) -> Corpus:
     path = Path(source).expanduser()
     if path.exists():
         return _load_path(path, validation_fraction)
-    raise DataError(
-        f"corpus {source!r} is neither a known corpus name ({', '.join(KNOWN_CORPORA)}) "
-        "nor an existing file or directory"
-    )
+    raise missing_corpus(source)
+
+
+def missing_corpus(source: str) -> DataError:
+    """The error for a corpus that is neither a known name nor a path; where a killed `ebt
+    prepare-data` left the prepared corpus beside the path (hidden), it says how to put it back."""
+    path = Path(source).expanduser()
+    left = [p for p in (path.parent / f".{path.name}.partial", path.parent / f".{path.name}.replaced")
+            if (p / "index.json").is_file()]
+    hint = (f"; a killed `ebt prepare-data` left a prepared corpus in {left[0]}: put it back with "
+            f"{shlex.join(['mv', str(left[0]), str(path)])}" if left else "")
+    return DataError(f"corpus {source!r} is neither a known corpus name ({', '.join(KNOWN_CORPORA)}) "
+                     f"nor an existing file or directory{hint}")
 
 
 def _check_fraction(validation_fraction: float) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ebt.data.corpus import KNOWN_CORPORA, iter_documents, load_corpus, split_stream
+from ebt.data.corpus import KNOWN_CORPORA, iter_documents, load_corpus, missing_corpus, split_stream
 from ebt.data.tokenizers import KINDS, build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.checks import check_int
@@ -91,8 +91,7 @@ def _documents(source: str, validation_fraction: float) -> Iterator[tuple[str, s
         return
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"corpus {source!r} is neither a known corpus name ({', '.join(KNOWN_CORPORA)}) "
-                        "nor an existing file or directory")
+        raise missing_corpus(source)
     if is_prepared(path):
         raise DataError(f"{source} is already a prepared directory; give the corpus it was prepared from")
     yield from split_stream(iter_documents(path), validation_fraction, source)
@@ -227,6 +226,10 @@ def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, v
                  "dtype": dtype.name, "separator": separator.tolist(),
                  "splits": {s: writers[s].close() for s in SPLITS}}
         (partial / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    except OSError as e:  # a full disk: nothing was written to `out`
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(f"writing the prepared corpus into {partial} failed: {e.strerror or e}; nothing was written "
+                        f"to {out}{' (it is as it was)' if out.exists() else ''}") from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -237,10 +240,14 @@ def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, v
 def _recover(out: Path) -> None:
     """What a killed `prepare` left beside `out`: a partial corpus is removed (`_prepare_into`); a
     corpus set aside to be replaced while the new one was not yet in place is put back."""
-    old = out.parent / f".{out.name}.replaced"
-    if old.is_dir() and not out.exists():
-        os.rename(old, out)
-        print(f"{out}: put back the prepared corpus a killed prepare-data was replacing", file=sys.stderr)
+    old, partial = out.parent / f".{out.name}.replaced", out.parent / f".{out.name}.partial"
+    if old.is_dir() and not out.exists():  # killed between the two renames of `_put_in_place`
+        if is_prepared(partial):  # the new corpus was finished: it goes in place
+            os.rename(partial, out)
+            print(f"{out}: put in place the corpus a killed prepare-data had finished", file=sys.stderr)
+        else:
+            os.rename(old, out)
+            print(f"{out}: put back the prepared corpus a killed prepare-data was replacing", file=sys.stderr)
     shutil.rmtree(old, ignore_errors=True)
 
 
