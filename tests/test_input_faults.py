@@ -163,8 +163,10 @@ def test_any_failure_to_import_an_installed_package_is_one_line_naming_it(error:
         import_package(name, needed_for="the feature", otherwise="turn the feature off")
     line = str(caught.value)
     assert "\n" not in line and isinstance(caught.value, ImportError)
-    assert line.startswith(f"the feature needs the package {name}, which is installed but fails to import ({error}")
-    assert line.endswith(f"reinstall it with: pip install --force-reinstall {name}, or turn the feature off")
+    assert line.startswith(f"the feature needs the package {name}, which is installed but fails to import from "
+                           f"{tmp_path / name} ({error}")
+    assert line.endswith("no installed distribution holds that copy: remove or rename it (or take its folder off "
+                         f"PYTHONPATH), then if needed: pip install {name}, or turn the feature off")
     with pytest.raises(PackageError, match=r"ebt_fake_missing, which is not installed; install it with: pip install x"):
         import_package("ebt_fake_missing", needed_for="the feature", pip="x")
 
@@ -180,8 +182,10 @@ def test_a_broken_tracker_stops_the_run_in_one_line_before_it_writes(kind: str, 
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--data", corpus_file, "--out", tmp_path / "run",
                             "--train.steps=2", f"--train.log_to={kind}"], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert f"train.log_to = '{kind}' needs the package {kind}, which is installed but fails to import (TypeError" in err
-    assert f"pip install --force-reinstall {kind}, or set train.log_to to 'none'" in err
+    assert (f"train.log_to = '{kind}' needs the package {kind}, which is installed but fails to import from "
+            f"{tmp_path / 'site' / kind} (TypeError") in err
+    assert f"that copy shadows the installed {kind} at " in err  # the venv's: a reinstall cannot fix the stray copy
+    assert "remove or rename it, or take its folder off PYTHONPATH, or set train.log_to to 'none'" in err
     assert not (tmp_path / "run").exists()
 
 
@@ -210,7 +214,40 @@ def test_the_command_line_names_a_broken_required_package_in_one_line(tmp_path: 
                           timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("ebt: error: ebt needs the package huggingface_hub, which is installed but fails")
-    assert "pip install --force-reinstall huggingface_hub" in done.stderr
+    assert f"fails to import from {site / 'huggingface_hub'} (TypeError" in done.stderr
+    assert "that copy shadows the installed huggingface_hub at " in done.stderr
+
+
+def _fake_distribution(root: Path, name: str, body: str) -> Path:
+    """`name` installed as pip installs it: the package beside its .dist-info (METADATA, RECORD)."""
+    _fake_package(root, name, body)
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "RECORD").write_text(f"{name}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+    return root
+
+
+def test_a_broken_package_line_names_the_copy_and_the_fix_that_reaches_it(tmp_path: Path, monkeypatch) -> None:
+    """The installed copy broken: reinstall it. A broken copy earlier on the path than the installed
+    one (a stray folder on PYTHONPATH or in the working directory): a reinstall cannot reach it, so the
+    line names both copies and says to remove that one."""
+    from ebt.packages import PackageError, import_package
+
+    name = "ebt_fake_dist_broken"
+    site = _fake_distribution(tmp_path / "site", name, _BROKEN["TypeError"])
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(PackageError) as caught:
+        import_package(name, needed_for="the feature")
+    assert f"fails to import from {site / name} (TypeError" in str(caught.value)
+    assert str(caught.value).endswith(f"reinstall it with: pip install --force-reinstall {name}")
+    stray = _fake_package(tmp_path / "cwd", name, _BROKEN["OSError"])
+    monkeypatch.syspath_prepend(str(stray))
+    with pytest.raises(PackageError) as caught:
+        import_package(name, needed_for="the feature")
+    assert f"fails to import from {stray / name} (OSError" in str(caught.value)
+    assert str(caught.value).endswith(f"that copy shadows the installed {name} at {site / name}, which a reinstall "
+                                      "cannot reach: remove or rename it, or take its folder off PYTHONPATH")
 
 
 # --- 8. Nothing given is silently dropped ---------------------------------------------------------

@@ -4,9 +4,11 @@ the scaling fit's offset), imported when a feature first uses them, and their fa
 An installed package can fail to import with any exception, not only ImportError: wandb with a
 mismatched protobuf raises TypeError, a package built against another numpy raises AttributeError
 or ValueError, a missing shared library OSError. `import_package` turns every such failure into a
-`PackageError` naming the package, what needs it, the error and the fix (install it, or reinstall
-it when it is installed but broken); `broken_package_line` does the same for an import that already
-failed, naming the package the traceback went through (the command line's own imports).
+`PackageError` naming the package, what needs it, the error, where the failing copy lives and the
+fix (install it; reinstall it when the installed copy is broken; remove a copy that shadows it or
+that no installed distribution holds, which a reinstall cannot reach); `broken_package_line` does
+the same for an import that already failed, naming the package the traceback went through (the
+command line's own imports).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import importlib.metadata
 import importlib.util
 import sys
 import traceback
+from pathlib import Path
 from types import ModuleType
 
 from ebt.errors import EBTError
@@ -46,16 +49,34 @@ def import_package(module: str, *, needed_for: str, package: str | None = None, 
 def package_line(package: str, err: BaseException, *, needed_for: str, pip: str | None = None,
                  otherwise: str = "") -> str:
     """The one line for `package` failing to import with `err`: not installed (install it with
-    `pip install PIP`) or installed but broken (the error, where it was raised, and how to reinstall)."""
+    `pip install PIP`) or installed but broken: the error, the module that raised it, where the copy
+    that failed lives, and the fix for that copy — reinstalling when it is the installed one; removing
+    it when it shadows the installed one or when no installed distribution holds it (a stray folder
+    on PYTHONPATH or in the working directory, which a reinstall cannot reach)."""
     tail = f", or {otherwise}" if otherwise else ""
     if not _installed(package):
         return (f"{needed_for} needs the package {package}, which is not installed; install it with: "
                 f"pip install {pip or package}{tail}")
     where = _raised_in(err)
     inside = f" in {where}" if where and where.partition(".")[0] != package else ""
-    return (f"{needed_for} needs the package {package}, which is installed but fails to import "
-            f"({type(err).__name__}{inside}: {_first_line(err)}); reinstall it with: "
-            f"pip install --force-reinstall {_distribution(package)}{tail}")
+    copy = _copy_at(package)
+    at = f" from {copy}" if copy else ""
+    return (f"{needed_for} needs the package {package}, which is installed but fails to import{at} "
+            f"({type(err).__name__}{inside}: {_first_line(err)}); {_fix(package, copy, pip)}{tail}")
+
+
+def _fix(package: str, copy: str | None, pip: str | None) -> str:
+    """How to repair the copy of `package` at `copy` (see `package_line`)."""
+    dist = _distributions().get(package, [None])[0]
+    if dist is None and copy:
+        return (f"no installed distribution holds that copy: remove or rename it (or take its folder off "
+                f"PYTHONPATH), then if needed: pip install {pip or package}")
+    dist = dist or package
+    installed = _installed_copy(package, dist)
+    if copy and installed and _same(copy, installed) is False:
+        return (f"that copy shadows the installed {dist} at {installed}, which a reinstall cannot reach: "
+                f"remove or rename it, or take its folder off PYTHONPATH")
+    return f"reinstall it with: pip install --force-reinstall {dist}"
 
 
 def broken_package_line(err: BaseException, what: str = "ebt") -> str | None:
@@ -81,12 +102,50 @@ def _installed(package: str) -> bool:
         return True
 
 
-def _distribution(package: str) -> str:
-    """The name pip knows the distribution that holds import package `package` by."""
+def _distributions() -> dict[str, list[str]]:
+    """Import package → the distributions pip knows it by (`{}` when the metadata is damaged)."""
     try:
-        return importlib.metadata.packages_distributions().get(package, [package])[0]
-    except Exception:  # noqa: BLE001  damaged metadata: the import name is the best guess
-        return package
+        return dict(importlib.metadata.packages_distributions())
+    except Exception:  # noqa: BLE001  damaged metadata: nothing is known
+        return {}
+
+
+def _copy_at(package: str) -> str | None:
+    """Where the copy of `package` that Python imports lives: its folder (a package) or its file (a
+    module), as the import system finds it; None when it cannot tell."""
+    module = sys.modules.get(package)
+    path = getattr(module, "__file__", None)
+    if not path:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        locations = list(spec.submodule_search_locations or [])
+        path = spec.origin if spec.has_location and spec.origin else (locations[0] if locations else None)
+    if path and Path(path).name.startswith("__init__."):
+        path = str(Path(path).parent)
+    return path
+
+
+def _installed_copy(package: str, dist: str) -> str | None:
+    """Where distribution `dist` installed `package` (its folder or module file), None when unknown
+    (an editable install, damaged metadata)."""
+    try:
+        found = importlib.metadata.distribution(dist)
+        candidates = [Path(str(found.locate_file(package))), Path(str(found.locate_file(f"{package}.py")))]
+    except Exception:  # noqa: BLE001  damaged metadata
+        return None
+    return next((str(c) for c in candidates if c.exists()), None)
+
+
+def _same(a: str, b: str) -> bool | None:
+    """Whether two paths are one file or folder; None when either cannot be looked at."""
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return None
 
 
 def _raised_in(err: BaseException) -> str | None:
