@@ -7,6 +7,7 @@ or failed point is named, never silently dropped from a fit.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -239,13 +240,19 @@ def test_a_failed_point_is_reported_and_the_others_finish(corpus_file: Path, tmp
     (["--axis", "width", "--values", "32,64"], "at least 3 distinct values"),
     (["--axis", "width", "--values", "32,48,64"], "not a whole number of heads of width 32"),
     (["--axis", "depth", "--values", "1,two,3"], "values: 'two' is not allowed for the depth axis; it must be a whole number ≥ 1 (flag --values)"),
-    (["--axis", "width", "--model.dim=64"], "model.dim is set per point by the width sweep; give it as values (flag --model.dim)"),
+    (["--axis", "width", "--model.dim=64"], "model.dim is set by the width sweep: give the widths as values (flag --values)"),
+    (["--axis", "width", "--model.n_heads=2"], "model.n_heads is set by the width sweep: the heads follow the width at the "
+                                               "tiny size's head width 32 (model.dim / 32); give the widths as values, or "
+                                               "another size for another head width (flag --values)"),
+    (["--axis", "depth", "--train.eval_examples=4"], "every point validates on the same windows; give their number as "
+                                                     "windows (flag --windows)"),
     (["--axis", "data", "--steps", "20"], "too short for a data sweep"),
     (["--axis", "depth", "--size", "huge"], "size 'huge' has no text presets"),
     (["--axis", "depth", "--jobs", "0"], "jobs = 0 is not allowed; it must be an integer in [1, 256] (flag --jobs)"),
     (["--axis", "depth", "--train.lr=-1"], "train.lr = -1.0 is not allowed"),
     (["--axis", "data", "--train.lr_schedule=cosine"], "cosine is not allowed on the data axis"),
-    (["--axis", "data", "--train.eval_every=5"], "it validates at log-spaced steps from steps/16 (flag --train.eval_every)"),
+    (["--axis", "data", "--train.eval_every=5"], "it validates at log-spaced steps from steps/16 to steps and keeps the weights of each; "
+                                                     "set the length with steps (flag --steps)"),
     (["--axis", "depth", "--data", "no/such/corpus"], "is neither a known corpus"),
     ([], "axis is required to start a sweep"),
 ])
@@ -254,6 +261,24 @@ def test_bad_sweep_settings_are_named_before_anything_runs(args: list[str], mess
     code, _, err = run_cli(["scale", "run", "--out", tmp_path / "sweep", *args], capsys)
     assert code == 2 and message in err, err
     assert not (tmp_path / "sweep" / "sweep.json").exists()
+
+
+def test_every_field_a_sweep_sets_is_refused_naming_the_sweep_setting_that_sets_it() -> None:
+    """A refused override is reported against the sweep's own setting (values, seeds, steps, windows,
+    data), so the command line names a flag that takes it, never the refused config field's."""
+    from ebt.cli import flag_of
+    from ebt.commands.scale import ScaleRunArgs
+    from ebt.errors import ConfigError
+    from ebt.scaling.sweep import AXES, AXIS_FIELDS, FIXED_FIELDS
+
+    for axis in AXES:
+        for key in (*AXIS_FIELDS[axis], *FIXED_FIELDS, "data.corpus"):
+            with pytest.raises(ConfigError) as caught:
+                Sweep(axis, steps=64, overrides=[(key, "2")])
+            setting = caught.value.field
+            assert setting in {f.name for f in dataclasses.fields(Sweep)} and setting != "overrides", (axis, key)
+            assert flag_of(ScaleRunArgs, setting) == f"--{setting}" and f"as {setting}" in str(caught.value) \
+                or setting == "steps" and axis == "data", (axis, key, str(caught.value))
 
 
 def test_a_directory_of_another_sweep_or_config_is_refused(width_sweep: Path, corpus_file: Path, tmp_path: Path,

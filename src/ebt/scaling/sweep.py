@@ -121,13 +121,32 @@ class Sweep:
     def _check_override(self, key: str, value: str) -> None:
         """An override the sweep leaves to the user: not a field it sets per point."""
         if key in AXIS_FIELDS[self.axis] or key in FIXED_FIELDS or key == "data.corpus":
-            how = {"train.seed": "give it as seeds", "train.steps": "give it as steps",
-                   "train.eval_examples": "give it as windows", "data.corpus": "give it as data"}.get(
-                key, "it validates at log-spaced steps from steps/16" if self.axis == "data" else "give it as values")
-            raise ConfigError(f"{key} is set per point by the {self.axis} sweep; {how}", field=key)
+            how, setting = self._set_by_the_sweep(key)
+            raise ConfigError(f"{key} is set by the {self.axis} sweep: {how}", field=setting)
         if self.axis == "data" and key == "train.lr_schedule" and value == "cosine":
             raise ConfigError("train.lr_schedule = cosine is not allowed on the data axis: a curve read at "
                               "checkpoints needs a steady rate; use constant (the default) or wsd", field=key)
+
+    def _set_by_the_sweep(self, key: str) -> tuple[str, str]:
+        """How the sweep sets config field `key` and what the user can do instead, and the sweep
+        setting that does it (the field a refused override of `key` is reported against)."""
+        fixed = {"train.seed": ("the points run seeds 0 … N−1; give N as seeds", "seeds"),
+                 "train.steps": ("every point trains the same number of steps; give it as steps", "steps"),
+                 "train.eval_examples": ("every point validates on the same windows; give their number as windows",
+                                         "windows"),
+                 "data.corpus": ("every point reads the same corpus; give it as data", "data")}
+        if key in fixed:
+            return fixed[key]
+        if self.axis == "data":
+            return ("it validates at log-spaced steps from steps/16 to steps and keeps the weights of each; "
+                    "set the length with steps", "steps")
+        if key == "model.n_heads":
+            m = self.base().model
+            return (f"the heads follow the width at the {self.size} size's head width {m.dim // m.n_heads} "
+                    f"(model.dim / {m.dim // m.n_heads}); give the widths as values, or another size for another "
+                    "head width", "values")
+        what = {"model.dim": "the widths", "model.n_layers": "the depths", "train.batch_size": "the batch sizes"}[key]
+        return (f"give {'LAYERSxWIDTH pairs' if self.axis == 'params' else what} as values", "values")
 
     # --- what the sweep runs ---------------------------------------------------------------------
 
