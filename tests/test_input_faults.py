@@ -74,11 +74,49 @@ def test_hidden_files_and_ebt_outputs_are_not_documents_and_the_hash_is_unchange
     assert "runs/first (a run directory)" in line and "ignored 1 other file(s) (.md ×1)" in line
 
 
-def test_a_hidden_corpus_root_is_read_and_links_to_folders_are_not_followed(tmp_path: Path) -> None:
+def test_a_hidden_corpus_root_is_read_and_links_outside_it_are_followed_once(tmp_path: Path) -> None:
     root = _corpus(tmp_path / ".corpus")  # the folder given may itself be hidden: only what is under it counts
-    (root / "elsewhere").symlink_to(_corpus(tmp_path / "other"), target_is_directory=True)
+    other = _corpus(tmp_path / "other")
+    (root / "elsewhere").symlink_to(other, target_is_directory=True)  # outside: read
+    (root / "again").symlink_to(other, target_is_directory=True)  # the same folder: read once
+    (root / "one.txt").symlink_to(tmp_path / "other" / "b" / "z.txt")  # inside a folder already read
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "sub" / "up").symlink_to(tmp_path, target_is_directory=True)  # holds the corpus: a loop
+    (root / "inner").symlink_to(root / "sub", target_is_directory=True)  # inside: read there
+    (root / "copy.txt").symlink_to(root / "a.txt")
+    (root / "gone.txt").symlink_to(tmp_path / "nothing.txt")
     files = corpus_files(root)
-    assert len(files.files) == 4 and not files.hidden
+    names = [p.relative_to(root).as_posix() for p in files.files]
+    assert names == ["a.txt", "again/a.txt", "again/sub/deeper/e.txt", "again/sub/docs.jsonl", "b/z.txt", "one.txt",
+                     "sub/deeper/e.txt", "sub/docs.jsonl"] and not files.hidden  # each document once
+    assert files.followed == ("again/", "one.txt")
+    assert dict(files.links) == {"again/b/z.txt": "link_repeat", "elsewhere/": "link_repeat", "loop/": "link_loop",
+                                 "sub/up/": "link_loop", "inner/": "link_inside", "copy.txt": "link_inside",
+                                 "gone.txt": "broken_link"}
+    line = files.summary()
+    assert "read 8 .txt/.jsonl files (following 2 link(s): again/, one.txt); skipped 7 linked path(s) (" in line
+    assert "copy.txt: inside the corpus, read there" in line and "and 4 more" in line
+    assert files.counts() == {"read": 8, "followed_links": 2, "ignored": {".md": 2},
+                              "skipped": {"link_repeat": 2, "link_loop": 2, "link_inside": 2, "broken_link": 1}}
+
+
+def test_extensions_are_read_in_any_case_and_every_ignored_kind_is_named(tmp_path: Path) -> None:
+    root = _corpus(tmp_path / "c")
+    lower = corpus_fingerprint(load_corpus(str(root), 0.2), "x")
+    (root / "sub" / "docs.jsonl").rename(root / "sub" / "docs.JSONL")
+    (root / "a.txt").rename(root / "a.TXT")
+    upper = load_corpus(str(root), 0.2)
+    assert corpus_fingerprint(upper, "x") == lower  # the same documents, read as their lower-case kind
+    for name in ("x.csv", "y.gz", "z.Md", "w"):
+        (root / name).write_text("not read")
+    line = corpus_files(root).summary()
+    assert line.endswith("ignored 5 other file(s) (.md ×2, .csv ×1, .gz ×1, no extension ×1)")  # .Md is .md
+    (root / "v.pdf").write_text("not read")
+    assert corpus_files(root).summary().endswith("ignored 6 other file(s) (.md ×2, .csv ×1, .gz ×1, and 2 more)")
+    from ebt.data.pairs import is_pairs_file
+
+    (root / "pairs.JSONL").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    assert is_pairs_file(root / "pairs.JSONL")
 
 
 def test_an_ebt_output_given_as_the_corpus_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
@@ -110,7 +148,8 @@ def test_the_data_summary_and_prepare_data_say_what_was_read_and_skipped(tmp_pat
     assert code == 0, err
     assert "files: read 6 .txt/.jsonl files; skipped 3 hidden" in out and "runs/first (a run directory)" in out
     code, out, err = run_cli(["prepare-data", root, "--out", tmp_path / "prep2", "--json"], capsys)
-    assert code == 0 and json.loads(out)["files"].startswith("read 6 .txt/.jsonl files")
+    assert code == 0 and json.loads(out)["files"] == {  # numbers for scripts; the line is for people
+        "read": 6, "followed_links": 0, "skipped": {"hidden": 3, "ebt_output": 3}, "ignored": {}}
 
 
 

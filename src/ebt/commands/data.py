@@ -67,8 +67,8 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if files is not None:
-        index["files"] = files.summary()
+    if files is not None:  # the corpus directory's files: numbers for --json, a line for people
+        index["files"] = files.counts() if args.json else files.summary()
     if args.json:
         print(standard_json(index))
         return 0
@@ -80,7 +80,7 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
     for name, split in splits.items():
         print(f"  {name}: {split['tokens']:,} tokens, {split['documents']:,} documents, {len(split['shards'])} shard(s)")
     if files is not None:
-        print(f"  files: {files.summary()}")
+        print(f"  files: {index['files']}")
     print(f"train on it with `ebt train --preset ... --data {shlex.quote(str(args.out))}` (add --data.layout=padded "
           "for the paper's one-document-per-window layout)")
     return 0

@@ -8,8 +8,9 @@ A corpus source is either a known corpus name or a path:
 * an out-of-distribution set of the thinking evaluation (``probes.OOD_SETS``: ``"kjv"``,
   ``"austen"``, ``"dyck"``, ``"arithmetic"``), split by document like a directory of files.
 * a UTF-8 text file (one document), a JSON-lines file (``.jsonl``: one document per line, its
-  string field ``"text"``), or a directory searched recursively for both (`corpus_files`: hidden
-  files and folders, and runs or prepared corpora that ebt wrote there, are skipped). Several documents are
+  string field ``"text"``; either extension in any case), or a directory searched recursively for
+  both (`ebt.data.folder.corpus_files`: hidden files and folders, and runs or prepared corpora
+  that ebt wrote there, are skipped; links are followed outside the corpus). Several documents are
   split by document (every k-th to validation); a single one is split by position (its last part
   is validation).
 
@@ -22,15 +23,14 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
-import os
 import re
 import shlex
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ebt.data.folder import CORPUS_SUFFIXES, CorpusFiles, corpus_files  # noqa: F401  (re-exported)
 from ebt.data.probes import OOD_SETS, probe_documents
 from ebt.errors import DataError
 
@@ -181,89 +181,6 @@ def _read_text_file(path: Path) -> str:
     return text.replace("\r\n", "\n")
 
 
-CORPUS_SUFFIXES = (".txt", ".jsonl")
-
-
-@dataclass(frozen=True)
-class CorpusFiles:
-    """The files a corpus directory is read from (`corpus_files`), and what was left out and why."""
-
-    files: tuple[Path, ...]  # read, in this order (sorted by path)
-    hidden: tuple[str, ...] = ()  # hidden files and folders, relative: ".ipynb_checkpoints/", ".notes.txt"
-    outputs: tuple[str, ...] = ()  # what ebt wrote, relative: "runs/a (a run directory)"
-    ignored: tuple[tuple[str, int], ...] = ()  # (suffix, count) of the other files, e.g. (".md", 2)
-
-    def summary(self) -> str:
-        """One line: "read 3 .txt/.jsonl files; skipped 1 hidden folder (.ipynb_checkpoints/) ...";
-        skipped and ignored entries name at most three paths or suffixes each."""
-        parts = [f"read {len(self.files)} .txt/.jsonl file{'s' * (len(self.files) != 1)}"]
-        if self.hidden:
-            parts.append(f"skipped {len(self.hidden)} hidden file(s) or folder(s) ({_few(self.hidden)})")
-        if self.outputs:
-            parts.append(f"skipped {len(self.outputs)} ebt output(s) ({_few(self.outputs)})")
-        if self.ignored:
-            count = sum(n for _, n in self.ignored)
-            parts.append(f"ignored {count} other file(s) ({_few([f'{s} ×{n}' for s, n in self.ignored])})")
-        return "; ".join(parts)
-
-
-def _few(names) -> str:
-    names = list(names)
-    return ", ".join(names[:3]) + (f", and {len(names) - 3} more" if len(names) > 3 else "")
-
-
-def ebt_output(path: Path) -> str | None:
-    """What ebt wrote at directory `path`, in words ("a run directory", "a prepared corpus", "a
-    scaling sweep"), or None: none of these is ever read as a corpus's text."""
-    if (path / "config.json").is_file() and any((path / name).exists() for name in _RUN_MARKS):
-        return "a run directory"
-    if (path / "index.json").is_file() and ((path / "tokenizer.json").is_file() or next(path.glob("*.tokens"), None)):
-        return "a prepared corpus"
-    if (path / "sweep.json").is_file():
-        return "a scaling sweep"
-    return None
-
-
-# A run directory's files besides config.json (`ebt.checkpoint`; named here, where data is read).
-_RUN_MARKS = ("model.safetensors", "train_state.pt", "metrics.jsonl", "checkpoints")
-
-
-def corpus_files(path: Path) -> CorpusFiles:
-    """The .txt and .jsonl files under directory `path`, sorted by path, as dataset loaders read a
-    folder: hidden files and folders (a name starting with ".", e.g. a notebook's
-    .ipynb_checkpoints/ copies) are skipped, and so is whatever ebt wrote (`ebt_output`: a run, a
-    prepared corpus, a sweep); symbolic links to folders are not followed. DataError when `path`
-    itself is an ebt output."""
-    kind = ebt_output(path)
-    if kind is not None:
-        raise DataError(f"{str(path)!r} is {kind}, not a corpus: give the folder of .txt or .jsonl files"
-                        + (" (training reads a prepared corpus as it is)" if kind == "a prepared corpus" else ""))
-    files, hidden, outputs, ignored = [], [], [], Counter()
-    for folder, dirs, names in os.walk(path):
-        here = Path(folder)
-        kept = []
-        for name in sorted(dirs):
-            where = here / name
-            kind = None if name.startswith(".") else ebt_output(where)
-            if name.startswith("."):
-                hidden.append(f"{where.relative_to(path).as_posix()}/")
-            elif kind is not None:
-                outputs.append(f"{where.relative_to(path).as_posix()} ({kind})")
-            else:
-                kept.append(name)
-        dirs[:] = kept  # os.walk descends only into these
-        for name in names:
-            file = here / name
-            if name.startswith("."):
-                hidden.append(file.relative_to(path).as_posix())
-            elif file.suffix in CORPUS_SUFFIXES and file.is_file():
-                files.append(file)
-            else:
-                ignored[file.suffix or "no extension"] += 1
-    return CorpusFiles(tuple(sorted(files)), tuple(sorted(hidden)), tuple(sorted(outputs)),
-                       tuple(sorted(ignored.items(), key=lambda item: (-item[1], item[0]))))
-
-
 def iter_documents(path: Path, files: CorpusFiles | None = None) -> Iterator[str]:
     """The documents of a corpus path, one at a time, in a fixed order, blank ones left out: a
     .txt file is one document; a .jsonl file one per line (its string field "text"); a directory,
@@ -281,7 +198,7 @@ def iter_documents(path: Path, files: CorpusFiles | None = None) -> Iterator[str
     else:
         paths = (path,)
     for file in paths:
-        if file.suffix == ".jsonl":
+        if file.suffix.lower() == ".jsonl":
             yield from _jsonl_documents(file)
         else:
             text = _read_text_file(file)

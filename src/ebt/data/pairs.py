@@ -46,7 +46,7 @@ def is_pairs_file(source: str | Path) -> bool:
     """Whether `source` is a .jsonl (or .json) file whose first record is an object with a "prompt"
     field: a pairs file, not a corpus of "text" documents."""
     path = Path(source).expanduser()
-    if path.suffix not in (".jsonl", ".json") or not path.is_file():
+    if path.suffix.lower() not in (".jsonl", ".json") or not path.is_file():
         return False
     try:
         with path.open("rb") as handle:
