@@ -356,3 +356,34 @@ def test_a_point_whose_log_was_lost_is_repaired_by_running_the_sweep_again(width
     assert code == 0 and "ebt-dim32-seed0: resuming at step 3 of 3" in stdout
     assert same_weights(out / "ebt-dim32-seed0", width_sweep / "ebt-dim32-seed0")
     assert run_cli(["scale", "fit", out, "--replicates", "200"], capsys)[0] == 0
+
+
+_ORPHAN = """
+import os, subprocess, sys
+child = '''
+import signal, sys, time
+from ebt.scaling.worker import watch_parent
+signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", file=sys.stderr, flush=True), sys.exit(143)))
+watch_parent(0.05)
+print("watching", flush=True)
+time.sleep(120)
+'''
+worker = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=open(sys.argv[1], "w"), text=True)
+assert worker.stdout.readline() == "watching\\n"
+print(os.getpid(), flush=True)
+"""  # a parent that starts a watching worker and then is gone without a word (as after a SIGKILL)
+
+
+def test_a_worker_whose_sweep_has_gone_says_so_before_it_stops(tmp_path: Path) -> None:
+    log = tmp_path / "point.log"
+    env = {**os.environ, "PYTHONPATH": str(Path(ebt.train.__file__).parents[1])}
+    parent = subprocess.run([sys.executable, "-c", _ORPHAN, str(log)], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert parent.returncode == 0, parent.stderr
+    for _ in range(600):  # the orphan is init's (or a subreaper's) child now: its log tells when it has stopped
+        if "got SIGTERM" in log.read_text():
+            break
+        time.sleep(0.1)
+    lines = log.read_text().splitlines()
+    assert lines[:2] == [f"the sweep that started this worker has gone (pid {int(parent.stdout)}); stopping the "
+                         "point, saving", "got SIGTERM"], lines

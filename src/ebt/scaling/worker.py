@@ -61,12 +61,15 @@ def train_point(sweep: Sweep, out: Path, name: str, how: str) -> int:
 
 def watch_parent(every_s: float = 0.5) -> None:
     """Send this process SIGTERM once the process that started it has gone (the worker is then
-    another's child: init's, or a subreaper's), checked every `every_s` seconds on a daemon thread."""
+    another's child: init's, or a subreaper's), checked every `every_s` seconds on a daemon thread;
+    first a line on stderr (the point's log) saying why, since nobody else sent that SIGTERM."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every_s)
+        print(f"the sweep that started this worker has gone (pid {parent}); stopping the point, saving",
+              file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
