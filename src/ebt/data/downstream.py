@@ -121,6 +121,21 @@ def not_installed(name: str, directory: Path | None = None) -> str | None:
             "to a folder that holds it")
 
 
+def nothing_installed(names: Iterable[str], directory: Path | None = None) -> str:
+    """The line for none of the downstream sets `names` being installed in `directory` (default
+    `downstream_dir()`): which of them the installer installs, and which it cannot (UNAVAILABLE)."""
+    names = list(names)
+    can = [n for n in names if n not in UNAVAILABLE]
+    cannot = [n for n in names if n in UNAVAILABLE]
+    parts = [f"install {', '.join(can)} with {INSTALL_COMMAND}, or set $EBT_DOWNSTREAM_DIR to a folder that holds "
+             f"{'it' if len(can) == 1 else 'them'}"] if can else []
+    if cannot:
+        parts.append(f"{' and '.join(cannot)} cannot be installed: no package registry serves "
+                     f"{'it' if len(cannot) == 1 else 'them'} today (a file from an earlier install, put there, is read)")
+    line = f"no downstream set is installed in {directory or downstream_dir()}: {'; '.join(parts)}"
+    return line
+
+
 def load_downstream(name: str, limit: int | None = None) -> list[Pair]:
     """The pairs (`ebt.data.pairs.Pair`: prompt, answer) of the downstream set `name` (one of
     DOWNSTREAM_SETS, the paper's, or EXTRA_SETS), in the file's fixed order.
