@@ -187,8 +187,7 @@ MOVED_KEYS = {
 
 
 def refuse_repeated(pairs: Iterable[tuple[str, str]]) -> None:
-    """ConfigError naming the first `section.key` given twice with different values (of
-    `(key, text)` pairs, in the order given): the later one would silently replace the earlier."""
+    """ConfigError naming the first key of `(key, text)` pairs given twice with different values."""
     seen: dict[str, str] = {}
     for key, raw in pairs:
         if key in seen and seen[key] != raw:

@@ -273,8 +273,7 @@ class EBTLM(LM):
         return Scoring(self._device, self.precision, self.batch_size, self.seed)
 
     def _score(self, split: TokenSplit) -> WindowScores:
-        """`evaluate`'s records of a padded split's windows, one per row (log_likelihood in nats,
-        greedy)."""
+        """`evaluate`'s records of a padded split's windows, one per row (log_likelihood in nats, greedy)."""
         return evaluate(self.model, split, self.options, scoring=self.scoring)
 
 

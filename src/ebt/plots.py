@@ -312,23 +312,18 @@ def plot_energy_by_frame(profile: Mapping[str, Sequence[float]], path: str | os.
 
 
 def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
-    """Spearman's rank correlation: Pearson's r of the ranks, tied values sharing their mean rank.
-
-    Returns NaN when either input is constant (the correlation is undefined), like scipy.
-    """
+    """Spearman's rank correlation (`scipy.stats.spearmanr`: Pearson's r of the ranks, tied values
+    sharing their mean rank). NaN when either input is constant (the correlation is undefined)."""
     a = np.asarray(a, dtype=float).ravel()
     b = np.asarray(b, dtype=float).ravel()
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"spearman: needs two equally long inputs of at least 2 values, got {a.size} and {b.size}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("spearman: inputs contain NaN or Inf; drop those positions first")
-    ra, rb = _average_ranks(a), _average_ranks(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    denominator = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    if denominator == 0.0:
+    if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
-    return float(np.clip(ra @ rb / denominator, -1.0, 1.0))
+    stats = import_package("scipy.stats", needed_for="Spearman's rank correlation")
+    return float(np.clip(stats.spearmanr(a, b)[0], -1.0, 1.0))
 
 
 def printable_token(token: str) -> str:
@@ -336,14 +331,6 @@ def printable_token(token: str) -> str:
     text = token.replace("\n", "⏎").replace(" ", "␣").replace("\t", "⇥").replace("\r", "␍")
     # Other control characters (bytes of a byte-level tokenizer) print as escapes.
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values`; each group of ties gets the mean of the ranks it spans."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # rank of each distinct value's last occurrence
-    mean_rank = last - (counts - 1) / 2.0
-    return mean_rank[inverse.ravel()].astype(float)
 
 
 def _spans_decades(ax) -> bool:

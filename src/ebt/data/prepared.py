@@ -204,8 +204,7 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
 
 def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, validation_fraction: float,
                   shard_tokens: int, progress: bool) -> dict[str, Any]:
-    """`prepare`'s work, holding `out`'s lock: everything written into a hidden sibling, then put
-    in place (`_put_in_place`)."""
+    """`prepare`'s work, holding `out`'s lock: written into a hidden sibling, then `_put_in_place`."""
     train_documents = (d for split, d in _documents(source, validation_fraction) if split == "train")
     tok = resolve_tokenizer(tokenizer, train_documents if tokenizer == "bpe" else None, bpe_vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
@@ -238,8 +237,8 @@ def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, v
 
 
 def _recover(out: Path) -> None:
-    """What a killed `prepare` left beside `out`: a partial corpus is removed (`_prepare_into`); a
-    corpus set aside to be replaced while the new one was not yet in place is put back."""
+    """What a killed `prepare` left beside `out`: a corpus set aside while the new one was not yet
+    in place goes back, unless the new one was finished (a partial one is removed later)."""
     old, partial = out.parent / f".{out.name}.replaced", out.parent / f".{out.name}.partial"
     if old.is_dir() and not out.exists():  # killed between the two renames of `_put_in_place`
         if is_prepared(partial):  # the new corpus was finished: it goes in place
