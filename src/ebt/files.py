@@ -137,7 +137,8 @@ class DirectoryLock:
             except OSError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                who = "this very process" if f"pid {os.getpid()} " in holder else "another process"
+                mine = f"pid {os.getpid()} on {socket.gethostname()} " in holder
+                who = "this very process" if mine else "another process"
                 raise CheckpointError(f"{self.path} is being written by {who} ({holder}); one directory "
                                       f"has one writer: wait for that one to end, or choose another {self.field}",
                                       field=self.field) from None

@@ -5,9 +5,9 @@ A run directory belongs to one run, and has one writer: the command that trains 
 lock (`ebt.files.DirectoryLock`) from before anything slow to its end, and first repairs what a
 killed writer left (`recover`). A new run over another needs overwrite=True, and the old run is
 set aside (`Replaced`) until the new one writes its first checkpoint: if the new run stops before
-that, even by a kill, the old one comes back. A resumed run may not change what shapes its model, its data
-or its batches (`refuse_fixed_changes`). The files themselves are `ebt.checkpoint`'s; the loop
-that fills them is `ebt.train`, which reads this module's pieces in order: `claim`, then
+that, even by a kill, the old one comes back. A resumed run may not change what shapes its model,
+its data or its batches (`refuse_fixed_changes`). The files themselves are `ebt.checkpoint`'s;
+the loop that fills them is `ebt.train`, which reads this module's pieces in order: `claim`, then
 `check_resumable` or `resolve_init`, `MetricsLog`, `StopSignals`; `resume_command` is the line
 that continues a run.
 """

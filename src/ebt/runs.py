@@ -74,9 +74,9 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
                                   + (f"it keeps steps {', '.join(map(str, kept))}" if kept else
                                      "it keeps none (train with --train.keep_checkpoints=true)"))
         if (path / Replaced.ASIDE).is_dir():  # a live --overwrite (a killed one was repaired by load_config)
-            raise CheckpointError(f"run directory {str(path)!r} is being replaced (--overwrite) by a run that has not "
-                                  f"reached its first checkpoint; the run it replaces is kept in {path / Replaced.ASIDE} "
-                                  "until then, and comes back if the new run stops first")
+            raise CheckpointError(f"run directory {str(path)!r} is being replaced (--overwrite) by a run that has "
+                                  f"not reached its first checkpoint; the run it replaces is kept in "
+                                  f"{path / Replaced.ASIDE} until then, and comes back if the new run stops first")
         raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
     artifacts = load_artifacts(config, path)
     try:
