@@ -121,6 +121,8 @@ def test_eval_json(kind: str, extra: list[str], passes: int, cli_runs, capsys) -
     assert result["forward_passes"] == passes
     assert result["tokens"] == 4 * CONTEXT
     assert math.isfinite(result["loss"]) and result["ppl"] == pytest.approx(math.exp(result["loss"]))
+    assert result["bytes"] == result["tokens"]  # byte tokenizer: bits per byte is the loss in bits
+    assert result["bpb"] == pytest.approx(result["loss"] / math.log(2))
 
 
 def test_eval_text_output(cli_runs, capsys) -> None:

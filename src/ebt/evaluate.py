@@ -5,7 +5,8 @@
 - `evaluate`: text; per-window records (`WindowScores`: each window's mean loss, tokens scored,
   whether greedy decoding gives its targets, forward passes, steps) on a token stream, which each
   caller reduces to what it reports; `WindowScores.summary()` is the common reduction (mean loss
-  in nats per token, perplexity, tokens, forward passes). Windows of context_len + 1 tokens cover
+  in nats per token, perplexity, tokens, forward passes, and with a tokenizer the UTF-8 bytes the
+  scored tokens stand for and bits per byte, which compares runs of different tokenizers). Windows of context_len + 1 tokens cover
   the stream in order (every token after the first is predicted once).
 - `evaluate_clips`, `energy_by_frame`: video; next-frame errors against copying the last frame,
   and the EBT's energy along clips (uncertainty).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ebt.baselines.diffusion import add_noise, timestep
+from ebt.data.tokenizers import token_bytes
 from ebt.data.tokens import PAD, TokenSplit, split_window
 from ebt.data.images import to_pixels, to_unit_range
 from ebt.image_protocol import denoise
@@ -145,6 +148,8 @@ class WindowScores:
     forward_passes: (W,) float64, forward passes per token of the window's batch.
     steps: (W,) float64, thinking steps summed over the scored targets, with adaptive thinking
         (ThinkingOptions.tolerance); None without.
+    bytes: (W,) int64, the UTF-8 bytes the scored targets stand for (`ebt.data.tokenizers.
+        token_bytes`), when scored with a tokenizer; None without.
     """
 
     loss: Tensor
@@ -153,6 +158,7 @@ class WindowScores:
     batch_loss: Tensor
     forward_passes: Tensor
     steps: Tensor | None = None
+    bytes: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -164,8 +170,9 @@ class WindowScores:
 
     def summary(self) -> dict[str, float]:
         """The common reduction: mean `loss` over all scored tokens (nats per token), its `ppl`,
-        `tokens` scored, mean `forward_passes` per token, and with adaptive thinking `mean_steps`
-        (the steps positions actually used)."""
+        `tokens` scored, mean `forward_passes` per token, with adaptive thinking `mean_steps`
+        (the steps positions actually used), and with a tokenizer the `bytes` the scored tokens
+        stand for and `bpb`, bits per byte: loss × tokens / bytes / ln 2."""
         total = int(self.tokens.sum())
         weight = self.tokens.double()  # each window counts by its tokens
         loss = float((self.batch_loss * weight).sum()) / max(total, 1)
@@ -173,6 +180,9 @@ class WindowScores:
                   "forward_passes": float((self.forward_passes * weight).sum()) / max(total, 1)}
         if self.steps is not None:
             result["mean_steps"] = float(self.steps.sum()) / max(total, 1)
+        if self.bytes is not None:
+            n_bytes = int(self.bytes.sum())
+            result.update(bytes=n_bytes, bpb=loss * total / max(n_bytes, 1) / math.log(2))
         return result
 
     @classmethod
@@ -181,9 +191,10 @@ class WindowScores:
         if not parts:
             empty = torch.zeros(0, dtype=torch.float64)
             return cls(empty.float(), empty.long(), empty.bool(), empty, empty)
-        steps = None if parts[0].steps is None else torch.cat([p.steps for p in parts])
         columns = ("loss", "tokens", "greedy", "batch_loss", "forward_passes")
-        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in columns), steps)
+        optional = {name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])
+                    for name in ("steps", "bytes")}
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in columns), **optional)
 
 
 def evaluate(
@@ -193,6 +204,7 @@ def evaluate(
     *,
     scoring: Scoring | None = None,
     max_windows: int | None = None,
+    tokenizer: Any = None,
     **given,
 ) -> WindowScores:
     """Score a text model on token ids (N,), or on a TokenSplit in its layout (padding is not
@@ -203,20 +215,35 @@ def evaluate(
     `seed=0`, `device="cpu"`) says how; `options` (a ThinkingOptions, or its fields as keywords:
     `steps=3`) go to the EBT's `think` (a Transformer++ rejects any that are set). ConfigError
     for a precision not in ebt.precision.PRECISIONS, or fp16 off CUDA.
+
+    `tokenizer` (by default the one of the model's run, `model.run.tokenizer`, when it has one)
+    gives each token's UTF-8 bytes: the records then count the bytes of the scored targets, and
+    the summary reports bits per byte. The tokens must be its ids.
     """
     given, thinking = Scoring.split(given)
     scoring = scoring_for_model(scoring, given)
     options = ThinkingOptions.of(options, **thinking)
     window = model.config.context_len + 1
     generator = scoring.generator()
+    tokenizer = tokenizer if tokenizer is not None else getattr(getattr(model, "run", None), "tokenizer", None)
+    table = None if tokenizer is None else torch.tensor(token_bytes(tokenizer), dtype=torch.int64)
     batches = []
     with evaluating(model):
         for batch in TokenSplit.of(tokens, "evaluation split").windows(window, scoring.batch_size, max_windows):
             x, targets = split_window(batch.to(scoring.device))
             with scoring.autocast():
                 thought = model.predict(x, options, generator=generator)
-            batches.append(_window_scores(model, thought, targets, adaptive=options.tolerance is not None))
+            scores = _window_scores(model, thought, targets, adaptive=options.tolerance is not None)
+            batches.append(scores if table is None else dataclasses.replace(scores, bytes=_bytes(table, targets)))
     return WindowScores.cat(batches)
+
+
+def _bytes(table: Tensor, targets: Tensor) -> Tensor:
+    """(B,) int64: the UTF-8 bytes of each window's scored targets (B, S), by the (V,) table
+    (an id past its end, or PAD, counts none)."""
+    ids = targets.cpu()
+    known = (ids >= 0) & (ids < len(table))
+    return torch.where(known, table[ids.clamp(0, len(table) - 1)], 0).sum(dim=1)
 
 
 def _window_scores(model: nn.Module, thought: Thought, targets: Tensor, adaptive: bool) -> WindowScores:

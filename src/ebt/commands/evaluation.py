@@ -117,7 +117,7 @@ def _eval_text(args: EvalArgs, run, scoring: Scoring) -> tuple[dict, str]:
     result = evaluate(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples).summary()
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}
     line = (f"{args.run} ({cfg.model.kind}) on {source} [{split}]: loss {result['loss']:.4f} nats/token, "
-            f"ppl {result['ppl']:.4g}, {result['tokens']:,} tokens, {_passes(result, 'token')}")
+            f"ppl {result['ppl']:.4g}{_bpb(result)}, {result['tokens']:,} tokens, {_passes(result, 'token')}")
     return result, line
 
 
@@ -139,10 +139,16 @@ def _eval_pairs(args: EvalArgs, run, scoring: Scoring, own: bool) -> tuple[dict,
     result = {"run": str(args.run), "kind": run.config.model.kind, "data": source, "split": split, "pairs": pairs,
               **({"answers_cut": cut} if cut is not None else {}), **result}
     line = (f"{args.run} ({run.config.model.kind}) on {source} [{split}, {pairs} pairs]: answer loss "
-            f"{result['loss']:.4f} nats/token, ppl {result['ppl']:.4g}, exact match {result['exact_match']:.3f}, "
+            f"{result['loss']:.4f} nats/token, ppl {result['ppl']:.4g}{_bpb(result)}, "
+            f"exact match {result['exact_match']:.3f}, "
             f"{result['tokens']:,} answer tokens, {_passes(result, 'token')}"
             + (f"; {cut} answers cut at the context's end" if cut else ""))
     return result, line
+
+
+def _bpb(result: dict) -> str:
+    """", N bits/byte" when the result has bits per byte (a run with a tokenizer)."""
+    return f", {result['bpb']:.4f} bits/byte" if "bpb" in result else ""
 
 
 def _passes(result: dict, unit: str) -> str:

@@ -119,6 +119,27 @@ class HFByteLevelTokenizer:
         return f"HFByteLevelTokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 
 
+def token_bytes(tokenizer: Tokenizer) -> list[int]:
+    """The UTF-8 bytes each token id stands for, (V,) as a list indexed by id: 1 for every id of
+    the "byte" kind; for a byte-level BPE, the characters of the token's string (each one stands
+    for one byte in the ByteLevel alphabet), or the UTF-8 length of an added token's text. Made
+    once per tokenizer and kept on it (what bits per byte divides by, `ebt.evaluate`)."""
+    table = getattr(tokenizer, "_token_bytes", None)
+    if table is None:
+        table = [1] * tokenizer.vocab_size if tokenizer.kind == "byte" else _hf_token_bytes(tokenizer.hf)
+        tokenizer._token_bytes = table  # type: ignore[attr-defined]
+    return table
+
+
+def _hf_token_bytes(hf: HFTokenizer) -> list[int]:
+    alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+    table = []
+    for i in range(hf.get_vocab_size()):
+        token = hf.id_to_token(i) or ""
+        table.append(len(token) if set(token) <= alphabet else len(token.encode("utf-8", "surrogatepass")))
+    return table
+
+
 def not_utf8(text: str, error: UnicodeEncodeError, kind: str) -> DataError:
     """The error for a str with no UTF-8 form. It holds a lone surrogate: how Python keeps a byte
     that is not UTF-8 (U+DC80..U+DCFF, from argv or a file name), or half of a UTF-16 pair."""

@@ -97,11 +97,12 @@ class TextData:
         return int((targets != PAD).sum())
 
     def validate(self, model, *, batch_size: int, max_examples: int, device) -> dict:
-        """The summary of the first `max_examples` windows (`WindowScores.summary`), and
+        """The summary of the first `max_examples` windows (`WindowScores.summary`, with bits per
+        byte by the run's tokenizer), and
         "window_losses": each one's mean loss, in stream order (what a scaling fit's bootstrap
         resamples)."""
         windows = evaluate(model, self.validation, scoring=Scoring(device, batch_size=batch_size),
-                           max_windows=max_examples)
+                           max_windows=max_examples, tokenizer=self.tokenizer)
         return {**windows.summary(), "window_losses": windows.loss.tolist()}
 
     def save(self, out: Path) -> None:
