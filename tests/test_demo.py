@@ -19,14 +19,15 @@ def test_the_demo_trains_both_models_and_reports_the_thinking_budgets(tmp_path, 
     for name in ("validation", "austen"):
         budgets = summary["thinking"][name]["budgets"]
         assert [(b["steps"], b["samples"]) for b in budgets] == [(2, 1), (3, 1), (3, 2), (3, 5), (3, 10)]
-        assert summary["thinking"][name]["transformer_ppl"] > 1
+        assert summary["thinking"][name]["transformer_ppl"] > 1 and summary["thinking"][name]["transformer_bpb"] > 0
+        assert all(b["bpb"] > 0 for b in budgets)
     assert len(summary["energy_per_step"]) == 7 and len(summary["loss_per_step"]) == 6
     for name in ("validation", "austen"):  # the verifier's figures beside the perplexities
         figures = summary["verifier"][name]
         assert 0 <= figures["pick_is_best"] <= 1 and figures["oracle_loss"] <= figures["mean_loss"]
     assert "the energy as a verifier: best of 10 at 3 steps" in out
     assert "As a verifier the energy picked the best of 10 candidates at " in out
-    assert "EBT, 3 steps, best of 10" in out and "(the most steps it trained with)" in out
+    assert "EBT, 3 steps, best of 10" in out and "bits/byte" in out and "(the most steps it trained with)" in out
     assert "Thinking longer (3 steps against 2): perplexity" in out and "Best budget (" in out
     assert "Only 1 window(s) per set: too few to tell" in out and "Transformer++'s (" in out
     assert (tmp_path / "demo-ebt" / "model.safetensors").exists()

@@ -230,7 +230,7 @@ def test_downstream_suite_scores_answers_at_each_budget_beside_the_transformer(f
         entry = result["datasets"][name]
         assert entry["pairs"] == 3 and [(b["steps"], b["samples"]) for b in entry["budgets"]] == list(BUDGETS)
         assert entry["prompts_cut"] == 3  # every fixture prompt is longer than 16 bytes
-        assert entry["transformer_ppl"] > 1
+        assert entry["transformer_ppl"] > 1 and entry["transformer_bpb"] > 0
     # the Transformer++'s figure is what scoring the set's answers alone gives
     from ebt.data.pairs import encode_pairs
     from ebt.evaluate import evaluate

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import shutil
 import os
 import shlex
 import signal
@@ -197,6 +199,32 @@ def test_the_data_axis_is_one_run_per_kind_read_at_log_spaced_steps(data_sweep: 
     assert code == 2 and "thinking_windows = 5 is more than the 4 validation windows" in err
     code, _, err = run_cli(["scale", "fit", data_sweep, "--thinking-windows", "2"], capsys)
     assert code == 2 and "--thinking-windows" in err and "--thinking" in err
+
+
+def test_a_fit_of_bits_per_byte(width_sweep: Path, tmp_path: Path, capsys) -> None:
+    code, out, _ = run_cli(["scale", "fit", width_sweep, "--metric", "bpb", "--json", "--replicates", "200"], capsys)
+    assert code == 0
+    bpb = json.loads(out)
+    loss = json.loads(run_cli(["scale", "fit", width_sweep, "--json", "--replicates", "200"], capsys)[1])
+    assert bpb["metric"] == "bpb" and loss["metric"] == "loss"
+    for kind in ("ebt", "transformer"):
+        for p in bpb["models"][kind]["points"]:  # each point is its run's final validation bits per byte
+            row = [json.loads(line) for line in (width_sweep / f"{kind}-dim{int(p['x'])}-seed0" / "metrics.jsonl")
+                   .read_text().splitlines() if '"validation"' in line][-1]
+            assert p["loss"] == pytest.approx(row["bpb"], rel=1e-5)
+            assert row["bpb"] == pytest.approx(row["loss"] / math.log(2))  # byte-level runs
+        # bits per byte is the loss times one constant here: the same slope
+        assert bpb["models"][kind]["slope"] == pytest.approx(loss["models"][kind]["slope"])
+    code, text, _ = run_cli(["scale", "fit", width_sweep, "--metric", "bpb", "--replicates", "200"], capsys)
+    assert code == 0 and "ln(bpb) = intercept + slope·ln(x), bpb in bits per byte" in text
+    copy = tmp_path / "old"
+    shutil.copytree(width_sweep, copy)
+    for metrics in copy.glob("*/metrics.jsonl"):  # a sweep from before bits per byte
+        metrics.write_text(metrics.read_text().replace('"bpb"', '"old_bpb"'))
+    code, _, err = run_cli(["scale", "fit", copy, "--metric", "bpb"], capsys)
+    assert code == 2 and "its validation has no bits per byte" in err
+    code, _, err = run_cli(["scale", "fit", width_sweep, "--metric", "ppl"], capsys)
+    assert code == 2 and "metric" in err and "'ppl'" in err
 
 
 def test_a_non_finite_point_is_named_and_only_left_out_when_asked(data_sweep: Path, tmp_path: Path, capsys) -> None:

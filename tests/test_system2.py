@@ -565,6 +565,8 @@ def test_cli_paper_suite_smoke(s2_run, tmp_path: Path, capsys) -> None:
         assert [b["forward_passes"] for b in budgets] == [2, 3, 8, 20, 40], name
         assert [b["budget"] for b in budgets] == [2, 3, 6, 15, 30], name
         assert all(math.isfinite(b["ppl"]) and b["tokens"] == entry["tokens"] > 0 for b in budgets), name
+        # a byte-level run: bits per byte beside perplexity is the loss in bits
+        assert all(b["bpb"] == pytest.approx(b["loss"] / math.log(2)) for b in budgets), name
     assert result["datasets"]["validation"]["ood_shift"] == 1
     names = {"thinking_curve.png", "gain_vs_shift.png", "energy_heatmap.png", "energy_vs_loss.png"}
     assert {Path(p).name for p in result["plots"]} == names

@@ -70,7 +70,8 @@ def demo(args: argparse.Namespace) -> None:
     results = {}
     for name, tokens in streams.items():
         entry = thinking_budgets(ebt.model, tokens, max_windows=args.windows)
-        entry["transformer_ppl"] = evaluate(transformer.model, tokens, max_windows=args.windows).summary()["ppl"]
+        summary = evaluate(transformer.model, tokens, max_windows=args.windows).summary()
+        entry.update(transformer_ppl=summary["ppl"], transformer_bpb=summary["bpb"])
         results[name] = entry
     print_budgets(results, ebt.config.think, args.windows)
     verifier = verifier_figures(ebt, streams, args.windows)
@@ -133,17 +134,19 @@ def train_both(steps: int, out: Path) -> tuple[dict[str, Run], dict[str, float]]
 
 
 def print_budgets(results: dict[str, dict], think, windows: int) -> None:
-    """The perplexity table: the Transformer++, then the EBT at each thinking budget, per set."""
+    """The perplexity table: the Transformer++, then the EBT at each thinking budget, per set
+    (perplexity, bits per byte, and the change in perplexity against 2 steps)."""
     print(f"\n=== perplexity on {windows} windows of held-out plays (validation) and of Austen's novels (out of "
           f"distribution); the EBT trained with {think.min_steps or think.steps}–{think.steps} steps ===")
-    print(f"{'model':<28}{'passes/token':>13}" + "".join(f"{n:>12}{'vs 2 steps':>12}" for n in results))
-    print(f"{'Transformer++':<28}{1:>13.1f}" + "".join(f"{r['transformer_ppl']:>12.3f}{'':>12}" for r in results.values()))
+    print(f"{'model':<28}{'passes/token':>13}" + "".join(f"{n:>12}{'bits/byte':>10}{'vs 2 steps':>12}" for n in results))
+    print(f"{'Transformer++':<28}{1:>13.1f}"
+          + "".join(f"{r['transformer_ppl']:>12.3f}{r['transformer_bpb']:>10.3f}{'':>12}" for r in results.values()))
     for i, b in enumerate(results["validation"]["budgets"]):
         label = f"EBT, {b['steps']} steps" + (f", best of {b['samples']}" if b["samples"] > 1 else "")
         cells = ""
         for r in results.values():
             ppl = r["budgets"][i]["ppl"]
-            cells += f"{ppl:>12.3f}" + (f"{100 * (ppl / r['budgets'][0]['ppl'] - 1):>+11.1f}%" if i else f"{'':>12}")
+            cells += f"{ppl:>12.3f}{r['budgets'][i]['bpb']:>10.3f}" + (f"{100 * (ppl / r['budgets'][0]['ppl'] - 1):>+11.1f}%" if i else f"{'':>12}")
         print(f"{label:<28}{b['forward_passes']:>13.1f}{cells}")
     print("(best of M: M candidates think, the lowest final energy is kept; passes count its scoring pass too)")
 

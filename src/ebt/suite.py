@@ -100,7 +100,7 @@ def paper_suite(
         entry = thinking_budgets(run.model, tokens, options, scoring=mine, max_windows=max_windows)
         entry["verifier"] = verifier(run.model, tokens, options, scoring=mine, max_windows=max_windows)
         if baseline is not None:
-            entry["transformer_ppl"] = _ppl(baseline.model, tokens, theirs, max_windows)
+            entry |= _figures(baseline.model, tokens, theirs, max_windows, "transformer_")
         datasets[name] = entry
     in_ppl = datasets[IN_DISTRIBUTION]["budgets"][0]["ppl"]
     for entry in datasets.values():
@@ -121,9 +121,11 @@ def paper_suite(
     return result
 
 
-def _ppl(model, tokens: Tensor | TokenSplit, scoring: Scoring, max_windows: int) -> float:
-    """A model's perplexity without thinking (a Transformer++, or an EBT as trained)."""
-    return evaluate(model, tokens, scoring=scoring, max_windows=max_windows).summary()["ppl"]
+def _figures(model, tokens: Tensor | TokenSplit, scoring: Scoring, max_windows: int, prefix: str = "") -> dict:
+    """A model's perplexity without thinking (a Transformer++, or an EBT as trained), and its bits
+    per byte when its run has a tokenizer: {prefix + "ppl", prefix + "bpb"}."""
+    summary = evaluate(model, tokens, scoring=scoring, max_windows=max_windows).summary()
+    return {prefix + name: summary[name] for name in ("ppl", "bpb") if name in summary}
 
 
 def _check_suite_runs(suite: str, run: Run, baseline: Run | None, options: ThinkingOptions,
@@ -195,12 +197,12 @@ def downstream_suite(
     def score(tokens: Tensor | TokenSplit) -> dict:
         if is_energy_based(run.model):
             return thinking_budgets(run.model, tokens, options, scoring=mine, max_windows=max_examples)
-        return {"ppl": _ppl(run.model, tokens, mine, max_examples)}
+        return _figures(run.model, tokens, mine, max_examples)
 
     datasets = {IN_DISTRIBUTION: score(load_data(run.config, run.path).validation) | {"pairs": None}}
     if baseline is not None:
         scored = load_data(baseline.config, baseline.path).validation
-        datasets[IN_DISTRIBUTION]["transformer_ppl"] = _ppl(baseline.model, scored, theirs, max_examples)
+        datasets[IN_DISTRIBUTION] |= _figures(baseline.model, scored, theirs, max_examples, "transformer_")
     for name, examples in pairs.items():
         encoded = encode_pairs(examples, run.tokenizer, run.config.model.context_len + 1, name, cut_prompts=True)
         entry = score(encoded.split)
@@ -208,7 +210,7 @@ def downstream_suite(
         if baseline is not None:
             theirs_encoded = encode_pairs(examples, baseline.tokenizer, baseline.config.model.context_len + 1, name,
                                           cut_prompts=True)
-            entry["transformer_ppl"] = _ppl(baseline.model, theirs_encoded.split, theirs, max_examples)
+            entry |= _figures(baseline.model, theirs_encoded.split, theirs, max_examples, "transformer_")
         datasets[name] = entry
     return {"run": str(run.path), "baseline": str(baseline.path) if baseline else None, "kind": run.config.model.kind,
             "max_examples": max_examples, "datasets": datasets, "missing": missing}

@@ -16,13 +16,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ebt.checks import check_int, check_real
+from ebt.checks import check_choice, check_int, check_real
 from ebt.commands.common import MAX_SEED, device_field, directory, json_field, option, pick, required, seed_field
 from ebt.errors import ConfigError, Interrupted
 from ebt.files import standard_json
 from ebt.plots import plot_scaling, plot_thinking_gains
 from ebt.scaling import gains
-from ebt.scaling.curves import X_LABELS, Measured, collect, curves, thinking_scores
+from ebt.scaling.curves import METRICS, X_LABELS, Measured, collect, curves, thinking_scores
 from ebt.scaling.fit import PAPER_RATIOS, fit_scaling, report
 from ebt.scaling.running import print_commands, run_sweep, summary
 from ebt.scaling.sweep import SWEEP_FILE, Sweep
@@ -120,10 +120,12 @@ class ScaleFitArgs:
     replicates: int = option(2000, "bootstrap replicates (default 2000)")
     seed: int = seed_field("seed of the bootstrap")
     device: str = device_field(help="with --thinking: auto, cpu, cuda, ...")
+    metric: str = option("loss", "what to fit: loss (nats per token) or bpb (bits per byte, text runs)")
     min_x: float | None = option(None, "fit only points with x ≥ this (e.g. past the start of a data curve)")
     max_x: float | None = option(None, "fit only points with x ≤ this")
 
     def __post_init__(self) -> None:
+        check_choice("metric", self.metric, METRICS)
         check_real("min_x", self.min_x, 0, low_open=True, optional=True)
         check_real("max_x", self.max_x, 0, low_open=True, optional=True)
         if self.min_x is not None and self.max_x is not None and self.min_x >= self.max_x:
@@ -165,7 +167,7 @@ def scale_fit_command(args: ScaleFitArgs) -> int:
 
 def _fit(args: ScaleFitArgs) -> tuple[dict, list[Measured]]:
     """The fit of the finished points in [min_x, max_x], and those points."""
-    axis, measured, excluded = collect(args.dirs, args.axis, args.skip_failed)
+    axis, measured, excluded = collect(args.dirs, args.axis, args.skip_failed, args.metric)
     low, high = args.min_x or 0.0, args.max_x or math.inf
     in_range = [m for m in measured if low <= m.x <= high]
     points = curves(in_range)
@@ -182,7 +184,7 @@ def _fit(args: ScaleFitArgs) -> tuple[dict, list[Measured]]:
         result = fit_scaling(points, reps=args.replicates, seed=args.seed)
     except ValueError as e:
         raise ConfigError(f"cannot fit {', '.join(map(str, args.dirs))}: {e}") from None
-    return {"axis": axis, "x_label": X_LABELS[axis], "sweeps": [str(d) for d in args.dirs],
+    return {"axis": axis, "metric": args.metric, "x_label": X_LABELS[axis], "sweeps": [str(d) for d in args.dirs],
             "x_range": [args.min_x, args.max_x], "paper_ratio": PAPER_RATIOS.get(axis), **result,
             "points_used": [{"run": str(m.run), "kind": m.kind, "seed": m.seed, "step": m.step, "x": m.x}
                             for m in in_range],

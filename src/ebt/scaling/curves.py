@@ -76,9 +76,16 @@ def fit_axis(sweeps: list[Sweep], axis: str | None) -> str:
     return axis
 
 
-def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
+METRICS = ("loss", "bpb")  # what a fit can take: nats per token, or bits per byte
+
+
+def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False, metric: str = "loss"
             ) -> tuple[str, list[Measured], list[dict]]:
     """(axis, the measured points, the excluded points with why) of the sweeps in `dirs`.
+
+    `metric` "loss" takes each validation's window losses (nats per token); "bpb" the same in bits
+    per byte, each window's loss × the validation's bpb / loss (its bytes per token over all the
+    windows; a text run whose validation rows have bpb).
 
     A point that is unfinished, failed or non-finite is an error naming it, unless `skip_failed`,
     when it is left out and listed. Points must share their validation windows (same data, same
@@ -102,17 +109,12 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
             config = load_config(run)
             steps = data_steps(config.train.steps) if sweep.axis == "data" else [config.train.steps]
             for step in steps:
-                row = rows.get(step)
-                losses = row.get("window_losses") if row else None
-                if not isinstance(losses, list) or not losses:
-                    excluded.append({"run": str(run), "step": step,
-                                     "why": "no validation with per-window losses at this step"})
-                    continue
-                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses):
-                    excluded.append({"run": str(run), "step": step, "why": "its validation loss is not finite"})
+                values = window_values(rows.get(step), metric)
+                if isinstance(values, str):
+                    excluded.append({"run": str(run), "step": step, "why": values})
                     continue
                 measured.append(Measured(run, point.kind, point.seed, step, step == config.train.steps,
-                                         x_value(config, axis, step), [float(v) for v in losses]))
+                                         x_value(config, axis, step), values))
     if excluded and not skip_failed:
         first = excluded[0]
         more = f" (and {len(excluded) - 1} more)" if len(excluded) > 1 else ""
@@ -123,6 +125,21 @@ def collect(dirs: list[Path], axis: str | None = None, skip_failed: bool = False
                         "or fit without these points (skip_failed)", field="skip_failed")
     _check_same_windows(measured)
     return axis, measured, excluded
+
+
+def window_values(row: dict | None, metric: str) -> list[float] | str:
+    """A validation row's per-window `metric` (`collect`), or why it has none."""
+    losses = row.get("window_losses") if row else None
+    if not isinstance(losses, list) or not losses:
+        return "no validation with per-window losses at this step"
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in losses):
+        return "its validation loss is not finite"
+    if metric == "loss":
+        return [float(v) for v in losses]
+    bpb, loss = row.get("bpb"), row.get("loss")
+    if not isinstance(bpb, (int, float)) or not isinstance(loss, (int, float)) or not loss > 0:
+        return "its validation has no bits per byte (bpb: a text run's, from a version that reports it)"
+    return [float(v) * bpb / loss for v in losses]
 
 
 def _check_same_windows(measured: list[Measured]) -> None:

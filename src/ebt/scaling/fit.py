@@ -121,13 +121,16 @@ def report(result: dict, axis: str) -> str:
     then the scaling-rate ratio with its interval, the paper's figure for `axis`, whether the
     interval can decide anything, and where the fitted lines cross."""
     boot = result["bootstrap"]
-    lines = [f"Scaling fit, axis {axis!r}: ln(loss) = intercept + slope·ln(x), loss in nats; "
+    bpb = result.get("metric") == "bpb"  # the same fit of bits per byte (`collect(metric="bpb")`); no ppl then
+    name, unit = ("bpb", "bits per byte") if bpb else ("loss", "nats")
+    lines = [f"Scaling fit, axis {axis!r}: ln({name}) = intercept + slope·ln(x), {name} in {unit}; "
              f"95% intervals from {boot['replicates']} paired bootstrap replicates over "
              f"{' and '.join(boot['over'])} (seed {boot['seed']})"]
     for kind, model in result["models"].items():
         lines += ["", f"{_KIND_NAMES.get(kind, kind)} ({kind})",
-                  f"  {'x':>10}  {'loss':>8}  {'ppl':>9}  seeds"]
-        lines += [f"  {p['x']:>10.4g}  {p['loss']:>8.4f}  {p['ppl']:>9.4g}  {p['seeds']:>5}" for p in model["points"]]
+                  f"  {'x':>10}  {name:>8}  {'' if bpb else 'ppl':>9}  seeds"]
+        lines += [f"  {p['x']:>10.4g}  {p['loss']:>8.4f}  {'' if bpb else format(p['ppl'], '.4g'):>9}  {p['seeds']:>5}"
+                  for p in model["points"]]
         lines.append(f"  slope {model['slope']:+.4f} (95% CI {_span(model['slope_ci'], '{:+.4f}')}), "
                      f"intercept {model['intercept']:.4f}")
         if len(model["slope_by_seed"]) > 1:
