@@ -6,8 +6,9 @@
   whether greedy decoding gives its targets, forward passes, steps) on a token stream, which each
   caller reduces to what it reports; `WindowScores.summary()` is the common reduction (mean loss
   in nats per token, perplexity, tokens, forward passes, and with a tokenizer the UTF-8 bytes the
-  scored tokens stand for and bits per byte, which compares runs of different tokenizers). Windows of context_len + 1 tokens cover
-  the stream in order (every token after the first is predicted once).
+  scored tokens stand for and bits per byte, which compares runs of different tokenizers). Windows
+  of context_len + 1 tokens cover the stream in order (every token after the first is predicted
+  once).
 - `evaluate_clips`, `energy_by_frame`: video; next-frame errors against copying the last frame,
   and the EBT's energy along clips (uncertainty).
 - `denoise_metrics`: images; PSNR/MSE of denoised images at a noise level.
