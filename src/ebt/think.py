@@ -128,7 +128,9 @@ def think(energy: Energy, y: Tensor, *, steps: int, step_size: Tensor | float,
             # One check (one device sync) per step: the candidate it makes (finite, and small enough
             # to square: `largest_candidate`) and the energy it saw. Which part went wrong is worked
             # out only once something has.
-            if not bool((update.detach().abs().amax() <= largest_candidate(update.dtype)) & torch.isfinite(e).all()):
+            low, high = torch.aminmax(update.detach())  # NaN propagates: the comparison then fails
+            bound = largest_candidate(update.dtype)
+            if not bool((low >= -bound) & (high <= bound) & torch.isfinite(e).all()):
                 raise _divergence(step, start, y, p, e, g, step_size, langevin_std, model_dtype, update)
             if tolerance is not None:
                 update = _adaptive(thought, step, e, update, tolerance)
