@@ -22,6 +22,9 @@ AdamW with a `step` that counts tensors, and the end of each step's backward is 
     python benchmarks/parallel_memory.py --preset text-ebt-3xs --out DIR [...]   # one process
     python benchmarks/parallel_memory.py --table DIR [DIR ...]                   # markdown table
 
+`--fsdp-one-unit` (first argument) shards the objective as one FSDP2 unit even without activation
+checkpointing (the layout `ebt.parallel.FSDP` uses with it), to measure what the layout costs.
+
 Needs PYTHONPATH=src (or the package installed). DDP's gradient buckets (a second copy of the
 gradients, kept by the reducer) are not tensors the model holds: they show in the RSS only.
 """
@@ -128,6 +131,11 @@ def main(argv: list[str]) -> int:
         return 0
     from ebt.cli import main as ebt_main
 
+    if argv[:1] == ["--fsdp-one-unit"]:
+        import ebt.parallel
+
+        argv, init = argv[1:], ebt.parallel.FSDP.__init__
+        ebt.parallel.FSDP.__init__ = lambda self, *args, one_unit=False: init(self, *args, one_unit=True)
     out = Path(argv[argv.index("--out") + 1])
     parallel = next((a.split("=", 1)[1] for a in argv if a.startswith("--train.parallel=")), "ddp")
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

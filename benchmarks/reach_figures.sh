@@ -4,9 +4,12 @@
 #      EBT System 1 and Transformer++: final training loss, validation loss, seconds per step;
 #   2. memory per process: one process, DDP and FSDP2 on 2 gloo processes (benchmarks/parallel_memory.py);
 #   3. activation memory of a training step at tiny and 3xs, EBT S1, S2 and Transformer++, without and with
-#      activation checkpointing (ebt.bench.activation_memory, what `ebt bench --json` reports).
+#      activation checkpointing (ebt.bench.activation_memory, what `ebt bench --json` reports);
+#   4. FSDP2 with activation checkpointing: memory per process on 2 gloo processes, the 3xs EBT widened to
+#      768 at batch 8 x 256 tokens (activations dominate), without checkpointing (a unit per block), without
+#      it in one unit (the layout checkpointing uses), and with it.
 #
-#   benchmarks/reach_figures.sh [RUNS_DIR] [PARTS]     # defaults: runs/reach "1 2 3"
+#   benchmarks/reach_figures.sh [RUNS_DIR] [PARTS]     # defaults: runs/reach "1 2 3 4"
 #
 # Environment: PYTHON (default .venv/bin/python), THREADS (torch threads per process, default 1:
 # the machine this was measured on is shared), TINY_STEPS (20), XS3_STEPS (5), XS3_BATCH (8),
@@ -16,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/reach}
-PARTS=${2:-1 2 3}
+PARTS=${2:-1 2 3 4}
 PYTHON=${PYTHON:-.venv/bin/python}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 export OMP_NUM_THREADS=${THREADS:-1}
@@ -115,4 +118,22 @@ for size, shape in (("tiny", "16 × 128"), ("3xs", "32 × 256")):
         print(f"| {size}, {shape} | {label}{steps} | {r[f'{kind}_activation_mib']:.0f} | {r[f'{kind}_peak_mib']:.0f} "
               f"| {r[f'{kind}_activation_mib_checkpointed']:.0f} | {r[f'{kind}_peak_mib_checkpointed']:.0f} |")
 EOF
+fi
+
+if [[ " $PARTS " == *" 4 "* ]]; then
+  threshold=${MMAP_THRESHOLD-65536}  # as part 2
+  if [[ -n $threshold ]]; then export MALLOC_MMAP_THRESHOLD_=$threshold; fi
+  wide=(--preset text-ebt-3xs --model.dim=${AC_DIM:-768} --train.batch_size=${AC_BATCH:-8} --train.steps=2
+        --train.eval_every=0 --train.eval_examples=2 --train.log_every=1 --train.device=cpu --train.parallel=fsdp
+        --overwrite)
+  for run in "fsdp-blocks:" "fsdp-one-unit:--fsdp-one-unit" "fsdp-checkpointed:"; do
+    name=${run%%:*} first=${run#*:} extra=()
+    if [[ $name == fsdp-checkpointed ]]; then extra=(--train.activation_checkpointing=true); fi
+    "$PYTHON" -m torch.distributed.run --nproc_per_node 2 benchmarks/parallel_memory.py $first "${wide[@]}" \
+      --out "$RUNS/memory-$name" "${extra[@]}" >/dev/null 2>&1 || { echo "failed: memory-$name"; exit 1; }
+  done
+  echo
+  "$PYTHON" benchmarks/parallel_memory.py --table "$RUNS/memory-fsdp-blocks" "$RUNS/memory-fsdp-one-unit" \
+    "$RUNS/memory-fsdp-checkpointed"
+  unset MALLOC_MMAP_THRESHOLD_
 fi

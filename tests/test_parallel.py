@@ -118,6 +118,11 @@ MULTI = {  # name → (preset, overrides); every run: global batch 8, 3 optimize
     "transformer-ddp": ("text-transformer-tiny", ["--train.parallel=ddp"]),
     "transformer-fsdp": ("text-transformer-tiny", ["--train.parallel=fsdp"]),
     "ebt-fsdp-accum": ("text-ebt-tiny", ["--train.parallel=fsdp", "--train.grad_accum=2"]),
+    "ebt-fsdp-checkpointed": ("text-ebt-tiny", ["--train.parallel=fsdp", "--train.activation_checkpointing=true"]),
+    "transformer-fsdp-checkpointed": ("text-transformer-tiny",
+                                      ["--train.parallel=fsdp", "--train.activation_checkpointing=true"]),
+    "ebt-s2-fsdp-checkpointed": ("text-ebt-s2-tiny", ["--train.parallel=fsdp", "--train.activation_checkpointing=true",
+                                                      "--think.replay_buffer_size=8"]),
     "ebt-s2-fsdp": ("text-ebt-s2-tiny", ["--train.parallel=fsdp", "--think.replay_buffer_size=8"]),
     "ebt-s2-ddp": ("text-ebt-s2-tiny", ["--train.parallel=ddp", "--think.replay_buffer_size=8"]),
 }
@@ -159,11 +164,13 @@ def test_two_processes_run_every_parallel_mode(two_process_runs) -> None:
     assert not failed, failed
 
 
-@pytest.mark.parametrize("name", ["ebt-ddp", "ebt-fsdp", "transformer-ddp", "transformer-fsdp", "ebt-fsdp-accum"])
+@pytest.mark.parametrize("name", ["ebt-ddp", "ebt-fsdp", "transformer-ddp", "transformer-fsdp", "ebt-fsdp-accum",
+                                  "ebt-fsdp-checkpointed", "transformer-fsdp-checkpointed"])
 def test_two_processes_give_the_weights_of_one(name: str, two_process_runs, corpus_file: Path,
                                                tmp_path: Path) -> None:
-    """Same seed and global batch: 2 processes (DDP or FSDP2, with or without accumulation) end
-    with the weights one process reaches; FSDP2's checkpoint is a full state dict."""
+    """Same seed and global batch: 2 processes (DDP or FSDP2, with or without accumulation, FSDP2
+    with activation checkpointing) end with the weights one process without either reaches;
+    FSDP2's checkpoint is a full state dict."""
     root, done = two_process_runs
     preset_name, _ = MULTI[name]
     from ebt.cli import main
@@ -201,12 +208,12 @@ def test_a_non_finite_validation_loss_stops_every_rank_with_the_same_error(corpu
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("name", ["ebt-s2-fsdp", "ebt-s2-ddp"])
+@pytest.mark.parametrize("name", ["ebt-s2-fsdp", "ebt-s2-ddp", "ebt-s2-fsdp-checkpointed"])
 def test_system2_trains_under_both_modes_and_loads_in_one_process(name: str, two_process_runs) -> None:
     root, done = two_process_runs
     run = load_run(root / name)
     model, config = run.model, run.config
-    assert config.train.parallel == name.rsplit("-", 1)[1]
+    assert config.train.parallel == name.split("-")[2]
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]

@@ -29,6 +29,17 @@ of size 0"). What works (checked against one process: tests/test_parallel.py):
   - the optimizer holds the sharded parameters (DTensors), read after `fully_shard`.
 So parameters are gathered whole during a step while gradients and optimizer state stay sharded
 (ZeRO-2-like memory): FSDP2 here saves gradient and optimizer memory, not parameter memory.
+
+FSDP2 with activation checkpointing (`train.activation_checkpointing`): the objective is one FSDP2
+unit, the root alone, not one per block. An EBT's training recomputes whole thinking steps in the
+backward pass (`ebt.think.Checkpointed`); with a unit per block, the recomputation runs the
+blocks' FSDP2 hooks again in another state (the step's ∇_y E ran their backward hooks inside the
+forward), saves a different number of tensors and fails torch's check (CheckpointError). With one
+unit no hook runs inside a step: the recomputed step sees the parameters the forward saw, gathered
+once for the step. The cost is the gradients: a unit per block reduce-scatters a block's gradients
+as the backward reaches it, the root unit only once the backward is done, so the whole unsharded
+gradients are held at the end of the backward (about P more at the peak; docs/results.md, "FSDP2
+with activation checkpointing", measures both layouts).
 """
 
 from __future__ import annotations
@@ -111,10 +122,12 @@ class DDP(Parallel):
 
 
 class FSDP(Parallel):
-    """FSDP2 (`fully_shard`) per block and at the root, set up for second-order gradients (module
-    docstring). Gradients are reduce-scattered (averaged) on the last micro-batch of a step."""
+    """FSDP2 (`fully_shard`) per block and at the root, or at the root alone (`one_unit`: with
+    activation checkpointing), set up for second-order gradients (module docstring). Gradients are
+    reduce-scattered (averaged) on the last micro-batch of a step."""
 
-    def __init__(self, objective: nn.Module, model: nn.Module, dist: Distributed, device: torch.device):
+    def __init__(self, objective: nn.Module, model: nn.Module, dist: Distributed, device: torch.device,
+                 one_unit: bool = False):
         try:
             from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
         except ImportError:  # torch < 2.6 keeps FSDP2 under _composable
@@ -122,12 +135,12 @@ class FSDP(Parallel):
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, (dist.world_size,))
-        for block in model.modules():
-            if isinstance(block, (Block, AdaLNBlock)):
-                fully_shard(block, mesh=mesh)
-                for name in FORWARD_METHODS:
-                    if hasattr(block, name):
-                        register_fsdp_forward_method(block, name)
+        blocks = [] if one_unit else [m for m in model.modules() if isinstance(m, (Block, AdaLNBlock))]
+        for block in blocks:
+            fully_shard(block, mesh=mesh)
+            for name in FORWARD_METHODS:
+                if hasattr(block, name):
+                    register_fsdp_forward_method(block, name)
         fully_shard(objective, mesh=mesh)
         objective.set_reshard_after_backward(False)
         super().__init__(objective, model, device)
@@ -156,29 +169,26 @@ class FSDP(Parallel):
         optimizer.load_state_dict({**state, "state": sharded})
 
 
-def check(parallel: str, dist: Distributed, activation_checkpointing: bool = False) -> None:
-    """ConfigError unless `parallel` can run with these processes (FSDP2 needs torchrun's) and
-    options (FSDP2 with activation checkpointing is not supported yet: the recomputed thinking
-    step re-enters FSDP2's hooks in the backward pass and the recomputation does not match)."""
+def check(parallel: str, dist: Distributed) -> None:
+    """ConfigError unless `parallel` is one of "ddp", "fsdp" and can run with these processes
+    (FSDP2 needs torchrun's)."""
     if parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel = {parallel!r} is not allowed; it must be 'ddp' or 'fsdp'")
     if parallel == "fsdp" and not dist.enabled:
         raise ConfigError("train.parallel = 'fsdp' shards the model over the processes torchrun starts, and this is "
                           "one process: launch with `torchrun --nproc_per_node N -m ebt.cli train ...`, or drop "
                           "--train.parallel=fsdp")
-    if parallel == "fsdp" and activation_checkpointing:
-        raise ConfigError("train.activation_checkpointing = true is not supported with train.parallel = 'fsdp' yet "
-                          "(the recomputed thinking step does not match under FSDP2's hooks); use "
-                          "train.parallel = 'ddp' with it, or FSDP2 without it")
 
 
-def wrap(objective: nn.Module, model: nn.Module, parallel: str, dist: Distributed, device: torch.device) -> Parallel:
+def wrap(objective: nn.Module, model: nn.Module, parallel: str, dist: Distributed, device: torch.device,
+         activation_checkpointing: bool = False) -> Parallel:
     """The objective run by `parallel` ("ddp" or "fsdp") over the processes of `dist` (one
-    process: as it is, whatever `parallel` says). Build the optimizer after this: under FSDP2 it
-    must hold the sharded parameters."""
+    process: as it is, whatever `parallel` says); `activation_checkpointing` as the model was set
+    (`ebt.models.set_activation_checkpointing`), which picks FSDP2's layout. Build the optimizer
+    after this: under FSDP2 it must hold the sharded parameters."""
     check(parallel, dist)
     if not dist.enabled:
         return Parallel(objective, model, device)
     if parallel == "fsdp":
-        return FSDP(objective, model, dist, device)
+        return FSDP(objective, model, dist, device, one_unit=activation_checkpointing)
     return DDP(objective, model, device)

@@ -205,7 +205,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     if tc.init and not resume:
         say(f"initial weights: {rundir.load_initial_weights(model, config, Path(tc.init))}")
     objective = make_objective(model)
-    parallel = wrap(objective, model, tc.parallel, dist, device)
+    parallel = wrap(objective, model, tc.parallel, dist, device, tc.activation_checkpointing)
     optimizer = torch.optim.AdamW(parameter_groups(model, tc, config.think.step_size_lr_mult), betas=BETAS)
     # The schedule runs over the length the run started with; a resumed run that extends
     # train.steps holds the final rate after it (see resume_schedule).
@@ -229,7 +229,7 @@ def _device(config: RunConfig, dist: distributed.Distributed) -> tuple[torch.dev
     """This process's device and why it was picked, checked against train.parallel and
     train.precision; under torchrun every process waits here until the main one has claimed --out."""
     device, why = distributed.pick_device(config.train.device, dist)
-    check_parallel(config.train.parallel, dist, config.train.activation_checkpointing)
+    check_parallel(config.train.parallel, dist)
     check_precision(config.train.precision, device)
     distributed.barrier(dist, device)  # the main rank has claimed (and repaired) `out` before the others read it
     if device.type == "cuda":
