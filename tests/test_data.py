@@ -147,7 +147,7 @@ def test_corpus_errors(tmp_path: Path) -> None:
     empty_dir = tmp_path / "empty_dir"
     empty_dir.mkdir()
     (empty_dir / "readme.md").write_text("hello", encoding="utf-8")
-    with pytest.raises(DataError, match="empty_dir.*no .txt or .jsonl files"):
+    with pytest.raises(DataError, match="empty_dir.*no corpus files"):
         load_corpus(str(empty_dir))
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café\n".encode("latin-1"))

@@ -70,7 +70,7 @@ def test_hidden_files_and_ebt_outputs_are_not_documents_and_the_hash_is_unchange
     assert files.outputs == ("prepared (a prepared corpus)", "runs/first (a run directory)",
                              "sweep (a scaling sweep)")
     line = files.summary()
-    assert "read 4 .txt/.jsonl files" in line and "3 hidden" in line and ".ipynb_checkpoints/" in line
+    assert "read 4 corpus files (.txt ×3, .jsonl ×1)" in line and "3 hidden" in line and ".ipynb_checkpoints/" in line
     assert "runs/first (a run directory)" in line and "ignored 1 other file(s) (.md ×1)" in line
 
 
@@ -94,9 +94,9 @@ def test_a_hidden_corpus_root_is_read_and_links_outside_it_are_followed_once(tmp
                                  "sub/up/": "link_loop", "inner/": "link_inside", "copy.txt": "link_inside",
                                  "gone.txt": "broken_link"}
     line = files.summary()
-    assert "read 8 .txt/.jsonl files (following 2 link(s): again/, one.txt); skipped 7 linked path(s) (" in line
+    assert "read 8 corpus files (.txt ×6, .jsonl ×2) (following 2 link(s): again/, one.txt); skipped 7 linked path(s) (" in line
     assert "copy.txt: inside the corpus, read there" in line and "and 4 more" in line
-    assert files.counts() == {"read": 8, "followed_links": 2, "ignored": {".md": 2},
+    assert files.counts() == {"read": 8, "formats": {".txt": 6, ".jsonl": 2}, "followed_links": 2, "ignored": {".md": 2},
                               "skipped": {"link_repeat": 2, "link_loop": 2, "link_inside": 2, "broken_link": 1}}
 
 
@@ -132,7 +132,8 @@ def test_an_ebt_output_given_as_the_corpus_is_refused_in_one_line(tmp_path: Path
     only_hidden = tmp_path / "only-hidden"
     (only_hidden / ".ipynb_checkpoints").mkdir(parents=True)
     (only_hidden / ".ipynb_checkpoints" / "x.txt").write_text("copy")
-    with pytest.raises(DataError, match=r"no .txt or .jsonl files \(read 0 .*\.ipynb_checkpoints/"):
+    with pytest.raises(DataError, match=r"no corpus files \(\.txt, \.jsonl, \.jsonl\.gz, \.jsonl\.zst or \.parquet; "
+                                         r"read 0 .*\.ipynb_checkpoints/"):
         load_corpus(str(only_hidden))
 
 
@@ -143,13 +144,13 @@ def test_the_data_summary_and_prepare_data_say_what_was_read_and_skipped(tmp_pat
         (root / f"part{i}.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 8)
     _litter(root)
     data = load_data(tiny_config(corpus=root))
-    assert "from the corpus directory: read 6 .txt/.jsonl files; skipped 3 hidden" in data.summary
+    assert "from the corpus directory: read 6 corpus files (.txt ×6); skipped 3 hidden" in data.summary
     code, out, err = run_cli(["prepare-data", root, "--out", tmp_path / "prep"], capsys)
     assert code == 0, err
-    assert "files: read 6 .txt/.jsonl files; skipped 3 hidden" in out and "runs/first (a run directory)" in out
+    assert "files: read 6 corpus files (.txt ×6); skipped 3 hidden" in out and "runs/first (a run directory)" in out
     code, out, err = run_cli(["prepare-data", root, "--out", tmp_path / "prep2", "--json"], capsys)
     assert code == 0 and json.loads(out)["files"] == {  # numbers for scripts; the line is for people
-        "read": 6, "followed_links": 0, "skipped": {"hidden": 3, "ebt_output": 3}, "ignored": {}}
+        "read": 6, "formats": {".txt": 6}, "followed_links": 0, "skipped": {"hidden": 3, "ebt_output": 3}, "ignored": {}}
 
 
 

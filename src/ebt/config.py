@@ -132,11 +132,13 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt or .jsonl file, a directory, or
-    #                              a directory made by `ebt prepare-data`; images: a folder)
+    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt, .jsonl, .jsonl.gz, .jsonl.zst or
+    #                              .parquet file, a directory of them, or a directory made by `ebt prepare-data`;
+    #                              images: a folder)
     validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
     layout: str = "packed"  # text: "packed" windows anywhere, or "padded": one document per example,
     #                         truncated to context_len + 1 tokens and padded (the paper's; ebt.data.tokens)
+    text_field: str = "text"  # the field (JSON lines) or column (parquet) of a text corpus holding its documents
 
 
 @dataclass
@@ -394,6 +396,7 @@ def _check_data(d: DataConfig, task: str) -> None:
     check("data.corpus", d.corpus, bool(d.corpus), "a corpus name or a path")
     check_real("data.validation_fraction", d.validation_fraction, 0, 0.5, low_open=True)
     check_choice("data.layout", d.layout, LAYOUTS)
+    check("data.text_field", d.text_field, bool(d.text_field), "a field or column name")
     check("data.layout", d.layout, d.layout == "packed" or task == "text", "'packed' for image and video runs")
 
 

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebt.checks import check_int, check_real
+from ebt.checks import check, check_int, check_real
 from ebt.commands.common import directory, json_field, option, required
 from ebt.config import MAX_BPE_VOCAB
 from ebt.data.corpus import KNOWN_CORPORA, corpus_files
@@ -27,13 +27,14 @@ from ebt.files import standard_json
 class PrepareDataArgs:
     """`ebt prepare-data`: tokenize a corpus once into memory-mapped shards (`ebt.data.prepared`)."""
 
-    source: str = required("corpus name (e.g. shakespeare) or path to a .txt / .jsonl file or a directory",
-                           positional=True)
+    source: str = required("corpus name (e.g. shakespeare), or path to a .txt, .jsonl, .jsonl.gz, .jsonl.zst or "
+                           ".parquet file or a directory of them", positional=True)
     out: Path = required("directory to write", parse=directory)
     tokenizer: str = option("byte", "byte (default), bpe (trained on the training split), gpt2, or a tokenizer.json "
                                     "/ run directory to reuse its tokenizer")
     bpe_vocab_size: int | None = option(None, "with --tokenizer bpe (default 2048)")
     validation_fraction: float = option(0.1, "share of the documents held out for validation")
+    text_field: str = option("text", "the field (JSON lines) or column (parquet) holding each document")
     shard_tokens: int = option(DEFAULT_SHARD_TOKENS, "a new shard file starts once one holds this many tokens; "
                                                      "documents are never split (default 2^28)")
     overwrite: bool = option(False, "replace a prepared directory at --out")
@@ -46,6 +47,7 @@ class PrepareDataArgs:
                               f"not {self.tokenizer!r}", field="bpe_vocab_size")
         check_int("shard_tokens", self.shard_tokens, 1, 1 << 40)
         check_real("validation_fraction", self.validation_fraction, 0.0, 0.5, low_open=True)
+        check("text_field", self.text_field, bool(self.text_field), "a field or column name")
 
 
 def prepare_data_command(args: PrepareDataArgs) -> int:
@@ -60,7 +62,7 @@ def prepare_data_command(args: PrepareDataArgs) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, *hangup)}
     try:
         index = prepare(args.source, args.out, args.tokenizer, args.bpe_vocab_size or 2048, args.validation_fraction,
-                        args.shard_tokens, args.overwrite)
+                        args.shard_tokens, args.overwrite, text_field=args.text_field)
     except Interrupted as e:
         print(f"ebt {e}", file=sys.stderr)
         return e.exit_code

@@ -112,7 +112,7 @@ def _eval_text(args: EvalArgs, run, scoring: Scoring) -> tuple[dict, str]:
         tokens = prepared.split("validation", cfg.data.layout)
     else:
         source, split = args.data, "all"
-        corpus = load_corpus(args.data, cfg.data.validation_fraction)
+        corpus = load_corpus(args.data, cfg.data.validation_fraction, cfg.data.text_field)
         tokens = encode_split(corpus.train + corpus.validation, run.tokenizer, cfg.data.layout, f"corpus {args.data!r}")
     result = evaluate(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples).summary()
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}

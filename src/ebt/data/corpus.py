@@ -7,10 +7,13 @@ A corpus source is either a known corpus name or a path:
   with a fixed list of validation plays (``SHAKESPEARE_VALIDATION_PLAYS``).
 * an out-of-distribution set of the thinking evaluation (``probes.OOD_SETS``: ``"kjv"``,
   ``"austen"``, ``"dyck"``, ``"arithmetic"``), split by document like a directory of files.
-* a UTF-8 text file (one document), a JSON-lines file (``.jsonl``: one document per line, its
-  string field ``"text"``; either extension in any case), or a directory searched recursively for
-  both (`ebt.data.folder.corpus_files`: hidden files and folders, and runs or prepared corpora
-  that ebt wrote there, are skipped; links are followed outside the corpus). Several documents are
+* a corpus file (`ebt.data.formats`): a UTF-8 text file (``.txt``, one document), JSON lines
+  (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``: one document per line, in the string field
+  ``text_field``, "text" unless told) or a parquet file (``.parquet``: one document per row, in the
+  string column ``text_field``), extensions in any case; or a directory searched recursively for
+  them, formats mixed as they come (`ebt.data.folder.corpus_files`: hidden files and folders, and
+  runs or prepared corpora that ebt wrote there, are skipped; links are followed outside the
+  corpus). Several documents are
   split by document (every k-th to validation); a single one is split by position (its last part
   is validation).
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import json
 import re
 import shlex
 import sys
@@ -30,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from ebt.data.folder import CORPUS_SUFFIXES, CorpusFiles, corpus_files  # noqa: F401  (re-exported)
+from ebt.data.folder import CORPUS_SUFFIXES, CorpusFiles, allowed_suffixes, corpus_files  # noqa: F401  (re-exported)
+from ebt.data.formats import DEFAULT_TEXT_FIELD, file_documents, json_lines  # noqa: F401  (json_lines re-exported)
 from ebt.data.probes import OOD_SETS, probe_documents
 from ebt.errors import DataError
 
@@ -64,11 +67,13 @@ class Corpus:
         )
 
 
-def load_corpus(source: str, validation_fraction: float = 0.1) -> Corpus:
-    """Load a corpus by name (``KNOWN_CORPORA``) or from a path to a text file or directory.
+def load_corpus(source: str, validation_fraction: float = 0.1, text_field: str = DEFAULT_TEXT_FIELD) -> Corpus:
+    """Load a corpus by name (``KNOWN_CORPORA``) or from a path to a corpus file or directory.
 
-    ``validation_fraction`` (in (0, 0.5]) sets the share of files (or documents of an OOD set),
-    or of a single file's text, that goes to validation; the Shakespeare split is fixed by play.
+    ``validation_fraction`` (in (0, 0.5]) sets the share of documents (of an OOD set, or of the
+    files' documents in order), or of a single document's text, that goes to validation; the
+    Shakespeare split is fixed by play. ``text_field``: the field (JSON lines) or column (parquet)
+    holding the documents.
     """
     _check_fraction(validation_fraction)
     if source == "shakespeare":
@@ -80,7 +85,7 @@ def load_corpus(source: str, validation_fraction: float = 0.1) -> Corpus:
         return _collect(source, split_stream(probe_documents(source), validation_fraction, source))
     path = Path(source).expanduser()
     if path.exists():
-        return _load_path(path, validation_fraction)
+        return _load_path(path, validation_fraction, text_field)
     raise missing_corpus(source)
 
 
@@ -162,82 +167,29 @@ def shakespeare_plays() -> dict[str, str]:
     return {path.stem: clean_play_markdown(path.read_text(encoding="utf-8")) for path in files}
 
 
-# --- Text files --------------------------------------------------------------------------------
+# --- Files -------------------------------------------------------------------------------------
 
 
-def _read_text_file(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read corpus file {str(path)!r}: {err.strerror}") from None
-    try:
-        # utf-8-sig also accepts (and drops) a byte-order mark.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise DataError(
-            f"corpus file {str(path)!r} is not valid UTF-8 (bad byte at offset {err.start}); "
-            "only UTF-8 text files are supported"
-        ) from None
-    return text.replace("\r\n", "\n")
-
-
-def iter_documents(path: Path, files: CorpusFiles | None = None) -> Iterator[str]:
+def iter_documents(path: Path, files: CorpusFiles | None = None, text_field: str = DEFAULT_TEXT_FIELD) -> Iterator[str]:
     """The documents of a corpus path, one at a time, in a fixed order, blank ones left out: a
-    .txt file is one document; a .jsonl file one per line (its string field "text"); a directory,
-    the files `corpus_files` lists (`files`, when already listed). DataError for a directory
-    without such files, a file that is not UTF-8 or a JSON line without a "text" string (naming
-    the line)."""
+    corpus file's (`ebt.data.formats.file_documents`: a .txt file is one document; a .jsonl,
+    .jsonl.gz, .jsonl.zst or .parquet file holds one per line or row, in its string field or column
+    `text_field`); a directory's, the files `corpus_files` lists (`files`, when already listed), in
+    turn. DataError for a directory without corpus files, and for a file that cannot be read (naming
+    it, and the line or row where it can)."""
     if path.is_dir():
         listing = files if files is not None else corpus_files(path)
         if not listing.files:
             shards = next(path.glob("*.tokens"), None) is not None
-            raise DataError(f"corpus directory {str(path)!r} contains no .txt or .jsonl files ({listing.summary()})"
+            raise DataError(f"corpus directory {str(path)!r} contains no corpus files ({allowed_suffixes()}; "
+                            f"{listing.summary()})"
                             + ("; it holds token shards but no index.json: a damaged prepared corpus, prepare it "
                                "again with `ebt prepare-data`" if shards else ""))
         paths = listing.files
     else:
         paths = (path,)
     for file in paths:
-        if file.suffix.lower() == ".jsonl":
-            yield from _jsonl_documents(file)
-        else:
-            text = _read_text_file(file)
-            if text.strip():  # whitespace-only files contribute nothing
-                yield text
-
-
-_JSONL_FORMS = ('a .jsonl corpus holds one JSON object per line, with the document in the string field "text" '
-                '(prompt/answer pairs, from the first line on: the string fields "prompt" and "answer")')
-
-
-def json_lines(path: Path, form: str, what: str = "corpus file") -> Iterator[tuple[str, object]]:
-    """("FILE, line N", the parsed value) of every non-blank line of a JSON-lines file. DataError
-    naming the file (`what`: how to call it) when it cannot be read, and the line when it is not
-    UTF-8 or not JSON (`form`: what the file should hold, for the message)."""
-    try:
-        handle = path.open("rb")
-    except OSError as err:
-        raise DataError(f"cannot read {what} {str(path)!r}: {err.strerror}") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}, line {number}"
-            try:
-                yield where, json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
-            except UnicodeDecodeError as err:
-                raise DataError(f"{where} is not valid UTF-8 (bad byte at offset {err.start})") from None
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where} is not valid JSON ({err.msg}); {form}") from None
-
-
-def _jsonl_documents(path: Path) -> Iterator[str]:
-    for where, record in json_lines(path, _JSONL_FORMS):
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise DataError(f'{where} has no string field "text"; {_JSONL_FORMS}')
-        if text.strip():
-            yield text.replace("\r\n", "\n")
+        yield from file_documents(file, text_field)
 
 
 def split_stream(documents: Iterable[str], validation_fraction: float, name: str = "corpus"
@@ -265,9 +217,9 @@ def split_stream(documents: Iterable[str], validation_fraction: float, name: str
         yield ("validation" if i % k == k - 1 else "train"), document
 
 
-def _load_path(path: Path, validation_fraction: float) -> Corpus:
+def _load_path(path: Path, validation_fraction: float, text_field: str) -> Corpus:
     files = corpus_files(path) if path.is_dir() else None
-    pairs = split_stream(iter_documents(path, files), validation_fraction, str(path))
+    pairs = split_stream(iter_documents(path, files, text_field), validation_fraction, str(path))
     return _collect(path.resolve().name or str(path), pairs, files)
 
 

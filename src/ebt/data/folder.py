@@ -1,8 +1,9 @@
 """Which files of a corpus directory are its documents (`corpus_files`), as a user means them and
 as dataset loaders read a folder, and an account of what was read and left out (`CorpusFiles`).
 
-- .txt and .jsonl files are read, whatever the case of their extension (`.TXT`, `.JSONL`);
-  every other file is ignored and counted by its (lower-case) extension.
+- Files of the formats `CORPUS_SUFFIXES` names (.txt, .jsonl, .jsonl.gz, .jsonl.zst, .parquet;
+  `ebt.data.formats` reads them) are read, whatever the case of their extension (`.TXT`,
+  `.JSONL.GZ`); every other file is ignored and counted by its (lower-case) last extension.
 - Hidden files and folders (a name starting with ".", e.g. a notebook's .ipynb_checkpoints/
   copies) are skipped, and so is whatever ebt wrote (`ebt_output`: a run, a prepared corpus, a
   sweep), which is never text to train on.
@@ -22,7 +23,21 @@ from pathlib import Path
 
 from ebt.errors import DataError
 
-CORPUS_SUFFIXES = (".txt", ".jsonl")
+# The extensions of the files a corpus is read from, multi-part ones whole (`corpus_suffix`).
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+
+
+def corpus_suffix(path: Path) -> str | None:
+    """The suffix of CORPUS_SUFFIXES that `path`'s name ends with, in any case (the longest:
+    "a.JSONL.gz" is ".jsonl.gz"), or None; a name that is only the suffix (".jsonl") has none."""
+    name = path.name.lower()
+    found = [s for s in CORPUS_SUFFIXES if name.endswith(s) and len(name) > len(s)]
+    return max(found, key=len) if found else None
+
+
+def allowed_suffixes() -> str:
+    """CORPUS_SUFFIXES in words: ".txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet"."""
+    return ", ".join(CORPUS_SUFFIXES[:-1]) + f" or {CORPUS_SUFFIXES[-1]}"
 
 # Why a symbolic link was not followed: its key in `CorpusFiles.counts` and its words in the summary.
 LINK_REASONS = {"broken_link": "broken", "link_inside": "inside the corpus, read there",
@@ -42,9 +57,11 @@ class CorpusFiles:
     # through them, not read
 
     def summary(self) -> str:
-        """One line: "read 3 .txt/.jsonl files; skipped 1 hidden folder (.ipynb_checkpoints/) ...";
-        each list names at most four paths or suffixes (beyond that, three and how many more)."""
-        parts = [f"read {len(self.files)} .txt/.jsonl file{'s' * (len(self.files) != 1)}"
+        """One line: "read 3 corpus files (.parquet ×2, .txt ×1); skipped 1 hidden folder
+        (.ipynb_checkpoints/) ..."; each list names at most four paths or suffixes (beyond that,
+        three and how many more)."""
+        formats = f" ({_few([f'{s} ×{n}' for s, n in self.formats.items()])})" if self.files else ""
+        parts = [f"read {len(self.files)} corpus file{'s' * (len(self.files) != 1)}{formats}"
                  + (f" (following {len(self.followed)} link(s): {_few(self.followed)})" if self.followed else "")]
         if self.hidden:
             parts.append(f"skipped {len(self.hidden)} hidden file(s) or folder(s) ({_few(self.hidden)})")
@@ -59,12 +76,20 @@ class CorpusFiles:
         return "; ".join(parts)
 
     def counts(self) -> dict:
-        """The summary as numbers (for `--json`): {"read": N, "followed_links": N, "skipped":
-        {reason: N}, "ignored": {suffix: N}}, reasons "hidden", "ebt_output" and LINK_REASONS' keys."""
+        """The summary as numbers (for `--json`): {"read": N, "formats": {suffix: N}, "followed_links":
+        N, "skipped": {reason: N}, "ignored": {suffix: N}}, reasons "hidden", "ebt_output" and
+        LINK_REASONS' keys; formats by CORPUS_SUFFIXES (lower case), most files first."""
         skipped = Counter({"hidden": len(self.hidden), "ebt_output": len(self.outputs)})
         skipped.update(why for _, why in self.links)
-        return {"read": len(self.files), "followed_links": len(self.followed),
+        return {"read": len(self.files), "formats": self.formats, "followed_links": len(self.followed),
                 "skipped": {reason: n for reason, n in skipped.items() if n}, "ignored": dict(self.ignored)}
+
+
+    @property
+    def formats(self) -> dict[str, int]:
+        """How many files of each suffix of CORPUS_SUFFIXES are read, most first (then by suffix)."""
+        counts = Counter(corpus_suffix(file) for file in self.files)
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _few(names) -> str:
@@ -90,13 +115,14 @@ _RUN_MARKS = ("model.safetensors", "train_state.pt", "metrics.jsonl", "checkpoin
 
 
 def corpus_files(path: Path) -> CorpusFiles:
-    """The .txt and .jsonl files under directory `path` (any case of extension), sorted by path,
+    """The corpus files under directory `path` (CORPUS_SUFFIXES, any case), sorted by path,
     read as the module docstring says: hidden files and folders and ebt outputs skipped, links
     followed outside the corpus and reported where not. DataError when `path` itself is an ebt
     output."""
     kind = ebt_output(path)
     if kind is not None:
-        raise DataError(f"{str(path)!r} is {kind}, not a corpus: give the folder of .txt or .jsonl files"
+        raise DataError(f"{str(path)!r} is {kind}, not a corpus: give the folder of corpus files "
+                        f"({allowed_suffixes()})"
                         + (" (training reads a prepared corpus as it is)" if kind == "a prepared corpus" else ""))
     walk = _Walk(path)
     for folder, dirs, names in os.walk(path, followlinks=True):
@@ -126,7 +152,7 @@ class _Walk:
         return where.relative_to(self.root).as_posix() + ("/" if folder else "")
 
     def _read(self, where: Path, folder: bool) -> bool:
-        """Whether to read `where`, a folder or a .txt/.jsonl file or link, by where it really is
+        """Whether to read `where`, a folder or a corpus file or link, by where it really is
         (noting the link followed, or why it is skipped)."""
         link, real = where.is_symlink(), where.resolve()
         why = None
@@ -162,7 +188,7 @@ class _Walk:
         suffix = file.suffix.lower()
         if file.name.startswith("."):
             self.hidden.append(self._name(file))
-        elif suffix in CORPUS_SUFFIXES and (file.is_file() or file.is_symlink()) or not file.exists():
+        elif corpus_suffix(file) and (file.is_file() or file.is_symlink()) or not file.exists():
             if self._read(file, False) and file.is_file():
                 self.files.append(file)
         else:

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ebt.data.corpus import json_lines
+from ebt.data.formats import json_lines
 from ebt.data.tokens import TokenSplit, check_window, context_only
 from ebt.errors import DataError
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from ebt.data.corpus import KNOWN_CORPORA, iter_documents, load_corpus, missing_corpus, split_stream
+from ebt.data.corpus import DEFAULT_TEXT_FIELD, KNOWN_CORPORA, iter_documents, load_corpus, missing_corpus, split_stream
 from ebt.data.tokenizers import KINDS, build_tokenizer, tokenizer_from_json
 from ebt.data.tokens import DOCUMENT_SEPARATOR, TokenSplit
 from ebt.checks import check_int
@@ -82,7 +82,7 @@ def resolve_tokenizer(spec: str, train_documents=None, bpe_vocab_size: int = 204
         raise DataError(f"tokenizer {str(path)!r} cannot be read: {err}", field="tokenizer") from None
 
 
-def _documents(source: str, validation_fraction: float) -> Iterator[tuple[str, str]]:
+def _documents(source: str, validation_fraction: float, text_field: str) -> Iterator[tuple[str, str]]:
     """("train" | "validation", document) pairs of a corpus name or path, read one at a time."""
     if source in KNOWN_CORPORA:  # small, and split as `load_corpus` does
         corpus = load_corpus(source, validation_fraction)
@@ -94,7 +94,7 @@ def _documents(source: str, validation_fraction: float) -> Iterator[tuple[str, s
         raise missing_corpus(source)
     if is_prepared(path):
         raise DataError(f"{source} is already a prepared directory; give the corpus it was prepared from")
-    yield from split_stream(iter_documents(path), validation_fraction, source)
+    yield from split_stream(iter_documents(path, text_field=text_field), validation_fraction, source)
 
 
 # A cut right after a newline between two non-space characters: byte-level BPE's pre-tokenizer
@@ -178,9 +178,10 @@ class _ShardWriter:
 
 def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_size: int = 2048,
             validation_fraction: float = 0.1, shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
-    """Tokenize a corpus (a name of `KNOWN_CORPORA`, a .txt / .jsonl file or a directory) into a
-    prepared directory `out`, and return its index (plus "seconds", the time it took).
+            progress: bool = True, text_field: str = DEFAULT_TEXT_FIELD) -> dict[str, Any]:
+    """Tokenize a corpus (a name of `KNOWN_CORPORA`, a corpus file or a directory: `ebt.data.corpus`;
+    `text_field`, the field or column of its documents) into a prepared directory `out`, and return
+    its index (plus "seconds", the time it took; "text_field" when not "text").
 
     `tokenizer`: see `resolve_tokenizer` ("bpe" is trained on the training documents first, a
     second pass over the corpus). The directory is written beside `out` and moved there when
@@ -198,14 +199,15 @@ def prepare(source: str, out: str | Path, tokenizer: str = "byte", bpe_vocab_siz
     with DirectoryLock(out, field="out"):
         _recover(out)
         _check_out(given, out, overwrite)
-        index = _prepare_into(source, out, tokenizer, bpe_vocab_size, validation_fraction, shard_tokens, progress)
+        index = _prepare_into(source, out, tokenizer, bpe_vocab_size, validation_fraction, shard_tokens, progress,
+                              text_field)
     return {**index, "seconds": time.monotonic() - started}
 
 
 def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, validation_fraction: float,
-                  shard_tokens: int, progress: bool) -> dict[str, Any]:
+                  shard_tokens: int, progress: bool, text_field: str) -> dict[str, Any]:
     """`prepare`'s work, holding `out`'s lock: written into a hidden sibling, then `_put_in_place`."""
-    train_documents = (d for split, d in _documents(source, validation_fraction) if split == "train")
+    train_documents = (d for split, d in _documents(source, validation_fraction, text_field) if split == "train")
     tok = resolve_tokenizer(tokenizer, train_documents if tokenizer == "bpe" else None, bpe_vocab_size)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
     separator = np.asarray(tok.encode(DOCUMENT_SEPARATOR), dtype=dtype)
@@ -214,12 +216,14 @@ def _prepare_into(source: str, out: Path, tokenizer: str, bpe_vocab_size: int, v
     partial.mkdir()
     try:
         writers = {s: _ShardWriter(partial, s, dtype, separator, shard_tokens) for s in SPLITS}
-        _write_documents(_documents(source, validation_fraction), tok, writers, dtype, progress)
+        _write_documents(_documents(source, validation_fraction, text_field), tok, writers, dtype, progress)
         tokenizer_json = tok.to_json()
         (partial / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
-        index = {"format": _FORMAT, "version": _VERSION, "source": _source_name(source),
+        index = {"format": _FORMAT, "version": _VERSION, "source": source if source in KNOWN_CORPORA else
+                 str(Path(source).expanduser().resolve()),
                  # Shakespeare's split is fixed by play (ebt.data.corpus).
                  "validation_fraction": None if source == "shakespeare" else validation_fraction,
+                 **({"text_field": text_field} if text_field != DEFAULT_TEXT_FIELD else {}),  # the index as before
                  "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size,
                                "sha256": hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest()},
                  "dtype": dtype.name, "separator": separator.tolist(),
@@ -306,10 +310,6 @@ def _write_documents(documents: Iterator[tuple[str, str]], tok, writers: dict[st
             characters = 0
     flush()
     bar.close()
-
-
-def _source_name(source: str) -> str:
-    return source if source in KNOWN_CORPORA else str(Path(source).expanduser().resolve())
 
 
 def _progress(enabled: bool):

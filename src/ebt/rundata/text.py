@@ -17,7 +17,7 @@ from ebt.checkpoint import CONFIG, TOKENIZER, load_config
 from ebt.files import atomic_write, read_text
 from ebt.config import RunConfig
 from ebt.data.batches import TrainingBatches
-from ebt.data.corpus import Corpus, load_corpus
+from ebt.data.corpus import KNOWN_CORPORA, Corpus, load_corpus
 from ebt.data.pairs import encode_pairs, is_pairs_file, read_pairs, split_pairs
 from ebt.data.prepared import PreparedData, is_prepared, open_prepared
 from ebt.data.tokenizers import build_tokenizer, tokenizer_from_json
@@ -131,11 +131,12 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
         check_prepared_tokenizer(prepared, config, saved)
         made = f"{source} is a prepared corpus, tokenized and split by `ebt prepare-data`"
         data = TextData(prepared.tokenizer, lambda name: prepared.split(name, layout), context_len, source,
-                        prepared.fingerprint, unused={"data.validation_fraction": made, "text.bpe_vocab_size": made})
+                        prepared.fingerprint, unused={"data.validation_fraction": made, "text.bpe_vocab_size": made,
+                                                      "data.text_field": made})
     elif is_pairs_file(source):
         data = _pairs_data(config, source, saved)
     else:
-        corpus = load_corpus(source, config.data.validation_fraction)
+        corpus = _load_corpus(source, config)
         if saved is not None:
             # A resumed or fine-tuned run keeps its vocabulary (checked against its own config.json,
             # not the overrides, which refuse_fixed_changes names).
@@ -153,11 +154,24 @@ def load_data(config: RunConfig, run_dir: Path | None = None, init: Path | None 
     return data
 
 
-def _unused(config: RunConfig, saved: Path | None) -> dict[str, str]:
+def _load_corpus(source: str, config: RunConfig) -> Corpus:
+    """`load_corpus` with the run's data section; an error about the text field names data.text_field."""
+    try:
+        return load_corpus(source, config.data.validation_fraction, config.data.text_field)
+    except DataError as e:
+        if e.field == "text_field":
+            e.field = "data.text_field"
+        raise
+
+
+def _unused(config: RunConfig, saved: Path | None, pairs: bool = False) -> dict[str, str]:
     """The config fields a corpus read now leaves unused (`TextData.unused`)."""
     unused = {}
     if config.data.corpus == "shakespeare":
         unused["data.validation_fraction"] = "the 'shakespeare' corpus is split by play (four fixed plays validate)"
+    if config.data.corpus in KNOWN_CORPORA or pairs:
+        unused["data.text_field"] = ("a prompt/answer pairs file has the fields prompt and answer" if pairs else
+                                     f"the {config.data.corpus!r} corpus is read from its own files")
     if saved is None and config.text.tokenizer != "bpe":
         unused["text.bpe_vocab_size"] = f"it sizes a BPE, and text.tokenizer is {config.text.tokenizer!r}"
     return unused
@@ -183,7 +197,7 @@ def _pairs_data(config: RunConfig, source: str, saved: Path | None) -> TextData:
     fingerprint = {"source": source, "sha256": content_hash(
         [json.dumps([p.prompt, p.answer]).encode("utf-8", "surrogatepass") for p in pairs])}
     return TextData(tokenizer, encode, config.model.context_len, source, fingerprint, examples="pairs",
-                    unused=_unused(config, saved))
+                    unused=_unused(config, saved, pairs=True))
 
 
 def check_prepared_tokenizer(prepared: PreparedData, config: RunConfig, run_dir: Path | None = None) -> None:
