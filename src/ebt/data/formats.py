@@ -174,7 +174,7 @@ class _ZstdStream(io.RawIOBase):
             try:
                 parts.append(self._frame.decompress(chunk))
             except self._zstd.ZstdError as err:
-                raise self._damaged(f"a frame is damaged: {_first_line(err)}") from None
+                raise self._damaged(f"it is not Zstandard, or a frame is damaged ({_first_line(err)})") from None
             chunk = b""
             if self._frame.eof:  # the rest is the next frame's
                 chunk, self._frame = self._frame.unused_data, None
