@@ -146,6 +146,16 @@ def _cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _damaged_parquet(path: Path) -> Path:
+    """A parquet file whose third row group (rows 10–14) holds bytes that are not UTF-8."""
+    documents = [f"document {i}" if i != 12 else "MARK" for i in range(20)]
+    pq.write_table(pa.table({"text": documents}), path, row_group_size=5, compression="none")
+    data = path.read_bytes()
+    assert data.count(b"MARK") >= 1
+    path.write_bytes(data.replace(b"MARK", b"\xff\xfe\xff\xfe"))
+    return path
+
+
 def _bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
     """(a corpus file, what its one-line error must say) for each kind of bad input."""
     docs = [synthetic_text(lines=40, seed=i) for i in range(40)]
@@ -157,6 +167,8 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
         (write_parquet(tmp_path / "null.parquet", ["a", "b", "c", "d", None, "f"], rows_per_group=2),
          r"null.parquet, row 4: its column 'text' is null, not a string"),
         (write_parquet(tmp_path / "cut.parquet", docs, rows_per_group=10), r"cut.parquet' is not a readable parquet file"),
+        (_damaged_parquet(tmp_path / "damaged.parquet"),
+         r"damaged.parquet' cannot be read in row group 2 \(rows 10 to 14\): the file is damaged"),
         (write_jsonl(tmp_path / "nofield.jsonl", ["a"], field="body"),
          r'nofield.jsonl, line 1 has no string field "text" \(its fields: "body"\)'),
         (write_jsonl(tmp_path / "int.jsonl.gz", [1]), r'int.jsonl.gz, line 1: its field "text" is an integer, not a string'),
@@ -215,3 +227,19 @@ def test_documents_stream_from_a_compressed_file(tmp_path: Path) -> None:
         assert next(documents).strip()
         with pytest.raises(DataError, match="cannot be decompressed"):
             list(documents)
+
+
+def test_a_run_from_before_text_field_resumes_on_its_prepared_corpus(tmp_path: Path, capsys) -> None:
+    """A run whose config.json has no data.text_field (every run before it) resumes, its data's
+    record unchanged: an index prepared with the default field is the index it always was."""
+    from ebt.train import train
+
+    write_jsonl(tmp_path / "c.jsonl", [synthetic_text(lines=30, seed=i) for i in range(12)])
+    prepare(str(tmp_path / "c.jsonl"), tmp_path / "prep", progress=False)
+    train(tiny_config(corpus=tmp_path / "prep", overrides={"train.steps": 2}), tmp_path / "run", quiet=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    del config["data"]["text_field"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    prepare(str(tmp_path / "c.jsonl"), tmp_path / "prep", overwrite=True, progress=False)  # prepared again: same hash
+    code, _, err = run_cli(["train", "--out", tmp_path / "run", "--resume", "--train.steps=3", "--quiet"], capsys)
+    assert code == 0, err

@@ -79,7 +79,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                        "image runs: PSNR of denoising at several noise levels (SPEC §5)"),
     "prepare-data": Command(commands.PrepareDataArgs, commands.prepare_data_command,
                             "tokenize a corpus once into memory-mapped shards for --data",
-                            "Tokenize a corpus (a name, a .txt or .jsonl file, or a directory of them) once into "
+                            "Tokenize a corpus (a name; a .txt, .jsonl, .jsonl.gz, .jsonl.zst or .parquet file; or a directory "
+                            "mixing them) once into "
                             "memory-mapped token shards that `ebt train --data DIR` and `ebt eval` read a window at "
                             "a time, for corpora larger than memory (ebt.data.prepared)."),
     "downstream-data": Command(commands.DownstreamDataArgs, commands.downstream_data_command,

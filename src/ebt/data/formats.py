@@ -227,7 +227,8 @@ def parquet_documents(path: Path, text_field: str = DEFAULT_TEXT_FIELD) -> Itera
                     row += 1
         except (*errors, UnicodeDecodeError) as err:
             raise DataError(f"corpus file {str(path)!r} cannot be read in row group {group} (rows {first} to "
-                            f"{first + rows - 1}): the file is damaged ({type(err).__name__}: {_first_line(err)})") from None
+                            f"{first + rows - 1}): the file is damaged ({type(err).__name__}: "
+                            f"{_first_line(err)})") from None
 
 
 def _is_string(pa, kind) -> bool:
