@@ -132,9 +132,9 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    corpus: str = "shakespeare"  # a corpus name, or a path (text: a .txt, .jsonl, .jsonl.gz, .jsonl.zst or
-    #                              .parquet file, a directory of them, or a directory made by `ebt prepare-data`;
-    #                              images: a folder)
+    # a corpus name, or a path (text: a .txt, .jsonl[.gz|.zst] or .parquet file, a directory of them or one
+    # made by `ebt prepare-data`; images: a folder)
+    corpus: str = "shakespeare"
     validation_fraction: float = 0.1  # for corpora given by path (Shakespeare splits by play)
     layout: str = "packed"  # text: "packed" windows anywhere, or "padded": one document per example,
     #                         truncated to context_len + 1 tokens and padded (the paper's; ebt.data.tokens)
