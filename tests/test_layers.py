@@ -30,7 +30,7 @@ LAYERS = [
     ["ebt.objectives", "ebt.evaluate", "ebt.generate", "ebt.verifier"],
     ["ebt.rundata", "ebt.rundata.fingerprint", "ebt.rundata.text", "ebt.rundata.image", "ebt.rundata.video"],
     ["ebt.hub"],  # Hub ids, exported run directories, model cards
-    ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.trackers"],
+    ["ebt.train", "ebt.rundir", "ebt.runs", "ebt.parallel", "ebt.sharded", "ebt.trackers"],
     ["ebt.suite", "ebt.denoise", "ebt.demo_images", "ebt.bench", "ebt.scaling", "ebt.scaling.fit", "ebt.scaling.sweep",
      "ebt.scaling.running", "ebt.scaling.curves", "ebt.scaling.worker", "ebt.scaling.gains"],
     ["ebt.commands", "ebt.commands.common", "ebt.commands.train", "ebt.commands.evaluation",

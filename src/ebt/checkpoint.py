@@ -44,11 +44,12 @@ from ebt.files import DirectoryLock, atomic_write, read_json
 CONFIG, TOKENIZER, WEIGHTS, TRAIN_STATE, METRICS = (
     "config.json", "tokenizer.json", "model.safetensors", "train_state.pt", "metrics.jsonl")
 ENCODER, DATA, CHECKPOINTS = "encoder.safetensors", "data.json", "checkpoints"
-TENSORBOARD, WANDB_RUN = "tensorboard", "wandb-run.json"
+TENSORBOARD, WANDB_RUN, SHARDS = "tensorboard", "wandb-run.json", "shards"  # shards/: ebt.sharded
 # The files (and folders) a run writes into its directory. Any of them there means the directory
 # holds a run; config.json last, so that a half-removed run still reads as one. W&B's own wandb/
 # is not one: a new run there gets a new W&B run and folder of its own (and wandb/ may be anyone's).
-RUN_FILES = (WEIGHTS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, TENSORBOARD, WANDB_RUN, CONFIG)
+RUN_FILES = (WEIGHTS, SHARDS, TRAIN_STATE, METRICS, TOKENIZER, ENCODER, DATA, CHECKPOINTS, TENSORBOARD, WANDB_RUN,
+             CONFIG)
 
 
 def migrate_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,13 +153,22 @@ def save_checkpoint_files(out: Path, step: int, weights: dict[str, torch.Tensor]
     if keep:  # the same bytes as the weights just written
         files[f"{CHECKPOINTS}/step-{step}.safetensors"] = lambda p: shutil.copyfile(partial / WEIGHTS, p)
     finish_interrupted_save(out)
+    commit_checkpoint(out, step, files)
+
+
+def commit_checkpoint(out: Path, step: int, files: dict[str, Callable[[Path], None]]) -> None:
+    """Write `files` (name → writer) into OUT/.checkpoint.partial/, beside what is there already
+    (`ebt.sharded`: every process's shards), flush everything to disk and commit the folder by
+    one rename, then move its files into place (`save_checkpoint_files`)."""
+    partial = out / SAVING
     try:
-        partial.mkdir()
+        partial.mkdir(exist_ok=True)
         for name, write in files.items():
-            (partial / name).parent.mkdir(exist_ok=True)
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(partial / name, write)
             _flush(partial / name)
-        _flush(partial)
+        for folder in [*sorted(p for p in partial.rglob("*") if p.is_dir()), partial]:
+            _flush(folder)
         partial.rename(out / SAVED)  # the commit
     except Exception as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -183,7 +193,7 @@ def finish_interrupted_save(out: Path) -> str | None:
     if complete.is_dir():
         for file in sorted(p for p in complete.rglob("*") if p.is_file()):
             target = out / file.relative_to(complete)
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)
         shutil.rmtree(complete)
         done = f"{out}: put in place the complete checkpoint a killed process was saving"
@@ -384,7 +394,8 @@ class Replaced:
             shutil.rmtree(out / cls.ASIDE)
             return f"{out}: an --overwrite was killed before it set anything aside; the run is as it was"
         set_aside = cls._still_aside(out, names) == names  # and only the new run writes in out after that
-        if set_aside and (out / WEIGHTS).is_file() and (out / TRAIN_STATE).is_file():
+        weights = (out / WEIGHTS).is_file() or (out / SHARDS).is_dir()  # a full or a sharded checkpoint
+        if set_aside and weights and (out / TRAIN_STATE).is_file():
             shutil.rmtree(out / cls.ASIDE)
             return (f"{out}: an --overwrite was killed after the new run's first checkpoint; "
                     f"removed the replaced run's files it had set aside in {cls.ASIDE}/")

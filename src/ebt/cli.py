@@ -3,6 +3,7 @@
     ebt train --preset text-ebt-tiny --out runs/ebt [--data PATH] [--section.key=value ...] [--overwrite]
     ebt train --resume --out runs/ebt [--train.steps=N --train.lr=LR ...]
     ebt finetune runs/ebt --data pairs.jsonl --out runs/ebt-ft [--train.steps=N ...] [--resume]
+    ebt consolidate runs/ebt                  (a --train.checkpoint_format=sharded run's shards → model.safetensors)
     ebt eval runs/ebt [--data NAME_OR_PATH_OR_PAIRS] [--steps N] [--samples M] [--precision bf16] [--compile] [--json]
     ebt eval runs/ebt --suite paper|downstream [--baseline runs/transformer]
     ebt generate runs/ebt --prompt "ROMEO." --max-new-tokens 200 [--temperature T] [--steps N] [--samples M] [--compile]
@@ -71,6 +72,12 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                         "continue training a run on prompt/answer pairs (loss on the answers) or on a corpus",
                         f"A new run that starts from RUN's weights, tokenizer and config. {_SET_ANY} (e.g. "
                         "--train.steps=300 --train.lr=3e-4)."),
+    "consolidate": Command(commands.ConsolidateArgs, commands.consolidate_command,
+                           "write a sharded run's newest checkpoint as one model.safetensors",
+                           "A run trained with --train.checkpoint_format=sharded keeps its weights as each process's "
+                           "shards (shards/step-N/); this writes them whole as RUN/model.safetensors, in one process "
+                           "(ebt eval, ebt.load and save_pretrained also read the shards without it). The shards "
+                           "stay, for --resume."),
     "eval": Command(commands.EvalArgs, commands.eval_command,
                     "loss and perplexity (text), PSNR (images), frame errors (video)"),
     "generate": Command(commands.GenerateArgs, commands.generate_command,

@@ -128,6 +128,10 @@ class TrainConfig:
     # whole thinking steps (ebt.models.set_activation_checkpointing; `ebt bench` measures the memory).
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2, sharded)
+    # "full": model.safetensors + train_state.pt, gathered and written by the main process; "sharded": each
+    # process writes its shards (torch.distributed.checkpoint; ebt.sharded), any process count resumes them.
+    checkpoint_format: str = "full"
+    async_checkpoint: bool = False  # sharded only: write checkpoints in the background while training goes on
 
 
 @dataclass
@@ -390,6 +394,9 @@ def _check_train(tr: TrainConfig) -> None:
           f"a divisor of train.batch_size ({tr.batch_size}): each micro-batch holds batch_size / grad_accum "
           "sequences (over the processes)")
     check_choice("train.parallel", tr.parallel, PARALLEL)
+    check_choice("train.checkpoint_format", tr.checkpoint_format, ("full", "sharded"))
+    check("train.async_checkpoint", tr.async_checkpoint, not tr.async_checkpoint or tr.checkpoint_format == "sharded",
+          "false with train.checkpoint_format = 'full' (only sharded checkpoints are written in the background)")
 
 
 def _check_data(d: DataConfig, task: str) -> None:

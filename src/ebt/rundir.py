@@ -28,6 +28,7 @@ from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, standard_json
 from ebt.runs import load_run
+from ebt.sharded import shard_steps
 from ebt.trackers import Tracker
 
 # The signals that stop a command cleanly (saving first); SIGHUP where the platform has one.
@@ -64,12 +65,13 @@ def check_resumable(out: Path, config: RunConfig) -> RunConfig:
     """--resume: the config `out` was saved with, once its checkpoint's files are there and
     `config` keeps its data and batches (the model's sections are checked after the data fills
     them in: `refuse_fixed_changes`)."""
-    if (out / WEIGHTS).is_file() and not (out / TRAIN_STATE).is_file():  # --overwrite would delete the weights
+    weights = (out / WEIGHTS).is_file() or bool(shard_steps(out))  # full or sharded (ebt.sharded)
+    if weights and not (out / TRAIN_STATE).is_file():  # --overwrite would delete the weights
         raise CheckpointError(f"--resume: {out} holds weights but no {TRAIN_STATE}, so it cannot resume exactly; "
                               f"its weights still load (ebt eval); to train on from them, start a new run: "
                               f"--train.init={shlex.quote(str(out))} --out NEW_DIR")
-    if not (out / WEIGHTS).is_file():
-        raise CheckpointError(f"--resume: {out} has no {WEIGHTS} to resume from: the run stopped before its first "
+    if not weights:
+        raise CheckpointError(f"--resume: {out} has no {WEIGHTS} (nor shards) to resume from: the run stopped before its first "
                               "checkpoint (to start it afresh, pass --overwrite without --resume)")
     saved = load_config(out)
     refuse_fixed_changes(saved, config, out, ("data",), RESUME_FIXED_TRAIN_FIELDS)

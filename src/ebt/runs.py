@@ -33,6 +33,7 @@ from ebt.errors import CheckpointError
 from ebt.files import DirectoryLock
 from ebt.models import build_model
 from ebt.rundata import load_artifacts
+from ebt.sharded import consolidate, newest_shards, shard_steps, shards_path
 
 
 @dataclass
@@ -67,24 +68,23 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     weights = path / WEIGHTS if step is None else snapshot_path(path, step)
     if step is not None and not weights.is_file() and weights_step(path / WEIGHTS) == step:
         weights = path / WEIGHTS  # the last weights are that step's
-    if not weights.is_file():
-        if step is not None:
-            kept = snapshot_steps(path)
-            raise CheckpointError(f"run directory {str(path)!r} keeps no weights of step {step}; "
-                                  + (f"it keeps steps {', '.join(map(str, kept))}" if kept else
-                                     "it keeps none (train with --train.keep_checkpoints=true)"))
-        if (path / Replaced.ASIDE).is_dir():  # a live --overwrite (a killed one was repaired by load_config)
-            raise CheckpointError(f"run directory {str(path)!r} is being replaced (--overwrite) by a run that has "
-                                  f"not reached its first checkpoint; the run it replaces is kept in "
-                                  f"{path / Replaced.ASIDE} until then, and comes back if the new run stops first")
-        raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
+    if step is None:  # a sharded run's last weights, unless model.safetensors is as new (ebt.sharded)
+        shards = newest_shards(path)
+    else:
+        shards = shards_path(path, step) if not weights.is_file() and step in shard_steps(path) else None
+    if shards is None and not weights.is_file():
+        _no_weights(path, step)
     artifacts = load_artifacts(config, path)
-    try:
-        state = load_file(str(weights), device=str(map_location))
-        with safe_open(str(weights), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights} is corrupt or unreadable: {e}") from None
+    if shards is not None:
+        weights, (state, metadata) = shards, consolidate(shards)  # full tensors, in this process
+        state = {k: v.to(map_location) for k, v in state.items()}
+    else:
+        try:
+            state = load_file(str(weights), device=str(map_location))
+            with safe_open(str(weights), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{weights} is corrupt or unreadable: {e}") from None
     check_weights(state, weights)
     check_trained_with(metadata, config, weights, path / CONFIG)
     model = build_model(config, PRETRAINED)  # its kind, with the Hub methods
@@ -105,6 +105,20 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu", step: i
     run = Run(config, model, int(step), path, **artifacts)
     model.run = run
     return run
+
+
+def _no_weights(path: Path, step: int | None) -> None:
+    """CheckpointError: run directory `path` has no weights (of `step`), and why."""
+    if step is not None:
+        kept = sorted(set(snapshot_steps(path)) | set(shard_steps(path)))
+        raise CheckpointError(f"run directory {str(path)!r} keeps no weights of step {step}; "
+                              + (f"it keeps steps {', '.join(map(str, kept))}" if kept else
+                                 "it keeps none (train with --train.keep_checkpoints=true)"))
+    if (path / Replaced.ASIDE).is_dir():  # a live --overwrite (a killed one was repaired by load_config)
+        raise CheckpointError(f"run directory {str(path)!r} is being replaced (--overwrite) by a run that has "
+                              f"not reached its first checkpoint; the run it replaces is kept in "
+                              f"{path / Replaced.ASIDE} until then, and comes back if the new run stops first")
+    raise CheckpointError(f"run directory {str(path)!r} has no {WEIGHTS} (was training stopped before the first checkpoint?)")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu", revision: str | None = None) -> nn.Module:

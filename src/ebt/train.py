@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ebt import distributed, rundir, train_state
+from ebt import distributed, rundir, sharded, train_state
 from ebt.checkpoint import save_checkpoint_files, save_run, validation_rows
 from ebt.config import RunConfig, TrainConfig
 from ebt.data.batches import Batch, TrainingBatches
@@ -128,6 +128,7 @@ class Training:
     schedule_steps: int  # the length the lr schedule runs over: the run's original train.steps
     step: int = 0
     saved_step: int | None = None
+    shards: sharded.ShardedCheckpoints | None = None  # train.checkpoint_format = "sharded"
 
     @property
     def model(self) -> nn.Module:
@@ -162,6 +163,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
         except OSError as e:  # a full disk, a lost mount: the file, the cause and where the run can go on from
             raise CheckpointError(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''} while training at "
                                   f"step {t.step}; {_last_checkpoint(t)}") from None
+        finally:  # a sharded checkpoint still being written in the background is waited for and committed
+            t.shards.close() if t.shards is not None else None
         log.close()
         return result
     except BaseException as e:
@@ -201,7 +204,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     model = build_model(config).to(device)
     say(_describe(config, model, data, device, why, dist))
     set_activation_checkpointing(model, tc.activation_checkpointing)
-    state = _load_checkpoint(out, model, device) if resume else None  # into the plain model, before FSDP2 shards it
+    state = train_state.load_checkpoint(out, model, device) if resume else None  # into the plain model, before FSDP2 shards it
     if tc.init and not resume:
         say(f"initial weights: {rundir.load_initial_weights(model, config, Path(tc.init))}")
     objective = make_objective(model)
@@ -213,7 +216,9 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     t = Training(config, out, dist, device, data, parallel, optimizer, lr_scheduler(optimizer, tc, schedule_steps),
                  grad_scaler(tc.precision, device),  # fp16: dynamic loss scaling; otherwise it does nothing
                  data.training_batches(tc.batch_size, tc.seed, dist.rank, dist.world_size, tc.grad_accum),
-                 getattr(objective, "replay", None), log, replaced, quiet, schedule_steps)
+                 getattr(objective, "replay", None), log, replaced, quiet, schedule_steps,
+                 shards=sharded.ShardedCheckpoints(out, dist, device, tc.async_checkpoint)
+                 if tc.checkpoint_format == "sharded" else None)
     if resume:
         _resume(t, state, saved, say)
     else:
@@ -262,6 +267,8 @@ def _start(t: Training, old_run: list[Path]) -> None:
 
 def _resume(t: Training, state: dict, saved: RunConfig, say) -> None:
     """--resume: the training state restored, the schedule and the log continued from its step."""
+    if state["optimizer"] is None:  # a sharded checkpoint: its shards, resharded to these processes
+        sharded.load_training(t.out, int(state["step"]), t.model, t.optimizer, t.dist)
     train_state.restore(_state_parts(t), state, t.out)
     t.step = t.saved_step = int(state["step"])
     tc = t.config.train
@@ -304,7 +311,7 @@ def fit(t: Training, stop: StopSignals) -> dict:
         signum = done.signum if t.dist.enabled else stop.signum  # one process: a signal during the rest of the step counts now
         if signum and t.step < tc.steps:
             if t.saved_step != t.step:
-                save_checkpoint(t, t.parallel.full_state_dict())
+                save_checkpoint(t)
             bar.close()
             raise Interrupted(f"interrupted at step {t.step} ({signal.Signals(signum).name}); checkpoint saved; "
                               f"resume with: {resume_command(t.out)}", 128 + signum)
@@ -405,20 +412,27 @@ def _diverged(t: Training, at: int, what: str) -> TrainingDiverged:
 # --- Checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(t: Training, weights: dict[str, torch.Tensor], kept: bool = False) -> None:
-    """Save weights (full tensors, from every process: a collective under FSDP2), the training state
-    at t.step and the config they were trained under, as one unit (`save_checkpoint_files`);
-    `kept`: also keep these weights under checkpoints/. TrainingDiverged if a weight is not finite;
+def save_checkpoint(t: Training, weights: dict[str, torch.Tensor] | None = None, kept: bool = False) -> None:
+    """Save the weights (`weights`, full tensors, or gathered here: a collective under FSDP2; a
+    sharded checkpoint writes each process's shards instead), the training state at t.step and the
+    config they were trained under, as one unit (`save_checkpoint_files`, `ebt.sharded`); `kept`:
+    also keep these weights (train.keep_checkpoints). TrainingDiverged if a weight is not finite;
     CheckpointError naming the cause and the last complete checkpoint if the save fails."""
-    if not all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point()):
+    if t.shards is None and weights is None:
+        weights = t.parallel.full_state_dict()
+    if not sharded.finite(t.model, t.dist, t.device):  # each process its own shards
         raise _diverged(t, t.step, "a weight is not finite")
-    state = train_state.state_dict(_state_parts(t), step=t.step, schedule_steps=t.schedule_steps)
-    if t.dist.is_main:
-        try:
+    parts = {**_state_parts(t), **({"optimizer": None} if t.shards is not None else {})}  # sharded: in the shards
+    state = train_state.state_dict(parts, step=t.step, schedule_steps=t.schedule_steps)
+    try:
+        if t.shards is not None:
+            t.shards.save(t.step, t.model, t.optimizer, state, t.config, kept, on_commit=t.replaced.drop)
+        elif t.dist.is_main:
             save_checkpoint_files(t.out, t.step, weights, state, t.config, keep=kept)  # with --resume's overrides
-        except CheckpointError as e:
-            raise CheckpointError(f"{e}; {_last_checkpoint(t)}") from None
-        t.replaced.drop()
+            sharded.remove_stale(t.out, None)  # a sharded checkpoint before is older
+            t.replaced.drop()
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; {_last_checkpoint(t)}") from None
     t.saved_step = t.step
 
 
@@ -436,13 +450,3 @@ def _state_parts(t: Training) -> dict[str, Any]:
             "replay": t.replay, "scaler": t.scaler if t.scaler.is_enabled() else None,
             "torch_rng": train_state.Generator(), "cuda_rng": train_state.Generator(cuda=True)
             if t.device.type == "cuda" else None}
-
-
-def _load_checkpoint(out: Path, model: nn.Module, device: torch.device) -> dict:
-    """The training state of `out`, after loading its weights into the (unwrapped) model."""
-    state = train_state.load(out)
-    try:
-        model.load_state_dict(train_state.load_weights(out, model.state_dict(), int(state["step"]), device))
-    except RuntimeError as e:
-        raise CheckpointError(f"cannot resume from {out}: {e}") from None
-    return state

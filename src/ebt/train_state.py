@@ -109,3 +109,16 @@ def load_weights(out: Path, expected: dict[str, torch.Tensor], step: int,
     with safe_open(str(out / WEIGHTS), framework="pt") as f:
         check_trained_with(f.metadata() or {}, load_config(out), out / WEIGHTS, out / CONFIG)
     return migrate_weights(weights, expected)
+
+
+def load_checkpoint(out: Path, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    """--resume: the training state of run directory `out`, after loading its weights into the
+    (unwrapped) model. A sharded checkpoint's (optimizer None: `ebt.sharded`) are read once the
+    model is wrapped, by `ebt.sharded.load_training`."""
+    state = load(out)
+    try:
+        if state["optimizer"] is not None:
+            model.load_state_dict(load_weights(out, model.state_dict(), int(state["step"]), device))
+    except RuntimeError as e:
+        raise CheckpointError(f"cannot resume from {out}: {e}") from None
+    return state

@@ -1,7 +1,7 @@
-"""The commands `ebt train | finetune | eval | generate | denoise | prepare-data | downstream-data |
+"""The commands `ebt train | finetune | consolidate | eval | generate | denoise | prepare-data | downstream-data |
 bench | scale run | scale fit`, on typed arguments: one module per family.
 
-    train.py       train, finetune          (ebt.train)
+    train.py       train, finetune, consolidate   (ebt.train, ebt.sharded)
     evaluation.py  eval, and the suites' tables   (ebt.evaluate, ebt.suite)
     generation.py  generate: text, and video clips as PNG / GIF   (ebt.generate)
     images.py      denoise                  (ebt.denoise)
@@ -31,11 +31,12 @@ from ebt.commands.evaluation import SUITES, EvalArgs, eval_command
 from ebt.commands.generation import GenerateArgs, generate_command
 from ebt.commands.images import DenoiseArgs, denoise_command
 from ebt.commands.scale import ScaleFitArgs, ScaleRunArgs, scale_fit_command, scale_run_command
-from ebt.commands.train import FinetuneArgs, TrainArgs, finetune_command, train_command
+from ebt.commands.train import (ConsolidateArgs, FinetuneArgs, TrainArgs, consolidate_command, finetune_command,
+                                train_command)
 
 __all__ = [
-    "BenchArgs", "DenoiseArgs", "DownstreamDataArgs", "EvalArgs", "FinetuneArgs", "GenerateArgs", "PrepareDataArgs",
-    "SUITES", "ScaleFitArgs", "ScaleRunArgs", "TrainArgs", "bench_command", "denoise_command",
+    "BenchArgs", "ConsolidateArgs", "DenoiseArgs", "DownstreamDataArgs", "EvalArgs", "FinetuneArgs", "GenerateArgs", "PrepareDataArgs",
+    "SUITES", "ScaleFitArgs", "ScaleRunArgs", "TrainArgs", "bench_command", "consolidate_command", "denoise_command",
     "downstream_data_command", "eval_command", "finetune_command", "generate_command", "prepare_data_command",
     "scale_fit_command", "scale_run_command", "train_command",
 ]

@@ -1,4 +1,5 @@
-"""`ebt train` and `ebt finetune`: a preset (or a run) and `section.key` overrides into `ebt.train.train`.
+"""`ebt train` and `ebt finetune`: a preset (or a run) and `section.key` overrides into `ebt.train.train`;
+`ebt consolidate`: a sharded checkpoint as one model.safetensors.
 
 Both write an ordinary run directory (config.json, weights, train_state.pt, metrics.jsonl) and
 resume it; `finetune` starts from another run's weights, tokenizer and config (train.init). The
@@ -20,6 +21,7 @@ from ebt.errors import ConfigError, Interrupted
 from ebt.memory import naming
 from ebt.models import size_options
 from ebt.presets import preset
+from ebt.sharded import consolidate_in_place
 from ebt.train import train
 
 OUT = "run directory to write"
@@ -151,3 +153,16 @@ def finetune_command(args: FinetuneArgs) -> int:
     config = base.with_overrides([("data.corpus", args.data), ("train.init", str(args.run))] + fixed + args.overrides)
     return _train(config, args.out, "finetune", "fine-tuned run saved", overwrite=args.overwrite, quiet=args.quiet,
                   given=[key for key, _ in args.overrides])
+
+
+@dataclass
+class ConsolidateArgs:
+    """`ebt consolidate RUN`: the newest sharded checkpoint of a run (train.checkpoint_format =
+    'sharded') written as one model.safetensors in the run directory (`ebt.sharded`)."""
+
+    run: Path = required("the run directory whose shards to consolidate", positional=True)
+
+
+def consolidate_command(args: ConsolidateArgs) -> int:
+    print(consolidate_in_place(args.run))
+    return 0
