@@ -266,3 +266,16 @@ def test_a_save_killed_after_its_commit_is_completed_and_one_killed_before_is_dr
     (partial / "__0_0.distcp").write_bytes(b"half")
     assert main(_resume(run, 4)) == 0
     assert load_run(run).step == 4 and ebt.sharded.shard_steps(run) == [4]
+
+
+def test_kept_checkpoints_keep_their_shards_and_load_by_step(corpus_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [a if a != "--train.eval_every=0" else "--train.eval_every=1" for a in _new(
+        "transformer", out, corpus_file, 3, "--train.checkpoint_format=sharded", "--train.keep_checkpoints=true")]
+    assert main(argv) == 0
+    assert ebt.sharded.shard_steps(out) == [1, 2, 3]
+    two, three = load_run(out, step=2), load_run(out)
+    assert (two.step, three.step) == (2, 3)
+    assert any(not torch.equal(v, three.model.state_dict()[k]) for k, v in two.model.state_dict().items())
+    with pytest.raises(CheckpointError, match="keeps no weights of step 7; it keeps steps 1, 2, 3"):
+        load_run(out, step=7)

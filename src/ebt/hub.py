@@ -14,7 +14,7 @@ An exported directory is a run directory (`ebt.checkpoint`) without its training
     README.md           the model card: Hub metadata, what the model is, how it was trained, its
                         last validation, how to load it
 
-train_state.pt and checkpoints/ are never exported: they resume training, and `ebt.load` does
+train_state.pt, checkpoints/ and shards/ are never exported: they resume training, and `ebt.load` does
 not need them. The methods themselves (`save_pretrained`, `from_pretrained`, `push_to_hub`) are
 `ebt.runs.Pretrained`, the huggingface_hub ModelHubMixin of every model `ebt.load` returns; this
 module knows files, configs and the Hub, not how a model is loaded.
@@ -33,7 +33,7 @@ from huggingface_hub.errors import (HFValidationError, HfHubHTTPError, LocalEntr
 from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
-from ebt.checkpoint import (CHECKPOINTS, CONFIG, DATA, ENCODER, METRICS, TOKENIZER, TRAIN_STATE, WEIGHTS,
+from ebt.checkpoint import (CHECKPOINTS, CONFIG, DATA, ENCODER, METRICS, SHARDS, TOKENIZER, TRAIN_STATE, WEIGHTS,
                             load_config, save_config, save_weights, snapshot_path, validation_rows)
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError
@@ -50,7 +50,7 @@ CARD = "README.md"
 # files are left alone. config.json is written last.
 EXPORTED = (WEIGHTS, TOKENIZER, ENCODER, DATA, METRICS, CARD, CONFIG)
 # The files of a run that only training needs: a directory holding one is a training run.
-TRAINING_ONLY = (TRAIN_STATE, CHECKPOINTS)
+TRAINING_ONLY = (TRAIN_STATE, CHECKPOINTS, SHARDS)
 
 KINDS = {"ebt": "Energy-Based Transformer (EBT)", "transformer": "Transformer++ (the paper's autoregressive baseline)",
          "dit": "Diffusion Transformer (DiT, the paper's image-denoising baseline)"}
