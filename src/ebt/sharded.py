@@ -129,7 +129,6 @@ class ShardedCheckpoints:
         checkpoints replace it (train.keep_checkpoints). `on_commit` runs on the main process once
         the checkpoint is the run's. CheckpointError naming the cause if writing fails."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemWriter
 
         self.wait()
         if self.dist.is_main:
@@ -138,12 +137,11 @@ class ShardedCheckpoints:
         distributed.barrier(self.dist, self.device)  # the staging folder is there, and empty
         target = shards_path(self.out / SAVING, step)
         state = _state(model, optimizer)
-        writer = FileSystemWriter(str(target), sync_files=True)
+        writer = _writer(target)
         record = {**weights_metadata(step, config), "kept": keep}
         commit = self._commit_step(step, copy.deepcopy(train_state), config, record, on_commit)
         try:
-            if self.background:
-                state = _copied(state)  # training changes the weights in place while this copy is written
+            if self.background:  # DCP copies the state (its `stage`), then writes the copy while training goes on
                 future = dcp.async_save(state, storage_writer=writer, process_group=self.group,
                                         **({} if self.dist.enabled else _no_dist(dcp.async_save)))
                 self.pending = (future, commit)
@@ -174,7 +172,8 @@ class ShardedCheckpoints:
         try:
             future.result()
         except Exception as e:
-            shutil.rmtree(self.out / SAVING, ignore_errors=True) if self.dist.is_main else None
+            if self.dist.is_main:
+                shutil.rmtree(self.out / SAVING, ignore_errors=True)
             raise _failed(-1, self.out, e) from None
         commit()
 
@@ -189,15 +188,30 @@ class ShardedCheckpoints:
             self.group = None
 
 
-def _copied(state: Any) -> Any:
-    """`state` with every CPU tensor copied (DCP's staging copies only what is on an accelerator)."""
-    if isinstance(state, dict):
-        return {k: _copied(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_copied(v) for v in state]
-    if isinstance(state, torch.Tensor) and state.device.type == "cpu":
-        return state.detach().clone()
-    return state
+def _unshared(live: Any, staged: Any) -> Any:
+    """`staged` (DCP's staging copy of `live`) with every tensor that still shares `live`'s memory
+    copied: torch 2.4's staging leaves CPU tensors in place, which training changes meanwhile."""
+    if isinstance(staged, dict):
+        return {k: _unshared(live.get(k) if isinstance(live, dict) else None, v) for k, v in staged.items()}
+    if isinstance(staged, list):
+        return [_unshared(live[i] if isinstance(live, list) and i < len(live) else None, v)
+                for i, v in enumerate(staged)]
+    if isinstance(staged, torch.Tensor) and isinstance(live, torch.Tensor):
+        mine, theirs = (t.to_local() if hasattr(t, "to_local") else t for t in (staged, live))
+        if mine.numel() and mine.untyped_storage().data_ptr() == theirs.untyped_storage().data_ptr():
+            return staged.detach().clone()
+    return staged
+
+
+def _writer(folder: Path):
+    """DCP's file writer (each file synced before the commit), staging a background save in a copy."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    class Writer(FileSystemWriter):
+        def stage(self, state_dict):
+            return _unshared(state_dict, super().stage(state_dict))
+
+    return Writer(str(folder), sync_files=True)
 
 
 def _failed(step: int, out: Path, e: Exception) -> CheckpointError:

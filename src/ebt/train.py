@@ -164,7 +164,8 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
             raise CheckpointError(f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''} while training at "
                                   f"step {t.step}; {_last_checkpoint(t)}") from None
         finally:  # a sharded checkpoint still being written in the background is waited for and committed
-            t.shards.close() if t.shards is not None else None
+            if t.shards is not None:
+                t.shards.close()
         log.close()
         return result
     except BaseException as e:
@@ -204,7 +205,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     model = build_model(config).to(device)
     say(_describe(config, model, data, device, why, dist))
     set_activation_checkpointing(model, tc.activation_checkpointing)
-    state = train_state.load_checkpoint(out, model, device) if resume else None  # into the plain model, before FSDP2 shards it
+    state = train_state.load_checkpoint(out, model, device) if resume else None  # into the plain model (full format)
     if tc.init and not resume:
         say(f"initial weights: {rundir.load_initial_weights(model, config, Path(tc.init))}")
     objective = make_objective(model)
