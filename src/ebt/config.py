@@ -128,9 +128,7 @@ class TrainConfig:
     # whole thinking steps (ebt.models.set_activation_checkpointing; `ebt bench` measures the memory).
     activation_checkpointing: bool = False
     parallel: str = "ddp"  # under torchrun: "ddp" (replicated weights) or "fsdp" (FSDP2, sharded)
-    # "full": model.safetensors + train_state.pt, gathered and written by the main process; "sharded": each
-    # process writes its shards (torch.distributed.checkpoint; ebt.sharded), any process count resumes them.
-    checkpoint_format: str = "full"
+    checkpoint_format: str = "full"  # "full" (gathered, written by the main process) or "sharded" (ebt.sharded)
     async_checkpoint: bool = False  # sharded only: write checkpoints in the background while training goes on
 
 
