@@ -104,7 +104,7 @@ def finite(model: nn.Module, dist: distributed.Distributed, device: torch.device
     ok = torch.ones((), dtype=torch.bool, device=device)
     for p in model.parameters():
         local = p.to_local() if hasattr(p, "to_local") else p
-        ok &= bool(torch.isfinite(local.detach()).all())
+        ok = ok & torch.isfinite(local.detach()).all()  # no device sync per parameter
     return distributed.agree(ok, 0, dist)[0]
 
 
