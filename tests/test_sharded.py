@@ -279,3 +279,73 @@ def test_kept_checkpoints_keep_their_shards_and_load_by_step(corpus_file: Path, 
     assert any(not torch.equal(v, three.model.state_dict()[k]) for k, v in two.model.state_dict().items())
     with pytest.raises(CheckpointError, match="keeps no weights of step 7; it keeps steps 1, 2, 3"):
         load_run(out, step=7)
+
+
+class _Touch:
+    """A pickle that creates a file when it is loaded: what a malicious checkpoint would run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_reading_shards_runs_no_code_from_them(chains, tmp_path: Path, capsys) -> None:
+    """DCP's .metadata is a pickle: one that would run code is refused naming the file, and a
+    non-tensor item of the shards is read only once `torch.load(weights_only=True)` accepts it."""
+    import io
+    import pickle
+
+    root, _ = chains
+    run, pwned = tmp_path / "run", tmp_path / "pwned"
+    shutil.copytree(root / "ebt-at-4", run)
+    metadata = run / "shards" / "step-4" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_Touch(pwned)))
+    with pytest.raises(CheckpointError, match=r"\.metadata is not a checkpoint's metadata that can be read safely "
+                                              r"\(it refers to pathlib.*touch"):
+        load_run(run)
+    assert main(["eval", str(run), "--max-examples", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(metadata) in err and len(err.splitlines()) == 1, err
+    assert not pwned.exists()
+
+    class Item:  # what DCP's planner hands over for a non-tensor item
+        class dest_index:
+            fqn = "optimizer.param_groups.0.lr"
+
+    planner, data = ebt.sharded._checked_planner(), io.BytesIO()
+    torch.save({"lr": _Touch(pwned)}, data)
+    data.seek(0)
+    with pytest.raises(CheckpointError, match=r"'optimizer.param_groups.0.lr' is not plain data \(it refers to "):
+        planner.load_bytes(Item, data)
+    assert not pwned.exists()
+
+
+def test_a_failed_sharded_save_stops_in_one_line_and_keeps_the_last_checkpoint(corpus_file: Path, tmp_path: Path,
+                                                                                capsys, monkeypatch) -> None:
+    """A full disk while the shards of step 2 are written (DCP wraps the OSError in an exception
+    that is not an `Exception`): one line with the operating system's cause; step 1's checkpoint
+    is the run's and nothing partial is left."""
+    import errno
+
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    out = tmp_path / "run"
+    argv = [a if a != "--train.eval_every=0" else "--train.eval_every=1"
+            for a in _new("ebt", out, corpus_file, 2, "--train.checkpoint_format=sharded")]
+    write, calls = FileSystemWriter.write_data, []
+
+    def full_disk(self, plan, planner):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, plan, planner)
+
+    monkeypatch.setattr(FileSystemWriter, "write_data", full_disk)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "saving the sharded checkpoint of step 2" in err and "No space left on device" in err, err
+    assert len(err.splitlines()) == 1, err
+    assert load_run(out).step == 1 and ebt.sharded.shard_steps(out) == [1]
+    assert not (out / ebt.checkpoint.SAVING).exists()

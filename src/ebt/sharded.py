@@ -22,15 +22,24 @@ save, the run's end and a stop signal wait for it and commit it.
 
 Loading reshards: a run resumes on any number of processes and under any `train.parallel`
 (`load_training`), and `consolidate` reads the full weights in one process without a process
-group (what `ebt.load_run`, `ebt eval`, `save_pretrained` and `ebt consolidate` read). DCP's
-.metadata is a pickle: load sharded runs only from sources you trust (an export is safetensors).
+group (what `ebt.load_run`, `ebt eval`, `save_pretrained` and `ebt consolidate` read).
+
+Reading executes no code from the files, as `torch.load(weights_only=True)` and safetensors do
+for full checkpoints: DCP's .metadata is a pickle, so it is first unpickled with only DCP's
+metadata classes, torch's sizes, dtypes and layouts and paths allowed (`_check_metadata_pickle`),
+and the non-tensor items of the shards (DCP stores them with `torch.save`) are read only once
+`torch.load(weights_only=True)` accepts them (`_CheckedPlanner`). Anything else is refused
+naming the file.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import io
 import json
+import pickle
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -40,9 +49,9 @@ import torch
 from torch import nn
 
 from ebt import distributed
-from ebt.checkpoint import (CONFIG, SAVING, SHARDS, TRAIN_STATE, WEIGHTS, _torch_save, check_trained_with,
-                            commit_checkpoint, finish_interrupted_save, load_config, recover, weights_metadata,
-                            weights_step)
+from ebt.checkpoint import (CONFIG, SAVING, SHARDS, TRAIN_STATE, WEIGHTS, _cause, _free_space, _torch_save,
+                            check_trained_with, commit_checkpoint, finish_interrupted_save, load_config, recover,
+                            weights_metadata, weights_step)
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import DirectoryLock, atomic_write
@@ -147,8 +156,10 @@ class ShardedCheckpoints:
                 self.pending = (future, commit)
                 return
             dcp.save(state, storage_writer=writer, **({} if self.dist.enabled else _no_dist(dcp.save)))
-        except Exception as e:
-            raise _failed(step, self.out, e) from None
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
+            if self.dist.is_main:
+                shutil.rmtree(self.out / SAVING, ignore_errors=True)
+            raise _failed(step, self.out, _dcp_failure(e)) from None
         commit()
 
     def _commit_step(self, step: int, train_state: dict, config: RunConfig, record: dict,
@@ -171,10 +182,10 @@ class ShardedCheckpoints:
         (future, commit), self.pending = self.pending, None
         try:
             future.result()
-        except Exception as e:
+        except BaseException as e:  # DCP's CheckpointException is a BaseException
             if self.dist.is_main:
                 shutil.rmtree(self.out / SAVING, ignore_errors=True)
-            raise _failed(-1, self.out, e) from None
+            raise _failed(-1, self.out, _dcp_failure(e)) from None
         commit()
 
     def close(self) -> None:
@@ -214,10 +225,22 @@ def _writer(folder: Path):
     return Writer(str(folder), sync_files=True)
 
 
-def _failed(step: int, out: Path, e: Exception) -> CheckpointError:
-    cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+def _dcp_failure(e: BaseException) -> BaseException:
+    """The error a process met inside DCP, which wraps every rank's in a CheckpointException (a
+    BaseException: `except Exception` misses it); a stop (KeyboardInterrupt, SystemExit) re-raised."""
+    if isinstance(e, (KeyboardInterrupt, SystemExit)):
+        raise e
+    failures = getattr(e, "failures", None)
+    if type(e).__name__ == "CheckpointException" and isinstance(failures, dict) and failures:
+        return next(iter(failures.values()))[0]
+    return e
+
+
+def _failed(step: int, out: Path, e: BaseException) -> CheckpointError:
+    """The error of a failed save: its cause in the operating system's words and the space left."""
     at = f"of step {step} " if step >= 0 else ""
-    return CheckpointError(f"saving the sharded checkpoint {at}in {out} failed: {cause}")
+    return CheckpointError(f"saving the sharded checkpoint {at}in {out} failed: {_cause(e)[:200]} "
+                           f"({_free_space(out)} free); the partial shards were removed")
 
 
 def remove_stale(out: Path, step: int | None) -> None:
@@ -252,6 +275,7 @@ def _metadata(folder: Path):
 
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"{folder / '.metadata'} is missing: the shards in {folder} cannot be read")
+    _check_metadata_pickle(folder / ".metadata")
     try:
         metadata = FileSystemReader(str(folder)).read_metadata()
     except Exception as e:  # noqa: BLE001  a truncated or foreign pickle: whatever it raises
@@ -269,6 +293,56 @@ def _metadata(folder: Path):
             raise CheckpointError(f"{file} is damaged: it holds {file.stat().st_size} bytes, the shards' metadata "
                                   f"says at least {end}; the run cannot be read from them")
     return metadata
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's .metadata allowing only what it is made of (module docstring)."""
+
+    TORCH_KINDS = (torch.dtype, torch.layout, torch.memory_format)
+    NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("torch.distributed.checkpoint.filesystem",
+             "_StorageInfo"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
+             ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name) if module.startswith(("torch", "pathlib", "collections")) else None
+        if (module, name) in self.NAMES or (module == "torch" and isinstance(found, self.TORCH_KINDS)) or (
+                module == "torch.distributed.checkpoint.metadata" and isinstance(found, type)
+                and found.__module__ == module):
+            return found
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which DCP's metadata does not hold")
+
+
+def _check_metadata_pickle(file: Path) -> None:
+    """CheckpointError naming `file` unless it unpickles with `_MetadataUnpickler` (nothing run)."""
+    try:
+        with open(file, "rb") as f:
+            _MetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{file} is not a checkpoint's metadata that can be read safely ({e}); refusing to "
+                              "load it: it may run code") from None
+    except Exception as e:  # noqa: BLE001  a truncated pickle raises whatever its last opcode does
+        raise CheckpointError(f"{file} is damaged or unreadable ({type(e).__name__}); the shards beside it "
+                              "cannot be read") from None
+
+
+def _checked_planner():
+    """DCP's default load planner, reading a non-tensor item only once `torch.load(weights_only=True)`
+    accepts its bytes (CheckpointError otherwise)."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class _CheckedPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            try:
+                torch.load(value, weights_only=True)
+            except Exception as e:  # noqa: BLE001
+                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+                cause = f"it refers to {found.group(1)}" if found else type(e).__name__
+                raise CheckpointError(f"the shards' item {read_item.dest_index.fqn!r} is not plain data ({cause}); "
+                                      "refusing to load it: it may run code") from None
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return _CheckedPlanner()
 
 
 def _check_shapes(metadata, state: dict[str, Any], folder: Path, config_file: Path) -> None:
@@ -315,9 +389,13 @@ def load_training(out: Path, step: int, model: nn.Module, optimizer: torch.optim
     state = _state(model, optimizer)
     _check_shapes(metadata, state, folder, Path(out) / CONFIG)
     try:
-        dcp.load(state, storage_reader=FileSystemReader(str(folder)), **({} if dist.enabled else _no_dist(dcp.load)))
+        dcp.load(state, storage_reader=FileSystemReader(str(folder)), planner=_checked_planner(),
+                 **({} if dist.enabled else _no_dist(dcp.load)))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    except Exception as e:  # noqa: BLE001  DCP wraps each rank's error in its own
+    except BaseException as e:  # noqa: BLE001  DCP wraps each rank's error in its own
+        e = _dcp_failure(e)
+        if isinstance(e, CheckpointError):
+            raise e from None
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"cannot resume from the shards in {folder}: {cause}") from None
 
@@ -334,8 +412,12 @@ def consolidate(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     weights = {key[len("model."):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
                for key, m in metadata.state_dict_metadata.items() if key.startswith("model.") and hasattr(m, "size")}
     try:
-        dcp.load({"model": weights}, storage_reader=FileSystemReader(str(folder)), **_no_dist(dcp.load))
-    except Exception as e:  # noqa: BLE001
+        dcp.load({"model": weights}, storage_reader=FileSystemReader(str(folder)), planner=_checked_planner(),
+                 **_no_dist(dcp.load))
+    except BaseException as e:  # noqa: BLE001
+        e = _dcp_failure(e)
+        if isinstance(e, CheckpointError):
+            raise e from None
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"the shards in {folder} are damaged or unreadable: {cause}") from None
     return weights, {k: str(v) for k, v in record.items() if k in ("step", "model")}
