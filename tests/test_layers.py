@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # From the bottom. A module may import its own layer or below; a package's __init__ counts as
 # the layer of its name.
 LAYERS = [
-    ["ebt.errors", "ebt.checks", "ebt.packages"],
+    ["ebt.errors", "ebt.checks", "ebt.packages", "ebt.config_versions"],
     ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled",
      "ebt.memory"],
     ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.folder", "ebt.data.formats", "ebt.data.corpus", "ebt.data.tokenizers",

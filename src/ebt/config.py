@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ebt.checks import check, check_choice, check_int, check_real, check_type, json_type, parse_value
+from ebt.config_versions import CONFIG_VERSION, MOVED_KEYS, migrate
 from ebt.errors import ConfigError
 from ebt.options import InnerOptimizer, adopt
 
 
-CONFIG_VERSION = 2  # config.json files without a version (1) are migrated on load (`migrate`)
 LR_SCHEDULES = ("cosine", "constant", "wsd")  # train.lr_schedule
 LAYOUTS = ("packed", "padded")  # data.layout of text windows (ebt.data.tokens)
 PARALLEL = ("ddp", "fsdp")  # train.parallel
@@ -178,16 +178,6 @@ class VideoConfig:
 TASK_SECTIONS = {"text": TextConfig, "image": ImageConfig, "video": VideoConfig}
 SECTIONS = ("model", "think", "train", "data", *TASK_SECTIONS)
 
-# Keys of version 1 config files and command lines, and where they live now.
-MOVED_KEYS = {
-    "model.vocab_size": "text.vocab_size", "data.tokenizer": "text.tokenizer",
-    "data.bpe_vocab_size": "text.bpe_vocab_size",
-    "model.image_size": "image.image_size", "model.channels": "image.channels",
-    "model.patch_size": "image.patch_size", "model.noise_level": "image.noise_level",
-    "model.latent_dim": "video.latent_dim", "data.frame_encoder": "video.frame_encoder",
-    "data.encoder_dim": "video.encoder_dim", "data.clips": "video.clips",
-    "train.eval_windows": "train.eval_examples",
-}
 
 
 def refuse_repeated(pairs: Iterable[tuple[str, str]]) -> None:
@@ -235,7 +225,7 @@ class RunConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a run config must be an object with sections {', '.join(SECTIONS)}; "
                               f"this one is {json_type(d)}")
-        d = migrate(d)
+        d = migrate(d, TASK_SECTIONS, TrainConfig.batch_size)
         sections = {}
         for name in SECTIONS:
             section_cls = TASK_SECTIONS.get(name) or type(getattr(cls(), name))
@@ -428,31 +418,3 @@ def _check_video(x: VideoConfig) -> None:
 
 
 TASK_CHECKS = {"text": _check_text, "image": _check_image, "video": _check_video}
-
-
-def migrate(d: dict[str, Any]) -> dict[str, Any]:
-    """A config.json of any earlier version in the current layout (keys moved by MOVED_KEYS; the
-    validation budget counted in examples, where images counted batches before)."""
-    version = d.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CONFIG_VERSION:
-        raise ConfigError(f"version = {version!r} is not a config version this library reads (1 … {CONFIG_VERSION}); "
-                          "a newer library wrote it, or the file was edited")
-    if version == CONFIG_VERSION:
-        return d
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    task = d.get("model", {}).get("task", "text") if isinstance(d.get("model"), dict) else "text"
-    for old, new in MOVED_KEYS.items():
-        old_section, old_name = old.split(".")
-        section, name = new.split(".")
-        values = d.get(old_section)
-        if not isinstance(values, dict) or old_name not in values:
-            continue
-        value = values.pop(old_name)
-        if section in TASK_SECTIONS and section != task:
-            continue  # version 1 kept every modality's fields in every run; only the run's own survive
-        d.setdefault(section, {})[name] = value
-    train = d.get("train")
-    if task == "image" and isinstance(train, dict) and isinstance(train.get("eval_examples"), int):
-        train["eval_examples"] *= train.get("batch_size", TrainConfig.batch_size)  # was: batches of images
-    d["version"] = CONFIG_VERSION
-    return d
