@@ -10,10 +10,9 @@ data (`ebt.rundata.load_data`) supplies batches, splits them into (x, targets), 
 and saves its own files with the run.
 
 Outputs in the run directory: config.json, the task's files (text: tokenizer.json),
-model.safetensors and train_state.pt (for --resume) at every validation, at the end and on
-SIGINT/SIGTERM, all written atomically, and metrics.jsonl (one standard-JSON object per logged
-step and per validation, appended a line at a time), whose rows also go to the experiment tracker
-`train.log_to` names (`ebt.trackers`: TensorBoard, Weights & Biases).
+model.safetensors (or each process's shards: `ebt.sharded`) and train_state.pt (for --resume) at
+every validation, at the end and on SIGINT/SIGTERM, all written atomically, and metrics.jsonl (one
+JSON object per logged step and validation), whose rows also go to `train.log_to`'s tracker.
 
 A resumed run continues exactly (weights, optimizer, schedule, RNGs, data sampler, replay buffer:
 the parts of the training state, `ebt.train_state`); fields that shape the model or
@@ -150,9 +149,7 @@ def train(config: RunConfig, out: str | Path, resume: bool = False, overwrite: b
     """
     out = Path(out)
     dist = distributed.setup(config.train.device)
-    # The main process is the directory's one writer, from here to the end (under torchrun the
-    # other ranks stop when it does, if another process holds it).
-    lock = DirectoryLock(out, field="out")
+    lock = DirectoryLock(out, field="out")  # the main process is the directory's one writer, to the end
     stop, replaced, log = StopSignals(), Replaced(), MetricsLog(out, dist.is_main)
     try:
         if dist.is_main:
