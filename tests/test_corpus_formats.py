@@ -128,6 +128,17 @@ def test_text_field_names_another_field_or_column(tmp_path: Path, name: str, cap
     code, _, err = run_cli(["train", "--preset", "text-ebt-tiny", "--data", folder, "--out", tmp_path / "run",
                             "--data.text_field=body", "--train.steps=1", "--quiet"], capsys)
     assert code == 2 and err.count("\n") == 1 and "body" in err and name in err and "--data.text_field" in err, err
+    # `ebt eval --data` scores a file with another field given by --text-field (a run's own data keeps its own).
+    code, out, err = run_cli(["train", "--preset", "text-ebt-tiny", "--out", tmp_path / "own", "--train.steps=1",
+                              "--model.dim=32", "--model.n_heads=2", "--model.context_len=16", "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["eval", tmp_path / "own", "--data", path, "--max-examples", "2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--text-field" in err, err
+    code, out, err = run_cli(["eval", tmp_path / "own", "--data", path, "--text-field", "content", "--max-examples",
+                              "2", "--json"], capsys)
+    assert code == 0 and json.loads(out)["tokens"] > 0, err
+    code, _, err = run_cli(["eval", tmp_path / "own", "--text-field", "content"], capsys)
+    assert code == 2 and "with --data" in err and err.count("\n") == 1, err
 
 
 def test_text_field_is_checked_and_refused_where_it_does_not_apply(tmp_path: Path, capsys) -> None:
@@ -165,7 +176,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[Path, str]]:
         (pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet") or tmp_path / "ints.parquet",
          r"ints.parquet': its column 'text' holds int64, not strings"),
         (write_parquet(tmp_path / "null.parquet", ["a", "b", "c", "d", None, "f"], rows_per_group=2),
-         r"null.parquet, row 4: its column 'text' is null, not a string"),
+         r"null.parquet', row 4: its column 'text' is null, not a string"),
         (write_parquet(tmp_path / "cut.parquet", docs, rows_per_group=10), r"cut.parquet' is not a readable parquet file"),
         (_damaged_parquet(tmp_path / "damaged.parquet"),
          r"damaged.parquet' cannot be read in row group 2 \(rows 10 to 14\): the file is damaged"),

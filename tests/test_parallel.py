@@ -217,3 +217,19 @@ def test_system2_trains_under_both_modes_and_loads_in_one_process(name: str, two
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3]
+
+
+def test_the_resume_command_of_a_torchrun_run_is_a_torchrun_line(monkeypatch) -> None:
+    """An interrupted or failed run launched by torchrun is told to resume under torchrun, with its
+    processes per node (`ebt train --resume` alone would refuse train.parallel = 'fsdp')."""
+    from ebt.distributed import Distributed
+    from ebt.rundir import resume_command
+
+    out = Path("runs/a b")
+    assert resume_command(out) == "ebt train --resume --out 'runs/a b'"
+    assert resume_command(out, Distributed()) == "ebt train --resume --out 'runs/a b'"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resume_command(out, Distributed(3, 16, 3)) == \
+        "torchrun --nproc_per_node 8 -m ebt.cli train --resume --out 'runs/a b'"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert resume_command(out, Distributed(1, 2, 1)).startswith("torchrun --nproc_per_node 2 -m ebt.cli train")

@@ -175,22 +175,27 @@ def test_consolidate_writes_one_weights_file_in_place(chains, tmp_path: Path, ca
     assert not (run / "model.safetensors").exists() and load_run(run).step == 5
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing", "metadata"])
+@pytest.mark.parametrize("damage", ["truncated", "missing", "metadata", "metadata-missing", "record-missing"])
 def test_a_damaged_or_missing_shard_is_an_error_naming_the_file(damage: str, chains, tmp_path: Path, capsys) -> None:
+    """Whatever file of the last checkpoint's shards is cut short or gone, loading, resuming and
+    consolidating name it (a missing .metadata or model.json is not "no checkpoint yet")."""
     root, _ = chains
     run = tmp_path / "run"
     shutil.copytree(root / "ebt-at-4", run)
     folder = run / "shards" / "step-4"
-    file = folder / (".metadata" if damage == "metadata" else "__1_0.distcp")
-    if damage == "missing":
+    file = folder / {"metadata": ".metadata", "metadata-missing": ".metadata",
+                     "record-missing": "model.json"}.get(damage, "__1_0.distcp")
+    if damage.endswith("missing"):
         file.unlink()
     else:
         file.write_bytes(file.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=str(file).replace(".", r"\.")):
         load_run(run)
-    assert main(_resume_here(run, 5)) == 2  # resuming reads the same files
-    err = capsys.readouterr().err.strip()
-    assert str(file) in err and len(err.splitlines()) == 1, err
+    for argv in (_resume_here(run, 5), ["consolidate", str(run)]):  # resuming and consolidating read the same files
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert str(file) in err and len(err.splitlines()) == 1, err
+        assert "--overwrite" not in err and "safely" not in err, err
 
 
 def test_shards_that_do_not_fit_the_config_are_refused_in_one_line(chains, tmp_path: Path, capsys) -> None:

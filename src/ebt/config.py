@@ -384,7 +384,8 @@ def _check_train(tr: TrainConfig) -> None:
     check_choice("train.parallel", tr.parallel, PARALLEL)
     check_choice("train.checkpoint_format", tr.checkpoint_format, ("full", "sharded"))
     check("train.async_checkpoint", tr.async_checkpoint, not tr.async_checkpoint or tr.checkpoint_format == "sharded",
-          "false with train.checkpoint_format = 'full' (only sharded checkpoints are written in the background)")
+          "false with train.checkpoint_format = 'full' (only sharded checkpoints are written in the background: "
+          "set train.checkpoint_format = 'sharded' with it)")
 
 
 def _check_data(d: DataConfig, task: str) -> None:

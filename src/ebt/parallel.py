@@ -45,6 +45,7 @@ with activation checkpointing", measures both layouts).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -134,6 +135,11 @@ class FSDP(Parallel):
             from torch.distributed._composable.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
         from torch.distributed.device_mesh import init_device_mesh
 
+        # A block returns its keys/values as views (the heads transposed); torch warns that an
+        # in-place op on such an output would skip FSDP2's all-gather. Nothing here modifies a
+        # block's output in place (caches grow by torch.cat), and the weights match one process's.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor",
+                                category=UserWarning)
         mesh = init_device_mesh(device.type, (dist.world_size,))
         blocks = [] if one_unit else [m for m in model.modules() if isinstance(m, (Block, AdaLNBlock))]
         for block in blocks:

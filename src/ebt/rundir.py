@@ -15,6 +15,7 @@ that continues a run.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import threading
@@ -25,10 +26,11 @@ from torch import nn
 
 from ebt.checkpoint import METRICS, RUN_FILES, TRAIN_STATE, WEIGHTS, Replaced, load_config, recover
 from ebt.config import RunConfig
+from ebt.distributed import Distributed
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import atomic_write, standard_json
 from ebt.runs import load_run
-from ebt.sharded import shard_steps
+from ebt.sharded import check_newest_complete, shard_steps
 from ebt.trackers import Tracker
 
 # The signals that stop a command cleanly (saving first); SIGHUP where the platform has one.
@@ -37,9 +39,15 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 RESUME_FIXED_TRAIN_FIELDS = ("train.seed", "train.batch_size")
 
 
-def resume_command(out: Path) -> str:
-    """The shell line that continues the run in `out` (quoted: a path with spaces pastes whole)."""
-    return shlex.join(["ebt", "train", "--resume", "--out", str(out)])
+def resume_command(out: Path, dist: Distributed | None = None) -> str:
+    """The shell line that continues the run in `out` (quoted: a path with spaces pastes whole);
+    under torchrun (`dist`), a torchrun line with this run's processes per node (its checkpoints
+    also load on any other number)."""
+    command = ["ebt", "train", "--resume", "--out", str(out)]
+    if dist is not None and dist.enabled:
+        processes = os.environ.get("LOCAL_WORLD_SIZE", str(dist.world_size))
+        command = ["torchrun", "--nproc_per_node", processes, "-m", "ebt.cli", *command[1:]]
+    return shlex.join(command)
 
 
 def claim(out: Path, resume: bool, overwrite: bool, say=print) -> list[Path]:
@@ -65,6 +73,7 @@ def check_resumable(out: Path, config: RunConfig) -> RunConfig:
     """--resume: the config `out` was saved with, once its checkpoint's files are there and
     `config` keeps its data and batches (the model's sections are checked after the data fills
     them in: `refuse_fixed_changes`)."""
+    check_newest_complete(out)
     weights = (out / WEIGHTS).is_file() or bool(shard_steps(out))  # full or sharded (ebt.sharded)
     if weights and not (out / TRAIN_STATE).is_file():  # --overwrite would delete the weights
         raise CheckpointError(f"--resume: {out} holds weights but no {TRAIN_STATE}, so it cannot resume exactly; "

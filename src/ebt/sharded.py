@@ -74,9 +74,25 @@ def shard_steps(out: Path) -> list[int]:
                   and (folder / f"step-{n}" / RECORD).is_file())
 
 
+def check_newest_complete(out: Path) -> None:
+    """CheckpointError naming the missing file when run directory `out`'s newest shards lack DCP's
+    .metadata or model.json. A save commits both with the shards in one rename, so a missing one
+    was deleted or lost: the run's last checkpoint is damaged, not absent."""
+    folder, complete = Path(out) / SHARDS, shard_steps(out)
+    names = [p.name[len("step-"):] for p in folder.glob("step-*")] if folder.is_dir() else []
+    for step in sorted(int(n) for n in names if n.isdigit() and int(n) > max(complete, default=-1)):
+        shards = shards_path(out, step)
+        missing = next(f for f in (shards / ".metadata", shards / RECORD) if not f.is_file())
+        raise CheckpointError(f"{missing} is missing: the shards of {shards}, the run's last checkpoint, are "
+                              "incomplete and cannot be read (restore the file; an older kept checkpoint loads "
+                              "with ebt.load_run(run, step=N))")
+
+
 def newest_shards(out: Path) -> Path | None:
     """The shards `ebt.load_run` reads for run directory `out`'s last weights: the newest, unless
-    model.safetensors is of that step or later (a full checkpoint, or `consolidate_in_place`'s)."""
+    model.safetensors is of that step or later (a full checkpoint, or `consolidate_in_place`'s).
+    CheckpointError naming the file when the newest lack one (`check_newest_complete`)."""
+    check_newest_complete(out)
     steps = shard_steps(out)
     if not steps:
         return None
@@ -309,7 +325,11 @@ class _MetadataUnpickler(pickle.Unpickler):
                 module == "torch.distributed.checkpoint.metadata" and isinstance(found, type)
                 and found.__module__ == module):
             return found
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which DCP's metadata does not hold")
+        raise _Refused(f"it refers to {module}.{name}, which DCP's metadata does not hold")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle that names something other than what DCP's metadata is made of."""
 
 
 def _check_metadata_pickle(file: Path) -> None:
@@ -317,12 +337,12 @@ def _check_metadata_pickle(file: Path) -> None:
     try:
         with open(file, "rb") as f:
             _MetadataUnpickler(f).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise CheckpointError(f"{file} is not a checkpoint's metadata that can be read safely ({e}); refusing to "
                               "load it: it may run code") from None
     except Exception as e:  # noqa: BLE001  a truncated pickle raises whatever its last opcode does
-        raise CheckpointError(f"{file} is damaged or unreadable ({type(e).__name__}); the shards beside it "
-                              "cannot be read") from None
+        raise CheckpointError(f"{file} is damaged or cut short ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                              "the shards beside it cannot be read") from None
 
 
 def _checked_planner():
@@ -434,6 +454,7 @@ def consolidate_in_place(out: Path) -> str:
     load_config(out)  # names the directory when it holds no run
     with DirectoryLock(out, field="run"):
         recover(out)
+        check_newest_complete(out)
         steps = shard_steps(out)
         if not steps:
             raise CheckpointError(f"{out} holds no sharded checkpoint ({SHARDS}/step-N/) to consolidate")

@@ -183,8 +183,7 @@ def setup(config: RunConfig, out: Path, resume: bool, overwrite: bool, quiet: bo
     restored on resume; a new run's files and tracker started."""
     say = print if dist.is_main and not quiet else _silent
     check_tracker(config.train.log_to)  # a tracker's missing package stops the run before it writes anything
-    # The main process, holding the directory's lock, checks it and repairs what a killed writer
-    # left; the others look at it only after (the barrier in _device).
+    # The main process (holding the lock) checks the directory and repairs it; the others wait (_device).
     old_run = rundir.claim(out, resume, overwrite, say) if dist.is_main else []
     device, why = _device(config, dist)
     # A corpus path, relative to where the command runs, is saved absolute (and compared so on resume).
@@ -312,7 +311,7 @@ def fit(t: Training, stop: StopSignals) -> dict:
                 save_checkpoint(t)
             bar.close()
             raise Interrupted(f"interrupted at step {t.step} ({signal.Signals(signum).name}); checkpoint saved; "
-                              f"resume with: {resume_command(t.out)}", 128 + signum)
+                              f"resume with: {resume_command(t.out, t.dist)}", 128 + signum)
     bar.close()
     if not validated:  # resumed a finished run: the loop had nothing to do
         weights = t.parallel.full_state_dict()
@@ -398,7 +397,7 @@ def validate(t: Training, weights: dict[str, torch.Tensor]) -> dict:
 
 def _diverged(t: Training, at: int, what: str) -> TrainingDiverged:
     tc = t.config.train
-    resume = f"{resume_command(t.out)} --train.lr={tc.lr / 10:g}"  # the value needs no quoting
+    resume = f"{resume_command(t.out, t.dist)} --train.lr={tc.lr / 10:g}"  # the value needs no quoting
     kept = (f"the last good checkpoint (step {t.saved_step}) is kept in {t.out}" if t.saved_step is not None
             else "no checkpoint was written; the run it was to replace is put back" if t.replaced.out is not None
             else "no checkpoint was written (start again with --overwrite)")
@@ -439,7 +438,8 @@ def _last_checkpoint(t: Training) -> str:
     if t.saved_step is None:
         return "the run has no complete checkpoint yet" + (
             " (the run it replaced is put back)" if t.replaced.out is not None else "")
-    return f"the last complete checkpoint, step {t.saved_step}, is in place: resume with {resume_command(t.out)}"
+    return (f"the last complete checkpoint, step {t.saved_step}, is in place: resume with "
+            f"{resume_command(t.out, t.dist)}")
 
 
 def _state_parts(t: Training) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ebt.checks import check_choice, check_int
+from ebt.checks import check, check_choice, check_int
 from ebt.commands.common import (MAX_COUNT, MAX_SEED, check_inference, compile_field, device_field, for_run,
                                  json_field, option, pick, precision_field, required, seed_field)
 from ebt.data.corpus import load_corpus
@@ -48,6 +48,8 @@ class EvalArgs:
     data: str | None = option(None, "corpus name or path, a prepared directory (its validation split), or a .jsonl "
                                     "of prompt/answer pairs (answer loss, exact match); default: the run's validation "
                                     "split")
+    text_field: str | None = option(None, "with --data: the field (JSON lines) or column (parquet) holding each "
+                                          "document (default: the run's data.text_field)")
     max_examples: int | None = option(None, "score at most this many windows (text), pairs, images or clips; with "
                                             "--suite downstream, pairs per set (default 200)", aliases=["--max-windows"])
     batch_size: int = option(16, "windows (images, clips) scored at once")
@@ -69,6 +71,9 @@ class EvalArgs:
         check_int("batch_size", self.batch_size, 1, 65536)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_choice("suite", self.suite, SUITES, optional=True)
+        if self.text_field is not None:
+            check("text_field", self.text_field, bool(self.text_field) and self.data is not None,
+                  "a field or column name, with --data (a run's own data keeps its data.text_field)")
         if self.baseline is not None and self.suite is None:
             raise ConfigError("baseline goes with suite 'paper' or 'downstream'", field="baseline")
 
@@ -112,7 +117,7 @@ def _eval_text(args: EvalArgs, run, scoring: Scoring) -> tuple[dict, str]:
         tokens = prepared.split("validation", cfg.data.layout)
     else:
         source, split = args.data, "all"
-        corpus = load_corpus(args.data, cfg.data.validation_fraction, cfg.data.text_field)
+        corpus = load_corpus(args.data, cfg.data.validation_fraction, args.text_field or cfg.data.text_field)
         tokens = encode_split(corpus.train + corpus.validation, run.tokenizer, cfg.data.layout, f"corpus {args.data!r}")
     result = evaluate(run.model, tokens, args.options, scoring=scoring, max_windows=args.max_examples).summary()
     result = {"run": str(args.run), "kind": cfg.model.kind, "data": source, "split": split, **result}

@@ -221,7 +221,8 @@ def parquet_documents(path: Path, text_field: str = DEFAULT_TEXT_FIELD) -> Itera
                 texts = batch.column(0).to_pylist()
                 for text in texts:
                     if text is None:
-                        raise DataError(f"{path}, row {row}: its column {text_field!r} is null, not a string")
+                        raise DataError(f"corpus file {str(path)!r}, row {row}: its column {text_field!r} is null, "
+                                        "not a string (drop or fill the empty rows)")
                     if text.strip():
                         yield text.replace("\r\n", "\n")
                     row += 1
