@@ -233,3 +233,19 @@ def test_the_resume_command_of_a_torchrun_run_is_a_torchrun_line(monkeypatch) ->
         "torchrun --nproc_per_node 8 -m ebt.cli train --resume --out 'runs/a b'"
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert resume_command(out, Distributed(1, 2, 1)).startswith("torchrun --nproc_per_node 2 -m ebt.cli train")
+
+
+def test_a_launcher_forwarding_the_stop_does_not_cut_the_checkpoint_short() -> None:
+    """Ctrl-C under torchrun: the workers get the terminal's SIGINT, then torchrun's SIGTERM; the
+    second is part of the same stop (the checkpoint is still saved). The same signal twice (Ctrl-C
+    pressed again) stops at once."""
+    import signal
+
+    from ebt.rundir import StopSignals
+
+    stop = StopSignals()
+    stop._handle(signal.SIGINT, None)
+    stop._handle(signal.SIGTERM, None)
+    assert stop.signum == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)

@@ -138,8 +138,11 @@ def _flat(config: RunConfig) -> dict[str, Any]:
 
 class StopSignals:
     """SIGINT (Ctrl-C), SIGTERM and SIGHUP (a closed terminal, a lost ssh session) set a flag the
-    training loop reads after each step, which then saves a checkpoint and raises Interrupted; a
-    second signal stops at once (KeyboardInterrupt).
+    training loop reads after each step, which then saves a checkpoint and raises Interrupted; the
+    same signal again stops at once (KeyboardInterrupt: Ctrl-C twice). Another signal after the
+    first is part of the same stop and is absorbed: under torchrun the terminal's Ctrl-C reaches
+    the workers, and torchrun, stopping, sends them SIGTERM a moment later (it waits for them
+    before killing them), which must not cut the checkpoint short.
 
     Handlers can only be set in the main thread; elsewhere signals keep their usual effect. Under
     torchrun every rank gets the signal and the ranks agree on it each step (`ebt.train.train_step`).
@@ -159,9 +162,9 @@ class StopSignals:
         self.previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.signum:
+        if self.signum == signum:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
 
 
 class MetricsLog:
