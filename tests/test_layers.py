@@ -21,7 +21,7 @@ LAYERS = [
     ["ebt.errors", "ebt.checks", "ebt.packages", "ebt.config_versions"],
     ["ebt.options", "ebt.config", "ebt.files", "ebt.presets", "ebt.distributed", "ebt.precision", "ebt.compiled",
      "ebt.memory"],
-    ["ebt.checkpoint", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.folder", "ebt.data.formats", "ebt.data.corpus", "ebt.data.tokenizers",
+    ["ebt.checkpoint", "ebt.safe_shards", "ebt.train_state", "ebt.schedule", "ebt.think", "ebt.data", "ebt.data.probes", "ebt.data.folder", "ebt.data.formats", "ebt.data.corpus", "ebt.data.tokenizers",
      "ebt.data.batches", "ebt.data.tokens", "ebt.data.prepared", "ebt.data.images", "ebt.data.video", "ebt.plots",
      "ebt.data.pairs", "ebt.data.downstream", "ebt.data.downstream_install"],
     ["ebt.nn", "ebt.decoding", "ebt.best_of", "ebt.tasks", "ebt.tasks.text", "ebt.tasks.image", "ebt.tasks.video"],  # blocks, decoding, task objects

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import ebt.checkpoint
+import ebt.safe_shards
 import ebt.sharded
 from ebt.cli import main
 from ebt.errors import CheckpointError, ConfigError
@@ -319,7 +320,7 @@ def test_reading_shards_runs_no_code_from_them(chains, tmp_path: Path, capsys) -
         class dest_index:
             fqn = "optimizer.param_groups.0.lr"
 
-    planner, data = ebt.sharded._checked_planner(), io.BytesIO()
+    planner, data = ebt.safe_shards.checked_planner(), io.BytesIO()
     torch.save({"lr": _Touch(pwned)}, data)
     data.seek(0)
     with pytest.raises(CheckpointError, match=r"'optimizer.param_groups.0.lr' is not plain data \(it refers to "):

@@ -26,9 +26,9 @@ group (what `ebt.load_run`, `ebt eval`, `save_pretrained` and `ebt consolidate` 
 
 Reading executes no code from the files, as `torch.load(weights_only=True)` and safetensors do
 for full checkpoints: DCP's .metadata is a pickle, so it is first unpickled with only DCP's
-metadata classes, torch's sizes, dtypes and layouts and paths allowed (`_check_metadata_pickle`),
-and the non-tensor items of the shards (DCP stores them with `torch.save`) are read only once
-`torch.load(weights_only=True)` accepts them (`_CheckedPlanner`). Anything else is refused
+metadata classes, torch's sizes, dtypes and layouts and paths allowed, and the non-tensor items
+of the shards (DCP stores them with `torch.save`) are read only once `torch.load(weights_only=True)`
+accepts them (`ebt.safe_shards`). Anything else is refused
 naming the file.
 """
 
@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-import io
 import json
-import pickle
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -55,6 +52,7 @@ from ebt.checkpoint import (CONFIG, SAVING, SHARDS, TRAIN_STATE, WEIGHTS, _cause
 from ebt.config import RunConfig
 from ebt.errors import CheckpointError, ConfigError
 from ebt.files import DirectoryLock, atomic_write
+from ebt.safe_shards import check_metadata_pickle, checked_planner
 
 RECORD = "model.json"  # in each shards/step-N/: the step and the model section (`weights_metadata`)
 # DCP warns at every save and load in one process (no_dist) that it assumes so: here it is meant.
@@ -291,7 +289,7 @@ def _metadata(folder: Path):
 
     if not (folder / ".metadata").is_file():
         raise CheckpointError(f"{folder / '.metadata'} is missing: the shards in {folder} cannot be read")
-    _check_metadata_pickle(folder / ".metadata")
+    check_metadata_pickle(folder / ".metadata")
     try:
         metadata = FileSystemReader(str(folder)).read_metadata()
     except Exception as e:  # noqa: BLE001  a truncated or foreign pickle: whatever it raises
@@ -309,60 +307,6 @@ def _metadata(folder: Path):
             raise CheckpointError(f"{file} is damaged: it holds {file.stat().st_size} bytes, the shards' metadata "
                                   f"says at least {end}; the run cannot be read from them")
     return metadata
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's .metadata allowing only what it is made of (module docstring)."""
-
-    TORCH_KINDS = (torch.dtype, torch.layout, torch.memory_format)
-    NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("torch.distributed.checkpoint.filesystem",
-             "_StorageInfo"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-             ("pathlib", "PureWindowsPath"), ("collections", "OrderedDict")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = super().find_class(module, name) if module.startswith(("torch", "pathlib", "collections")) else None
-        if (module, name) in self.NAMES or (module == "torch" and isinstance(found, self.TORCH_KINDS)) or (
-                module == "torch.distributed.checkpoint.metadata" and isinstance(found, type)
-                and found.__module__ == module):
-            return found
-        raise _Refused(f"it refers to {module}.{name}, which DCP's metadata does not hold")
-
-
-class _Refused(pickle.UnpicklingError):
-    """A pickle that names something other than what DCP's metadata is made of."""
-
-
-def _check_metadata_pickle(file: Path) -> None:
-    """CheckpointError naming `file` unless it unpickles with `_MetadataUnpickler` (nothing run)."""
-    try:
-        with open(file, "rb") as f:
-            _MetadataUnpickler(f).load()
-    except _Refused as e:
-        raise CheckpointError(f"{file} is not a checkpoint's metadata that can be read safely ({e}); refusing to "
-                              "load it: it may run code") from None
-    except Exception as e:  # noqa: BLE001  a truncated pickle raises whatever its last opcode does
-        raise CheckpointError(f"{file} is damaged or cut short ({(str(e).splitlines() or [type(e).__name__])[0]}); "
-                              "the shards beside it cannot be read") from None
-
-
-def _checked_planner():
-    """DCP's default load planner, reading a non-tensor item only once `torch.load(weights_only=True)`
-    accepts its bytes (CheckpointError otherwise)."""
-    from torch.distributed.checkpoint import DefaultLoadPlanner
-
-    class _CheckedPlanner(DefaultLoadPlanner):
-        def load_bytes(self, read_item, value: io.BytesIO) -> None:
-            try:
-                torch.load(value, weights_only=True)
-            except Exception as e:  # noqa: BLE001
-                found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-                cause = f"it refers to {found.group(1)}" if found else type(e).__name__
-                raise CheckpointError(f"the shards' item {read_item.dest_index.fqn!r} is not plain data ({cause}); "
-                                      "refusing to load it: it may run code") from None
-            value.seek(0)
-            super().load_bytes(read_item, value)
-
-    return _CheckedPlanner()
 
 
 def _check_shapes(metadata, state: dict[str, Any], folder: Path, config_file: Path) -> None:
@@ -409,7 +353,7 @@ def load_training(out: Path, step: int, model: nn.Module, optimizer: torch.optim
     state = _state(model, optimizer)
     _check_shapes(metadata, state, folder, Path(out) / CONFIG)
     try:
-        dcp.load(state, storage_reader=FileSystemReader(str(folder)), planner=_checked_planner(),
+        dcp.load(state, storage_reader=FileSystemReader(str(folder)), planner=checked_planner(),
                  **({} if dist.enabled else _no_dist(dcp.load)))
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
     except BaseException as e:  # noqa: BLE001  DCP wraps each rank's error in its own
@@ -432,7 +376,7 @@ def consolidate(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     weights = {key[len("model."):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
                for key, m in metadata.state_dict_metadata.items() if key.startswith("model.") and hasattr(m, "size")}
     try:
-        dcp.load({"model": weights}, storage_reader=FileSystemReader(str(folder)), planner=_checked_planner(),
+        dcp.load({"model": weights}, storage_reader=FileSystemReader(str(folder)), planner=checked_planner(),
                  **_no_dist(dcp.load))
     except BaseException as e:  # noqa: BLE001
         e = _dcp_failure(e)

@@ -358,8 +358,7 @@ def _divergence(step: int, start: Tensor, noisy: Tensor, p: Tensor, e: Tensor, g
     alpha = float(alpha_t.abs().max())
     at = f"at step {step} (α = {alpha:.4g})"
     dtype = torch.promote_types(p.dtype, g.dtype)
-    # float16 overflows past 65504: a value fine in float32 is not, so name the dtype. The
-    # candidate's arithmetic runs in its dtype, E and ∇E in the model's (narrower under autocast).
+    # float16 overflows past 65504, so name the dtype: the candidate's, or E and ∇E's (the model's).
     dtype_hint = _overflow_hint(dtype, "think in float32")
     model_hint = dtype_hint if model_dtype == dtype else _overflow_hint(
         model_dtype, f"the energy model ran in it under autocast; use precision "
