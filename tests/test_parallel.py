@@ -119,8 +119,6 @@ MULTI = {  # name → (preset, overrides); every run: global batch 8, 3 optimize
     "transformer-fsdp": ("text-transformer-tiny", ["--train.parallel=fsdp"]),
     "ebt-fsdp-accum": ("text-ebt-tiny", ["--train.parallel=fsdp", "--train.grad_accum=2"]),
     "ebt-fsdp-checkpointed": ("text-ebt-tiny", ["--train.parallel=fsdp", "--train.activation_checkpointing=true"]),
-    "transformer-fsdp-checkpointed": ("text-transformer-tiny",
-                                      ["--train.parallel=fsdp", "--train.activation_checkpointing=true"]),
     # System 2 under FSDP2 with activation checkpointing (S1 covers FSDP2 without it).
     "ebt-s2-fsdp": ("text-ebt-s2-tiny", ["--train.parallel=fsdp", "--think.replay_buffer_size=8",
                                          "--train.activation_checkpointing=true"]),
@@ -165,7 +163,7 @@ def test_two_processes_run_every_parallel_mode(two_process_runs) -> None:
 
 
 @pytest.mark.parametrize("name", ["ebt-ddp", "ebt-fsdp", "transformer-ddp", "transformer-fsdp", "ebt-fsdp-accum",
-                                  "ebt-fsdp-checkpointed", "transformer-fsdp-checkpointed"])
+                                  "ebt-fsdp-checkpointed"])
 def test_two_processes_give_the_weights_of_one(name: str, two_process_runs, corpus_file: Path,
                                                tmp_path: Path) -> None:
     """Same seed and global batch: 2 processes (DDP or FSDP2, with or without accumulation, FSDP2
