@@ -139,6 +139,8 @@ def test_text_field_names_another_field_or_column(tmp_path: Path, name: str, cap
     assert code == 0 and json.loads(out)["tokens"] > 0, err
     code, _, err = run_cli(["eval", tmp_path / "own", "--text-field", "content"], capsys)
     assert code == 2 and "with --data" in err and err.count("\n") == 1, err
+    code, _, err = run_cli(["eval", tmp_path / "own", "--data", tmp_path / "prep", "--text-field", "content"], capsys)
+    assert code == 2 and "prepared corpus is tokenized already" in err and err.count("\n") == 1, err
 
 
 def test_text_field_is_checked_and_refused_where_it_does_not_apply(tmp_path: Path, capsys) -> None:

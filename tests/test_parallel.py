@@ -231,7 +231,7 @@ def test_the_resume_command_of_a_torchrun_run_is_a_torchrun_line(monkeypatch) ->
     assert resume_command(out, Distributed(3, 16, 3)) == \
         "torchrun --nproc_per_node 8 -m ebt.cli train --resume --out 'runs/a b'"
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert resume_command(out, Distributed(1, 2, 1)).startswith("torchrun --nproc_per_node 2 -m ebt.cli train")
+    assert resume_command(out, Distributed(1, 2, 1)).startswith("torchrun --standalone --nproc_per_node 2 -m ebt.cli")
 
 
 def test_a_launcher_forwarding_the_stop_does_not_cut_the_checkpoint_short() -> None:

@@ -182,7 +182,7 @@ def check(parallel: str, dist: Distributed) -> None:
         raise ConfigError(f"train.parallel = {parallel!r} is not allowed; it must be 'ddp' or 'fsdp'")
     if parallel == "fsdp" and not dist.enabled:
         raise ConfigError("train.parallel = 'fsdp' shards the model over the processes torchrun starts, and this is "
-                          "one process: launch with `torchrun --nproc_per_node N -m ebt.cli train ...`, or set "
+                          "one process: launch with `torchrun --nproc_per_node N -m ebt.cli train ...` (N ≥ 2), or set "
                           "--train.parallel=ddp to train in one process (an FSDP2 run resumes so too: its "
                           "checkpoints load on any number of processes)")
 

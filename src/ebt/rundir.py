@@ -44,9 +44,10 @@ def resume_command(out: Path, dist: Distributed | None = None) -> str:
     under torchrun (`dist`), a torchrun line with this run's processes per node (its checkpoints
     also load on any other number)."""
     command = ["ebt", "train", "--resume", "--out", str(out)]
-    if dist is not None and dist.enabled:
+    if dist is not None and dist.enabled:  # one node: --standalone (a free port); several: add your rendezvous
         processes = os.environ.get("LOCAL_WORLD_SIZE", str(dist.world_size))
-        command = ["torchrun", "--nproc_per_node", processes, "-m", "ebt.cli", *command[1:]]
+        one_node = ["--standalone"] if processes == str(dist.world_size) else []
+        command = ["torchrun", *one_node, "--nproc_per_node", processes, "-m", "ebt.cli", *command[1:]]
     return shlex.join(command)
 
 

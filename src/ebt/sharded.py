@@ -82,8 +82,8 @@ def check_newest_complete(out: Path) -> None:
         shards = shards_path(out, step)
         missing = next(f for f in (shards / ".metadata", shards / RECORD) if not f.is_file())
         raise CheckpointError(f"{missing} is missing: the shards of {shards}, the run's last checkpoint, are "
-                              "incomplete and cannot be read (restore the file; an older kept checkpoint loads "
-                              "with ebt.load_run(run, step=N))")
+                              "incomplete and cannot be read (restore the file; a checkpoint the run kept, "
+                              "train.keep_checkpoints, loads with ebt.load_run(run, step=N))")
 
 
 def newest_shards(out: Path) -> Path | None:

@@ -111,6 +111,9 @@ def _eval_text(args: EvalArgs, run, scoring: Scoring) -> tuple[dict, str]:
         source, split = cfg.data.corpus, "validation"  # never score the text a run trained on
         tokens = load_data(cfg, run.path).validation
     elif is_prepared(args.data):  # a prepared corpus may be large: its held-out split only
+        if args.text_field is not None:
+            raise ConfigError(f"text_field does not apply to {args.data!r}: a prepared corpus is tokenized already "
+                              "(prepare-data --text-field chose its field)", field="text_field")
         source, split = args.data, "validation"
         prepared = open_prepared(args.data)
         check_prepared_tokenizer(prepared, cfg, run.path)
